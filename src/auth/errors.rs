@@ -1,0 +1,217 @@
+//! What a provider's error answer means for the operator (PROTOCOLS §1.10, RFC 6749 §5.2).
+
+use std::time::Duration;
+
+use crate::store::StoreError;
+use crate::telemetry::ErrorKind;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// The grant is gone (revoked, expired, consent withdrawn): only a new consent helps.
+    #[error("provider {provider}: {code}: {description}; action: {action}")]
+    Reauth {
+        provider: String,
+        code: String,
+        description: String,
+        action: String,
+    },
+    /// The source is parked until someone re-authorizes it; no provider request is made.
+    #[error("source {source_name} needs re-authorization: {reason}")]
+    NeedsReauth { source_name: String, reason: String },
+    /// The app registration or client secret is wrong: an operator must fix the provider.
+    #[error("provider {provider}: {code}: {description}; action: {action}")]
+    ProviderConfig {
+        provider: String,
+        code: String,
+        description: String,
+        action: String,
+    },
+    /// Network trouble, 5xx, throttling: try again later.
+    #[error("provider {provider}: temporary failure: {detail}")]
+    Transient {
+        provider: String,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{0}")]
+    Unknown(String),
+    #[error("{0}")]
+    Store(String),
+}
+
+impl From<StoreError> for TokenError {
+    fn from(e: StoreError) -> Self {
+        TokenError::Store(e.to_string())
+    }
+}
+
+impl TokenError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TokenError::Store(_) => ErrorKind::Store,
+            _ => ErrorKind::Token,
+        }
+    }
+
+    pub fn needs_reauth(&self) -> bool {
+        matches!(self, TokenError::Reauth { .. } | TokenError::NeedsReauth { .. })
+    }
+}
+
+/// AADSTS codes (PROTOCOLS §1.10): meaning and action.
+fn aadsts(code: u64) -> Option<(&'static str, &'static str, bool)> {
+    // (meaning, action, needs re-consent)
+    Some(match code {
+        70000 => ("refresh token not valid", "re-authorize the source", true),
+        70008 => ("refresh token expired or revoked", "re-authorize the source", true),
+        700082 => ("refresh token expired after 90 days unused", "re-authorize the source", true),
+        700084 => ("SPA refresh token lifetime ended", "re-authorize; do not register the redirect as spa", true),
+        50173 => ("grant revoked (password change or revoke)", "re-authorize the source", true),
+        50132 | 50133 => ("session invalid after password change", "re-authorize the source", true),
+        70043 => ("Conditional Access sign-in frequency reached", "re-authorize the source", true),
+        50076 | 50079 | 50078 | 50074 => ("multi-factor authentication required", "re-authorize interactively", true),
+        65001 => ("consent missing for the app or scope", "re-authorize with consent, or ask an admin to consent", true),
+        65004 => ("user declined consent", "re-authorize and accept", true),
+        50034 | 50057 | 50053 | 50055 | 50126 => ("account not usable (missing, disabled, locked or password expired)", "fix the account, then re-authorize", true),
+        7000215 => ("invalid client secret", "put the current client secret in client_secret_env/_file", false),
+        7000222 => ("client secret expired", "create a new client secret for the app registration and configure it", false),
+        7000218 => ("public client flows disabled for the app", "enable 'Allow public client flows' or configure a client secret", false),
+        700025 => ("client secret sent by a public client", "remove the client secret from the provider", false),
+        700016 | 700011 => ("application not found in the tenant", "check client_id and tenant", false),
+        500011 => ("resource (Exchange Online) not present in the tenant", "check the tenant has Exchange Online", false),
+        53003 | 530032 | 530035 => ("blocked by Conditional Access or security policy", "ask the tenant admin", false),
+        90094 | 90095 => ("admin consent required", "ask the tenant admin to grant consent", false),
+        70011 | 700022 | 28002 => ("invalid scope", "fix providers.*.scopes (one resource only)", false),
+        _ => return None,
+    })
+}
+
+/// Turns a token endpoint answer into a [`TokenError`]. `status` 0 means no HTTP answer
+/// arrived (`transport` says why).
+pub fn classify_provider_error(
+    provider: &str,
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    transport: &str,
+) -> TokenError {
+    let transient = |detail: String| TokenError::Transient {
+        provider: provider.to_string(),
+        detail,
+        retry_after,
+    };
+    if status == 0 {
+        return transient(format!("no answer: {transport}"));
+    }
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let field = |k: &str| {
+        json.as_ref()
+            .and_then(|j| j.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let error = field("error");
+    let description = field("error_description").unwrap_or_default();
+    // Microsoft: error_codes [70000] and "AADSTS70000: ..." in the description.
+    let code = json
+        .as_ref()
+        .and_then(|j| j.get("error_codes"))
+        .and_then(|v| v.as_array())
+        .and_then(|a| a.first())
+        .and_then(|v| v.as_u64())
+        .or_else(|| {
+            let at = description.find("AADSTS")?;
+            let digits: String = description[at + 6..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            digits.parse().ok()
+        });
+    let short_desc = description.lines().next().unwrap_or("").chars().take(300).collect::<String>();
+    if status == 429 || status >= 500 || error.as_deref() == Some("temporarily_unavailable") {
+        return transient(format!(
+            "HTTP {status}{}",
+            error.map(|e| format!(" {e}")).unwrap_or_default()
+        ));
+    }
+    let Some(error) = error else {
+        return transient(format!("HTTP {status} with an unreadable body: {transport}"));
+    };
+    if let Some(c) = code {
+        if let Some((meaning, action, reauth)) = aadsts(c) {
+            let code = format!("{error} (AADSTS{c}: {meaning})");
+            return if reauth {
+                TokenError::Reauth {
+                    provider: provider.to_string(),
+                    code,
+                    description: short_desc,
+                    action: action.to_string(),
+                }
+            } else {
+                TokenError::ProviderConfig {
+                    provider: provider.to_string(),
+                    code,
+                    description: short_desc,
+                    action: action.to_string(),
+                }
+            };
+        }
+    }
+    match error.as_str() {
+        "invalid_grant" | "interaction_required" | "consent_required" | "login_required" => {
+            TokenError::Reauth {
+                provider: provider.to_string(),
+                code: error,
+                description: short_desc,
+                action: "re-authorize the source (mailsluice authorize SOURCE)".into(),
+            }
+        }
+        "invalid_client" | "unauthorized_client" => TokenError::ProviderConfig {
+            provider: provider.to_string(),
+            code: error,
+            description: short_desc,
+            action: "check client_id and the client secret (client_secret_env/_file)".into(),
+        },
+        "invalid_scope" => TokenError::ProviderConfig {
+            provider: provider.to_string(),
+            code: error,
+            description: short_desc,
+            action: "fix providers.*.scopes".into(),
+        },
+        _ => TokenError::ProviderConfig {
+            provider: provider.to_string(),
+            code: error,
+            description: short_desc,
+            action: "see the provider's documentation for this error".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn microsoft_codes() {
+        let body = br#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired due to inactivity.","error_codes":[700082]}"#;
+        let e = classify_provider_error("o365", 400, body, None, "");
+        assert!(e.needs_reauth());
+        assert!(e.to_string().contains("AADSTS700082"));
+        let body = br#"{"error":"invalid_client","error_description":"AADSTS7000222: The provided client secret keys are expired."}"#;
+        let e = classify_provider_error("o365", 401, body, None, "");
+        assert!(matches!(e, TokenError::ProviderConfig { .. }));
+        assert!(e.to_string().contains("client secret expired"));
+    }
+
+    #[test]
+    fn generic_and_transient() {
+        let e = classify_provider_error("p", 400, br#"{"error":"invalid_grant"}"#, None, "");
+        assert!(e.needs_reauth());
+        let e = classify_provider_error("p", 503, b"<html>", Some(Duration::from_secs(9)), "");
+        assert!(matches!(e, TokenError::Transient { retry_after: Some(d), .. } if d.as_secs() == 9));
+        let e = classify_provider_error("p", 0, b"", None, "connection refused");
+        assert!(matches!(e, TokenError::Transient { .. }));
+        let e = classify_provider_error("p", 200, b"{not json", None, "parse");
+        assert!(matches!(e, TokenError::Transient { .. }));
+    }
+}

@@ -1,0 +1,181 @@
+//! Validated settings: what the rest of the node reads. Every value here has passed
+//! validation, so the types cannot hold a TLS version below 1.2, a plaintext connection,
+//! an inline secret or a source pointing at a provider that does not exist.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole node configuration after validation.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[node]`: process-wide settings.
+    pub node: NodeSettings,
+    /// `[tls]`: how every IMAP/POP3 connection (and https token endpoint) is secured.
+    pub tls: TlsSettings,
+    /// `[providers.NAME]`, keyed by NAME.
+    pub providers: BTreeMap<String, ProviderSettings>,
+    /// `[sources.NAME]`, keyed by NAME (disabled sources included, with `enabled = false`).
+    pub sources: BTreeMap<String, SourceSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// `node.data_dir`: the sled store directory.
+    pub data_dir: PathBuf,
+    /// `node.http_listen`: where /metrics, /healthz, /readyz and /api/... are served.
+    pub http_listen: SocketAddr,
+    /// `node.max_sessions`: concurrent IMAP/POP3 sessions over all sources.
+    pub max_sessions: usize,
+    /// `node.log_format`.
+    pub log_format: LogFormat,
+    /// `node.secret_key_file`: key that encrypts tokens at rest.
+    pub secret_key_file: PathBuf,
+    /// `node.token_refresh_margin_secs`: an access token this close to expiry is refreshed.
+    pub token_refresh_margin: Duration,
+    /// `node.connect_timeout_secs`.
+    pub connect_timeout: Duration,
+    /// `node.read_timeout_secs`: a server silent this long fails the session.
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsBackend {
+    Rustls,
+    Native,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// `tls.min_version`.
+    pub min_version: TlsVersion,
+    /// `tls.extra_ca_file`: PEM roots added to the system roots; `None` when empty.
+    pub extra_ca_file: Option<PathBuf>,
+    /// `tls.backend`.
+    pub backend: TlsBackend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Office365,
+    Gmail,
+    Oidc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Delegated,
+    AppOnly,
+}
+
+/// Where a secret comes from. The secret itself is read only when needed and never kept
+/// in settings, so `Settings` can be logged and compared freely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// `*_env`: name of an environment variable.
+    Env(String),
+    /// `*_file`: path of a file whose content (trailing newline trimmed) is the secret.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderSettings {
+    /// The NAME in `[providers.NAME]`.
+    pub name: String,
+    pub kind: ProviderKind,
+    /// office365: `tenant` (common | organizations | consumers | tenant id or domain).
+    pub tenant: Option<String>,
+    pub flow: Flow,
+    pub client_id: String,
+    /// `client_secret_env` / `client_secret_file`; `None` for a public client.
+    pub client_secret: Option<SecretRef>,
+    /// `redirect_uri` for `authorize`.
+    pub redirect_uri: Option<String>,
+    /// oidc: `issuer` (discovery).
+    pub issuer: Option<String>,
+    /// Explicit endpoints (oidc), or the ones derived from `kind` and `tenant`.
+    pub token_url: Option<String>,
+    pub authorization_url: Option<String>,
+    pub device_authorization_url: Option<String>,
+    /// `scopes`: overrides the per-kind defaults when set.
+    pub scopes: Option<Vec<String>>,
+    /// `client_secret_expires` (YYYY-MM-DD).
+    pub client_secret_expires: Option<chrono::NaiveDate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Imap,
+    Pop3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Implicit TLS from the first byte.
+    Tls,
+    /// STARTTLS (IMAP) or STLS (POP3); credentials only after the upgrade.
+    StartTls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sasl {
+    Xoauth2,
+    OAuthBearer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceAuth {
+    Password {
+        secret: SecretRef,
+    },
+    OAuth2 {
+        /// Name of a key in `Settings::providers`.
+        provider: String,
+        sasl: Sasl,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterIngest {
+    Keep,
+    Seen,
+    Delete,
+    Move,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSettings {
+    /// The NAME in `[sources.NAME]`.
+    pub name: String,
+    pub protocol: Protocol,
+    pub host: String,
+    /// Given, or the default for protocol and security (993/143/995/110).
+    pub port: u16,
+    pub security: Security,
+    pub username: String,
+    pub auth: SourceAuth,
+    /// `shared_mailbox`: the mailbox read while `username` signs in.
+    pub shared_mailbox: Option<String>,
+    /// IMAP folders; `["INBOX"]` by default; empty for POP3.
+    pub folders: Vec<String>,
+    pub idle: bool,
+    pub poll_interval: Duration,
+    pub after_ingest: AfterIngest,
+    pub move_to: Option<String>,
+    pub max_message_bytes: u64,
+    pub max_connections: usize,
+    pub enabled: bool,
+}

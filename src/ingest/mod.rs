@@ -1,0 +1,319 @@
+//! One source's collection cycle as plain async code: session → login → for each folder
+//! (IMAP) or the maildrop (POP3): list what is new → fetch → parse → store with checkpoint
+//! → flush → (post-action) → logout. The Collector actor calls this; tests can too.
+//!
+//! Exactly-once rests on three rules kept here:
+//! 1. a message is stored together with its folder checkpoint (one store transaction);
+//! 2. the checkpoint only ever covers UIDs below which everything is stored or known gone,
+//!    even if a server answers a FETCH out of UID order;
+//! 3. the store is flushed before the server is changed or the session reports success.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Protocol, Sasl, SourceAuth, SourceSettings};
+use crate::net::imap::{ImapSession, Login};
+use crate::net::pop3::Pop3Session;
+use crate::net::{Connector, SessionError};
+use crate::parse;
+use crate::secret::Secret;
+use crate::store::{Location, NewMessage, Store, StoreError, StoreOutcome};
+use crate::telemetry::{self, ErrorKind};
+
+/// UIDs per `UID FETCH` command: large enough to stream, small enough that a dropped
+/// session loses little work.
+const FETCH_BATCH: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Credential(String),
+}
+
+impl CycleError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CycleError::Session(e) => e.kind(),
+            CycleError::Store(_) => ErrorKind::Store,
+            CycleError::Credential(_) => ErrorKind::Auth,
+        }
+    }
+}
+
+/// What a cycle did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CycleReport {
+    /// Newly stored messages.
+    pub stored: u64,
+    /// Messages found already stored (after a crash or UIDVALIDITY change).
+    pub already: u64,
+    pub bytes: u64,
+    /// Messages skipped for size.
+    pub skipped: u64,
+    /// Messages seen on the server and not yet stored when the cycle began.
+    pub backlog: u64,
+}
+
+/// The secret a session signs in with.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Password(Secret),
+    AccessToken(Secret),
+}
+
+/// The SASL user: the shared mailbox when set (the delegate's token authenticates),
+/// otherwise the configured username.
+pub fn sasl_user(source: &SourceSettings) -> &str {
+    source.shared_mailbox.as_deref().unwrap_or(&source.username)
+}
+
+fn login<'a>(source: &'a SourceSettings, cred: &'a Credential) -> Result<Login<'a>, CycleError> {
+    Ok(match (&source.auth, cred) {
+        (SourceAuth::Password { .. }, Credential::Password(p)) => Login::Password {
+            user: &source.username,
+            password: p,
+        },
+        (SourceAuth::OAuth2 { sasl, .. }, Credential::AccessToken(t)) => match sasl {
+            Sasl::Xoauth2 => Login::XOAuth2 {
+                user: sasl_user(source),
+                token: t,
+            },
+            Sasl::OAuthBearer => Login::OAuthBearer {
+                user: sasl_user(source),
+                token: t,
+                host: &source.host,
+                port: source.port,
+            },
+        },
+        _ => {
+            return Err(CycleError::Credential(format!(
+                "source {}: credential does not match auth method",
+                source.name
+            )));
+        }
+    })
+}
+
+/// Runs one collection cycle for `source`.
+pub async fn run_cycle(
+    store: &Arc<Store>,
+    connector: &Connector,
+    source: &SourceSettings,
+    cred: &Credential,
+) -> Result<CycleReport, CycleError> {
+    match source.protocol {
+        Protocol::Imap => run_imap(store, connector, source, cred).await,
+        Protocol::Pop3 => run_pop3(store, connector, source, cred).await,
+    }
+}
+
+fn store_one(store: &Store, msg: NewMessage, report: &mut CycleReport) -> Result<(), StoreError> {
+    let size = msg.raw.len() as u64;
+    let parse_failed = msg.parsed.is_err();
+    let source = msg.source.clone();
+    let started = Instant::now();
+    let outcome = store.store(msg, true)?;
+    telemetry::store_write(started.elapsed().as_secs_f64());
+    match outcome {
+        StoreOutcome::Stored(_) => {
+            report.stored += 1;
+            report.bytes += size;
+            telemetry::message_stored(&source, size, parse_failed);
+        }
+        StoreOutcome::AlreadyStored(_) => report.already += 1,
+    }
+    Ok(())
+}
+
+async fn run_imap(
+    store: &Arc<Store>,
+    connector: &Connector,
+    source: &SourceSettings,
+    cred: &Credential,
+) -> Result<CycleReport, CycleError> {
+    let max_literal = source.max_message_bytes.saturating_add(64 * 1024);
+    let mut session =
+        ImapSession::open(connector, &source.host, source.port, source.security, max_literal)
+            .await?;
+    session.login(&login(source, cred)?).await?;
+    let mut report = CycleReport::default();
+    let read_only = source.after_ingest == crate::config::AfterIngest::Keep;
+    for folder in &source.folders {
+        let selected = session.select(folder, read_only).await?;
+        let checkpoint = store.checkpoint(&source.name, folder)?;
+        let from = match checkpoint {
+            Some(cp) if cp.uidvalidity == selected.uidvalidity => cp.last_uid + 1,
+            Some(cp) => {
+                tracing::warn!(
+                    source = %source.name,
+                    folder = %folder,
+                    old = cp.uidvalidity,
+                    new = selected.uidvalidity,
+                    "UIDVALIDITY changed; re-matching stored messages by content"
+                );
+                store.reset_checkpoint(&source.name, folder, selected.uidvalidity)?;
+                1
+            }
+            None => 1,
+        };
+        if selected.exists == 0 || selected.uidnext.is_some_and(|next| next <= from) {
+            continue;
+        }
+        let listed = session.uids_from(from).await?;
+        report.backlog += listed.len() as u64;
+        telemetry::backlog(&source.name, report.backlog);
+        let mut wanted = Vec::with_capacity(listed.len());
+        for (uid, size) in listed {
+            if u64::from(size) > source.max_message_bytes {
+                tracing::warn!(
+                    source = %source.name, folder = %folder, uid, size,
+                    limit = source.max_message_bytes,
+                    "message over max_message_bytes skipped"
+                );
+                // Not fetched; recorded by moving the checkpoint past it once every lower
+                // UID is stored (done in order below).
+                wanted.push((uid, true));
+                report.skipped += 1;
+            } else {
+                wanted.push((uid, false));
+            }
+        }
+        for batch in wanted.chunks(FETCH_BATCH) {
+            fetch_batch(store, &mut session, source, folder, selected.uidvalidity, batch, &mut report)
+                .await?;
+        }
+        // Durable before anything is done on the server (post-actions) or reported.
+        store.flush().await?;
+    }
+    store.flush().await?;
+    session.logout().await;
+    Ok(report)
+}
+
+/// Fetches one batch and moves the checkpoint only over a contiguous prefix of handled
+/// UIDs (stored, already stored, skipped for size, or gone from the server).
+async fn fetch_batch(
+    store: &Store,
+    session: &mut ImapSession,
+    source: &SourceSettings,
+    folder: &str,
+    uidvalidity: u32,
+    batch: &[(u32, bool)],
+    report: &mut CycleReport,
+) -> Result<(), CycleError> {
+    let to_fetch: Vec<u32> = batch.iter().filter(|(_, skip)| !skip).map(|(u, _)| *u).collect();
+    let mut pending: BTreeSet<u32> = to_fetch.iter().copied().collect();
+    if !to_fetch.is_empty() {
+        session.start_fetch(&to_fetch).await?;
+        while let Some(f) = session.next_fetched().await? {
+            let (Some(uid), Some(body)) = (f.uid, f.body) else {
+                continue;
+            };
+            if !pending.remove(&uid) {
+                // Not asked for (or a repeat): ignore rather than store it twice.
+                continue;
+            }
+            let parsed = parse::parse(&body);
+            if let Err(e) = &parsed {
+                tracing::warn!(source = %source.name, folder, uid, error = %e, "message stored raw: parse failed");
+            }
+            let msg = NewMessage {
+                source: source.name.clone(),
+                location: Location::Imap {
+                    folder: folder.to_string(),
+                    uidvalidity,
+                    uid,
+                },
+                raw: body,
+                internal_date: f.internal_date.map(|d| d.to_rfc3339()),
+                parsed,
+            };
+            // The store's checkpoint rule (max of stored UIDs) is only right while
+            // messages arrive in UID order with nothing pending below; otherwise hold
+            // the checkpoint back by storing under a lower watermark.
+            if pending.first().is_some_and(|low| *low < uid) {
+                store_one_held(store, msg, report)?;
+            } else {
+                store_one(store, msg, report)?;
+            }
+        }
+    }
+    // Everything asked for has been answered. UIDs that never came were expunged meanwhile;
+    // size-skipped ones were never asked for. The whole batch is now handled.
+    if !pending.is_empty() {
+        tracing::info!(source = %source.name, folder, gone = pending.len(), "messages expunged before they could be fetched");
+    }
+    if let Some((last, _)) = batch.last() {
+        store.skip(&source.name, folder, uidvalidity, *last)?;
+    }
+    Ok(())
+}
+
+/// Stores a message that arrived ahead of a lower pending UID without moving the
+/// checkpoint (the batch's end moves it once everything below is handled).
+fn store_one_held(store: &Store, msg: NewMessage, report: &mut CycleReport) -> Result<(), StoreError> {
+    let size = msg.raw.len() as u64;
+    let parse_failed = msg.parsed.is_err();
+    let source = msg.source.clone();
+    let started = Instant::now();
+    let outcome = store.store_without_checkpoint(msg)?;
+    telemetry::store_write(started.elapsed().as_secs_f64());
+    match outcome {
+        StoreOutcome::Stored(_) => {
+            report.stored += 1;
+            report.bytes += size;
+            telemetry::message_stored(&source, size, parse_failed);
+        }
+        StoreOutcome::AlreadyStored(_) => report.already += 1,
+    }
+    Ok(())
+}
+
+async fn run_pop3(
+    store: &Arc<Store>,
+    connector: &Connector,
+    source: &SourceSettings,
+    cred: &Credential,
+) -> Result<CycleReport, CycleError> {
+    let mut session = Pop3Session::open(connector, &source.host, source.port, source.security).await?;
+    session.login(&login(source, cred)?).await?;
+    let mut report = CycleReport::default();
+    let uidl = session.uidl().await?;
+    let sizes: std::collections::HashMap<u32, u64> = session.list().await?.into_iter().collect();
+    let stored = store.stored_uidls(&source.name)?;
+    let todo: Vec<(u32, String)> = uidl.into_iter().filter(|(_, u)| !stored.contains(u)).collect();
+    report.backlog = todo.len() as u64;
+    telemetry::backlog(&source.name, report.backlog);
+    for (n, uid) in todo {
+        let size = sizes.get(&n).copied().unwrap_or(0);
+        if size > source.max_message_bytes {
+            tracing::warn!(source = %source.name, uidl = %uid, size, limit = source.max_message_bytes, "message over max_message_bytes skipped");
+            report.skipped += 1;
+            continue;
+        }
+        let body = session.retr(n, source.max_message_bytes.saturating_add(64 * 1024)).await?;
+        let parsed = parse::parse(&body);
+        if let Err(e) = &parsed {
+            tracing::warn!(source = %source.name, uidl = %uid, error = %e, "message stored raw: parse failed");
+        }
+        store_one(
+            store,
+            NewMessage {
+                source: source.name.clone(),
+                location: Location::Pop3 { uidl: uid },
+                raw: body,
+                internal_date: None,
+                parsed,
+            },
+            &mut report,
+        )?;
+    }
+    store.flush().await?;
+    session.quit().await;
+    Ok(report)
+}

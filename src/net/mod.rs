@@ -1,0 +1,489 @@
+//! TCP and TLS for mail sessions, and the IMAP/POP3 session drivers that pump bytes
+//! through the sans-IO protocol code. The only module that touches sockets.
+//!
+//! TLS is rustls with the ring provider: TLS 1.2 or 1.3 only (`tls.min_version`), system
+//! roots plus `tls.extra_ca_file`, certificate and host name always verified; there is no
+//! switch to turn verification off. The `native-tls` feature adds the platform library as
+//! an alternative backend with the same minimum-version rule.
+
+pub mod imap;
+pub mod pop3;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::{TlsBackend, TlsSettings, TlsVersion};
+use crate::protocol::ProtocolError;
+use crate::telemetry::ErrorKind;
+
+/// Why a session failed. Every variant names the server (`host:port`) and, where the
+/// server answered, carries its words.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{server}: cannot connect: {source}")]
+    Connect { server: String, source: io::Error },
+    #[error("{server}: TLS failed: {detail}")]
+    Tls { server: String, detail: String },
+    #[error("{server}: no answer within {secs}s while {during}")]
+    Timeout {
+        server: String,
+        secs: u64,
+        during: &'static str,
+    },
+    #[error("{server}: authentication refused: {reply}")]
+    Auth { server: String, reply: String },
+    #[error("{server}: {source}")]
+    Protocol {
+        server: String,
+        source: ProtocolError,
+    },
+    #[error("{server}: connection closed by server{last}")]
+    Closed { server: String, last: String },
+    #[error("{server}: I/O error: {source}")]
+    Io { server: String, source: io::Error },
+    #[error("{server}: server asks to slow down: {reply}")]
+    Throttled {
+        server: String,
+        reply: String,
+        backoff: Option<Duration>,
+    },
+}
+
+impl SessionError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SessionError::Connect { .. } | SessionError::Timeout { .. } => ErrorKind::Connect,
+            SessionError::Io { .. } | SessionError::Closed { .. } => ErrorKind::Connect,
+            SessionError::Tls { .. } => ErrorKind::Tls,
+            SessionError::Auth { .. } => ErrorKind::Auth,
+            SessionError::Protocol { .. } => ErrorKind::Protocol,
+            SessionError::Throttled { .. } => ErrorKind::Throttled,
+        }
+    }
+}
+
+/// Settings every connection shares, built once at start-up.
+#[derive(Clone)]
+pub struct Connector {
+    tls: TlsBackendConfig,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Clone)]
+enum TlsBackendConfig {
+    Rustls(Arc<rustls::ClientConfig>),
+    #[cfg(feature = "native-tls")]
+    Native {
+        min: TlsVersion,
+        extra_ca: Option<Vec<u8>>,
+    },
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the root store: system roots plus the PEM certificates in `extra_ca_file`.
+pub fn root_store(extra_ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A broken system certificate is skipped, as browsers do; it cannot weaken checks.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra_ca_file {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("tls.extra_ca_file {}: {e}", path.display()))?;
+        let mut added = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("tls.extra_ca_file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("tls.extra_ca_file {}: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!(
+                "tls.extra_ca_file {}: no PEM certificate found",
+                path.display()
+            ));
+        }
+    }
+    Ok(roots)
+}
+
+/// The rustls client configuration for a minimum version and root store.
+pub fn rustls_config(
+    min: TlsVersion,
+    roots: rustls::RootCertStore,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match min {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+impl Connector {
+    pub fn new(
+        tls: &TlsSettings,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+    ) -> Result<Connector, String> {
+        let backend = match tls.backend {
+            TlsBackend::Rustls => {
+                let roots = root_store(tls.extra_ca_file.as_deref())?;
+                TlsBackendConfig::Rustls(rustls_config(tls.min_version, roots)?)
+            }
+            #[cfg(feature = "native-tls")]
+            TlsBackend::Native => TlsBackendConfig::Native {
+                min: tls.min_version,
+                extra_ca: match &tls.extra_ca_file {
+                    Some(p) => Some(
+                        std::fs::read(p)
+                            .map_err(|e| format!("tls.extra_ca_file {}: {e}", p.display()))?,
+                    ),
+                    None => None,
+                },
+            },
+            #[cfg(not(feature = "native-tls"))]
+            TlsBackend::Native => {
+                return Err(
+                    "tls.backend = \"native\" needs a build with --features native-tls".into(),
+                );
+            }
+        };
+        Ok(Connector {
+            tls: backend,
+            connect_timeout,
+            read_timeout,
+        })
+    }
+
+    /// TCP connect (no TLS yet), for STARTTLS/STLS.
+    pub async fn connect_plain(&self, host: &str, port: u16) -> Result<Conn, SessionError> {
+        let server = format!("{host}:{port}");
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+            .await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(source)) => return Err(SessionError::Connect { server, source }),
+            Err(_) => {
+                return Err(SessionError::Timeout {
+                    server,
+                    secs: self.connect_timeout.as_secs(),
+                    during: "connecting",
+                });
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        Ok(Conn {
+            stream: MailStream::Plain(tcp),
+            buf: Vec::with_capacity(64 * 1024),
+            read_timeout: self.read_timeout,
+            server,
+            tls: None,
+        })
+    }
+
+    /// TCP connect and TLS handshake (implicit TLS, ports 993/995).
+    pub async fn connect_tls(&self, host: &str, port: u16) -> Result<Conn, SessionError> {
+        let conn = self.connect_plain(host, port).await?;
+        self.upgrade(conn, host).await
+    }
+
+    /// Turns a plain connection into a TLS one (after STARTTLS/STLS was accepted). The plain
+    /// connection is consumed; bytes the server sent before the handshake are an attack
+    /// (response injection) and fail the upgrade.
+    pub async fn upgrade(&self, conn: Conn, host: &str) -> Result<Conn, SessionError> {
+        let Conn {
+            stream,
+            buf,
+            read_timeout,
+            server,
+            ..
+        } = conn;
+        if !buf.is_empty() {
+            return Err(SessionError::Tls {
+                server,
+                detail: "server sent data before the TLS handshake (possible injection)".into(),
+            });
+        }
+        let MailStream::Plain(tcp) = stream else {
+            return Err(SessionError::Tls {
+                server,
+                detail: "connection is already TLS".into(),
+            });
+        };
+        let handshake_timeout = self.connect_timeout;
+        let tls_err = |detail: String| SessionError::Tls {
+            server: server.clone(),
+            detail,
+        };
+        let (stream, info) = match &self.tls {
+            TlsBackendConfig::Rustls(config) => {
+                let name = ServerName::try_from(host.to_string())
+                    .map_err(|e| tls_err(format!("invalid server name {host:?}: {e}")))?;
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = match tokio::time::timeout(handshake_timeout, connector.connect(name, tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return Err(tls_err(describe_tls_error(&e))),
+                    Err(_) => {
+                        return Err(SessionError::Timeout {
+                            server,
+                            secs: handshake_timeout.as_secs(),
+                            during: "TLS handshake",
+                        });
+                    }
+                };
+                let (_, session) = tls.get_ref();
+                let info = TlsInfo {
+                    version: session
+                        .protocol_version()
+                        .map(|v| format!("{v:?}"))
+                        .unwrap_or_default(),
+                    cipher: session
+                        .negotiated_cipher_suite()
+                        .map(|c| format!("{:?}", c.suite()))
+                        .unwrap_or_default(),
+                };
+                (MailStream::Rustls(Box::new(tls)), info)
+            }
+            #[cfg(feature = "native-tls")]
+            TlsBackendConfig::Native { min, extra_ca } => {
+                let mut connector = async_native_tls::TlsConnector::new().min_protocol_version(
+                    Some(match min {
+                        TlsVersion::V1_2 => async_native_tls::Protocol::Tlsv12,
+                        TlsVersion::V1_3 => async_native_tls::Protocol::Tlsv12,
+                    }),
+                );
+                if let Some(pem) = extra_ca {
+                    let cert = async_native_tls::Certificate::from_pem(pem)
+                        .map_err(|e| tls_err(format!("tls.extra_ca_file: {e}")))?;
+                    connector = connector.add_root_certificate(cert);
+                }
+                let tls = match tokio::time::timeout(handshake_timeout, connector.connect(host, tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return Err(tls_err(e.to_string())),
+                    Err(_) => {
+                        return Err(SessionError::Timeout {
+                            server,
+                            secs: handshake_timeout.as_secs(),
+                            during: "TLS handshake",
+                        });
+                    }
+                };
+                (
+                    MailStream::Native(Box::new(tls)),
+                    TlsInfo {
+                        version: "native".into(),
+                        cipher: String::new(),
+                    },
+                )
+            }
+        };
+        Ok(Conn {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            read_timeout,
+            server,
+            tls: Some(info),
+        })
+    }
+}
+
+/// Turns rustls' errors into operator language: which check failed and what the server offered.
+fn describe_tls_error(e: &io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("PeerIncompatible") || text.contains("ProtocolVersion") {
+        format!(
+            "server offers no TLS version we accept (TLS 1.2 or newer, see tls.min_version): {text}"
+        )
+    } else if text.contains("UnknownIssuer") {
+        format!(
+            "certificate not trusted (unknown issuer; add its CA to tls.extra_ca_file): {text}"
+        )
+    } else if text.contains("NotValidForName") {
+        format!("certificate is not valid for this host name: {text}")
+    } else {
+        text
+    }
+}
+
+/// Negotiated TLS parameters, for `test-login` and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+}
+
+enum MailStream {
+    /// Placeholder while a connection moves through the TLS upgrade; every I/O fails.
+    Closed,
+    Plain(TcpStream),
+    Rustls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    #[cfg(feature = "native-tls")]
+    Native(Box<async_native_tls::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for MailStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MailStream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+            MailStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MailStream::Rustls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(feature = "native-tls")]
+            MailStream::Native(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MailStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MailStream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+            MailStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MailStream::Rustls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(feature = "native-tls")]
+            MailStream::Native(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MailStream::Closed => Poll::Ready(Ok(())),
+            MailStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            MailStream::Rustls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(feature = "native-tls")]
+            MailStream::Native(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MailStream::Closed => Poll::Ready(Ok(())),
+            MailStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MailStream::Rustls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(feature = "native-tls")]
+            MailStream::Native(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One connection to a mail server with its read buffer.
+pub struct Conn {
+    stream: MailStream,
+    /// Bytes read but not yet consumed by the protocol layer.
+    pub buf: Vec<u8>,
+    read_timeout: Duration,
+    /// `host:port`, for every error message.
+    pub server: String,
+    /// Set once the connection is TLS.
+    pub tls: Option<TlsInfo>,
+}
+
+impl Conn {
+    /// Reads more bytes into `buf`. End of stream is an error naming the last thing the
+    /// server said.
+    pub async fn fill(&mut self, during: &'static str) -> Result<(), SessionError> {
+        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        match tokio::time::timeout(self.read_timeout, self.stream.read_buf(&mut self.buf)).await {
+            Ok(Ok(0)) => Err(SessionError::Closed {
+                server: self.server.clone(),
+                last: if self.buf.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " after: {}",
+                        crate::protocol::imap::first_line(&self.buf)
+                    )
+                },
+            }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(source)) => Err(SessionError::Io {
+                server: self.server.clone(),
+                source,
+            }),
+            Err(_) => Err(SessionError::Timeout {
+                server: self.server.clone(),
+                secs: self.read_timeout.as_secs(),
+                during,
+            }),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.read_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(SessionError::Io {
+                server: self.server.clone(),
+                source,
+            }),
+            Err(_) => Err(SessionError::Timeout {
+                server: self.server.clone(),
+                secs: self.read_timeout.as_secs(),
+                during: "sending a command",
+            }),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    pub fn protocol_error(&self, source: ProtocolError) -> SessionError {
+        SessionError::Protocol {
+            server: self.server.clone(),
+            source,
+        }
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.shutdown()).await;
+    }
+}
+
+/// Stand-in while a connection is being moved through the TLS upgrade.
+pub(crate) fn imap_placeholder() -> Conn {
+    Conn {
+        stream: MailStream::Closed,
+        buf: Vec::new(),
+        read_timeout: Duration::from_secs(1),
+        server: String::new(),
+        tls: None,
+    }
+}

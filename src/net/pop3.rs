@@ -1,0 +1,249 @@
+//! A POP3 session over a [`Conn`]: greeting, STLS, CAPA, USER/PASS or the two-step
+//! `AUTH XOAUTH2` / `AUTH OAUTHBEARER`, UIDL, LIST, RETR, QUIT.
+//!
+//! Invariants as for IMAP: no credential before TLS; capabilities re-read after STLS; a
+//! SASL error challenge is answered, not waited out.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::config::Security;
+use crate::protocol::pop3::{self, Reader, Reply};
+use crate::protocol::{ProtocolError, sasl};
+use crate::secret::Secret;
+
+use super::imap::Login;
+use super::{Conn, Connector, SessionError, TlsInfo};
+
+pub struct Pop3Session {
+    conn: Conn,
+    reader: Reader,
+    /// From CAPA in the current state (post-TLS).
+    pub capabilities: BTreeSet<String>,
+}
+
+impl Pop3Session {
+    pub async fn open(
+        connector: &Connector,
+        host: &str,
+        port: u16,
+        security: Security,
+    ) -> Result<Pop3Session, SessionError> {
+        let conn = match security {
+            Security::Tls => connector.connect_tls(host, port).await?,
+            Security::StartTls => connector.connect_plain(host, port).await?,
+        };
+        let mut s = Pop3Session {
+            conn,
+            reader: Reader::default(),
+            capabilities: BTreeSet::new(),
+        };
+        match s.reply("waiting for the greeting").await? {
+            Reply::Ok(_) => {}
+            other => {
+                return Err(s
+                    .conn
+                    .protocol_error(ProtocolError::Rejected(other.line())));
+            }
+        }
+        if security == Security::StartTls {
+            let caps = s.capa().await?;
+            if !caps.contains("STLS") {
+                return Err(SessionError::Tls {
+                    server: s.conn.server.clone(),
+                    detail: "server does not offer STLS; refusing to continue without TLS".into(),
+                });
+            }
+            s.conn.send(pop3::stls()).await?;
+            match s.reply("STLS").await? {
+                Reply::Ok(_) => {}
+                other => {
+                    return Err(SessionError::Tls {
+                        server: s.conn.server.clone(),
+                        detail: format!("STLS refused: {}", other.line()),
+                    });
+                }
+            }
+            let plain = std::mem::replace(&mut s.conn, super::imap_placeholder());
+            s.conn = connector.upgrade(plain, host).await?;
+        }
+        s.capabilities = s.capa().await?;
+        Ok(s)
+    }
+
+    pub fn server(&self) -> &str {
+        &self.conn.server
+    }
+
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.conn.tls.as_ref()
+    }
+
+    async fn reply(&mut self, during: &'static str) -> Result<Reply, SessionError> {
+        loop {
+            match self.reader.reply(&self.conn.buf) {
+                Ok(Some((reply, used))) => {
+                    self.conn.buf.drain(..used);
+                    return Ok(reply);
+                }
+                Ok(None) => self.conn.fill(during).await?,
+                Err(e) => return Err(self.conn.protocol_error(e)),
+            }
+        }
+    }
+
+    async fn multiline(&mut self, limit: u64, during: &'static str) -> Result<Vec<u8>, SessionError> {
+        loop {
+            match self.reader.multiline(&self.conn.buf, limit) {
+                Ok(Some((body, used))) => {
+                    self.conn.buf.drain(..used);
+                    return Ok(body);
+                }
+                Ok(None) => self.conn.fill(during).await?,
+                Err(e) => return Err(self.conn.protocol_error(e)),
+            }
+        }
+    }
+
+    /// Sends a command expecting `+OK` then a multi-line listing.
+    async fn listing(&mut self, cmd: &[u8], during: &'static str, limit: u64) -> Result<Vec<u8>, SessionError> {
+        self.conn.send(cmd).await?;
+        match self.reply(during).await? {
+            Reply::Ok(_) => self.multiline(limit, during).await,
+            other => Err(self.refused(other)),
+        }
+    }
+
+    fn refused(&self, reply: Reply) -> SessionError {
+        let line = reply.line();
+        if let Some(backoff) = super::imap::suggested_backoff(&line) {
+            return SessionError::Throttled {
+                server: self.conn.server.clone(),
+                reply: line,
+                backoff: Some(backoff),
+            };
+        }
+        self.conn.protocol_error(ProtocolError::Rejected(line))
+    }
+
+    async fn capa(&mut self) -> Result<BTreeSet<String>, SessionError> {
+        self.conn.send(pop3::capa()).await?;
+        match self.reply("CAPA").await? {
+            Reply::Ok(_) => {
+                let listing = self.multiline(1 << 20, "CAPA").await?;
+                Ok(pop3::parse_capa(&listing))
+            }
+            // RFC 2449 servers answer CAPA; an old one may not, and then we know nothing.
+            Reply::Err(_) | Reply::Continue(_) => Ok(BTreeSet::new()),
+        }
+    }
+
+    pub async fn login(&mut self, login: &Login<'_>) -> Result<String, SessionError> {
+        if !self.conn.is_tls() {
+            return Err(SessionError::Tls {
+                server: self.conn.server.clone(),
+                detail: "refusing to send credentials without TLS".into(),
+            });
+        }
+        let (mechanism, response, oauthbearer) = match login {
+            Login::Password { user, password } => return self.user_pass(user, password).await,
+            Login::XOAuth2 { user, token } => ("XOAUTH2", sasl::xoauth2(user, token), false),
+            Login::OAuthBearer {
+                user,
+                token,
+                host,
+                port,
+            } => ("OAUTHBEARER", sasl::oauthbearer(user, host, *port, token), true),
+        };
+        // Some servers list SASL mechanisms only after TLS or not at all (Office 365 before
+        // TLS); an unlisted mechanism is still tried, and the server's answer reported.
+        self.conn.send(&pop3::auth(mechanism)).await?;
+        let mut sent_response = false;
+        let mut challenge_text = None;
+        loop {
+            match self.reply("authenticating").await? {
+                Reply::Continue(challenge) => {
+                    if !sent_response {
+                        sent_response = true;
+                        self.conn.send(&pop3::sasl_line(response.expose())).await?;
+                    } else {
+                        challenge_text = Some(sasl::describe_challenge(&challenge));
+                        self.conn
+                            .send(&pop3::sasl_line(sasl::error_challenge_reply(oauthbearer)))
+                            .await?;
+                    }
+                }
+                Reply::Ok(text) => {
+                    self.capabilities = self.capa().await?;
+                    return Ok(format!("+OK {text}"));
+                }
+                Reply::Err(text) => {
+                    let reply = match challenge_text {
+                        Some(c) if !c.is_empty() => format!("-ERR {text} (challenge: {c})"),
+                        _ => format!("-ERR {text}"),
+                    };
+                    return Err(SessionError::Auth {
+                        server: self.conn.server.clone(),
+                        reply,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn user_pass(&mut self, user: &str, password: &Secret) -> Result<String, SessionError> {
+        let (Some(user_cmd), Some(pass_cmd)) = (pop3::user(user), pop3::pass(password.expose()))
+        else {
+            return Err(SessionError::Auth {
+                server: self.conn.server.clone(),
+                reply: "user name or password contains CR, LF or NUL".into(),
+            });
+        };
+        self.conn.send(&user_cmd).await?;
+        if let Reply::Err(text) = self.reply("USER").await? {
+            return Err(SessionError::Auth {
+                server: self.conn.server.clone(),
+                reply: format!("-ERR {text}"),
+            });
+        }
+        self.conn.send(&pass_cmd).await?;
+        match self.reply("PASS").await? {
+            Reply::Ok(text) => {
+                self.capabilities = self.capa().await?;
+                Ok(format!("+OK {text}"))
+            }
+            other => Err(SessionError::Auth {
+                server: self.conn.server.clone(),
+                reply: other.line(),
+            }),
+        }
+    }
+
+    /// `(message number, unique id)` for every message in the maildrop.
+    pub async fn uidl(&mut self) -> Result<Vec<(u32, String)>, SessionError> {
+        let listing = self.listing(pop3::uidl(), "UIDL", 64 << 20).await?;
+        pop3::parse_uidl(&listing).map_err(|e| self.conn.protocol_error(e))
+    }
+
+    /// `(message number, size)` for every message.
+    pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, SessionError> {
+        let listing = self.listing(pop3::list(), "LIST", 64 << 20).await?;
+        pop3::parse_list(&listing).map_err(|e| self.conn.protocol_error(e))
+    }
+
+    /// The message, dot-unstuffed, exactly as the server sent it otherwise.
+    pub async fn retr(&mut self, n: u32, limit: u64) -> Result<Vec<u8>, SessionError> {
+        self.listing(&pop3::retr(n), "RETR", limit).await
+    }
+
+    /// QUIT: ends the session (and, on a server, commits any DELE).
+    pub async fn quit(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            if self.conn.send(pop3::quit()).await.is_ok() {
+                let _ = self.reply("QUIT").await;
+            }
+        })
+        .await;
+        self.conn.shutdown().await;
+    }
+}

@@ -1,0 +1,652 @@
+//! IMAP client protocol, sans I/O.
+//!
+//! Three pieces, none of which touches a socket:
+//! - [`Framer`] finds where the next complete server response ends in a byte buffer (a line,
+//!   plus any `{n}` literals and the lines after them), with hard caps on line and literal
+//!   size so a hostile server cannot make us buffer without bound.
+//! - [`parse_response`] turns one complete frame into an owned [`ServerResponse`], using
+//!   imap-codec's response parser (we do not hand-parse IMAP grammar).
+//! - [`Commands`] produces tagged command bytes for the handful of commands a collector needs.
+//!
+//! The caller (net::imap) pumps bytes: read into a buffer, ask the framer for a frame,
+//! parse it, act, write the next command.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, FixedOffset};
+use imap_codec::decode::{Decoder, GreetingDecodeError, ResponseDecodeError};
+use imap_codec::imap_types::core::{IString, NString};
+use imap_codec::imap_types::fetch::MessageDataItem;
+use imap_codec::imap_types::response::{Code, Data, GreetingKind, Response, Status};
+use imap_codec::{GreetingCodec, ResponseCodec};
+
+use super::ProtocolError;
+
+/// A protocol response line is rarely over a few hundred bytes; 64 KiB leaves room for long
+/// capability lists and SEARCH results while bounding memory.
+pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+
+/// Finds frame boundaries. Keeps its scan position between calls so a large literal that
+/// arrives in many reads is not rescanned (linear, not quadratic).
+#[derive(Debug)]
+pub struct Framer {
+    max_line: usize,
+    max_literal: u64,
+    /// Offset where the current (unfinished) line starts.
+    line_start: usize,
+    /// Offset up to which the buffer has been scanned for CRLF.
+    scanned: usize,
+}
+
+impl Framer {
+    pub fn new(max_line: usize, max_literal: u64) -> Self {
+        Framer {
+            max_line,
+            max_literal,
+            line_start: 0,
+            scanned: 0,
+        }
+    }
+
+    /// Length of the first complete response in `buf`, or `None` if more bytes are needed.
+    /// After `Some(n)` the caller must remove `buf[..n]` before calling again.
+    pub fn next_frame(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        loop {
+            if self.line_start > buf.len() {
+                // Inside a literal that has not fully arrived.
+                return Ok(None);
+            }
+            let from = self.scanned.max(self.line_start);
+            let Some(rel) = memchr_lf(&buf[from..]) else {
+                self.scanned = buf.len();
+                if buf.len() - self.line_start > self.max_line {
+                    return Err(ProtocolError::LineTooLong(self.max_line));
+                }
+                return Ok(None);
+            };
+            let lf = from + rel;
+            if lf - self.line_start > self.max_line {
+                return Err(ProtocolError::LineTooLong(self.max_line));
+            }
+            let line = &buf[self.line_start..lf];
+            match literal_announcement(line) {
+                Some(n) => {
+                    if n > self.max_literal {
+                        return Err(ProtocolError::LiteralTooLarge {
+                            size: n,
+                            limit: self.max_literal,
+                        });
+                    }
+                    // Skip the literal: the next line starts right after it.
+                    self.line_start = lf + 1 + n as usize;
+                    self.scanned = self.line_start;
+                }
+                None => {
+                    let end = lf + 1;
+                    self.line_start = 0;
+                    self.scanned = 0;
+                    return Ok(Some(end));
+                }
+            }
+        }
+    }
+}
+
+fn memchr_lf(hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == b'\n')
+}
+
+/// `{123}` or `{123+}` (or literal8 `~{123}`) at the end of a line, before the CRLF.
+fn literal_announcement(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&b| b == b'{')?;
+    let digits = &inner[open + 1..];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Outcome of a tagged command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    Ok,
+    No,
+    Bad,
+}
+
+/// One message from `UID FETCH (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])`, items parsed by
+/// name (Office 365 has been seen sending them in another order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fetched {
+    pub seq: u32,
+    pub uid: Option<u32>,
+    pub rfc822_size: Option<u32>,
+    pub internal_date: Option<DateTime<FixedOffset>>,
+    /// `BODY[]` exactly as the literal carried it (its length is the truth, not RFC822.SIZE).
+    pub body: Option<Vec<u8>>,
+}
+
+/// What a response frame says, reduced to what a collector acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerResponse {
+    /// `+ ...`: continue (SASL challenge text, base64 or plain).
+    Continue(String),
+    /// Tagged completion; `line` is the server's words for error messages.
+    Tagged {
+        tag: String,
+        completion: Completion,
+        code: Option<ResponseCode>,
+        line: String,
+    },
+    /// `* BYE ...`
+    Bye { line: String },
+    Capabilities(BTreeSet<String>),
+    Exists(u32),
+    Expunge(u32),
+    /// Untagged `OK` (with its code, e.g. UIDVALIDITY in a SELECT) or other status.
+    UntaggedStatus { code: Option<ResponseCode>, line: String },
+    Fetch(Fetched),
+    /// Something valid we have no use for (FLAGS, LIST, SEARCH, ...).
+    Other,
+}
+
+/// The response codes a collector uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseCode {
+    UidValidity(u32),
+    UidNext(u32),
+    Capabilities(BTreeSet<String>),
+    ReadOnly,
+    ReadWrite,
+    /// Any other code, as its text (`AUTHENTICATIONFAILED`, `UNAVAILABLE`, ...).
+    Other(String),
+}
+
+fn code_of(code: &Code<'_>) -> ResponseCode {
+    match code {
+        Code::UidValidity(v) => ResponseCode::UidValidity(v.get()),
+        Code::UidNext(v) => ResponseCode::UidNext(v.get()),
+        Code::Capability(caps) => ResponseCode::Capabilities(
+            caps.as_ref()
+                .iter()
+                .map(|c| c.to_string().to_ascii_uppercase())
+                .collect(),
+        ),
+        Code::ReadOnly => ResponseCode::ReadOnly,
+        Code::ReadWrite => ResponseCode::ReadWrite,
+        other => {
+            let dbg = format!("{other:?}");
+            ResponseCode::Other(dbg.split(['(', ' ', '{']).next().unwrap_or("").to_string())
+        }
+    }
+}
+
+/// The first line of a frame as text, for error messages (bounded, lossy UTF-8).
+pub fn first_line(frame: &[u8]) -> String {
+    let end = frame
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(frame.len());
+    let line = String::from_utf8_lossy(&frame[..end.min(512)]);
+    line.trim_end().to_string()
+}
+
+/// Parses the server greeting. `Ok(true)` for OK, `Ok(false)` for PREAUTH; BYE is an error.
+pub fn parse_greeting(frame: &[u8]) -> Result<(bool, Option<BTreeSet<String>>), ProtocolError> {
+    match GreetingCodec::default().decode(frame) {
+        Ok((_, greeting)) => {
+            let caps = match greeting.code.as_ref().map(code_of) {
+                Some(ResponseCode::Capabilities(c)) => Some(c),
+                _ => None,
+            };
+            match greeting.kind {
+                GreetingKind::Ok => Ok((true, caps)),
+                GreetingKind::PreAuth => Ok((false, caps)),
+                GreetingKind::Bye => Err(ProtocolError::Rejected(first_line(frame))),
+            }
+        }
+        Err(GreetingDecodeError::Incomplete) | Err(GreetingDecodeError::Failed) => {
+            Err(ProtocolError::Malformed(first_line(frame)))
+        }
+    }
+}
+
+/// Parses one complete frame (as delimited by [`Framer`]).
+pub fn parse_response(frame: &[u8]) -> Result<ServerResponse, ProtocolError> {
+    match ResponseCodec::default().decode(frame) {
+        Ok((_, response)) => Ok(convert(response, frame)),
+        Err(ResponseDecodeError::Incomplete) | Err(ResponseDecodeError::LiteralFound { .. }) => {
+            Err(ProtocolError::Malformed(first_line(frame)))
+        }
+        Err(ResponseDecodeError::Failed) => fallback(frame),
+    }
+}
+
+/// imap-codec is strict; real servers are not. A tagged completion or an untagged line we
+/// cannot parse must not kill a session when its meaning is still clear: a tagged line is
+/// read as tag + OK/NO/BAD, an untagged non-FETCH line is ignored. A FETCH we cannot parse
+/// is an error: it may carry a message, and skipping it would lose mail.
+fn fallback(frame: &[u8]) -> Result<ServerResponse, ProtocolError> {
+    let line = first_line(frame);
+    let mut words = line.split_ascii_whitespace();
+    let first = words.next().unwrap_or("");
+    let second = words.next().unwrap_or("").to_ascii_uppercase();
+    if first == "*" {
+        let third = words.next().unwrap_or("").to_ascii_uppercase();
+        if second == "FETCH" || third == "FETCH" {
+            return Err(ProtocolError::Malformed(line));
+        }
+        if second == "BYE" {
+            return Ok(ServerResponse::Bye { line });
+        }
+        return Ok(ServerResponse::Other);
+    }
+    if first == "+" {
+        return Ok(ServerResponse::Continue(line[1..].trim().to_string()));
+    }
+    let completion = match second.as_str() {
+        "OK" => Completion::Ok,
+        "NO" => Completion::No,
+        "BAD" => Completion::Bad,
+        _ => return Err(ProtocolError::Malformed(line)),
+    };
+    Ok(ServerResponse::Tagged {
+        tag: first.to_string(),
+        completion,
+        code: None,
+        line,
+    })
+}
+
+fn nstring_bytes(n: &NString<'_>) -> Option<Vec<u8>> {
+    n.0.as_ref().map(|s: &IString<'_>| s.as_ref().to_vec())
+}
+
+fn convert(response: Response<'_>, frame: &[u8]) -> ServerResponse {
+    match response {
+        Response::CommandContinuationRequest(_) => {
+            let line = first_line(frame);
+            ServerResponse::Continue(line.strip_prefix('+').unwrap_or(&line).trim().to_string())
+        }
+        Response::Status(status) => {
+            let line = first_line(frame);
+            match status {
+                Status::Bye { .. } => ServerResponse::Bye { line },
+                Status::Ok { tag, code, .. }
+                | Status::No { tag, code, .. }
+                | Status::Bad { tag, code, .. } => {
+                    let completion = match frame_status_word(&line) {
+                        Some(c) => c,
+                        None => Completion::Bad,
+                    };
+                    let code = code.as_ref().map(code_of);
+                    match tag {
+                        Some(tag) => ServerResponse::Tagged {
+                            tag: tag.inner().to_string(),
+                            completion,
+                            code,
+                            line,
+                        },
+                        None => match code {
+                            Some(ResponseCode::Capabilities(c)) => ServerResponse::Capabilities(c),
+                            code => ServerResponse::UntaggedStatus { code, line },
+                        },
+                    }
+                }
+            }
+        }
+        Response::Data(data) => match data {
+            Data::Capability(caps) => ServerResponse::Capabilities(
+                caps.as_ref()
+                    .iter()
+                    .map(|c| c.to_string().to_ascii_uppercase())
+                    .collect(),
+            ),
+            Data::Exists(n) => ServerResponse::Exists(n),
+            Data::Expunge(n) => ServerResponse::Expunge(n.get()),
+            Data::Fetch { seq, items } => {
+                let mut f = Fetched {
+                    seq: seq.get(),
+                    ..Fetched::default()
+                };
+                for item in items.into_inner() {
+                    match item {
+                        MessageDataItem::Uid(u) => f.uid = Some(u.get()),
+                        MessageDataItem::Rfc822Size(s) => f.rfc822_size = Some(s),
+                        MessageDataItem::InternalDate(d) => f.internal_date = Some(*d.as_ref()),
+                        MessageDataItem::BodyExt {
+                            section: None,
+                            origin: None,
+                            data,
+                        } => f.body = nstring_bytes(&data),
+                        MessageDataItem::Rfc822(data) => f.body = nstring_bytes(&data),
+                        _ => {}
+                    }
+                }
+                ServerResponse::Fetch(f)
+            }
+            _ => ServerResponse::Other,
+        },
+    }
+}
+
+/// The status word of a status line: `tag OK ...` / `* NO ...`.
+fn frame_status_word(line: &str) -> Option<Completion> {
+    let word = line.split_ascii_whitespace().nth(1)?.to_ascii_uppercase();
+    match word.as_str() {
+        "OK" => Some(Completion::Ok),
+        "NO" => Some(Completion::No),
+        "BAD" => Some(Completion::Bad),
+        _ => None,
+    }
+}
+
+/// Builds tagged commands. Tags are `A0001`, `A0002`, ...
+#[derive(Debug, Default)]
+pub struct Commands {
+    next: u32,
+}
+
+/// A command ready to write, with the tag whose completion ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub tag: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Commands {
+    fn tagged(&mut self, body: &str) -> Command {
+        self.next += 1;
+        let tag = format!("A{:04}", self.next);
+        Command {
+            bytes: format!("{tag} {body}\r\n").into_bytes(),
+            tag,
+        }
+    }
+
+    pub fn capability(&mut self) -> Command {
+        self.tagged("CAPABILITY")
+    }
+
+    pub fn starttls(&mut self) -> Command {
+        self.tagged("STARTTLS")
+    }
+
+    /// `AUTHENTICATE <mech> [<initial response>]`. The initial response goes on the line
+    /// only when the server advertised SASL-IR; otherwise the caller sends it after `+`.
+    pub fn authenticate(&mut self, mechanism: &str, initial: Option<&str>) -> Command {
+        match initial {
+            Some(ir) => self.tagged(&format!("AUTHENTICATE {mechanism} {ir}")),
+            None => self.tagged(&format!("AUTHENTICATE {mechanism}")),
+        }
+    }
+
+    /// `LOGIN user password`, both as quoted strings. Returns `None` when a value cannot be
+    /// sent quoted (CR, LF or NUL), in which case the caller uses AUTHENTICATE PLAIN.
+    pub fn login(&mut self, user: &str, password: &str) -> Option<Command> {
+        let u = quoted(user)?;
+        let p = quoted(password)?;
+        Some(self.tagged(&format!("LOGIN {u} {p}")))
+    }
+
+    pub fn select(&mut self, mailbox: &str, read_only: bool) -> Command {
+        let verb = if read_only { "EXAMINE" } else { "SELECT" };
+        self.tagged(&format!("{verb} {}", mailbox_arg(mailbox)))
+    }
+
+    /// `UID FETCH <from>:<to> (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])`; `to = None` is `*`.
+    pub fn uid_fetch_bodies(&mut self, from: u32, to: Option<u32>) -> Command {
+        let to = to.map_or_else(|| "*".to_string(), |t| t.to_string());
+        self.tagged(&format!(
+            "UID FETCH {from}:{to} (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])"
+        ))
+    }
+
+    /// `UID FETCH <from>:* (UID RFC822.SIZE)`: the list of messages to collect and their sizes.
+    pub fn uid_fetch_sizes(&mut self, from: u32) -> Command {
+        self.tagged(&format!("UID FETCH {from}:* (UID RFC822.SIZE)"))
+    }
+
+    /// `UID FETCH <set> (...)` for an explicit, comma-separated UID set.
+    pub fn uid_fetch_set(&mut self, uids: &[u32]) -> Command {
+        let set = uid_set(uids);
+        self.tagged(&format!(
+            "UID FETCH {set} (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])"
+        ))
+    }
+
+    pub fn logout(&mut self) -> Command {
+        self.tagged("LOGOUT")
+    }
+
+    pub fn noop(&mut self) -> Command {
+        self.tagged("NOOP")
+    }
+}
+
+/// Compresses sorted UIDs into ranges: `1:3,7,9:10`.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
+            i += 1;
+            end = uids[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+fn quoted(s: &str) -> Option<String> {
+    if s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        return None;
+    }
+    Some(format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+}
+
+/// A mailbox name as a command argument: modified UTF-7 (RFC 3501 §5.1.3), quoted.
+pub fn mailbox_arg(name: &str) -> String {
+    if name.eq_ignore_ascii_case("INBOX") {
+        return "INBOX".to_string();
+    }
+    quoted(&encode_mutf7(name)).unwrap_or_else(|| "\"\"".to_string())
+}
+
+/// Modified UTF-7 for mailbox names: printable ASCII stays (with `&` as `&-`), other text
+/// becomes `&<modified base64 of UTF-16BE>-`.
+pub fn encode_mutf7(name: &str) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    let mut out = String::new();
+    let mut pending: Vec<u16> = Vec::new();
+    let flush = |pending: &mut Vec<u16>, out: &mut String| {
+        if pending.is_empty() {
+            return;
+        }
+        let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
+        out.push('&');
+        out.push_str(&STANDARD_NO_PAD.encode(bytes).replace('/', ","));
+        out.push('-');
+        pending.clear();
+    };
+    for ch in name.chars() {
+        if (' '..='~').contains(&ch) {
+            flush(&mut pending, &mut out);
+            if ch == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(ch);
+            }
+        } else {
+            let mut buf = [0u16; 2];
+            pending.extend_from_slice(ch.encode_utf16(&mut buf));
+        }
+    }
+    flush(&mut pending, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(input: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let mut framer = Framer::new(1024, 1 << 20);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            while let Some(n) = framer.next_frame(&buf).unwrap() {
+                out.push(buf.drain(..n).collect());
+            }
+        }
+        assert!(buf.is_empty(), "leftover {:?}", String::from_utf8_lossy(&buf));
+        out
+    }
+
+    const FETCH: &[u8] = b"* 1 FETCH (UID 7 RFC822.SIZE 11 INTERNALDATE \"17-Jul-1996 02:44:25 -0700\" BODY[] {11}\r\nHello\r\nX}\r\n)\r\nA0003 OK UID FETCH completed\r\n";
+
+    #[test]
+    fn frames_literals_whatever_the_read_size() {
+        for chunk in [1, 2, 3, 7, 64, 4096] {
+            let f = frames(FETCH, chunk);
+            assert_eq!(f.len(), 2, "chunk {chunk}");
+            assert!(f[0].ends_with(b")\r\n"));
+        }
+    }
+
+    #[test]
+    fn literal_that_looks_like_announcement_is_skipped() {
+        // The literal content itself ends with "{5}\r\n"; it must not be read as a literal.
+        let input = b"* 2 FETCH (UID 8 BODY[] {7}\r\nab{5}\r\n)\r\n";
+        let f = frames(input, 1);
+        assert_eq!(f.len(), 1);
+        match parse_response(&f[0]).unwrap() {
+            ServerResponse::Fetch(m) => assert_eq!(m.body.unwrap(), b"ab{5}\r\n"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn line_and_literal_caps() {
+        let mut framer = Framer::new(16, 100);
+        assert!(matches!(
+            framer.next_frame(b"* OK this line is way too long for the cap"),
+            Err(ProtocolError::LineTooLong(16))
+        ));
+        let mut framer = Framer::new(1024, 100);
+        assert!(matches!(
+            framer.next_frame(b"* 1 FETCH (BODY[] {101}\r\n"),
+            Err(ProtocolError::LiteralTooLarge { size: 101, .. })
+        ));
+    }
+
+    #[test]
+    fn parses_fetch_items_by_name_in_any_order() {
+        let f = frames(FETCH, 4096);
+        let ServerResponse::Fetch(m) = parse_response(&f[0]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.uid, Some(7));
+        assert_eq!(m.rfc822_size, Some(11));
+        assert_eq!(m.body.as_deref(), Some(&b"Hello\r\nX}\r\n"[..]));
+        assert_eq!(m.internal_date.unwrap().to_rfc3339(), "1996-07-17T02:44:25-07:00");
+        let reordered = b"* 3 FETCH (RFC822.SIZE 2 BODY[] {2}\r\nhi UID 9)\r\n";
+        let ServerResponse::Fetch(m) = parse_response(reordered).unwrap() else {
+            panic!()
+        };
+        assert_eq!((m.uid, m.body.as_deref()), (Some(9), Some(&b"hi"[..])));
+    }
+
+    #[test]
+    fn parses_status_codes_and_capabilities() {
+        let r = parse_response(b"* OK [UIDVALIDITY 1700000000] UIDs valid\r\n").unwrap();
+        assert_eq!(
+            r,
+            ServerResponse::UntaggedStatus {
+                code: Some(ResponseCode::UidValidity(1700000000)),
+                line: "* OK [UIDVALIDITY 1700000000] UIDs valid".into()
+            }
+        );
+        let r = parse_response(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2 IDLE\r\n").unwrap();
+        let ServerResponse::Capabilities(c) = r else {
+            panic!()
+        };
+        assert!(c.contains("AUTH=XOAUTH2") && c.contains("SASL-IR") && c.contains("IDLE"));
+        let r = parse_response(b"A0002 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+            .unwrap();
+        let ServerResponse::Tagged {
+            tag,
+            completion,
+            line,
+            ..
+        } = r
+        else {
+            panic!()
+        };
+        assert_eq!((tag.as_str(), completion), ("A0002", Completion::No));
+        assert!(line.contains("AUTHENTICATIONFAILED"));
+        let r = parse_response(b"+ eyJzdGF0dXMiOiI0MDEifQ==\r\n").unwrap();
+        assert_eq!(r, ServerResponse::Continue("eyJzdGF0dXMiOiI0MDEifQ==".into()));
+        let r = parse_response(b"* BYE Server shutting down\r\n").unwrap();
+        assert!(matches!(r, ServerResponse::Bye { .. }));
+    }
+
+    #[test]
+    fn greeting_with_capabilities() {
+        let (ok, caps) =
+            parse_greeting(b"* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN] Dovecot ready.\r\n")
+                .unwrap();
+        assert!(ok);
+        assert!(caps.unwrap().contains("STARTTLS"));
+        assert!(parse_greeting(b"* BYE go away\r\n").is_err());
+    }
+
+    #[test]
+    fn unknown_untagged_is_ignored_but_bad_fetch_is_an_error() {
+        assert_eq!(
+            parse_response(b"* XWEIRD 1 2 (((\r\n").unwrap(),
+            ServerResponse::Other
+        );
+        assert!(parse_response(b"* 1 FETCH (UID x BODY[] \r\n").is_err());
+    }
+
+    #[test]
+    fn commands_are_tagged_and_quoted() {
+        let mut c = Commands::default();
+        assert_eq!(c.capability().bytes, b"A0001 CAPABILITY\r\n");
+        assert_eq!(
+            c.login("bob", "p\"w\\").unwrap().bytes,
+            b"A0002 LOGIN \"bob\" \"p\\\"w\\\\\"\r\n"
+        );
+        assert!(c.login("bob", "a\r\nb").is_none());
+        assert_eq!(
+            c.uid_fetch_bodies(5, None).bytes,
+            b"A0003 UID FETCH 5:* (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])\r\n"
+        );
+        assert_eq!(c.select("Support/Ärger", false).tag, "A0004");
+    }
+
+    #[test]
+    fn uid_sets_and_mutf7() {
+        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[4]), "4");
+        assert_eq!(encode_mutf7("Entwürfe"), "Entw&APw-rfe");
+        assert_eq!(encode_mutf7("A&B"), "A&-B");
+        assert_eq!(mailbox_arg("inbox"), "INBOX");
+    }
+}

@@ -1,0 +1,294 @@
+//! POP3 client protocol (RFC 1939, RFC 2449 CAPA, RFC 2595 STLS, RFC 5034 AUTH), sans I/O.
+//!
+//! [`Reader`] pulls replies out of a byte buffer: single-line `+OK`/`-ERR`/`+ ` replies, and
+//! multi-line bodies ended by a lone `.` with dot-unstuffing. "Need more bytes" is `Ok(None)`.
+//! Commands are plain byte strings from the functions at the bottom.
+
+use std::collections::BTreeSet;
+
+use super::ProtocolError;
+
+/// RFC 2449 bounds response lines to 512 octets; real servers (and long UIDs) stay well
+/// below 8 KiB, so that is the cap for one line.
+pub const MAX_LINE: usize = 8 * 1024;
+
+/// A single-line reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `+OK text`
+    Ok(String),
+    /// `-ERR text` (may start with a response code such as `[AUTH]` or `[SYS/TEMP]`).
+    Err(String),
+    /// `+ challenge` (SASL continuation; text may be empty).
+    Continue(String),
+}
+
+impl Reply {
+    /// The reply as the server said it, for error messages.
+    pub fn line(&self) -> String {
+        match self {
+            Reply::Ok(t) => format!("+OK {t}"),
+            Reply::Err(t) => format!("-ERR {t}"),
+            Reply::Continue(t) => format!("+ {t}"),
+        }
+    }
+}
+
+/// Incremental reader; keeps its scan position across calls so a large RETR body arriving
+/// in many reads is scanned once.
+#[derive(Debug, Default)]
+pub struct Reader {
+    /// Offset of the first not-yet-examined line of a multi-line body.
+    line_start: usize,
+}
+
+fn line_end(buf: &[u8], from: usize) -> Option<usize> {
+    buf[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| from + p + 1)
+}
+
+fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim_end().to_string()
+}
+
+impl Reader {
+    /// One single-line reply. Returns it with the number of bytes it took.
+    pub fn reply(&mut self, buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
+        let Some(end) = line_end(buf, 0) else {
+            if buf.len() > MAX_LINE {
+                return Err(ProtocolError::LineTooLong(MAX_LINE));
+            }
+            return Ok(None);
+        };
+        if end > MAX_LINE {
+            return Err(ProtocolError::LineTooLong(MAX_LINE));
+        }
+        let line = &buf[..end];
+        let reply = if let Some(rest) = line.strip_prefix(b"+OK") {
+            Reply::Ok(text_of(rest).trim_start().to_string())
+        } else if let Some(rest) = line.strip_prefix(b"-ERR") {
+            Reply::Err(text_of(rest).trim_start().to_string())
+        } else if let Some(rest) = line.strip_prefix(b"+") {
+            Reply::Continue(text_of(rest).trim_start().to_string())
+        } else {
+            return Err(ProtocolError::Malformed(text_of(line)));
+        };
+        Ok(Some((reply, end)))
+    }
+
+    /// The data part of a multi-line reply (after its `+OK` line was consumed with
+    /// [`Reader::reply`]), dot-unstuffed, and the number of bytes consumed including the
+    /// terminating `.` line. `limit` caps the body size.
+    pub fn multiline(
+        &mut self,
+        buf: &[u8],
+        limit: u64,
+    ) -> Result<Option<(Vec<u8>, usize)>, ProtocolError> {
+        let mut pos = self.line_start;
+        while let Some(end) = line_end(buf, pos) {
+            let line = &buf[pos..end];
+            if line == b".\r\n" || line == b".\n" {
+                let body = unstuff(&buf[..pos]);
+                self.line_start = 0;
+                return Ok(Some((body, end)));
+            }
+            pos = end;
+            if pos as u64 > limit.saturating_add(1024) {
+                return Err(ProtocolError::LiteralTooLarge {
+                    size: pos as u64,
+                    limit,
+                });
+            }
+        }
+        if buf.len() - pos > MAX_LINE.max(1 << 20) {
+            // A single line over 1 MiB in a message body: no real mail has that; a hostile
+            // server is streaming without newlines.
+            return Err(ProtocolError::LineTooLong(MAX_LINE.max(1 << 20)));
+        }
+        self.line_start = pos;
+        Ok(None)
+    }
+}
+
+/// Removes the leading `.` that RFC 1939 §3 adds to lines starting with `.`.
+fn unstuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut at_line_start = true;
+    let mut i = 0;
+    while i < data.len() {
+        let b = data[i];
+        if !(at_line_start && b == b'.') {
+            out.push(b);
+        }
+        at_line_start = b == b'\n';
+        i += 1;
+    }
+    out
+}
+
+/// Capabilities from a CAPA listing, upper-cased first words plus full lines
+/// (`SASL PLAIN XOAUTH2` yields `SASL`, `SASL PLAIN`, `SASL XOAUTH2`).
+pub fn parse_capa(listing: &[u8]) -> BTreeSet<String> {
+    let mut caps = BTreeSet::new();
+    for line in String::from_utf8_lossy(listing).lines() {
+        let mut words = line.split_ascii_whitespace();
+        let Some(first) = words.next() else { continue };
+        let first = first.to_ascii_uppercase();
+        for arg in words {
+            caps.insert(format!("{first} {}", arg.to_ascii_uppercase()));
+        }
+        caps.insert(first);
+    }
+    caps
+}
+
+/// `UIDL` listing: `<msg-number> <unique-id>` per line. Unique ids are 1-70 printable
+/// characters (0x21-0x7E); anything else is an error, since the id is our exactly-once key.
+pub fn parse_uidl(listing: &[u8]) -> Result<Vec<(u32, String)>, ProtocolError> {
+    let text = String::from_utf8_lossy(listing);
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut words = line.split_ascii_whitespace();
+        let (Some(n), Some(uid), None) = (words.next(), words.next(), words.next()) else {
+            return Err(ProtocolError::Malformed(format!("UIDL line: {line}")));
+        };
+        let n: u32 = n
+            .parse()
+            .map_err(|_| ProtocolError::Malformed(format!("UIDL line: {line}")))?;
+        if uid.is_empty() || uid.len() > 70 || !uid.bytes().all(|b| (0x21..=0x7e).contains(&b))
+        {
+            return Err(ProtocolError::Malformed(format!("UIDL unique-id: {line}")));
+        }
+        out.push((n, uid.to_string()));
+    }
+    Ok(out)
+}
+
+/// `LIST` listing: `<msg-number> <size>` per line.
+pub fn parse_list(listing: &[u8]) -> Result<Vec<(u32, u64)>, ProtocolError> {
+    let text = String::from_utf8_lossy(listing);
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut words = line.split_ascii_whitespace();
+        let parsed = match (words.next(), words.next()) {
+            (Some(n), Some(size)) => n.parse().ok().zip(size.parse().ok()),
+            _ => None,
+        };
+        match parsed {
+            Some(pair) => out.push(pair),
+            None => return Err(ProtocolError::Malformed(format!("LIST line: {line}"))),
+        }
+    }
+    Ok(out)
+}
+
+pub fn capa() -> &'static [u8] {
+    b"CAPA\r\n"
+}
+pub fn stls() -> &'static [u8] {
+    b"STLS\r\n"
+}
+pub fn uidl() -> &'static [u8] {
+    b"UIDL\r\n"
+}
+pub fn list() -> &'static [u8] {
+    b"LIST\r\n"
+}
+pub fn quit() -> &'static [u8] {
+    b"QUIT\r\n"
+}
+pub fn retr(n: u32) -> Vec<u8> {
+    format!("RETR {n}\r\n").into_bytes()
+}
+pub fn dele(n: u32) -> Vec<u8> {
+    format!("DELE {n}\r\n").into_bytes()
+}
+/// `USER name`. `None` when the name holds CR/LF (it would inject a command).
+pub fn user(name: &str) -> Option<Vec<u8>> {
+    safe(name).then(|| format!("USER {name}\r\n").into_bytes())
+}
+/// `PASS secret`. `None` when the secret holds CR/LF.
+pub fn pass(secret: &str) -> Option<Vec<u8>> {
+    safe(secret).then(|| format!("PASS {secret}\r\n").into_bytes())
+}
+/// `AUTH <mech>` without an initial response: the two-step form Office 365 requires and
+/// RFC 5034 mandates for responses over 255 octets (all OAuth2 tokens).
+pub fn auth(mechanism: &str) -> Vec<u8> {
+    format!("AUTH {mechanism}\r\n").into_bytes()
+}
+/// A SASL response line (base64) sent after a `+` continuation.
+pub fn sasl_line(base64: &str) -> Vec<u8> {
+    format!("{base64}\r\n").into_bytes()
+}
+
+fn safe(s: &str) -> bool {
+    !s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_line_replies() {
+        let mut r = Reader::default();
+        assert_eq!(r.reply(b"+OK Dovecot ready.\r\n").unwrap().unwrap().0, Reply::Ok("Dovecot ready.".into()));
+        assert_eq!(
+            r.reply(b"-ERR [AUTH] Authentication failed.\r\nextra").unwrap().unwrap(),
+            (Reply::Err("[AUTH] Authentication failed.".into()), 39)
+        );
+        assert_eq!(r.reply(b"+ \r\n").unwrap().unwrap().0, Reply::Continue(String::new()));
+        assert_eq!(r.reply(b"+OK partial").unwrap(), None);
+        assert!(r.reply(b"HELLO\r\n").is_err());
+    }
+
+    #[test]
+    fn multiline_unstuffs_and_stops_at_terminator() {
+        let wire = b"Subject: x\r\n\r\n..leading dot\r\n.\r\n";
+        for chunk in [1, 2, 5, 100] {
+            let mut r = Reader::default();
+            let mut buf = Vec::new();
+            let mut got = None;
+            for piece in wire.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                if let Some(done) = r.multiline(&buf, 1000).unwrap() {
+                    got = Some(done);
+                    break;
+                }
+            }
+            let (body, used) = got.unwrap();
+            assert_eq!(body, b"Subject: x\r\n\r\n.leading dot\r\n");
+            assert_eq!(used, wire.len());
+        }
+    }
+
+    #[test]
+    fn multiline_size_cap() {
+        let mut r = Reader::default();
+        let big = vec![b"0123456789\r\n".as_slice(); 200].concat();
+        assert!(r.multiline(&big, 100).is_err());
+    }
+
+    #[test]
+    fn listings() {
+        let caps = parse_capa(b"TOP\r\nUIDL\r\nSASL PLAIN XOAUTH2\r\nSTLS\r\n");
+        assert!(caps.contains("SASL XOAUTH2") && caps.contains("STLS") && caps.contains("UIDL"));
+        assert_eq!(
+            parse_uidl(b"1 whqtswO00WBw418f9t5JxYwZ\r\n2 QhdPYR:00WBw1Ph7x7\r\n").unwrap(),
+            vec![(1, "whqtswO00WBw418f9t5JxYwZ".into()), (2, "QhdPYR:00WBw1Ph7x7".into())]
+        );
+        assert!(parse_uidl(b"1 has space extra\r\n").is_err());
+        assert!(parse_uidl(format!("1 {}\r\n", "x".repeat(71)).as_bytes()).is_err());
+        assert_eq!(parse_list(b"1 120\r\n2 200\r\n").unwrap(), vec![(1, 120), (2, 200)]);
+    }
+
+    #[test]
+    fn commands_refuse_injection() {
+        assert!(user("a\r\nDELE 1").is_none());
+        assert!(pass("x\ny").is_none());
+        assert_eq!(auth("XOAUTH2"), b"AUTH XOAUTH2\r\n");
+        assert_eq!(retr(3), b"RETR 3\r\n");
+    }
+}

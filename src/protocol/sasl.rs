@@ -1,0 +1,102 @@
+//! SASL initial responses for the mechanisms mailsluice speaks: XOAUTH2 (Microsoft, Google),
+//! OAUTHBEARER (RFC 7628) and PLAIN (RFC 4616). Pure functions returning base64 text.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::secret::Secret;
+
+/// `user=<user>^Aauth=Bearer <token>^A^A`, base64 (PROTOCOLS §1.7).
+pub fn xoauth2(user: &str, token: &Secret) -> Secret {
+    let raw = format!("user={user}\x01auth=Bearer {}\x01\x01", token.expose());
+    Secret::new(STANDARD.encode(raw))
+}
+
+/// RFC 7628 client response: `n,a=<user>,^Ahost=..^Aport=..^Aauth=Bearer <token>^A^A`.
+/// Dovecot 2.3 requires the authzid (`a=`), so it is always sent.
+pub fn oauthbearer(user: &str, host: &str, port: u16, token: &Secret) -> Secret {
+    let authzid = user.replace('=', "=3D").replace(',', "=2C");
+    let raw = format!(
+        "n,a={authzid},\x01host={host}\x01port={port}\x01auth=Bearer {}\x01\x01",
+        token.expose()
+    );
+    Secret::new(STANDARD.encode(raw))
+}
+
+/// RFC 4616 PLAIN: `\0user\0password`.
+pub fn plain(user: &str, password: &Secret) -> Secret {
+    let raw = format!("\0{user}\0{}", password.expose());
+    Secret::new(STANDARD.encode(raw))
+}
+
+/// What a client sends to abort after an error challenge: XOAUTH2 expects an empty line,
+/// OAUTHBEARER a single %x01 (`AQ==`). Answering instead of waiting is what keeps a
+/// rejected token from hanging until the read timeout (ANCHORS item 5).
+pub fn error_challenge_reply(oauthbearer: bool) -> &'static str {
+    if oauthbearer { "AQ==" } else { "" }
+}
+
+/// Decodes a server challenge (base64) for an error message: the JSON that Gmail and
+/// Dovecot send on a rejected token, e.g. `{"status":"401","schemes":"bearer"}`.
+/// Returns the decoded text when it is printable, the raw challenge otherwise.
+pub fn describe_challenge(challenge: &str) -> String {
+    match STANDARD.decode(challenge.trim()) {
+        Ok(bytes) if !bytes.is_empty() => match String::from_utf8(bytes) {
+            Ok(text) if !text.chars().any(|c| c.is_control() && c != '\n') => text,
+            _ => challenge.trim().to_string(),
+        },
+        _ => challenge.trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xoauth2_matches_microsoft_test_vector() {
+        let s = xoauth2(
+            "test@contoso.onmicrosoft.com",
+            &Secret::new("EwBAAl3BAAUFFpUAo7J3Ve0bjLBWZWCclRC3EoAA"),
+        );
+        assert_eq!(
+            s.expose(),
+            "dXNlcj10ZXN0QGNvbnRvc28ub25taWNyb3NvZnQuY29tAWF1dGg9QmVhcmVyIEV3QkFBbDNCQUFVRkZwVUFvN0ozVmUwYmpMQldaV0NjbFJDM0VvQUEBAQ=="
+        );
+    }
+
+    #[test]
+    fn oauthbearer_matches_rfc7628_example() {
+        let s = oauthbearer(
+            "user@example.com",
+            "server.example.com",
+            143,
+            &Secret::new("vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg=="),
+        );
+        assert_eq!(
+            s.expose(),
+            "bixhPXVzZXJAZXhhbXBsZS5jb20sAWhvc3Q9c2VydmVyLmV4YW1wbGUuY29tAXBvcnQ9MTQzAWF1dGg9QmVhcmVyIHZGOWRmdDRxbVRjMk52YjNSbGNrQmhiSFJoZG1semRHRXVZMjl0Q2c9PQEB"
+        );
+    }
+
+    #[test]
+    fn oauthbearer_escapes_authzid() {
+        let s = oauthbearer("a,b=c", "h", 1, &Secret::new("t"));
+        let raw = STANDARD.decode(s.expose()).unwrap();
+        assert!(raw.starts_with(b"n,a=a=2Cb=3Dc,"));
+    }
+
+    #[test]
+    fn plain_layout() {
+        let s = plain("bob", &Secret::new("pw"));
+        assert_eq!(STANDARD.decode(s.expose()).unwrap(), b"\0bob\0pw");
+    }
+
+    #[test]
+    fn challenge_is_decoded_for_errors() {
+        let c = STANDARD.encode(r#"{"status":"401","schemes":"bearer","scope":"mail"}"#);
+        assert!(describe_challenge(&c).contains("\"status\":\"401\""));
+        assert_eq!(describe_challenge(""), "");
+        assert_eq!(describe_challenge("not base64!"), "not base64!");
+    }
+}

@@ -1,0 +1,590 @@
+//! The embedded store (sled). The only importer of sled.
+//!
+//! ## Trees and keys
+//! - `messages`: id (u64 BE) → [`MessageMeta`] (JSON): where the message came from, sha256,
+//!   size, dates, parsed fields or the parse-error mark.
+//! - `raw`: id → the message bytes exactly as received.
+//! - `index`: location key → id. IMAP `i\0source\0folder\0` + UIDVALIDITY (BE) + UID (BE);
+//!   POP3 `p\0source\0` + UIDL. This is what makes ingestion exactly-once.
+//! - `content`: `source\0folder\0` + sha256 → id, used to re-match after a UIDVALIDITY change.
+//! - `checkpoints`: `source\0folder` → [`Checkpoint`] (JSON).
+//! - `tokens`: credential key → encrypted [`StoredToken`].
+//!
+//! ## Invariants
+//! - A message, its index entries and its folder checkpoint are written in one sled
+//!   transaction: after a crash either all are there or none.
+//! - Callers [`Store::flush`] before changing anything on a server, so "stored" means on disk.
+
+mod crypto;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::parse::ParsedFields;
+use crate::secret::Secret;
+use crate::telemetry::ErrorKind;
+
+pub use crypto::SecretBox;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "store {0} is in use by another process (a running node?); commands reach a running node through its HTTP API"
+    )]
+    Locked(String),
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store: corrupt record: {0}")]
+    Corrupt(String),
+    #[error("store: secret key: {0}")]
+    Key(String),
+}
+
+impl StoreError {
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Store
+    }
+}
+
+/// Where a message came from on its server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "protocol", rename_all = "lowercase")]
+pub enum Location {
+    Imap {
+        folder: String,
+        uidvalidity: u32,
+        uid: u32,
+    },
+    Pop3 {
+        uidl: String,
+    },
+}
+
+/// Everything stored about a message except its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMeta {
+    pub id: u64,
+    pub source: String,
+    pub location: Location,
+    /// Hex sha256 of the raw bytes.
+    pub sha256: String,
+    pub size: u64,
+    /// IMAP INTERNALDATE (RFC 3339), when the server gave one.
+    pub internal_date: Option<String>,
+    /// When we stored it (RFC 3339, UTC).
+    pub stored_at: String,
+    pub parsed: Option<ParsedFields>,
+    /// Set when mail-parser could not parse the message; the raw bytes are stored anyway.
+    pub parse_error: Option<String>,
+}
+
+/// A message ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub source: String,
+    pub location: Location,
+    pub raw: Vec<u8>,
+    pub internal_date: Option<String>,
+    pub parsed: Result<ParsedFields, String>,
+}
+
+/// IMAP progress for one folder: every UID up to `last_uid` under `uidvalidity` is stored
+/// (or deliberately skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub uidvalidity: u32,
+    pub last_uid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Newly stored under this id.
+    Stored(u64),
+    /// Already there (same location, or same content after a UIDVALIDITY change).
+    AlreadyStored(u64),
+}
+
+/// OAuth2 state for one credential, kept encrypted at rest.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredToken {
+    pub refresh_token: Option<String>,
+    pub access_token: Option<String>,
+    /// Unix seconds.
+    pub access_expires_at: Option<i64>,
+    /// Unix seconds of the last successful use of the refresh token.
+    pub refresh_token_last_used: Option<i64>,
+    /// Unix seconds when the refresh token was first stored (import or consent).
+    pub refresh_token_obtained: Option<i64>,
+    /// Who consented, when known.
+    pub identity: Option<String>,
+    /// Set when the provider refused the grant: the source needs re-authorization.
+    pub needs_reauth: Option<String>,
+}
+
+impl std::fmt::Debug for StoredToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredToken")
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| Secret::default()))
+            .field("access_token", &self.access_token.as_ref().map(|_| Secret::default()))
+            .field("access_expires_at", &self.access_expires_at)
+            .field("refresh_token_last_used", &self.refresh_token_last_used)
+            .field("identity", &self.identity)
+            .field("needs_reauth", &self.needs_reauth)
+            .finish()
+    }
+}
+
+pub struct Store {
+    db: sled::Db,
+    messages: sled::Tree,
+    raw: sled::Tree,
+    index: sled::Tree,
+    content: sled::Tree,
+    checkpoints: sled::Tree,
+    tokens: sled::Tree,
+    secret_box: SecretBox,
+}
+
+fn imap_key(source: &str, folder: &str, uidvalidity: u32, uid: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(source.len() + folder.len() + 12);
+    k.extend_from_slice(b"i\0");
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(folder.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&uidvalidity.to_be_bytes());
+    k.extend_from_slice(&uid.to_be_bytes());
+    k
+}
+
+fn pop3_prefix(source: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(source.len() + 3);
+    k.extend_from_slice(b"p\0");
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k
+}
+
+fn pop3_key(source: &str, uidl: &str) -> Vec<u8> {
+    let mut k = pop3_prefix(source);
+    k.extend_from_slice(uidl.as_bytes());
+    k
+}
+
+fn folder_key(source: &str, folder: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(source.len() + folder.len() + 1);
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
+    k.extend_from_slice(folder.as_bytes());
+    k
+}
+
+fn content_key(source: &str, folder: &str, sha: &[u8]) -> Vec<u8> {
+    let mut k = folder_key(source, folder);
+    k.push(0);
+    k.extend_from_slice(sha);
+    k
+}
+
+fn id_of(v: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = v
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("index value is not a u64".into()))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn abort<E>(e: E) -> ConflictableTransactionError<E> {
+    ConflictableTransactionError::Abort(e)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, with the at-rest key from `key_file`
+    /// (created 0600 on first use).
+    pub fn open(dir: &Path, key_file: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        restrict_dir(dir);
+        let db = match sled::Config::new().path(dir).open() {
+            Ok(db) => db,
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("lock") =>
+            {
+                return Err(StoreError::Locked(dir.display().to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let secret_box = SecretBox::load_or_create(key_file).map_err(StoreError::Key)?;
+        Ok(Store {
+            messages: db.open_tree("messages")?,
+            raw: db.open_tree("raw")?,
+            index: db.open_tree("index")?,
+            content: db.open_tree("content")?,
+            checkpoints: db.open_tree("checkpoints")?,
+            tokens: db.open_tree("tokens")?,
+            db,
+            secret_box,
+        })
+    }
+
+    pub fn checkpoint(&self, source: &str, folder: &str) -> Result<Option<Checkpoint>, StoreError> {
+        match self.checkpoints.get(folder_key(source, folder))? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("checkpoint {source}/{folder}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Starts a folder over under a new UIDVALIDITY (the old UIDs mean nothing now).
+    pub fn reset_checkpoint(&self, source: &str, folder: &str, uidvalidity: u32) -> Result<(), StoreError> {
+        let cp = Checkpoint {
+            uidvalidity,
+            last_uid: 0,
+        };
+        self.checkpoints.insert(
+            folder_key(source, folder),
+            serde_json::to_vec(&cp).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        )?;
+        Ok(())
+    }
+
+    /// Stores a message and advances the checkpoint, atomically. With `rematch` (after a
+    /// UIDVALIDITY change) a message whose bytes are already stored for this folder is
+    /// mapped to the existing copy instead of stored twice.
+    pub fn store(&self, msg: NewMessage, rematch: bool) -> Result<StoreOutcome, StoreError> {
+        self.store_inner(msg, rematch, true)
+    }
+
+    /// Stores a message (with content re-matching) but leaves the folder checkpoint alone:
+    /// for a message that arrived before a lower UID still pending.
+    pub fn store_without_checkpoint(&self, msg: NewMessage) -> Result<StoreOutcome, StoreError> {
+        self.store_inner(msg, true, false)
+    }
+
+    fn store_inner(
+        &self,
+        msg: NewMessage,
+        rematch: bool,
+        move_checkpoint: bool,
+    ) -> Result<StoreOutcome, StoreError> {
+        let sha = Sha256::digest(&msg.raw);
+        let (index_key, checkpoint, content) = match &msg.location {
+            Location::Imap {
+                folder,
+                uidvalidity,
+                uid,
+            } => (
+                imap_key(&msg.source, folder, *uidvalidity, *uid),
+                move_checkpoint.then(|| (
+                    folder_key(&msg.source, folder),
+                    Checkpoint {
+                        uidvalidity: *uidvalidity,
+                        last_uid: *uid,
+                    },
+                )),
+                Some(content_key(&msg.source, folder, &sha)),
+            ),
+            Location::Pop3 { uidl } => (pop3_key(&msg.source, uidl), None, None),
+        };
+        let id = self.db.generate_id()?;
+        let (parsed, parse_error) = match msg.parsed {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e)),
+        };
+        let meta = MessageMeta {
+            id,
+            source: msg.source,
+            location: msg.location,
+            sha256: hex::encode(sha),
+            size: msg.raw.len() as u64,
+            internal_date: msg.internal_date,
+            stored_at: chrono::Utc::now().to_rfc3339(),
+            parsed,
+            parse_error,
+        };
+        let meta_bytes =
+            serde_json::to_vec(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id_bytes = id.to_be_bytes();
+        let result = (
+            &self.messages,
+            &self.raw,
+            &self.index,
+            &self.content,
+            &self.checkpoints,
+        )
+            .transaction(|(messages, raw, index, content_t, checkpoints)| {
+                if let Some(existing) = index.get(&index_key)? {
+                    return Ok(StoreOutcome::AlreadyStored(id_of(&existing).map_err(abort)?));
+                }
+                let advance = |checkpoints: &sled::transaction::TransactionalTree| -> Result<(), ConflictableTransactionError<StoreError>> {
+                    if let Some((key, cp)) = &checkpoint {
+                        let current: Option<Checkpoint> = match checkpoints.get(key)? {
+                            Some(v) => serde_json::from_slice(&v).ok(),
+                            None => None,
+                        };
+                        let next = match current {
+                            Some(c) if c.uidvalidity == cp.uidvalidity && c.last_uid >= cp.last_uid => c,
+                            _ => *cp,
+                        };
+                        let bytes = serde_json::to_vec(&next)
+                            .map_err(|e| abort(StoreError::Corrupt(e.to_string())))?;
+                        checkpoints.insert(key.as_slice(), bytes)?;
+                    }
+                    Ok(())
+                };
+                if rematch {
+                    if let Some(ck) = &content {
+                        if let Some(existing) = content_t.get(ck)? {
+                            index.insert(index_key.as_slice(), existing.clone())?;
+                            advance(checkpoints)?;
+                            return Ok(StoreOutcome::AlreadyStored(id_of(&existing).map_err(abort)?));
+                        }
+                    }
+                }
+                messages.insert(&id_bytes, meta_bytes.as_slice())?;
+                raw.insert(&id_bytes, msg.raw.as_slice())?;
+                index.insert(index_key.as_slice(), &id_bytes)?;
+                if let Some(ck) = &content {
+                    content_t.insert(ck.as_slice(), &id_bytes)?;
+                }
+                advance(checkpoints)?;
+                Ok(StoreOutcome::Stored(id))
+            });
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// Advances an IMAP checkpoint past a message that is deliberately not stored
+    /// (e.g. over `max_message_bytes`).
+    pub fn skip(&self, source: &str, folder: &str, uidvalidity: u32, uid: u32) -> Result<(), StoreError> {
+        let key = folder_key(source, folder);
+        let current = self.checkpoint(source, folder)?;
+        if let Some(c) = current {
+            if c.uidvalidity == uidvalidity && c.last_uid >= uid {
+                return Ok(());
+            }
+        }
+        let cp = Checkpoint {
+            uidvalidity,
+            last_uid: uid,
+        };
+        self.checkpoints.insert(
+            key,
+            serde_json::to_vec(&cp).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        )?;
+        Ok(())
+    }
+
+    /// The POP3 UIDLs already stored for a source.
+    pub fn stored_uidls(&self, source: &str) -> Result<HashSet<String>, StoreError> {
+        let prefix = pop3_prefix(source);
+        let mut out = HashSet::new();
+        for item in self.index.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            out.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn flush_sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
+        match self.messages.get(id.to_be_bytes())? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("message {id}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.raw.get(id.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Messages in storage order, optionally of one source.
+    pub fn iter_meta<'a>(
+        &'a self,
+        source: Option<&'a str>,
+    ) -> impl Iterator<Item = Result<MessageMeta, StoreError>> + 'a {
+        self.messages
+            .iter()
+            .map(|item| {
+                let (_, v) = item?;
+                serde_json::from_slice::<MessageMeta>(&v)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .filter(move |m| match (m, source) {
+                (Ok(m), Some(s)) => m.source == s,
+                _ => true,
+            })
+    }
+
+    /// Number of stored messages per source.
+    pub fn counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        for m in self.iter_meta(None) {
+            *out.entry(m?.source).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
+    pub fn token(&self, key: &str) -> Result<Option<StoredToken>, StoreError> {
+        match self.tokens.get(key.as_bytes())? {
+            Some(v) => {
+                let plain = self
+                    .secret_box
+                    .open(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("token {key}: {e}")))?;
+                serde_json::from_slice(&plain)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt(format!("token {key}: {e}")))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a token record and flushes it to disk before returning: a rotated refresh
+    /// token must survive a crash before the new access token is used.
+    pub async fn put_token(&self, key: &str, token: &StoredToken) -> Result<(), StoreError> {
+        let plain = serde_json::to_vec(token).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sealed = self.secret_box.seal(&plain).map_err(StoreError::Key)?;
+        self.tokens.insert(key.as_bytes(), sealed)?;
+        self.tokens.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn token_keys(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tokens.iter() {
+            let (k, _) = item?;
+            out.push(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(unix)]
+fn restrict_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+#[cfg(not(unix))]
+fn restrict_dir(_dir: &Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db"), &dir.path().join("key")).unwrap();
+        (dir, s)
+    }
+
+    fn imap_msg(uid: u32, uv: u32, raw: &[u8]) -> NewMessage {
+        NewMessage {
+            source: "s".into(),
+            location: Location::Imap {
+                folder: "INBOX".into(),
+                uidvalidity: uv,
+                uid,
+            },
+            raw: raw.to_vec(),
+            internal_date: None,
+            parsed: crate::parse::parse(raw),
+        }
+    }
+
+    #[test]
+    fn stores_once_and_advances_checkpoint() {
+        let (_d, s) = store();
+        let a = s.store(imap_msg(3, 7, b"Subject: a\r\n\r\nx\r\n"), false).unwrap();
+        assert!(matches!(a, StoreOutcome::Stored(_)));
+        let again = s.store(imap_msg(3, 7, b"Subject: a\r\n\r\nx\r\n"), false).unwrap();
+        assert!(matches!(again, StoreOutcome::AlreadyStored(_)));
+        assert_eq!(
+            s.checkpoint("s", "INBOX").unwrap(),
+            Some(Checkpoint { uidvalidity: 7, last_uid: 3 })
+        );
+        // An older UID never moves the checkpoint back.
+        s.store(imap_msg(2, 7, b"Subject: b\r\n\r\ny\r\n"), false).unwrap();
+        assert_eq!(s.checkpoint("s", "INBOX").unwrap().unwrap().last_uid, 3);
+        assert_eq!(s.counts().unwrap()["s"], 2);
+    }
+
+    #[test]
+    fn rematch_after_uidvalidity_change_maps_to_existing_copy() {
+        let (_d, s) = store();
+        s.store(imap_msg(1, 7, b"Subject: a\r\n\r\nx\r\n"), false).unwrap();
+        s.reset_checkpoint("s", "INBOX", 8).unwrap();
+        let out = s.store(imap_msg(1, 8, b"Subject: a\r\n\r\nx\r\n"), true).unwrap();
+        assert!(matches!(out, StoreOutcome::AlreadyStored(_)));
+        let new = s.store(imap_msg(2, 8, b"Subject: new\r\n\r\nz\r\n"), true).unwrap();
+        assert!(matches!(new, StoreOutcome::Stored(_)));
+        assert_eq!(s.counts().unwrap()["s"], 2);
+        assert_eq!(s.checkpoint("s", "INBOX").unwrap().unwrap(), Checkpoint { uidvalidity: 8, last_uid: 2 });
+    }
+
+    #[test]
+    fn raw_bytes_and_parse_errors_are_kept() {
+        let (_d, s) = store();
+        let junk = b"\r\n";
+        let StoreOutcome::Stored(id) = s.store(imap_msg(1, 1, junk), false).unwrap() else {
+            panic!()
+        };
+        let meta = s.meta(id).unwrap().unwrap();
+        assert!(meta.parse_error.is_some() && meta.parsed.is_none());
+        assert_eq!(s.raw(id).unwrap().unwrap(), junk);
+    }
+
+    #[test]
+    fn pop3_uidls_and_tokens() {
+        let (d, s) = store();
+        let msg = NewMessage {
+            source: "p".into(),
+            location: Location::Pop3 { uidl: "abc".into() },
+            raw: b"Subject: x\r\n\r\n".to_vec(),
+            internal_date: None,
+            parsed: Err("x".into()),
+        };
+        s.store(msg, false).unwrap();
+        assert!(s.stored_uidls("p").unwrap().contains("abc"));
+        assert!(s.stored_uidls("pp").unwrap().is_empty());
+        let tok = StoredToken {
+            refresh_token: Some("very-secret-refresh".into()),
+            ..Default::default()
+        };
+        futures_util::FutureExt::now_or_never(s.put_token("p", &tok));
+        s.flush_sync().unwrap();
+        assert_eq!(s.token("p").unwrap().unwrap(), tok);
+        assert!(!format!("{tok:?}").contains("very-secret"));
+        drop(s);
+        // The token bytes never reach the disk in clear.
+        for entry in std::fs::read_dir(d.path().join("db")).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(!bytes.windows(19).any(|w| w == b"very-secret-refresh"), "{p:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Metric catalog, label enums and logging setup.
+//!
+//! Every metric the node exports is declared once in [`CATALOG`] (name, type, HELP); the
+//! helpers below are the only places that record them, so names and labels cannot drift
+//! between code, dashboards and tests. Label values come from enums or configured source
+//! and provider names, never from message content or error text.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// The fixed list of error kinds (`errors_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    Tls,
+    Connect,
+    Auth,
+    Token,
+    Protocol,
+    Store,
+    Throttled,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Tls,
+        ErrorKind::Connect,
+        ErrorKind::Auth,
+        ErrorKind::Token,
+        ErrorKind::Protocol,
+        ErrorKind::Store,
+        ErrorKind::Throttled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Tls => "tls",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Token => "token",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Store => "store",
+            ErrorKind::Throttled => "throttled",
+        }
+    }
+}
+
+/// A source's visible health (`source_state{state}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    Starting,
+    Healthy,
+    Degraded,
+    Throttled,
+    NeedsReauth,
+    Disabled,
+}
+
+impl SourceState {
+    pub const ALL: [SourceState; 6] = [
+        SourceState::Starting,
+        SourceState::Healthy,
+        SourceState::Degraded,
+        SourceState::Throttled,
+        SourceState::NeedsReauth,
+        SourceState::Disabled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Starting => "starting",
+            SourceState::Healthy => "healthy",
+            SourceState::Degraded => "degraded",
+            SourceState::Throttled => "throttled",
+            SourceState::NeedsReauth => "needs_reauth",
+            SourceState::Disabled => "disabled",
+        }
+    }
+}
+
+/// Outcome label of `sessions_total` and `token_refreshes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One exported metric.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    /// Full name, with the `mailsluice_` prefix.
+    pub name: &'static str,
+    pub kind: MetricType,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+macro_rules! m {
+    ($name:literal, $kind:ident, [$($l:literal),*], $help:literal) => {
+        MetricDef { name: concat!("mailsluice_", $name), kind: MetricType::$kind, labels: &[$($l),*], help: $help }
+    };
+}
+
+pub const CATALOG: &[MetricDef] = &[
+    m!("messages_ingested_total", Counter, ["source"], "Messages stored (new, not re-seen), by source."),
+    m!("bytes_ingested_total", Counter, ["source"], "Raw bytes of the messages stored, by source."),
+    m!("parse_failures_total", Counter, ["source"], "Messages mail-parser could not parse; they are stored raw with a parse-error mark."),
+    m!("sessions_total", Counter, ["source", "outcome"], "IMAP/POP3 sessions by source and outcome (ok, error)."),
+    m!("session_duration_seconds", Histogram, ["source"], "Duration of one IMAP/POP3 collection session, connect to logout."),
+    m!("store_write_duration_seconds", Histogram, [], "Time to commit one message with its checkpoint to the store."),
+    m!("token_refreshes_total", Counter, ["provider", "outcome"], "Access-token requests at a provider's token endpoint, by outcome."),
+    m!("token_refresh_duration_seconds", Histogram, ["provider"], "Duration of token endpoint requests."),
+    m!("access_token_expiry_timestamp_seconds", Gauge, ["source"], "Unix time at which the source's current access token expires."),
+    m!("refresh_token_last_used_timestamp_seconds", Gauge, ["source"], "Unix time the source's refresh token was last used successfully (Microsoft revokes after 90 days unused)."),
+    m!("source_state", Gauge, ["source", "state"], "1 for the source's current state (starting, healthy, degraded, throttled, needs_reauth, disabled), 0 for the others."),
+    m!("last_success_timestamp_seconds", Gauge, ["source"], "Unix time of the source's last successful collection session."),
+    m!("errors_total", Counter, ["source", "kind"], "Errors by source and kind (tls, connect, auth, token, protocol, store, throttled)."),
+    m!("backlog_messages", Gauge, ["source"], "Messages seen on the server but not yet stored, as of the last session."),
+    m!("build_info", Gauge, ["version"], "Always 1; the version label names the running build."),
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and describes every metric.
+pub fn install() -> Result<PrometheusHandle, String> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let duration_buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        30.0, 60.0, 300.0,
+    ];
+    let mut builder = PrometheusBuilder::new();
+    for def in CATALOG.iter().filter(|d| d.kind == MetricType::Histogram) {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(def.name.to_string()), &duration_buckets)
+            .map_err(|e| e.to_string())?;
+    }
+    let handle = builder.install_recorder().map_err(|e| e.to_string())?;
+    for def in CATALOG {
+        match def.kind {
+            MetricType::Counter => metrics::describe_counter!(def.name, def.help),
+            MetricType::Gauge => metrics::describe_gauge!(def.name, def.help),
+            MetricType::Histogram => metrics::describe_histogram!(def.name, def.help),
+        }
+    }
+    gauge!("mailsluice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let _ = HANDLE.set(handle.clone());
+    Ok(handle)
+}
+
+/// Registers a source's series at zero so dashboards and alerts see it before it has
+/// done anything.
+pub fn register_source(source: &str) {
+    let s = source.to_string();
+    counter!("mailsluice_messages_ingested_total", "source" => s.clone()).absolute(0);
+    counter!("mailsluice_bytes_ingested_total", "source" => s.clone()).absolute(0);
+    counter!("mailsluice_parse_failures_total", "source" => s.clone()).absolute(0);
+    for kind in ErrorKind::ALL {
+        counter!("mailsluice_errors_total", "source" => s.clone(), "kind" => kind.as_str()).absolute(0);
+    }
+    for outcome in [Outcome::Ok, Outcome::Error] {
+        counter!("mailsluice_sessions_total", "source" => s.clone(), "outcome" => outcome.as_str()).absolute(0);
+    }
+}
+
+pub fn message_stored(source: &str, bytes: u64, parse_failed: bool) {
+    counter!("mailsluice_messages_ingested_total", "source" => source.to_string()).increment(1);
+    counter!("mailsluice_bytes_ingested_total", "source" => source.to_string()).increment(bytes);
+    if parse_failed {
+        counter!("mailsluice_parse_failures_total", "source" => source.to_string()).increment(1);
+    }
+}
+
+pub fn session(source: &str, outcome: Outcome, seconds: f64) {
+    counter!("mailsluice_sessions_total", "source" => source.to_string(), "outcome" => outcome.as_str())
+        .increment(1);
+    histogram!("mailsluice_session_duration_seconds", "source" => source.to_string()).record(seconds);
+}
+
+pub fn store_write(seconds: f64) {
+    histogram!("mailsluice_store_write_duration_seconds").record(seconds);
+}
+
+pub fn token_refresh(provider: &str, outcome: Outcome, seconds: f64) {
+    counter!("mailsluice_token_refreshes_total", "provider" => provider.to_string(), "outcome" => outcome.as_str())
+        .increment(1);
+    histogram!("mailsluice_token_refresh_duration_seconds", "provider" => provider.to_string())
+        .record(seconds);
+}
+
+pub fn access_token_expiry(source: &str, unix: i64) {
+    gauge!("mailsluice_access_token_expiry_timestamp_seconds", "source" => source.to_string())
+        .set(unix as f64);
+}
+
+pub fn refresh_token_last_used(source: &str, unix: i64) {
+    gauge!("mailsluice_refresh_token_last_used_timestamp_seconds", "source" => source.to_string())
+        .set(unix as f64);
+}
+
+pub fn state(source: &str, current: SourceState) {
+    for s in SourceState::ALL {
+        gauge!("mailsluice_source_state", "source" => source.to_string(), "state" => s.as_str())
+            .set(if s == current { 1.0 } else { 0.0 });
+    }
+}
+
+pub fn last_success(source: &str, unix: i64) {
+    gauge!("mailsluice_last_success_timestamp_seconds", "source" => source.to_string())
+        .set(unix as f64);
+}
+
+pub fn error(source: &str, kind: ErrorKind) {
+    counter!("mailsluice_errors_total", "source" => source.to_string(), "kind" => kind.as_str())
+        .increment(1);
+}
+
+pub fn backlog(source: &str, messages: u64) {
+    gauge!("mailsluice_backlog_messages", "source" => source.to_string()).set(messages as f64);
+}
+
+/// Sets up `tracing` output: text or JSON lines on stderr, level from `RUST_LOG`
+/// (default `info`).
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_names_are_unique_and_prefixed() {
+        let mut names: Vec<_> = CATALOG.iter().map(|d| d.name).collect();
+        names.sort();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len());
+        assert!(CATALOG.iter().all(|d| d.name.starts_with("mailsluice_") && !d.help.is_empty()));
+    }
+}

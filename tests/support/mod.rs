@@ -1,0 +1,144 @@
+//! Test harness: real servers for mailsluice's integration tests.
+//!
+//! Every test starts its own servers, on ephemeral loopback ports, with all their files in a
+//! `tempfile::TempDir`, and they stop when the handle is dropped. Nothing is shared between
+//! tests, so they run in parallel processes under `cargo nextest` (or threads under
+//! `cargo test`).
+//!
+//! - [`oidc::Oidc`]: `node tests/support/oidc/server.mjs`, an `oidc-provider` 8.x authorization
+//!   server with fixed clients (`collector`, `collector-confidential`, `svc`, `dovecot`), a
+//!   login form of its own, and `/test/` hooks (token endpoint statistics, injected faults,
+//!   revoking a user). The Rust side plays the browser for the authorization-code (PKCE) and
+//!   device flows.
+//! - [`dovecot::Dovecot`]: Debian's Dovecot 2.3 (`dovecot -F -c <generated config>`) with IMAPS,
+//!   IMAP+STARTTLS, POP3S and POP3+STLS, password users from a passwd-file and, when given an
+//!   introspection URL, OAuth2 (XOAUTH2/OAUTHBEARER) validated against the OIDC server.
+//! - [`certs`]: a throw-away CA and the server certificate both use.
+//! - [`wire`]: blocking line-oriented IMAP/POP3 clients over TCP and rustls, for tests that
+//!   talk to the servers directly.
+//!
+//! Everything here is synchronous (std::process, std::net). HTTP goes through blocking reqwest
+//! on a short-lived thread of its own, so the helpers also work when called from inside an
+//! async test (`#[tokio::test]`, `#[actix_rt::test]`), where blocking reqwest may not run.
+//!
+//! Prerequisites (`scripts/install-deps`): `dovecot-imapd`, `dovecot-pop3d`, Node.js and
+//! `npm ci` in `tests/support/oidc`. Readiness is waited for on the event (the server's
+//! readiness line, its greeting), never by sleeping, with [`START_TIMEOUT`]; a server that does
+//! not come up panics with its log.
+//!
+//! Use from a file in `tests/`: `mod support;` then e.g.
+//! `let oidc = support::Oidc::start(Default::default());`.
+
+// Each integration test is its own crate and uses a different part of the harness.
+#![allow(dead_code, unused_imports)]
+
+pub mod certs;
+pub mod dovecot;
+pub mod oidc;
+pub mod wire;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub use certs::{Ca, ca};
+pub use dovecot::{Dovecot, DovecotOptions};
+pub use oidc::{Oidc, OidcOptions, TokenResponse};
+
+/// How long a server may take to become ready before the harness gives up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Root of the crate (where Cargo.toml is), for locating `tests/support/oidc`.
+pub fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `probe` until it returns `Some`, or panics with `what` and `context()` after
+/// `timeout`. For conditions that have no event to wait on (a port starting to accept, a file
+/// appearing); the poll interval starts at 5 ms and doubles up to 100 ms.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+    context: impl FnOnce() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Runs `f` on a fresh thread and returns its result (re-raising its panic).
+///
+/// Blocking reqwest starts and drops a Tokio runtime of its own, which panics on a thread that
+/// is already driving a runtime; a scoped thread never is.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// Reads a log file for a panic message or an assertion; a missing file reads as a note.
+pub fn read_log(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => format!("<{} unreadable: {e}>", path.display()),
+    }
+}
+
+/// The last `max_lines` lines of `text`, for panic messages that stay readable.
+pub fn tail(text: &str, max_lines: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(max_lines);
+    let mut out = String::new();
+    if start > 0 {
+        out.push_str(&format!("[... {start} earlier lines ...]\n"));
+    }
+    for line in &lines[start..] {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Sends SIGTERM to `pid` (through `kill(1)`: the tests forbid `unsafe`, so no libc).
+pub fn sigterm(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Waits up to `grace` for `child` to exit after a SIGTERM, then SIGKILLs it. Never panics
+/// (it runs in `Drop`).
+pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    sigterm(child.id());
+    let deadline = Instant::now() + grace;
+    let mut pause = Duration::from_millis(2);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
