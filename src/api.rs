@@ -1,1 +1,207 @@
-//! (being written)
+//! The node's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (alive), `/readyz`
+//! (store open, supervisor running, config loaded) and `/api/...`, which the CLI uses when a
+//! running node holds the store (sled allows one process).
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::{HttpResponse, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+
+use crate::actors::Registry;
+use crate::actors::supervisor::{Supervisor, import_and_resume};
+use crate::config::Settings;
+use crate::secret::Secret;
+use crate::store::{MessageMeta, Store};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub settings: Arc<Settings>,
+    pub store: Arc<Store>,
+    pub registry: Registry,
+    pub metrics: PrometheusHandle,
+    pub supervisor: Addr<Supervisor>,
+}
+
+/// Per-source view served at `/api/sources` and printed by `mailsluice status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceView {
+    pub name: String,
+    pub protocol: String,
+    pub enabled: bool,
+    pub state: String,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+    pub stored_total: u64,
+    pub stored_since_start: u64,
+    pub backlog: u64,
+}
+
+/// Token view served at `/api/tokens` and printed by `mailsluice tokens status`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct TokenView {
+    pub source: String,
+    pub provider: String,
+    pub has_refresh_token: bool,
+    pub access_token_expires_at: Option<String>,
+    pub refresh_token_last_used: Option<String>,
+    pub refresh_token_obtained: Option<String>,
+    pub needs_reauth: Option<String>,
+    pub state: Option<String>,
+}
+
+fn ts(unix: Option<i64>) -> Option<String> {
+    unix.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|d| d.to_rfc3339())
+}
+
+/// Token views for every OAuth2 source (shared by the API and the offline CLI).
+pub fn token_views(settings: &Settings, store: &Store, registry: Option<&Registry>) -> Result<Vec<TokenView>, String> {
+    let mut out = Vec::new();
+    for (name, src) in &settings.sources {
+        let crate::config::SourceAuth::OAuth2 { provider, .. } = &src.auth else {
+            continue;
+        };
+        let rec = store.token(name).map_err(|e| e.to_string())?.unwrap_or_default();
+        out.push(TokenView {
+            source: name.clone(),
+            provider: provider.clone(),
+            has_refresh_token: rec.refresh_token.is_some(),
+            access_token_expires_at: ts(rec.access_expires_at),
+            refresh_token_last_used: ts(rec.refresh_token_last_used),
+            refresh_token_obtained: ts(rec.refresh_token_obtained),
+            needs_reauth: rec.needs_reauth.clone(),
+            state: registry
+                .and_then(|r| r.state(name))
+                .map(|s| s.as_str().to_string()),
+        });
+    }
+    Ok(out)
+}
+
+/// Source views (shared by the API and the offline CLI).
+pub fn source_views(settings: &Settings, store: &Store, registry: Option<&Registry>) -> Result<Vec<SourceView>, String> {
+    let counts = store.counts().map_err(|e| e.to_string())?;
+    let live = registry.map(|r| r.snapshot()).unwrap_or_default();
+    Ok(settings
+        .sources
+        .iter()
+        .map(|(name, src)| {
+            let st = live.get(name);
+            SourceView {
+                name: name.clone(),
+                protocol: format!("{:?}", src.protocol).to_lowercase(),
+                enabled: src.enabled,
+                state: st
+                    .map(|s| s.state.as_str().to_string())
+                    .unwrap_or_else(|| if src.enabled { "not running" } else { "disabled" }.into()),
+                last_success: st.and_then(|s| s.last_success.clone()),
+                last_error: st.and_then(|s| s.last_error.clone()),
+                stored_total: counts.get(name).copied().unwrap_or(0),
+                stored_since_start: st.map_or(0, |s| s.stored_since_start),
+                backlog: st.map_or(0, |s| s.backlog),
+            }
+        })
+        .collect())
+}
+
+async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().body("ok\n")
+}
+
+async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
+    let store_ok = state.store.counts().is_ok();
+    let supervisor_ok = state.supervisor.connected();
+    if store_ok && supervisor_ok {
+        HttpResponse::Ok().body("ready\n")
+    } else {
+        HttpResponse::ServiceUnavailable().body(format!(
+            "not ready: store_open={store_ok} supervisor_running={supervisor_ok}\n"
+        ))
+    }
+}
+
+async fn sources(state: web::Data<ApiState>) -> HttpResponse {
+    match source_views(&state.settings, &state.store, Some(&state.registry)) {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => HttpResponse::InternalServerError().body(e),
+    }
+}
+
+async fn tokens(state: web::Data<ApiState>) -> HttpResponse {
+    match token_views(&state.settings, &state.store, Some(&state.registry)) {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => HttpResponse::InternalServerError().body(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    source: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn list_messages(state: web::Data<ApiState>, q: web::Query<ListQuery>) -> HttpResponse {
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let after = q.after.unwrap_or(0);
+    let items: Result<Vec<MessageMeta>, _> = state
+        .store
+        .iter_meta(q.source.as_deref())
+        .filter(|m| m.as_ref().map_or(true, |m| m.id > after))
+        .take(limit)
+        .collect();
+    match items {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}
+
+async fn show_message(state: web::Data<ApiState>, id: web::Path<u64>) -> HttpResponse {
+    match state.store.meta(*id) {
+        Ok(Some(m)) => HttpResponse::Ok().json(m),
+        Ok(None) => HttpResponse::NotFound().body(format!("no message {id}\n")),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}
+
+async fn raw_message(state: web::Data<ApiState>, id: web::Path<u64>) -> HttpResponse {
+    match state.store.raw(*id) {
+        Ok(Some(raw)) => HttpResponse::Ok().content_type("message/rfc822").body(raw),
+        Ok(None) => HttpResponse::NotFound().body(format!("no message {id}\n")),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}
+
+/// `POST /api/tokens/{source}/import` with the refresh token as the body.
+async fn import_token(state: web::Data<ApiState>, source: web::Path<String>, body: String) -> HttpResponse {
+    let token = body.trim().to_string();
+    if token.is_empty() {
+        return HttpResponse::BadRequest().body("empty refresh token\n");
+    }
+    match import_and_resume(&state.supervisor, source.into_inner(), Secret::new(token)).await {
+        Ok(t) => HttpResponse::Ok().json(serde_json::json!({
+            "access_token_expires_at": ts(Some(t.expires_at)),
+        })),
+        Err(e) => HttpResponse::BadRequest().body(format!("{e}\n")),
+    }
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/api/sources", web::get().to(sources))
+        .route("/api/tokens", web::get().to(tokens))
+        .route("/api/tokens/{source}/import", web::post().to(import_token))
+        .route("/api/messages", web::get().to(list_messages))
+        .route("/api/messages/{id}", web::get().to(show_message))
+        .route("/api/messages/{id}/raw", web::get().to(raw_message));
+}

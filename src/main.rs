@@ -1,1 +1,542 @@
-fn main() {}
+//! `mailsluice`: command line, wiring and signals. The only place `anyhow` is used.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::{App, HttpServer, web};
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use mailsluice::actors::Registry;
+use mailsluice::actors::supervisor::{Shutdown, Supervisor};
+use mailsluice::api::{self, ApiState, SourceView, TokenView};
+use mailsluice::auth::TokenService;
+use mailsluice::config::{self, LogFormat, Settings};
+use mailsluice::net::Connector;
+use mailsluice::secret::Secret;
+use mailsluice::store::{MessageMeta, Store, StoreError};
+use mailsluice::telemetry;
+
+#[derive(Parser, Debug)]
+#[command(name = "mailsluice", version, about = "Mail ingestion node: IMAP and POP3 sources with OAuth2 or passwords, exactly once into an embedded store")]
+struct Cli {
+    /// Config file (default: $MAILSLUICE_CONFIG, else config/mailsluice.toml).
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the node until SIGINT/SIGTERM.
+    Run,
+    /// Validate the configuration and print every error with its key path.
+    CheckConfig,
+    /// OAuth2 tokens: import a refresh token, show token status.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Per source: state, last success, last error, counts, backlog.
+    Status,
+    /// Read the store.
+    Messages {
+        #[command(subcommand)]
+        command: MessagesCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokensCommand {
+    /// Adopt a refresh token obtained elsewhere; proves it by one refresh.
+    Import {
+        source: String,
+        /// File holding the refresh token (trailing newline ignored).
+        #[arg(long)]
+        refresh_token_file: PathBuf,
+    },
+    /// Per source: access-token expiry, refresh-token age and last use, state.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum MessagesCommand {
+    /// List stored messages (id, source, location, size, subject).
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one message's stored fields as JSON (add --raw for the exact bytes).
+    Show {
+        id: u64,
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Export messages: eml (a directory of exact bytes), mbox (mboxrd) or jsonl (parsed fields).
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Eml)]
+        format: ExportFormat,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        source: Option<String>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ExportFormat {
+    Eml,
+    Mbox,
+    Jsonl,
+}
+
+/// Usage or config error: exit 2. Everything else that fails: exit 1.
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = config::resolve_path(cli.config.as_deref());
+    let settings = match config::load(&path) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{}: configuration has {} error(s):", path.display(), errors.len());
+            for e in errors.iter() {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::CheckConfig => check_config(&path, &settings),
+        Command::Run => run(settings),
+        Command::Status => status(&settings),
+        Command::Tokens { command } => match command {
+            TokensCommand::Import {
+                source,
+                refresh_token_file,
+            } => tokens_import(&settings, &source, &refresh_token_file),
+            TokensCommand::Status => tokens_status(&settings),
+        },
+        Command::Messages { command } => messages(&settings, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<UsageErrorBox>() {
+            Some(u) => {
+                eprintln!("error: {}", u.0);
+                ExitCode::from(2)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+#[derive(Debug)]
+struct UsageErrorBox(String);
+impl std::fmt::Display for UsageErrorBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageErrorBox {}
+impl From<UsageError> for anyhow::Error {
+    fn from(u: UsageError) -> Self {
+        anyhow::Error::new(UsageErrorBox(u.0))
+    }
+}
+
+fn check_config(path: &Path, settings: &Settings) -> anyhow::Result<()> {
+    let missing = config::check_secrets(settings);
+    if !missing.is_empty() {
+        let mut msg = format!("{}: {} secret reference(s) do not resolve:", path.display(), missing.len());
+        for e in &missing {
+            msg.push_str(&format!("\n  {e}"));
+        }
+        return Err(UsageError(msg).into());
+    }
+    println!(
+        "{}: ok ({} provider(s), {} source(s), {} enabled)",
+        path.display(),
+        settings.providers.len(),
+        settings.sources.len(),
+        settings.sources.values().filter(|s| s.enabled).count()
+    );
+    Ok(())
+}
+
+/// Opens the store, or reports that a running node holds it.
+fn open_store(settings: &Settings) -> Result<Option<Store>, anyhow::Error> {
+    match Store::open(&settings.node.data_dir, &settings.node.secret_key_file) {
+        Ok(s) => Ok(Some(s)),
+        Err(StoreError::Locked(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+/// A client for the running node's HTTP API (used when it holds the store).
+struct NodeApi {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl NodeApi {
+    fn new(settings: &Settings) -> NodeApi {
+        NodeApi {
+            base: format!("http://{}", settings.node.http_listen),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("store is locked by a running node, but its API at {url} does not answer"))?;
+        if !resp.status().is_success() {
+            return Err(anyhow!("{url}: HTTP {}: {}", resp.status(), resp.text().await.unwrap_or_default()));
+        }
+        Ok(resp.json().await?)
+    }
+
+    async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self.http.get(&url).send().await?;
+        if !resp.status().is_success() {
+            return Err(anyhow!("{url}: HTTP {}", resp.status()));
+        }
+        Ok(resp.bytes().await?.to_vec())
+    }
+}
+
+fn run(settings: Settings) -> anyhow::Result<()> {
+    let missing = config::check_secrets(&settings);
+    if !missing.is_empty() {
+        let mut msg = format!("{} secret reference(s) do not resolve:", missing.len());
+        for e in &missing {
+            msg.push_str(&format!("\n  {e}"));
+        }
+        return Err(UsageError(msg).into());
+    }
+    telemetry::init_logging(settings.node.log_format == LogFormat::Json);
+    let store = Arc::new(Store::open(&settings.node.data_dir, &settings.node.secret_key_file)?);
+    let metrics = telemetry::install().map_err(|e| anyhow!("metrics: {e}"))?;
+    let connector = Connector::new(&settings.tls, settings.node.connect_timeout, settings.node.read_timeout)
+        .map_err(UsageError)?;
+    let settings = Arc::new(settings);
+    let token_service = Arc::new(TokenService::new(settings.clone(), store.clone()).map_err(UsageError)?);
+    let listener = std::net::TcpListener::bind(settings.node.http_listen)
+        .with_context(|| format!("node.http_listen {}", settings.node.http_listen))?;
+    let addr = listener.local_addr()?;
+    let registry = Registry::default();
+    let system = actix_rt::System::new();
+    let store_for_end = store.clone();
+    system.block_on(async move {
+        let supervisor = Supervisor::new(settings.clone(), store.clone(), connector, registry.clone(), token_service).start();
+        let state = ApiState {
+            settings: settings.clone(),
+            store: store.clone(),
+            registry,
+            metrics,
+            supervisor: supervisor.clone(),
+        };
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .configure(api::routes)
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        tracing::info!(http = %addr, sources = settings.sources.len(), "node running; metrics at http://{addr}/metrics");
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing the message in hand");
+        let _ = supervisor.send(Shutdown).await;
+        handle.stop(true).await;
+        Ok::<(), anyhow::Error>(())
+    })?;
+    store_for_end.flush_sync()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn status(settings: &Settings) -> anyhow::Result<()> {
+    let views: Vec<SourceView> = match open_store(settings)? {
+        Some(store) => api::source_views(settings, &store, None).map_err(|e| anyhow!(e))?,
+        None => runtime()?.block_on(NodeApi::new(settings).get_json("/api/sources"))?,
+    };
+    println!("{:<20} {:<6} {:<13} {:>8} {:>8}  {:<26} LAST ERROR", "SOURCE", "PROTO", "STATE", "STORED", "BACKLOG", "LAST SUCCESS");
+    for v in views {
+        println!(
+            "{:<20} {:<6} {:<13} {:>8} {:>8}  {:<26} {}",
+            v.name,
+            v.protocol,
+            v.state,
+            v.stored_total,
+            v.backlog,
+            v.last_success.unwrap_or_else(|| "-".into()),
+            v.last_error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn tokens_status(settings: &Settings) -> anyhow::Result<()> {
+    let views: Vec<TokenView> = match open_store(settings)? {
+        Some(store) => api::token_views(settings, &store, None).map_err(|e| anyhow!(e))?,
+        None => runtime()?.block_on(NodeApi::new(settings).get_json("/api/tokens"))?,
+    };
+    if views.is_empty() {
+        println!("no OAuth2 sources configured");
+    }
+    for v in views {
+        println!("{} (provider {})", v.source, v.provider);
+        println!("  refresh token:        {}", if v.has_refresh_token { "stored (encrypted)" } else { "none" });
+        println!("  obtained:             {}", v.refresh_token_obtained.unwrap_or_else(|| "-".into()));
+        println!("  refresh token used:   {}", v.refresh_token_last_used.unwrap_or_else(|| "never".into()));
+        println!("  access token expires: {}", v.access_token_expires_at.unwrap_or_else(|| "-".into()));
+        if let Some(state) = v.state {
+            println!("  state:                {state}");
+        }
+        if let Some(r) = v.needs_reauth {
+            println!("  NEEDS RE-AUTHORIZATION: {r}");
+        }
+    }
+    Ok(())
+}
+
+fn tokens_import(settings: &Settings, source: &str, file: &Path) -> anyhow::Result<()> {
+    let Some(src) = settings.sources.get(source) else {
+        return Err(UsageError(format!("no source named {source:?} in the configuration")).into());
+    };
+    if !matches!(src.auth, config::SourceAuth::OAuth2 { .. }) {
+        return Err(UsageError(format!("sources.{source}.auth is not oauth2")).into());
+    }
+    let text = std::fs::read_to_string(file).with_context(|| format!("--refresh-token-file {}", file.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(UsageError(format!("--refresh-token-file {} is empty", file.display())).into());
+    }
+    let rt = runtime()?;
+    match open_store(settings)? {
+        Some(store) => {
+            let settings = Arc::new(settings.clone());
+            let service = TokenService::new(settings, Arc::new(store)).map_err(UsageError)?;
+            let tok = rt.block_on(service.import(source, Secret::new(token)))?;
+            let exp = chrono::DateTime::from_timestamp(tok.expires_at, 0).map(|d| d.to_rfc3339()).unwrap_or_default();
+            println!("{source}: refresh token imported and proven by one refresh; access token valid until {exp}");
+        }
+        None => {
+            let api = NodeApi::new(settings);
+            let url = format!("{}/api/tokens/{}/import", api.base, source);
+            let resp = rt.block_on(async { api.http.post(&url).body(token).send().await })?;
+            let ok = resp.status().is_success();
+            let body = rt.block_on(resp.text())?;
+            if !ok {
+                return Err(anyhow!("{source}: import refused: {}", body.trim()));
+            }
+            println!("{source}: refresh token imported through the running node ({})", body.trim());
+        }
+    }
+    Ok(())
+}
+
+/// Reads the store directly, or through the running node's API.
+enum Reader {
+    Local(Store),
+    Remote(NodeApi, tokio::runtime::Runtime),
+}
+
+impl Reader {
+    fn open(settings: &Settings) -> anyhow::Result<Reader> {
+        Ok(match open_store(settings)? {
+            Some(s) => Reader::Local(s),
+            None => Reader::Remote(NodeApi::new(settings), runtime()?),
+        })
+    }
+
+    /// Calls `f` for every message (in storage order) of `source`, or all.
+    fn each(&self, source: Option<&str>, limit: usize, mut f: impl FnMut(MessageMeta) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        match self {
+            Reader::Local(store) => {
+                for m in store.iter_meta(source).take(limit) {
+                    f(m?)?;
+                }
+            }
+            Reader::Remote(api, rt) => {
+                let mut after = 0u64;
+                let mut seen = 0usize;
+                loop {
+                    let mut path = format!("/api/messages?after={after}&limit=1000");
+                    if let Some(s) = source {
+                        path.push_str(&format!("&source={s}"));
+                    }
+                    let page: Vec<MessageMeta> = rt.block_on(api.get_json(&path))?;
+                    if page.is_empty() {
+                        break;
+                    }
+                    for m in page {
+                        after = m.id;
+                        if seen >= limit {
+                            return Ok(());
+                        }
+                        seen += 1;
+                        f(m)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn meta(&self, id: u64) -> anyhow::Result<Option<MessageMeta>> {
+        match self {
+            Reader::Local(store) => Ok(store.meta(id)?),
+            Reader::Remote(api, rt) => Ok(rt.block_on(api.get_json(&format!("/api/messages/{id}"))).ok()),
+        }
+    }
+
+    fn raw(&self, id: u64) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Reader::Local(store) => store.raw(id)?.ok_or_else(|| anyhow!("message {id}: raw bytes missing")),
+            Reader::Remote(api, rt) => rt.block_on(api.get_bytes(&format!("/api/messages/{id}/raw"))),
+        }
+    }
+}
+
+fn location(m: &MessageMeta) -> String {
+    match &m.location {
+        mailsluice::store::Location::Imap { folder, uidvalidity, uid } => format!("{folder};UIDVALIDITY={uidvalidity};UID={uid}"),
+        mailsluice::store::Location::Pop3 { uidl } => format!("UIDL={uidl}"),
+    }
+}
+
+fn messages(settings: &Settings, command: MessagesCommand) -> anyhow::Result<()> {
+    let reader = Reader::open(settings)?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        MessagesCommand::List { source, limit } => {
+            reader.each(source.as_deref(), limit, |m| {
+                let subject = m.parsed.as_ref().and_then(|p| p.subject.clone()).unwrap_or_else(|| {
+                    if m.parse_error.is_some() { "(unparsed)".into() } else { String::new() }
+                });
+                writeln!(out, "{:>8}  {:<16} {:<40} {:>9}  {}", m.id, m.source, location(&m), m.size, subject)?;
+                Ok(())
+            })?;
+        }
+        MessagesCommand::Show { id, raw } => {
+            let Some(meta) = reader.meta(id)? else {
+                return Err(anyhow!("no message {id}"));
+            };
+            if raw {
+                out.write_all(&reader.raw(id)?)?;
+            } else {
+                writeln!(out, "{}", serde_json::to_string_pretty(&meta)?)?;
+            }
+        }
+        MessagesCommand::Export { format, out: path, source } => {
+            let n = export(&reader, format, &path, source.as_deref())?;
+            writeln!(out, "exported {n} message(s) to {}", path.display())?;
+        }
+    }
+    Ok(())
+}
+
+fn export(reader: &Reader, format: ExportFormat, path: &Path, source: Option<&str>) -> anyhow::Result<u64> {
+    let mut n = 0u64;
+    match format {
+        ExportFormat::Eml => {
+            std::fs::create_dir_all(path).with_context(|| format!("--out {}", path.display()))?;
+            reader.each(source, usize::MAX, |m| {
+                let raw = reader.raw(m.id)?;
+                std::fs::write(path.join(format!("{}.eml", m.id)), raw)?;
+                n += 1;
+                Ok(())
+            })?;
+        }
+        ExportFormat::Mbox => {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("--out {}", path.display()))?);
+            reader.each(source, usize::MAX, |m| {
+                let raw = reader.raw(m.id)?;
+                write_mboxrd(&mut f, &m, &raw)?;
+                n += 1;
+                Ok(())
+            })?;
+            f.flush()?;
+        }
+        ExportFormat::Jsonl => {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("--out {}", path.display()))?);
+            reader.each(source, usize::MAX, |m| {
+                serde_json::to_writer(&mut f, &m)?;
+                f.write_all(b"\n")?;
+                n += 1;
+                Ok(())
+            })?;
+            f.flush()?;
+        }
+    }
+    Ok(n)
+}
+
+/// mboxrd: a `From ` separator line, then the message with every line matching
+/// `>*From ` quoted with one more `>`, then a blank line.
+fn write_mboxrd(w: &mut impl Write, m: &MessageMeta, raw: &[u8]) -> std::io::Result<()> {
+    let date = m
+        .internal_date
+        .as_deref()
+        .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+        .map(|d| d.format("%a %b %e %H:%M:%S %Y").to_string())
+        .unwrap_or_else(|| "Thu Jan  1 00:00:00 1970".into());
+    writeln!(w, "From mailsluice@localhost {date}")?;
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        let stripped = line.iter().skip_while(|&&b| b == b'>').copied().collect::<Vec<u8>>();
+        if stripped.starts_with(b"From ") {
+            w.write_all(b">")?;
+        }
+        w.write_all(line)?;
+    }
+    if !raw.ends_with(b"\n") {
+        w.write_all(b"\n")?;
+    }
+    w.write_all(b"\n")
+}

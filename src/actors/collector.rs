@@ -1,0 +1,268 @@
+//! The Collector actor: one per source. It runs [`collect_loop`], which asks the
+//! TokenManager for a token (OAuth2 sources) before each session, runs one
+//! `ingest::run_cycle`, updates state and metrics, and waits for the next poll or a
+//! backoff. It stops for good only when the source needs re-authorization or on shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rand::Rng;
+use tokio::sync::{Semaphore, watch};
+
+use crate::auth::TokenError;
+use crate::config::{SourceAuth, SourceSettings};
+use crate::ingest::{self, Credential, CycleError};
+use crate::net::{Connector, SessionError};
+use crate::secret::Secret;
+use crate::store::Store;
+use crate::telemetry::{self, ErrorKind, Outcome, SourceState};
+
+use super::registry::Registry;
+use super::token_manager::GetAccessToken;
+
+/// Why a collector stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The provider refused the grant: do not restart until someone re-authorizes.
+    NeedsReauth(String),
+    /// Asked to stop.
+    Shutdown,
+}
+
+/// What a collector needs. Holds a `Recipient`, not a concrete actor address, so tests
+/// can stand in any token source.
+#[derive(Clone)]
+pub struct CollectorDeps {
+    pub source: SourceSettings,
+    pub store: Arc<Store>,
+    pub connector: Connector,
+    pub tokens: Recipient<GetAccessToken>,
+    /// Global `node.max_sessions` limit.
+    pub sessions: Arc<Semaphore>,
+    pub registry: Registry,
+}
+
+/// Delay before retry number `failures` (1-based): exponential from 1 s, capped at
+/// 5 minutes, with jitter so many failing sources do not retry in lockstep.
+pub fn retry_delay(failures: u32) -> Duration {
+    let base = 2f64.powi(failures.saturating_sub(1).min(16) as i32).min(300.0);
+    let jitter = rand::rng().random_range(0.5..=1.0);
+    Duration::from_secs_f64((base * jitter).max(0.2))
+}
+
+/// What one session attempt came to.
+enum Attempt {
+    Done(ingest::CycleReport),
+    NeedsReauth(String),
+    Throttled(Option<Duration>, String),
+    Failed(ErrorKind, String),
+}
+
+async fn credential(deps: &CollectorDeps) -> Result<Credential, Attempt> {
+    let source = &deps.source;
+    match &source.auth {
+        SourceAuth::Password { secret } => crate::config::read_secret(secret)
+            .map(|p| Credential::Password(Secret::new(p)))
+            .map_err(|e| {
+                Attempt::Failed(ErrorKind::Auth, format!("source {}: password: {e}", source.name))
+            }),
+        SourceAuth::OAuth2 { .. } => {
+            let asked = deps
+                .tokens
+                .send(GetAccessToken {
+                    source: source.name.clone(),
+                })
+                .await;
+            match asked {
+                Ok(Ok(tok)) => Ok(Credential::AccessToken(tok.token)),
+                Ok(Err(e)) if e.needs_reauth() => Err(Attempt::NeedsReauth(e.to_string())),
+                Ok(Err(TokenError::Transient {
+                    retry_after, detail, provider,
+                })) => Err(Attempt::Failed(
+                    ErrorKind::Token,
+                    format!("provider {provider}: temporary failure: {detail}{}",
+                        retry_after.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default()),
+                )),
+                Ok(Err(e)) => Err(Attempt::Failed(e.kind(), e.to_string())),
+                Err(e) => Err(Attempt::Failed(ErrorKind::Token, format!("token manager unavailable: {e}"))),
+            }
+        }
+    }
+}
+
+async fn attempt(deps: &CollectorDeps) -> Attempt {
+    let Ok(_permit) = deps.sessions.clone().acquire_owned().await else {
+        return Attempt::Failed(ErrorKind::Connect, "session limiter closed".into());
+    };
+    let cred = match credential(deps).await {
+        Ok(c) => c,
+        Err(a) => return a,
+    };
+    let started = Instant::now();
+    let result = ingest::run_cycle(&deps.store, &deps.connector, &deps.source, &cred).await;
+    let secs = started.elapsed().as_secs_f64();
+    let name = &deps.source.name;
+    match result {
+        Ok(report) => {
+            telemetry::session(name, Outcome::Ok, secs);
+            Attempt::Done(report)
+        }
+        Err(e) => {
+            telemetry::session(name, Outcome::Error, secs);
+            match e {
+                CycleError::Session(SessionError::Throttled { backoff, reply, .. }) => {
+                    Attempt::Throttled(backoff, reply)
+                }
+                other => Attempt::Failed(other.kind(), other.to_string()),
+            }
+        }
+    }
+}
+
+/// The collector's life: sessions until shutdown or until the source needs re-authorization.
+pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<bool>) -> StopReason {
+    let name = deps.source.name.clone();
+    telemetry::register_source(&name);
+    deps.registry.set_state(&name, SourceState::Starting);
+    let mut failures: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            return StopReason::Shutdown;
+        }
+        let outcome = tokio::select! {
+            a = attempt(&deps) => a,
+            _ = shutdown.changed() => return StopReason::Shutdown,
+        };
+        let wait = match outcome {
+            Attempt::Done(report) => {
+                failures = 0;
+                let now = chrono::Utc::now();
+                telemetry::last_success(&name, now.timestamp());
+                telemetry::backlog(&name, 0);
+                deps.registry.update(&name, |s| {
+                    s.last_success = Some(now.to_rfc3339());
+                    s.stored_since_start += report.stored;
+                    s.backlog = 0;
+                    s.sessions_ok += 1;
+                });
+                deps.registry.set_state(&name, SourceState::Healthy);
+                if report.stored > 0 || report.skipped > 0 {
+                    tracing::info!(source = %name, stored = report.stored, bytes = report.bytes, skipped = report.skipped, already = report.already, "collected");
+                }
+                deps.source.poll_interval
+            }
+            Attempt::NeedsReauth(reason) => {
+                telemetry::error(&name, ErrorKind::Token);
+                deps.registry.update(&name, |s| {
+                    s.last_error = Some(reason.clone());
+                    s.sessions_failed += 1;
+                });
+                deps.registry.set_state(&name, SourceState::NeedsReauth);
+                tracing::error!(source = %name, error = %reason, "source needs re-authorization; collection paused until `mailsluice authorize` or `tokens import`");
+                return StopReason::NeedsReauth(reason);
+            }
+            Attempt::Throttled(backoff, reply) => {
+                telemetry::error(&name, ErrorKind::Throttled);
+                deps.registry.update(&name, |s| {
+                    s.last_error = Some(reply.clone());
+                    s.sessions_failed += 1;
+                });
+                deps.registry.set_state(&name, SourceState::Throttled);
+                let wait = backoff.unwrap_or(deps.source.poll_interval);
+                tracing::warn!(source = %name, wait_ms = wait.as_millis() as u64, reply = %reply, "server throttled us; backing off");
+                wait
+            }
+            Attempt::Failed(kind, error) => {
+                failures += 1;
+                telemetry::error(&name, kind);
+                deps.registry.update(&name, |s| {
+                    s.last_error = Some(error.clone());
+                    s.sessions_failed += 1;
+                });
+                deps.registry.set_state(&name, SourceState::Degraded);
+                let wait = retry_delay(failures);
+                if failures <= 3 || failures.is_power_of_two() {
+                    // Rate-limited: the first few, then every 2^n-th repeat.
+                    tracing::warn!(source = %name, kind = kind.as_str(), failures, retry_in_ms = wait.as_millis() as u64, error = %error, "session failed");
+                }
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return StopReason::Shutdown,
+        }
+    }
+}
+
+/// Sent to the supervisor when a collector ends.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct CollectorStopped {
+    pub source: String,
+    pub reason: StopReason,
+}
+
+/// Asks a collector to stop after the message in hand.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct StopCollector;
+
+pub struct Collector {
+    deps: Option<CollectorDeps>,
+    shutdown: watch::Sender<bool>,
+    supervisor: Recipient<CollectorStopped>,
+}
+
+impl Collector {
+    pub fn new(deps: CollectorDeps, supervisor: Recipient<CollectorStopped>) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Collector {
+            deps: Some(deps),
+            shutdown,
+            supervisor,
+        }
+    }
+}
+
+impl Actor for Collector {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(deps) = self.deps.take() else { return };
+        let source = deps.source.name.clone();
+        let rx = self.shutdown.subscribe();
+        let span = tracing::info_span!("collector", source = %source);
+        let fut = tracing::Instrument::instrument(collect_loop(deps, rx), span);
+        ctx.spawn(fut.into_actor(self).map(move |reason, act, ctx| {
+            act.supervisor.do_send(CollectorStopped { source, reason });
+            ctx.stop();
+        }));
+    }
+}
+
+impl Handler<StopCollector> for Collector {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopCollector, _ctx: &mut Context<Self>) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        for _ in 0..50 {
+            let d1 = retry_delay(1).as_secs_f64();
+            assert!((0.2..=1.0).contains(&d1), "{d1}");
+            let d4 = retry_delay(4).as_secs_f64();
+            assert!((4.0..=8.0).contains(&d4), "{d4}");
+            let big = retry_delay(40).as_secs_f64();
+            assert!((150.0..=300.0).contains(&big), "{big}");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The TokenManager actor: hands out access tokens by message, with at most one refresh in
+//! flight per credential. Later askers for the same credential join the in-flight request
+//! and get the same result, so N collectors never make N refreshes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use futures_util::future::{LocalBoxFuture, Shared};
+
+use crate::auth::{AccessToken, TokenError, TokenService};
+use crate::secret::Secret;
+
+/// Asks for a valid access token for a source (sent by a collector before each session).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<AccessToken, TokenError>")]
+pub struct GetAccessToken {
+    pub source: String,
+}
+
+/// Adopts a refresh token for a source and proves it with one refresh.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<AccessToken, TokenError>")]
+pub struct ImportRefreshToken {
+    pub source: String,
+    pub refresh_token: Secret,
+}
+
+type InFlight = Shared<LocalBoxFuture<'static, Result<AccessToken, TokenError>>>;
+
+pub struct TokenManager {
+    service: Arc<TokenService>,
+    /// One shared future per credential while a request is running.
+    in_flight: HashMap<String, InFlight>,
+}
+
+impl TokenManager {
+    pub fn new(service: Arc<TokenService>) -> Self {
+        TokenManager {
+            service,
+            in_flight: HashMap::new(),
+        }
+    }
+
+    fn join_or_start(
+        &mut self,
+        source: String,
+        start: impl FnOnce() -> LocalBoxFuture<'static, Result<AccessToken, TokenError>>,
+    ) -> InFlight {
+        self.in_flight.retain(|_, f| f.peek().is_none());
+        self.in_flight
+            .entry(source)
+            .or_insert_with(|| start().shared())
+            .clone()
+    }
+}
+
+impl Actor for TokenManager {
+    type Context = Context<Self>;
+}
+
+impl Handler<GetAccessToken> for TokenManager {
+    type Result = ResponseFuture<Result<AccessToken, TokenError>>;
+
+    fn handle(&mut self, msg: GetAccessToken, _ctx: &mut Context<Self>) -> Self::Result {
+        let service = self.service.clone();
+        let source = msg.source.clone();
+        let fut = self.join_or_start(msg.source, move || {
+            async move { service.access_token(&source).await }.boxed_local()
+        });
+        Box::pin(fut)
+    }
+}
+
+impl Handler<ImportRefreshToken> for TokenManager {
+    type Result = ResponseFuture<Result<AccessToken, TokenError>>;
+
+    fn handle(&mut self, msg: ImportRefreshToken, _ctx: &mut Context<Self>) -> Self::Result {
+        // An import replaces whatever is in flight for this credential.
+        self.in_flight.remove(&msg.source);
+        let service = self.service.clone();
+        let source = msg.source.clone();
+        let fut = self.join_or_start(msg.source, move || {
+            async move { service.import(&source, msg.refresh_token).await }.boxed_local()
+        });
+        Box::pin(fut)
+    }
+}

@@ -1,0 +1,221 @@
+//! Proves the test harness (tests/support) starts real servers that behave as the other
+//! integration tests assume: Dovecot with password and OAuth2 logins over TLS, and the OIDC
+//! server's flows, refresh-token rotation, statistics and fault injection. Raw sockets and
+//! rustls only: nothing from the crate under test.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+use support::wire::{self, Conn};
+use support::{Dovecot, DovecotOptions, Oidc, OidcOptions};
+
+const ALICE: &str = "alice@example.test";
+const ALICE_PASSWORD: &str = "alice-password";
+const USER_SCOPE: &str = "openid offline_access email mail";
+
+/// A CRLF message whose size grows with `n`, so sizes identify messages.
+fn message(n: usize) -> Vec<u8> {
+    format!(
+        "From: bob@example.test\r\nTo: {ALICE}\r\nSubject: seed {n}\r\nMessage-ID: <seed-{n}@example.test>\r\n\r\n{}\r\n",
+        "x".repeat(10 * n)
+    )
+    .into_bytes()
+}
+
+fn xoauth2(user: &str, token: &str) -> String {
+    STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
+}
+
+fn last(lines: &[String]) -> &str {
+    lines.last().map(String::as_str).unwrap_or_default()
+}
+
+/// IMAPS `AUTHENTICATE XOAUTH2` with an initial response (SASL-IR); returns the final line.
+fn imap_xoauth2<S: std::io::Read + std::io::Write>(imap: &mut Conn<S>, tag: &str, token: &str) -> String {
+    imap.send(&format!("{tag} AUTHENTICATE XOAUTH2 {}", xoauth2(ALICE, token)));
+    let line = imap.read_line();
+    if let Some(challenge) = line.strip_prefix("+ ") {
+        // Rejected token: the server explains in a continuation and waits for an empty line.
+        let decoded = STANDARD.decode(challenge).expect("base64 challenge");
+        let error: Value = serde_json::from_slice(&decoded).expect("JSON challenge");
+        assert_eq!(error["status"], "401", "XOAUTH2 error challenge: {error}");
+        imap.send("");
+        return imap.read_line();
+    }
+    line
+}
+
+#[test]
+fn harness_smoke() {
+    let t0 = Instant::now();
+    let oidc = Oidc::start(OidcOptions::default());
+    let dovecot = Dovecot::start(DovecotOptions {
+        oidc_introspection_url: Some(oidc.introspection_url()),
+        ..Default::default()
+    });
+    eprintln!(
+        "oidc ready in {:?}, dovecot ready in {:?}",
+        oidc.startup, dovecot.startup
+    );
+
+    // (a) IMAPS password login; seeded messages visible, UIDs in seed order.
+    let seeded: Vec<Vec<u8>> = (1..=3).map(message).collect();
+    dovecot.seed(ALICE, &seeded);
+    let mut imap = wire::tls(dovecot.imaps_port, &dovecot.ca);
+    assert!(imap.read_line().starts_with("* OK"));
+    let login = imap.imap("a1", &format!("LOGIN {ALICE} {ALICE_PASSWORD}"));
+    assert!(last(&login).starts_with("a1 OK"), "{login:?}");
+    let select = imap.imap("a2", "SELECT INBOX");
+    assert!(select.iter().any(|l| l == "* 3 EXISTS"), "{select:?}");
+    let fetch = imap.imap("a3", "UID FETCH 1:* (RFC822.SIZE)");
+    let sizes: Vec<usize> = fetch
+        .iter()
+        .filter_map(|l| l.split("RFC822.SIZE ").nth(1))
+        .map(|s| s.trim_end_matches(')').parse().expect("size"))
+        .collect();
+    let expected: Vec<usize> = seeded.iter().map(Vec::len).collect();
+    assert_eq!(sizes, expected, "UIDs ascend in seed order: {fetch:?}");
+    let uids: Vec<&str> = fetch.iter().filter_map(|l| l.split("UID ").nth(1)).collect();
+    assert!(uids[0].starts_with("1 ") && uids[2].starts_with("3 "), "{fetch:?}");
+    imap.imap("a4", "LOGOUT");
+
+    // (b) IMAPS XOAUTH2 with a token from the authorization-code flow; a garbage token is
+    // refused after the error continuation.
+    let tokens = oidc.login_auth_code("collector", ALICE, ALICE_PASSWORD, USER_SCOPE);
+    let refresh0 = tokens.refresh_token.clone().expect("offline_access gives a refresh token");
+    assert!(tokens.id_token.is_some(), "openid gives an ID token: {tokens:?}");
+    assert_eq!(oidc.introspect(&tokens.access_token)["email"], ALICE);
+    let mut imap = wire::tls(dovecot.imaps_port, &dovecot.ca);
+    imap.read_line();
+    let bad = imap_xoauth2(&mut imap, "b1", "garbage-token");
+    assert!(bad.starts_with("b1 NO"), "{bad}");
+    let good = imap_xoauth2(&mut imap, "b2", &tokens.access_token);
+    assert!(good.starts_with("b2 OK"), "{good}\n{}", dovecot.log());
+    imap.imap("b3", "LOGOUT");
+
+    // (c) Refresh rotates the refresh token; the refreshed access token works.
+    let refreshed = oidc.refresh("collector", &refresh0).expect("refresh");
+    let refresh1 = refreshed.refresh_token.clone().expect("rotated refresh token");
+    assert_ne!(refresh1, refresh0, "every refresh rotates");
+    assert_ne!(refreshed.access_token, tokens.access_token);
+
+    // (d) POP3S AUTH XOAUTH2, two-step.
+    let mut pop = wire::tls(dovecot.pop3s_port, &dovecot.ca);
+    assert!(pop.read_line().starts_with("+OK"));
+    assert_eq!(pop.pop3("AUTH XOAUTH2"), "+ ");
+    let reply = pop.pop3(&xoauth2(ALICE, &refreshed.access_token));
+    assert!(reply.starts_with("+OK"), "{reply}\n{}", dovecot.log());
+    let stat = pop.pop3("STAT");
+    assert!(stat.starts_with("+OK 3 "), "{stat}");
+    pop.pop3("QUIT");
+
+    // (c, continued) The spent refresh token is invalid_grant, and oidc-provider's reuse
+    // detection then revokes the whole grant: the rotated one dies too.
+    let reuse = oidc.refresh("collector", &refresh0).expect_err("spent refresh token");
+    assert!(reuse.contains("invalid_grant"), "{reuse}");
+    let after = oidc.refresh("collector", &refresh1).expect_err("grant revoked by reuse");
+    assert!(after.contains("invalid_grant"), "{after}");
+
+    // (e) The token endpoint counted it all.
+    let stats = oidc.stats();
+    assert_eq!(stats["token_requests"]["refresh_token"]["ok"], 1, "{stats}");
+    assert_eq!(stats["token_requests"]["refresh_token"]["error"], 2, "{stats}");
+    assert_eq!(stats["token_errors"]["refresh_token"]["invalid_grant"], 2, "{stats}");
+    assert_eq!(stats["token_requests"]["authorization_code"]["ok"], 1, "{stats}");
+
+    // (f) Device flow; its token logs in to IMAP.
+    let device = oidc.login_device("collector", ALICE, ALICE_PASSWORD, USER_SCOPE);
+    assert!(device.refresh_token.is_some(), "{device:?}");
+    let mut imap = wire::tls(dovecot.imaps_port, &dovecot.ca);
+    imap.read_line();
+    let ok = imap_xoauth2(&mut imap, "f1", &device.access_token);
+    assert!(ok.starts_with("f1 OK"), "{ok}");
+    imap.imap("f2", "LOGOUT");
+
+    // Every login went over TLS.
+    let logins = dovecot.login_lines();
+    assert_eq!(logins.len(), 4, "{logins:#?}");
+    assert!(logins.iter().all(|l| l.contains(", TLS")), "{logins:#?}");
+    eprintln!("harness_smoke took {:?}", t0.elapsed());
+}
+
+/// PROTOCOLS §9: Dovecot counts 127.0.0.1 -> 127.0.0.1 as secured (plaintext login allowed on
+/// the STARTTLS port); from 127.0.0.2 it does not, and STARTTLS then works.
+#[test]
+fn dovecot_loopback_peer_is_secured_but_127_0_0_2_is_not() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+
+    let mut same = wire::plain(dovecot.imap_port);
+    let greeting = same.read_line();
+    assert!(!greeting.contains("LOGINDISABLED"), "{greeting}");
+    let login = same.imap("s1", &format!("LOGIN {ALICE} {ALICE_PASSWORD}"));
+    assert!(last(&login).starts_with("s1 OK"), "{login:?}");
+    same.imap("s2", "LOGOUT");
+
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let mut plain = wire::plain_from(other, dovecot.imap_port);
+    let greeting = plain.read_line();
+    assert!(greeting.contains("LOGINDISABLED"), "{greeting}");
+    let starttls = plain.imap("t1", "STARTTLS");
+    assert!(last(&starttls).starts_with("t1 OK"), "{starttls:?}");
+    let mut tls = plain.starttls(&dovecot.ca);
+    let login = tls.imap("t2", &format!("LOGIN {ALICE} {ALICE_PASSWORD}"));
+    assert!(last(&login).starts_with("t2 OK"), "{login:?}");
+    tls.imap("t3", "LOGOUT");
+
+    let mut pop = wire::plain_from(other, dovecot.pop3_port);
+    pop.read_line();
+    let user = pop.pop3(&format!("USER {ALICE}"));
+    assert!(user.starts_with("-ERR"), "{user}");
+    assert_eq!(pop.pop3("STLS"), "+OK Begin TLS negotiation now.");
+    let mut pop = pop.starttls(&dovecot.ca);
+    assert!(pop.pop3(&format!("USER {ALICE}")).starts_with("+OK"));
+    assert!(pop.pop3(&format!("PASS {ALICE_PASSWORD}")).starts_with("+OK"));
+    pop.pop3("QUIT");
+
+    let logins = dovecot.login_lines();
+    assert!(logins[0].contains("secured") && !logins[0].contains("TLS"), "{logins:#?}");
+    assert!(logins[1..].iter().all(|l| l.contains("TLS")), "{logins:#?}");
+}
+
+/// The OIDC server's wrong-password page, injected faults and user revocation.
+#[test]
+fn oidc_rejects_wrong_password_injects_faults_and_revokes_users() {
+    let oidc = Oidc::start(OidcOptions::default());
+
+    let err = oidc
+        .try_login_auth_code("collector", ALICE, "wrong", USER_SCOPE)
+        .expect_err("wrong password");
+    assert!(err.starts_with("login rejected (HTTP 401)"), "{err}");
+
+    let tokens = oidc.login_auth_code("collector-confidential", ALICE, ALICE_PASSWORD, USER_SCOPE);
+    let refresh = tokens.refresh_token.clone().expect("refresh token");
+    oidc.queue_token_faults(json!([
+        {"status": 500},
+        {"status": 400, "error": "slow_down"},
+    ]));
+    let first = oidc.refresh("collector-confidential", &refresh).expect_err("injected 500");
+    assert!(first.contains("HTTP 500") && first.contains("server_error"), "{first}");
+    let second = oidc.refresh("collector-confidential", &refresh).expect_err("injected 400");
+    assert!(second.contains("slow_down"), "{second}");
+    // Injected replies never reached the provider: the refresh token is still unspent.
+    let third = oidc.refresh("collector-confidential", &refresh).expect("real reply");
+    let stats = oidc.stats();
+    assert_eq!(stats["token_requests"]["refresh_token"], json!({"ok": 1, "error": 2, "injected": 2}), "{stats}");
+
+    let app = oidc.client_credentials("svc", "mail");
+    assert_eq!(oidc.introspect(&app.access_token)["email"], "shared@example.test");
+
+    oidc.revoke_user(ALICE);
+    assert_eq!(oidc.introspect(&third.access_token)["active"], false);
+    let revoked = oidc
+        .refresh("collector-confidential", third.refresh_token.as_deref().expect("rotated"))
+        .expect_err("revoked user");
+    assert!(revoked.contains("invalid_grant"), "{revoked}");
+    assert_eq!(oidc.introspect(&app.access_token)["active"], true, "app tokens survive");
+}
