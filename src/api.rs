@@ -57,13 +57,20 @@ fn ts(unix: Option<i64>) -> Option<String> {
 }
 
 /// Token views for every OAuth2 source (shared by the API and the offline CLI).
-pub fn token_views(settings: &Settings, store: &Store, registry: Option<&Registry>) -> Result<Vec<TokenView>, String> {
+pub fn token_views(
+    settings: &Settings,
+    store: &Store,
+    registry: Option<&Registry>,
+) -> Result<Vec<TokenView>, String> {
     let mut out = Vec::new();
     for (name, src) in &settings.sources {
         let crate::config::SourceAuth::OAuth2 { provider, .. } = &src.auth else {
             continue;
         };
-        let rec = store.token(name).map_err(|e| e.to_string())?.unwrap_or_default();
+        let rec = store
+            .token(name)
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
         out.push(TokenView {
             source: name.clone(),
             provider: provider.clone(),
@@ -81,7 +88,11 @@ pub fn token_views(settings: &Settings, store: &Store, registry: Option<&Registr
 }
 
 /// Source views (shared by the API and the offline CLI).
-pub fn source_views(settings: &Settings, store: &Store, registry: Option<&Registry>) -> Result<Vec<SourceView>, String> {
+pub fn source_views(
+    settings: &Settings,
+    store: &Store,
+    registry: Option<&Registry>,
+) -> Result<Vec<SourceView>, String> {
     let counts = store.counts().map_err(|e| e.to_string())?;
     let live = registry.map(|r| r.snapshot()).unwrap_or_default();
     Ok(settings
@@ -93,9 +104,14 @@ pub fn source_views(settings: &Settings, store: &Store, registry: Option<&Regist
                 name: name.clone(),
                 protocol: format!("{:?}", src.protocol).to_lowercase(),
                 enabled: src.enabled,
-                state: st
-                    .map(|s| s.state.as_str().to_string())
-                    .unwrap_or_else(|| if src.enabled { "not running" } else { "disabled" }.into()),
+                state: st.map(|s| s.state.as_str().to_string()).unwrap_or_else(|| {
+                    if src.enabled {
+                        "not running"
+                    } else {
+                        "disabled"
+                    }
+                    .into()
+                }),
                 last_success: st.and_then(|s| s.last_success.clone()),
                 last_error: st.and_then(|s| s.last_error.clone()),
                 stored_total: counts.get(name).copied().unwrap_or(0),
@@ -181,7 +197,11 @@ async fn raw_message(state: web::Data<ApiState>, id: web::Path<u64>) -> HttpResp
 }
 
 /// `POST /api/tokens/{source}/import` with the refresh token as the body.
-async fn import_token(state: web::Data<ApiState>, source: web::Path<String>, body: String) -> HttpResponse {
+async fn import_token(
+    state: web::Data<ApiState>,
+    source: web::Path<String>,
+    body: String,
+) -> HttpResponse {
     let token = body.trim().to_string();
     if token.is_empty() {
         return HttpResponse::BadRequest().body("empty refresh token\n");

@@ -21,7 +21,11 @@ use mailsluice::store::{MessageMeta, Store, StoreError};
 use mailsluice::telemetry;
 
 #[derive(Parser, Debug)]
-#[command(name = "mailsluice", version, about = "Mail ingestion node: IMAP and POP3 sources with OAuth2 or passwords, exactly once into an embedded store")]
+#[command(
+    name = "mailsluice",
+    version,
+    about = "Mail ingestion node: IMAP and POP3 sources with OAuth2 or passwords, exactly once into an embedded store"
+)]
 struct Cli {
     /// Config file (default: $MAILSLUICE_CONFIG, else config/mailsluice.toml).
     #[arg(short = 'c', long = "config", global = true)]
@@ -105,7 +109,11 @@ fn main() -> ExitCode {
     let settings = match config::load(&path) {
         Ok(s) => s,
         Err(errors) => {
-            eprintln!("{}: configuration has {} error(s):", path.display(), errors.len());
+            eprintln!(
+                "{}: configuration has {} error(s):",
+                path.display(),
+                errors.len()
+            );
             for e in errors.iter() {
                 eprintln!("  {e}");
             }
@@ -157,7 +165,11 @@ impl From<UsageError> for anyhow::Error {
 fn check_config(path: &Path, settings: &Settings) -> anyhow::Result<()> {
     let missing = config::check_secrets(settings);
     if !missing.is_empty() {
-        let mut msg = format!("{}: {} secret reference(s) do not resolve:", path.display(), missing.len());
+        let mut msg = format!(
+            "{}: {} secret reference(s) do not resolve:",
+            path.display(),
+            missing.len()
+        );
         for e in &missing {
             msg.push_str(&format!("\n  {e}"));
         }
@@ -205,14 +217,15 @@ impl NodeApi {
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let url = format!("{}{}", self.base, path);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("store is locked by a running node, but its API at {url} does not answer"))?;
+        let resp = self.http.get(&url).send().await.with_context(|| {
+            format!("store is locked by a running node, but its API at {url} does not answer")
+        })?;
         if !resp.status().is_success() {
-            return Err(anyhow!("{url}: HTTP {}: {}", resp.status(), resp.text().await.unwrap_or_default()));
+            return Err(anyhow!(
+                "{url}: HTTP {}: {}",
+                resp.status(),
+                resp.text().await.unwrap_or_default()
+            ));
         }
         Ok(resp.json().await?)
     }
@@ -237,12 +250,20 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         return Err(UsageError(msg).into());
     }
     telemetry::init_logging(settings.node.log_format == LogFormat::Json);
-    let store = Arc::new(Store::open(&settings.node.data_dir, &settings.node.secret_key_file)?);
+    let store = Arc::new(Store::open(
+        &settings.node.data_dir,
+        &settings.node.secret_key_file,
+    )?);
     let metrics = telemetry::install().map_err(|e| anyhow!("metrics: {e}"))?;
-    let connector = Connector::new(&settings.tls, settings.node.connect_timeout, settings.node.read_timeout)
-        .map_err(UsageError)?;
+    let connector = Connector::new(
+        &settings.tls,
+        settings.node.connect_timeout,
+        settings.node.read_timeout,
+    )
+    .map_err(UsageError)?;
     let settings = Arc::new(settings);
-    let token_service = Arc::new(TokenService::new(settings.clone(), store.clone()).map_err(UsageError)?);
+    let token_service =
+        Arc::new(TokenService::new(settings.clone(), store.clone()).map_err(UsageError)?);
     let listener = std::net::TcpListener::bind(settings.node.http_listen)
         .with_context(|| format!("node.http_listen {}", settings.node.http_listen))?;
     let addr = listener.local_addr()?;
@@ -285,7 +306,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
@@ -305,7 +329,10 @@ fn status(settings: &Settings) -> anyhow::Result<()> {
         Some(store) => api::source_views(settings, &store, None).map_err(|e| anyhow!(e))?,
         None => runtime()?.block_on(NodeApi::new(settings).get_json("/api/sources"))?,
     };
-    println!("{:<20} {:<6} {:<13} {:>8} {:>8}  {:<26} LAST ERROR", "SOURCE", "PROTO", "STATE", "STORED", "BACKLOG", "LAST SUCCESS");
+    println!(
+        "{:<20} {:<6} {:<13} {:>8} {:>8}  {:<26} LAST ERROR",
+        "SOURCE", "PROTO", "STATE", "STORED", "BACKLOG", "LAST SUCCESS"
+    );
     for v in views {
         println!(
             "{:<20} {:<6} {:<13} {:>8} {:>8}  {:<26} {}",
@@ -331,10 +358,26 @@ fn tokens_status(settings: &Settings) -> anyhow::Result<()> {
     }
     for v in views {
         println!("{} (provider {})", v.source, v.provider);
-        println!("  refresh token:        {}", if v.has_refresh_token { "stored (encrypted)" } else { "none" });
-        println!("  obtained:             {}", v.refresh_token_obtained.unwrap_or_else(|| "-".into()));
-        println!("  refresh token used:   {}", v.refresh_token_last_used.unwrap_or_else(|| "never".into()));
-        println!("  access token expires: {}", v.access_token_expires_at.unwrap_or_else(|| "-".into()));
+        println!(
+            "  refresh token:        {}",
+            if v.has_refresh_token {
+                "stored (encrypted)"
+            } else {
+                "none"
+            }
+        );
+        println!(
+            "  obtained:             {}",
+            v.refresh_token_obtained.unwrap_or_else(|| "-".into())
+        );
+        println!(
+            "  refresh token used:   {}",
+            v.refresh_token_last_used.unwrap_or_else(|| "never".into())
+        );
+        println!(
+            "  access token expires: {}",
+            v.access_token_expires_at.unwrap_or_else(|| "-".into())
+        );
         if let Some(state) = v.state {
             println!("  state:                {state}");
         }
@@ -352,7 +395,8 @@ fn tokens_import(settings: &Settings, source: &str, file: &Path) -> anyhow::Resu
     if !matches!(src.auth, config::SourceAuth::OAuth2 { .. }) {
         return Err(UsageError(format!("sources.{source}.auth is not oauth2")).into());
     }
-    let text = std::fs::read_to_string(file).with_context(|| format!("--refresh-token-file {}", file.display()))?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--refresh-token-file {}", file.display()))?;
     let token = text.trim().to_string();
     if token.is_empty() {
         return Err(UsageError(format!("--refresh-token-file {} is empty", file.display())).into());
@@ -363,8 +407,12 @@ fn tokens_import(settings: &Settings, source: &str, file: &Path) -> anyhow::Resu
             let settings = Arc::new(settings.clone());
             let service = TokenService::new(settings, Arc::new(store)).map_err(UsageError)?;
             let tok = rt.block_on(service.import(source, Secret::new(token)))?;
-            let exp = chrono::DateTime::from_timestamp(tok.expires_at, 0).map(|d| d.to_rfc3339()).unwrap_or_default();
-            println!("{source}: refresh token imported and proven by one refresh; access token valid until {exp}");
+            let exp = chrono::DateTime::from_timestamp(tok.expires_at, 0)
+                .map(|d| d.to_rfc3339())
+                .unwrap_or_default();
+            println!(
+                "{source}: refresh token imported and proven by one refresh; access token valid until {exp}"
+            );
         }
         None => {
             let api = NodeApi::new(settings);
@@ -375,7 +423,10 @@ fn tokens_import(settings: &Settings, source: &str, file: &Path) -> anyhow::Resu
             if !ok {
                 return Err(anyhow!("{source}: import refused: {}", body.trim()));
             }
-            println!("{source}: refresh token imported through the running node ({})", body.trim());
+            println!(
+                "{source}: refresh token imported through the running node ({})",
+                body.trim()
+            );
         }
     }
     Ok(())
@@ -396,7 +447,12 @@ impl Reader {
     }
 
     /// Calls `f` for every message (in storage order) of `source`, or all.
-    fn each(&self, source: Option<&str>, limit: usize, mut f: impl FnMut(MessageMeta) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn each(
+        &self,
+        source: Option<&str>,
+        limit: usize,
+        mut f: impl FnMut(MessageMeta) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         match self {
             Reader::Local(store) => {
                 for m in store.iter_meta(source).take(limit) {
@@ -432,21 +488,31 @@ impl Reader {
     fn meta(&self, id: u64) -> anyhow::Result<Option<MessageMeta>> {
         match self {
             Reader::Local(store) => Ok(store.meta(id)?),
-            Reader::Remote(api, rt) => Ok(rt.block_on(api.get_json(&format!("/api/messages/{id}"))).ok()),
+            Reader::Remote(api, rt) => Ok(rt
+                .block_on(api.get_json(&format!("/api/messages/{id}")))
+                .ok()),
         }
     }
 
     fn raw(&self, id: u64) -> anyhow::Result<Vec<u8>> {
         match self {
-            Reader::Local(store) => store.raw(id)?.ok_or_else(|| anyhow!("message {id}: raw bytes missing")),
-            Reader::Remote(api, rt) => rt.block_on(api.get_bytes(&format!("/api/messages/{id}/raw"))),
+            Reader::Local(store) => store
+                .raw(id)?
+                .ok_or_else(|| anyhow!("message {id}: raw bytes missing")),
+            Reader::Remote(api, rt) => {
+                rt.block_on(api.get_bytes(&format!("/api/messages/{id}/raw")))
+            }
         }
     }
 }
 
 fn location(m: &MessageMeta) -> String {
     match &m.location {
-        mailsluice::store::Location::Imap { folder, uidvalidity, uid } => format!("{folder};UIDVALIDITY={uidvalidity};UID={uid}"),
+        mailsluice::store::Location::Imap {
+            folder,
+            uidvalidity,
+            uid,
+        } => format!("{folder};UIDVALIDITY={uidvalidity};UID={uid}"),
         mailsluice::store::Location::Pop3 { uidl } => format!("UIDL={uidl}"),
     }
 }
@@ -457,10 +523,26 @@ fn messages(settings: &Settings, command: MessagesCommand) -> anyhow::Result<()>
     match command {
         MessagesCommand::List { source, limit } => {
             reader.each(source.as_deref(), limit, |m| {
-                let subject = m.parsed.as_ref().and_then(|p| p.subject.clone()).unwrap_or_else(|| {
-                    if m.parse_error.is_some() { "(unparsed)".into() } else { String::new() }
-                });
-                writeln!(out, "{:>8}  {:<16} {:<40} {:>9}  {}", m.id, m.source, location(&m), m.size, subject)?;
+                let subject = m
+                    .parsed
+                    .as_ref()
+                    .and_then(|p| p.subject.clone())
+                    .unwrap_or_else(|| {
+                        if m.parse_error.is_some() {
+                            "(unparsed)".into()
+                        } else {
+                            String::new()
+                        }
+                    });
+                writeln!(
+                    out,
+                    "{:>8}  {:<16} {:<40} {:>9}  {}",
+                    m.id,
+                    m.source,
+                    location(&m),
+                    m.size,
+                    subject
+                )?;
                 Ok(())
             })?;
         }
@@ -474,7 +556,11 @@ fn messages(settings: &Settings, command: MessagesCommand) -> anyhow::Result<()>
                 writeln!(out, "{}", serde_json::to_string_pretty(&meta)?)?;
             }
         }
-        MessagesCommand::Export { format, out: path, source } => {
+        MessagesCommand::Export {
+            format,
+            out: path,
+            source,
+        } => {
             let n = export(&reader, format, &path, source.as_deref())?;
             writeln!(out, "exported {n} message(s) to {}", path.display())?;
         }
@@ -482,7 +568,12 @@ fn messages(settings: &Settings, command: MessagesCommand) -> anyhow::Result<()>
     Ok(())
 }
 
-fn export(reader: &Reader, format: ExportFormat, path: &Path, source: Option<&str>) -> anyhow::Result<u64> {
+fn export(
+    reader: &Reader,
+    format: ExportFormat,
+    path: &Path,
+    source: Option<&str>,
+) -> anyhow::Result<u64> {
     let mut n = 0u64;
     match format {
         ExportFormat::Eml => {
@@ -495,7 +586,9 @@ fn export(reader: &Reader, format: ExportFormat, path: &Path, source: Option<&st
             })?;
         }
         ExportFormat::Mbox => {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("--out {}", path.display()))?);
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("--out {}", path.display()))?,
+            );
             reader.each(source, usize::MAX, |m| {
                 let raw = reader.raw(m.id)?;
                 write_mboxrd(&mut f, &m, &raw)?;
@@ -505,7 +598,9 @@ fn export(reader: &Reader, format: ExportFormat, path: &Path, source: Option<&st
             f.flush()?;
         }
         ExportFormat::Jsonl => {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("--out {}", path.display()))?);
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("--out {}", path.display()))?,
+            );
             reader.each(source, usize::MAX, |m| {
                 serde_json::to_writer(&mut f, &m)?;
                 f.write_all(b"\n")?;
@@ -529,7 +624,11 @@ fn write_mboxrd(w: &mut impl Write, m: &MessageMeta, raw: &[u8]) -> std::io::Res
         .unwrap_or_else(|| "Thu Jan  1 00:00:00 1970".into());
     writeln!(w, "From mailsluice@localhost {date}")?;
     for line in raw.split_inclusive(|&b| b == b'\n') {
-        let stripped = line.iter().skip_while(|&&b| b == b'>').copied().collect::<Vec<u8>>();
+        let stripped = line
+            .iter()
+            .skip_while(|&&b| b == b'>')
+            .copied()
+            .collect::<Vec<u8>>();
         if stripped.starts_with(b"From ") {
             w.write_all(b">")?;
         }

@@ -89,7 +89,10 @@ mod tests {
         assert_eq!(p.text_body.as_deref().map(str::trim), Some("Hallo"));
         assert_eq!(p.attachments.len(), 1);
         assert_eq!(p.attachments[0].name.as_deref(), Some("inv.pdf"));
-        assert_eq!(p.attachments[0].content_type.as_deref(), Some("application/pdf"));
+        assert_eq!(
+            p.attachments[0].content_type.as_deref(),
+            Some("application/pdf")
+        );
         assert_eq!(p.attachments[0].size, 5);
     }
 

@@ -36,8 +36,15 @@ fn last(lines: &[String]) -> &str {
 }
 
 /// IMAPS `AUTHENTICATE XOAUTH2` with an initial response (SASL-IR); returns the final line.
-fn imap_xoauth2<S: std::io::Read + std::io::Write>(imap: &mut Conn<S>, tag: &str, token: &str) -> String {
-    imap.send(&format!("{tag} AUTHENTICATE XOAUTH2 {}", xoauth2(ALICE, token)));
+fn imap_xoauth2<S: std::io::Read + std::io::Write>(
+    imap: &mut Conn<S>,
+    tag: &str,
+    token: &str,
+) -> String {
+    imap.send(&format!(
+        "{tag} AUTHENTICATE XOAUTH2 {}",
+        xoauth2(ALICE, token)
+    ));
     let line = imap.read_line();
     if let Some(challenge) = line.strip_prefix("+ ") {
         // Rejected token: the server explains in a continuation and waits for an empty line.
@@ -80,15 +87,27 @@ fn harness_smoke() {
         .collect();
     let expected: Vec<usize> = seeded.iter().map(Vec::len).collect();
     assert_eq!(sizes, expected, "UIDs ascend in seed order: {fetch:?}");
-    let uids: Vec<&str> = fetch.iter().filter_map(|l| l.split("UID ").nth(1)).collect();
-    assert!(uids[0].starts_with("1 ") && uids[2].starts_with("3 "), "{fetch:?}");
+    let uids: Vec<&str> = fetch
+        .iter()
+        .filter_map(|l| l.split("UID ").nth(1))
+        .collect();
+    assert!(
+        uids[0].starts_with("1 ") && uids[2].starts_with("3 "),
+        "{fetch:?}"
+    );
     imap.imap("a4", "LOGOUT");
 
     // (b) IMAPS XOAUTH2 with a token from the authorization-code flow; a garbage token is
     // refused after the error continuation.
     let tokens = oidc.login_auth_code("collector", ALICE, ALICE_PASSWORD, USER_SCOPE);
-    let refresh0 = tokens.refresh_token.clone().expect("offline_access gives a refresh token");
-    assert!(tokens.id_token.is_some(), "openid gives an ID token: {tokens:?}");
+    let refresh0 = tokens
+        .refresh_token
+        .clone()
+        .expect("offline_access gives a refresh token");
+    assert!(
+        tokens.id_token.is_some(),
+        "openid gives an ID token: {tokens:?}"
+    );
     assert_eq!(oidc.introspect(&tokens.access_token)["email"], ALICE);
     let mut imap = wire::tls(dovecot.imaps_port, &dovecot.ca);
     imap.read_line();
@@ -100,7 +119,10 @@ fn harness_smoke() {
 
     // (c) Refresh rotates the refresh token; the refreshed access token works.
     let refreshed = oidc.refresh("collector", &refresh0).expect("refresh");
-    let refresh1 = refreshed.refresh_token.clone().expect("rotated refresh token");
+    let refresh1 = refreshed
+        .refresh_token
+        .clone()
+        .expect("rotated refresh token");
     assert_ne!(refresh1, refresh0, "every refresh rotates");
     assert_ne!(refreshed.access_token, tokens.access_token);
 
@@ -116,17 +138,30 @@ fn harness_smoke() {
 
     // (c, continued) The spent refresh token is invalid_grant, and oidc-provider's reuse
     // detection then revokes the whole grant: the rotated one dies too.
-    let reuse = oidc.refresh("collector", &refresh0).expect_err("spent refresh token");
+    let reuse = oidc
+        .refresh("collector", &refresh0)
+        .expect_err("spent refresh token");
     assert!(reuse.contains("invalid_grant"), "{reuse}");
-    let after = oidc.refresh("collector", &refresh1).expect_err("grant revoked by reuse");
+    let after = oidc
+        .refresh("collector", &refresh1)
+        .expect_err("grant revoked by reuse");
     assert!(after.contains("invalid_grant"), "{after}");
 
     // (e) The token endpoint counted it all.
     let stats = oidc.stats();
     assert_eq!(stats["token_requests"]["refresh_token"]["ok"], 1, "{stats}");
-    assert_eq!(stats["token_requests"]["refresh_token"]["error"], 2, "{stats}");
-    assert_eq!(stats["token_errors"]["refresh_token"]["invalid_grant"], 2, "{stats}");
-    assert_eq!(stats["token_requests"]["authorization_code"]["ok"], 1, "{stats}");
+    assert_eq!(
+        stats["token_requests"]["refresh_token"]["error"], 2,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["token_errors"]["refresh_token"]["invalid_grant"], 2,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["token_requests"]["authorization_code"]["ok"], 1,
+        "{stats}"
+    );
 
     // (f) Device flow; its token logs in to IMAP.
     let device = oidc.login_device("collector", ALICE, ALICE_PASSWORD, USER_SCOPE);
@@ -175,11 +210,17 @@ fn dovecot_loopback_peer_is_secured_but_127_0_0_2_is_not() {
     assert_eq!(pop.pop3("STLS"), "+OK Begin TLS negotiation now.");
     let mut pop = pop.starttls(&dovecot.ca);
     assert!(pop.pop3(&format!("USER {ALICE}")).starts_with("+OK"));
-    assert!(pop.pop3(&format!("PASS {ALICE_PASSWORD}")).starts_with("+OK"));
+    assert!(
+        pop.pop3(&format!("PASS {ALICE_PASSWORD}"))
+            .starts_with("+OK")
+    );
     pop.pop3("QUIT");
 
     let logins = dovecot.login_lines();
-    assert!(logins[0].contains("secured") && !logins[0].contains("TLS"), "{logins:#?}");
+    assert!(
+        logins[0].contains("secured") && !logins[0].contains("TLS"),
+        "{logins:#?}"
+    );
     assert!(logins[1..].iter().all(|l| l.contains("TLS")), "{logins:#?}");
 }
 
@@ -199,23 +240,46 @@ fn oidc_rejects_wrong_password_injects_faults_and_revokes_users() {
         {"status": 500},
         {"status": 400, "error": "slow_down"},
     ]));
-    let first = oidc.refresh("collector-confidential", &refresh).expect_err("injected 500");
-    assert!(first.contains("HTTP 500") && first.contains("server_error"), "{first}");
-    let second = oidc.refresh("collector-confidential", &refresh).expect_err("injected 400");
+    let first = oidc
+        .refresh("collector-confidential", &refresh)
+        .expect_err("injected 500");
+    assert!(
+        first.contains("HTTP 500") && first.contains("server_error"),
+        "{first}"
+    );
+    let second = oidc
+        .refresh("collector-confidential", &refresh)
+        .expect_err("injected 400");
     assert!(second.contains("slow_down"), "{second}");
     // Injected replies never reached the provider: the refresh token is still unspent.
-    let third = oidc.refresh("collector-confidential", &refresh).expect("real reply");
+    let third = oidc
+        .refresh("collector-confidential", &refresh)
+        .expect("real reply");
     let stats = oidc.stats();
-    assert_eq!(stats["token_requests"]["refresh_token"], json!({"ok": 1, "error": 2, "injected": 2}), "{stats}");
+    assert_eq!(
+        stats["token_requests"]["refresh_token"],
+        json!({"ok": 1, "error": 2, "injected": 2}),
+        "{stats}"
+    );
 
     let app = oidc.client_credentials("svc", "mail");
-    assert_eq!(oidc.introspect(&app.access_token)["email"], "shared@example.test");
+    assert_eq!(
+        oidc.introspect(&app.access_token)["email"],
+        "shared@example.test"
+    );
 
     oidc.revoke_user(ALICE);
     assert_eq!(oidc.introspect(&third.access_token)["active"], false);
     let revoked = oidc
-        .refresh("collector-confidential", third.refresh_token.as_deref().expect("rotated"))
+        .refresh(
+            "collector-confidential",
+            third.refresh_token.as_deref().expect("rotated"),
+        )
         .expect_err("revoked user");
     assert!(revoked.contains("invalid_grant"), "{revoked}");
-    assert_eq!(oidc.introspect(&app.access_token)["active"], true, "app tokens survive");
+    assert_eq!(
+        oidc.introspect(&app.access_token)["active"],
+        true,
+        "app tokens survive"
+    );
 }

@@ -46,7 +46,9 @@ pub struct CollectorDeps {
 /// Delay before retry number `failures` (1-based): exponential from 1 s, capped at
 /// 5 minutes, with jitter so many failing sources do not retry in lockstep.
 pub fn retry_delay(failures: u32) -> Duration {
-    let base = 2f64.powi(failures.saturating_sub(1).min(16) as i32).min(300.0);
+    let base = 2f64
+        .powi(failures.saturating_sub(1).min(16) as i32)
+        .min(300.0);
     let jitter = rand::rng().random_range(0.5..=1.0);
     Duration::from_secs_f64((base * jitter).max(0.2))
 }
@@ -65,7 +67,10 @@ async fn credential(deps: &CollectorDeps) -> Result<Credential, Attempt> {
         SourceAuth::Password { secret } => crate::config::read_secret(secret)
             .map(|p| Credential::Password(Secret::new(p)))
             .map_err(|e| {
-                Attempt::Failed(ErrorKind::Auth, format!("source {}: password: {e}", source.name))
+                Attempt::Failed(
+                    ErrorKind::Auth,
+                    format!("source {}: password: {e}", source.name),
+                )
             }),
         SourceAuth::OAuth2 { .. } => {
             let asked = deps
@@ -78,14 +83,23 @@ async fn credential(deps: &CollectorDeps) -> Result<Credential, Attempt> {
                 Ok(Ok(tok)) => Ok(Credential::AccessToken(tok.token)),
                 Ok(Err(e)) if e.needs_reauth() => Err(Attempt::NeedsReauth(e.to_string())),
                 Ok(Err(TokenError::Transient {
-                    retry_after, detail, provider,
+                    retry_after,
+                    detail,
+                    provider,
                 })) => Err(Attempt::Failed(
                     ErrorKind::Token,
-                    format!("provider {provider}: temporary failure: {detail}{}",
-                        retry_after.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default()),
+                    format!(
+                        "provider {provider}: temporary failure: {detail}{}",
+                        retry_after
+                            .map(|d| format!(" (retry after {}s)", d.as_secs()))
+                            .unwrap_or_default()
+                    ),
                 )),
                 Ok(Err(e)) => Err(Attempt::Failed(e.kind(), e.to_string())),
-                Err(e) => Err(Attempt::Failed(ErrorKind::Token, format!("token manager unavailable: {e}"))),
+                Err(e) => Err(Attempt::Failed(
+                    ErrorKind::Token,
+                    format!("token manager unavailable: {e}"),
+                )),
             }
         }
     }

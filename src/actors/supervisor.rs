@@ -16,7 +16,9 @@ use crate::net::Connector;
 use crate::store::Store;
 use crate::telemetry::{self, SourceState};
 
-use super::collector::{Collector, CollectorDeps, CollectorStopped, StopCollector, StopReason, retry_delay};
+use super::collector::{
+    Collector, CollectorDeps, CollectorStopped, StopCollector, StopReason, retry_delay,
+};
 use super::registry::Registry;
 use super::token_manager::{GetAccessToken, ImportRefreshToken, TokenManager};
 
@@ -56,7 +58,9 @@ impl Supervisor {
     }
 
     fn start_collector(&mut self, name: &str, ctx: &mut Context<Self>) {
-        let Some(source) = self.settings.sources.get(name).cloned() else { return };
+        let Some(source) = self.settings.sources.get(name).cloned() else {
+            return;
+        };
         let deps = CollectorDeps {
             source,
             store: self.store.clone(),
@@ -128,7 +132,11 @@ impl Handler<ReauthorizedSource> for Supervisor {
     fn handle(&mut self, msg: ReauthorizedSource, ctx: &mut Context<Self>) {
         if !self.stopping
             && !self.collectors.contains_key(&msg.source)
-            && self.settings.sources.get(&msg.source).is_some_and(|s| s.enabled)
+            && self
+                .settings
+                .sources
+                .get(&msg.source)
+                .is_some_and(|s| s.enabled)
         {
             tracing::info!(source = %msg.source, "source re-authorized; collection resumes");
             self.start_collector(&msg.source, ctx);

@@ -54,7 +54,10 @@ impl TokenError {
     }
 
     pub fn needs_reauth(&self) -> bool {
-        matches!(self, TokenError::Reauth { .. } | TokenError::NeedsReauth { .. })
+        matches!(
+            self,
+            TokenError::Reauth { .. } | TokenError::NeedsReauth { .. }
+        )
     }
 }
 
@@ -63,25 +66,97 @@ fn aadsts(code: u64) -> Option<(&'static str, &'static str, bool)> {
     // (meaning, action, needs re-consent)
     Some(match code {
         70000 => ("refresh token not valid", "re-authorize the source", true),
-        70008 => ("refresh token expired or revoked", "re-authorize the source", true),
-        700082 => ("refresh token expired after 90 days unused", "re-authorize the source", true),
-        700084 => ("SPA refresh token lifetime ended", "re-authorize; do not register the redirect as spa", true),
-        50173 => ("grant revoked (password change or revoke)", "re-authorize the source", true),
-        50132 | 50133 => ("session invalid after password change", "re-authorize the source", true),
-        70043 => ("Conditional Access sign-in frequency reached", "re-authorize the source", true),
-        50076 | 50079 | 50078 | 50074 => ("multi-factor authentication required", "re-authorize interactively", true),
-        65001 => ("consent missing for the app or scope", "re-authorize with consent, or ask an admin to consent", true),
+        70008 => (
+            "refresh token expired or revoked",
+            "re-authorize the source",
+            true,
+        ),
+        700082 => (
+            "refresh token expired after 90 days unused",
+            "re-authorize the source",
+            true,
+        ),
+        700084 => (
+            "SPA refresh token lifetime ended",
+            "re-authorize; do not register the redirect as spa",
+            true,
+        ),
+        50173 => (
+            "grant revoked (password change or revoke)",
+            "re-authorize the source",
+            true,
+        ),
+        50132 | 50133 => (
+            "session invalid after password change",
+            "re-authorize the source",
+            true,
+        ),
+        70043 => (
+            "Conditional Access sign-in frequency reached",
+            "re-authorize the source",
+            true,
+        ),
+        50076 | 50079 | 50078 | 50074 => (
+            "multi-factor authentication required",
+            "re-authorize interactively",
+            true,
+        ),
+        65001 => (
+            "consent missing for the app or scope",
+            "re-authorize with consent, or ask an admin to consent",
+            true,
+        ),
         65004 => ("user declined consent", "re-authorize and accept", true),
-        50034 | 50057 | 50053 | 50055 | 50126 => ("account not usable (missing, disabled, locked or password expired)", "fix the account, then re-authorize", true),
-        7000215 => ("invalid client secret", "put the current client secret in client_secret_env/_file", false),
-        7000222 => ("client secret expired", "create a new client secret for the app registration and configure it", false),
-        7000218 => ("public client flows disabled for the app", "enable 'Allow public client flows' or configure a client secret", false),
-        700025 => ("client secret sent by a public client", "remove the client secret from the provider", false),
-        700016 | 700011 => ("application not found in the tenant", "check client_id and tenant", false),
-        500011 => ("resource (Exchange Online) not present in the tenant", "check the tenant has Exchange Online", false),
-        53003 | 530032 | 530035 => ("blocked by Conditional Access or security policy", "ask the tenant admin", false),
-        90094 | 90095 => ("admin consent required", "ask the tenant admin to grant consent", false),
-        70011 | 700022 | 28002 => ("invalid scope", "fix providers.*.scopes (one resource only)", false),
+        50034 | 50057 | 50053 | 50055 | 50126 => (
+            "account not usable (missing, disabled, locked or password expired)",
+            "fix the account, then re-authorize",
+            true,
+        ),
+        7000215 => (
+            "invalid client secret",
+            "put the current client secret in client_secret_env/_file",
+            false,
+        ),
+        7000222 => (
+            "client secret expired",
+            "create a new client secret for the app registration and configure it",
+            false,
+        ),
+        7000218 => (
+            "public client flows disabled for the app",
+            "enable 'Allow public client flows' or configure a client secret",
+            false,
+        ),
+        700025 => (
+            "client secret sent by a public client",
+            "remove the client secret from the provider",
+            false,
+        ),
+        700016 | 700011 => (
+            "application not found in the tenant",
+            "check client_id and tenant",
+            false,
+        ),
+        500011 => (
+            "resource (Exchange Online) not present in the tenant",
+            "check the tenant has Exchange Online",
+            false,
+        ),
+        53003 | 530032 | 530035 => (
+            "blocked by Conditional Access or security policy",
+            "ask the tenant admin",
+            false,
+        ),
+        90094 | 90095 => (
+            "admin consent required",
+            "ask the tenant admin to grant consent",
+            false,
+        ),
+        70011 | 700022 | 28002 => (
+            "invalid scope",
+            "fix providers.*.scopes (one resource only)",
+            false,
+        ),
         _ => return None,
     })
 }
@@ -127,7 +202,13 @@ pub fn classify_provider_error(
                 .collect();
             digits.parse().ok()
         });
-    let short_desc = description.lines().next().unwrap_or("").chars().take(300).collect::<String>();
+    let short_desc = description
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect::<String>();
     if status == 429 || status >= 500 || error.as_deref() == Some("temporarily_unavailable") {
         return transient(format!(
             "HTTP {status}{}",
@@ -135,27 +216,29 @@ pub fn classify_provider_error(
         ));
     }
     let Some(error) = error else {
-        return transient(format!("HTTP {status} with an unreadable body: {transport}"));
+        return transient(format!(
+            "HTTP {status} with an unreadable body: {transport}"
+        ));
     };
-    if let Some(c) = code {
-        if let Some((meaning, action, reauth)) = aadsts(c) {
-            let code = format!("{error} (AADSTS{c}: {meaning})");
-            return if reauth {
-                TokenError::Reauth {
-                    provider: provider.to_string(),
-                    code,
-                    description: short_desc,
-                    action: action.to_string(),
-                }
-            } else {
-                TokenError::ProviderConfig {
-                    provider: provider.to_string(),
-                    code,
-                    description: short_desc,
-                    action: action.to_string(),
-                }
-            };
-        }
+    if let Some(c) = code
+        && let Some((meaning, action, reauth)) = aadsts(c)
+    {
+        let code = format!("{error} (AADSTS{c}: {meaning})");
+        return if reauth {
+            TokenError::Reauth {
+                provider: provider.to_string(),
+                code,
+                description: short_desc,
+                action: action.to_string(),
+            }
+        } else {
+            TokenError::ProviderConfig {
+                provider: provider.to_string(),
+                code,
+                description: short_desc,
+                action: action.to_string(),
+            }
+        };
     }
     match error.as_str() {
         "invalid_grant" | "interaction_required" | "consent_required" | "login_required" => {
@@ -208,7 +291,9 @@ mod tests {
         let e = classify_provider_error("p", 400, br#"{"error":"invalid_grant"}"#, None, "");
         assert!(e.needs_reauth());
         let e = classify_provider_error("p", 503, b"<html>", Some(Duration::from_secs(9)), "");
-        assert!(matches!(e, TokenError::Transient { retry_after: Some(d), .. } if d.as_secs() == 9));
+        assert!(
+            matches!(e, TokenError::Transient { retry_after: Some(d), .. } if d.as_secs() == 9)
+        );
         let e = classify_provider_error("p", 0, b"", None, "connection refused");
         assert!(matches!(e, TokenError::Transient { .. }));
         let e = classify_provider_error("p", 200, b"{not json", None, "parse");

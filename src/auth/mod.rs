@@ -55,11 +55,7 @@ pub fn default_scopes(provider: &ProviderSettings, source: Option<&SourceSetting
             "profile".into(),
         ],
         (ProviderKind::Gmail, _) => vec!["https://mail.google.com/".into()],
-        (ProviderKind::Oidc, _) => vec![
-            "openid".into(),
-            "offline_access".into(),
-            "email".into(),
-        ],
+        (ProviderKind::Oidc, _) => vec!["openid".into(), "offline_access".into(), "email".into()],
     }
 }
 
@@ -238,19 +234,19 @@ impl TokenService {
                 reason: reason.clone(),
             });
         }
-        if let (Some(tok), Some(exp)) = (&record.access_token, record.access_expires_at) {
-            if exp - now() > self.margin.as_secs() as i64 {
-                telemetry::access_token_expiry(source_name, exp);
-                return Ok(AccessToken {
-                    token: Secret::new(tok.clone()),
-                    expires_at: exp,
-                });
-            }
+        if let (Some(tok), Some(exp)) = (&record.access_token, record.access_expires_at)
+            && exp - now() > self.margin.as_secs() as i64
+        {
+            telemetry::access_token_expiry(source_name, exp);
+            return Ok(AccessToken {
+                token: Secret::new(tok.clone()),
+                expires_at: exp,
+            });
         }
-        if let Some((until, err)) = lock(&self.backoff_until).get(source_name) {
-            if Instant::now() < *until {
-                return Err(err.clone());
-            }
+        if let Some((until, err)) = lock(&self.backoff_until).get(source_name)
+            && Instant::now() < *until
+        {
+            return Err(err.clone());
         }
         let result = match provider.flow {
             Flow::AppOnly => self.client_credentials(source, provider).await,
@@ -311,7 +307,11 @@ impl TokenService {
     }
 
     /// Stores a refresh token obtained elsewhere and proves it with one refresh.
-    pub async fn import(&self, source_name: &str, refresh_token: Secret) -> Result<AccessToken, TokenError> {
+    pub async fn import(
+        &self,
+        source_name: &str,
+        refresh_token: Secret,
+    ) -> Result<AccessToken, TokenError> {
         let (_, provider) = self.source(source_name)?;
         if provider.flow == Flow::AppOnly {
             return Err(TokenError::Unknown(format!(
@@ -336,7 +336,10 @@ impl TokenService {
         run: F,
     ) -> Result<R, TokenError>
     where
-        F: FnOnce(BasicClientWithToken, Arc<dyn Fn(oauth2::HttpRequest) -> HttpFuture + Send + Sync>) -> Fut,
+        F: FnOnce(
+            BasicClientWithToken,
+            Arc<dyn Fn(oauth2::HttpRequest) -> HttpFuture + Send + Sync>,
+        ) -> Fut,
         Fut: std::future::Future<Output = Result<R, String>>,
     {
         let token_url = self.token_url(provider).await?;
@@ -366,7 +369,10 @@ impl TokenService {
                     for (k, v) in parts.headers.iter() {
                         rb = rb.header(k, v);
                     }
-                    let resp = rb.send().await.map_err(|e| HttpError(e.without_url().to_string()))?;
+                    let resp = rb
+                        .send()
+                        .await
+                        .map_err(|e| HttpError(e.without_url().to_string()))?;
                     let status = resp.status();
                     let headers = resp.headers().clone();
                     let bytes = resp
@@ -479,7 +485,8 @@ fn token_parts(resp: &oauth2::basic::BasicTokenResponse) -> (Secret, i64, Option
     (
         Secret::new(resp.access_token().secret().clone()),
         now() + expires_in,
-        resp.refresh_token().map(|r| Secret::new(r.secret().clone())),
+        resp.refresh_token()
+            .map(|r| Secret::new(r.secret().clone())),
     )
 }
 
@@ -495,7 +502,9 @@ fn check_endpoint_url(url: &str) -> Result<(), String> {
     let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
     let loopback = host == "localhost"
         || host == "[::1]"
-        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback());
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
     if loopback {
         Ok(())
     } else {

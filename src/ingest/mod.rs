@@ -137,9 +137,14 @@ async fn run_imap(
     cred: &Credential,
 ) -> Result<CycleReport, CycleError> {
     let max_literal = source.max_message_bytes.saturating_add(64 * 1024);
-    let mut session =
-        ImapSession::open(connector, &source.host, source.port, source.security, max_literal)
-            .await?;
+    let mut session = ImapSession::open(
+        connector,
+        &source.host,
+        source.port,
+        source.security,
+        max_literal,
+    )
+    .await?;
     session.login(&login(source, cred)?).await?;
     let mut report = CycleReport::default();
     let read_only = source.after_ingest == crate::config::AfterIngest::Keep;
@@ -184,8 +189,16 @@ async fn run_imap(
             }
         }
         for batch in wanted.chunks(FETCH_BATCH) {
-            fetch_batch(store, &mut session, source, folder, selected.uidvalidity, batch, &mut report)
-                .await?;
+            fetch_batch(
+                store,
+                &mut session,
+                source,
+                folder,
+                selected.uidvalidity,
+                batch,
+                &mut report,
+            )
+            .await?;
         }
         // Durable before anything is done on the server (post-actions) or reported.
         store.flush().await?;
@@ -206,7 +219,11 @@ async fn fetch_batch(
     batch: &[(u32, bool)],
     report: &mut CycleReport,
 ) -> Result<(), CycleError> {
-    let to_fetch: Vec<u32> = batch.iter().filter(|(_, skip)| !skip).map(|(u, _)| *u).collect();
+    let to_fetch: Vec<u32> = batch
+        .iter()
+        .filter(|(_, skip)| !skip)
+        .map(|(u, _)| *u)
+        .collect();
     let mut pending: BTreeSet<u32> = to_fetch.iter().copied().collect();
     if !to_fetch.is_empty() {
         session.start_fetch(&to_fetch).await?;
@@ -256,7 +273,11 @@ async fn fetch_batch(
 
 /// Stores a message that arrived ahead of a lower pending UID without moving the
 /// checkpoint (the batch's end moves it once everything below is handled).
-fn store_one_held(store: &Store, msg: NewMessage, report: &mut CycleReport) -> Result<(), StoreError> {
+fn store_one_held(
+    store: &Store,
+    msg: NewMessage,
+    report: &mut CycleReport,
+) -> Result<(), StoreError> {
     let size = msg.raw.len() as u64;
     let parse_failed = msg.parsed.is_err();
     let source = msg.source.clone();
@@ -280,13 +301,17 @@ async fn run_pop3(
     source: &SourceSettings,
     cred: &Credential,
 ) -> Result<CycleReport, CycleError> {
-    let mut session = Pop3Session::open(connector, &source.host, source.port, source.security).await?;
+    let mut session =
+        Pop3Session::open(connector, &source.host, source.port, source.security).await?;
     session.login(&login(source, cred)?).await?;
     let mut report = CycleReport::default();
     let uidl = session.uidl().await?;
     let sizes: std::collections::HashMap<u32, u64> = session.list().await?.into_iter().collect();
     let stored = store.stored_uidls(&source.name)?;
-    let todo: Vec<(u32, String)> = uidl.into_iter().filter(|(_, u)| !stored.contains(u)).collect();
+    let todo: Vec<(u32, String)> = uidl
+        .into_iter()
+        .filter(|(_, u)| !stored.contains(u))
+        .collect();
     report.backlog = todo.len() as u64;
     telemetry::backlog(&source.name, report.backlog);
     for (n, uid) in todo {
@@ -296,7 +321,9 @@ async fn run_pop3(
             report.skipped += 1;
             continue;
         }
-        let body = session.retr(n, source.max_message_bytes.saturating_add(64 * 1024)).await?;
+        let body = session
+            .retr(n, source.max_message_bytes.saturating_add(64 * 1024))
+            .await?;
         let parsed = parse::parse(&body);
         if let Err(e) = &parsed {
             tracing::warn!(source = %source.name, uidl = %uid, error = %e, "message stored raw: parse failed");

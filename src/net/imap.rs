@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::config::Security;
 use crate::protocol::imap::{
-    Command, Commands, Completion, DEFAULT_MAX_LINE, Fetched, Framer, ResponseCode,
-    ServerResponse, parse_greeting, parse_response,
+    Command, Commands, Completion, DEFAULT_MAX_LINE, Fetched, Framer, ResponseCode, ServerResponse,
+    parse_greeting, parse_response,
 };
 use crate::protocol::{ProtocolError, sasl};
 use crate::secret::Secret;
@@ -145,7 +145,10 @@ impl ImapSession {
         }
     }
 
-    async fn read_response(&mut self, during: &'static str) -> Result<ServerResponse, SessionError> {
+    async fn read_response(
+        &mut self,
+        during: &'static str,
+    ) -> Result<ServerResponse, SessionError> {
         let frame = self.read_frame_bytes(during).await?;
         parse_response(&frame).map_err(|e| self.conn.protocol_error(e))
     }
@@ -358,7 +361,11 @@ impl ImapSession {
     }
 
     /// SELECT (or EXAMINE when `read_only`) a folder.
-    pub async fn select(&mut self, folder: &str, read_only: bool) -> Result<Selected, SessionError> {
+    pub async fn select(
+        &mut self,
+        folder: &str,
+        read_only: bool,
+    ) -> Result<Selected, SessionError> {
         let cmd = self.cmds.select(folder, read_only);
         let (untagged, completion, line) = self.run(cmd, "SELECT").await?;
         if completion != Completion::Ok {

@@ -98,7 +98,9 @@ impl std::fmt::Debug for Connector {
 }
 
 /// Loads the root store: system roots plus the PEM certificates in `extra_ca_file`.
-pub fn root_store(extra_ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+pub fn root_store(
+    extra_ca_file: Option<&std::path::Path>,
+) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -245,19 +247,20 @@ impl Connector {
                 let name = ServerName::try_from(host.to_string())
                     .map_err(|e| tls_err(format!("invalid server name {host:?}: {e}")))?;
                 let connector = tokio_rustls::TlsConnector::from(config.clone());
-                let tls = match tokio::time::timeout(handshake_timeout, connector.connect(name, tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return Err(tls_err(describe_tls_error(&e))),
-                    Err(_) => {
-                        return Err(SessionError::Timeout {
-                            server,
-                            secs: handshake_timeout.as_secs(),
-                            during: "TLS handshake",
-                        });
-                    }
-                };
+                let tls =
+                    match tokio::time::timeout(handshake_timeout, connector.connect(name, tcp))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => return Err(tls_err(describe_tls_error(&e))),
+                        Err(_) => {
+                            return Err(SessionError::Timeout {
+                                server,
+                                secs: handshake_timeout.as_secs(),
+                                during: "TLS handshake",
+                            });
+                        }
+                    };
                 let (_, session) = tls.get_ref();
                 let info = TlsInfo {
                     version: session
@@ -273,30 +276,30 @@ impl Connector {
             }
             #[cfg(feature = "native-tls")]
             TlsBackendConfig::Native { min, extra_ca } => {
-                let mut connector = async_native_tls::TlsConnector::new().min_protocol_version(
-                    Some(match min {
+                let mut connector =
+                    async_native_tls::TlsConnector::new().min_protocol_version(Some(match min {
                         TlsVersion::V1_2 => async_native_tls::Protocol::Tlsv12,
                         TlsVersion::V1_3 => async_native_tls::Protocol::Tlsv12,
-                    }),
-                );
+                    }));
                 if let Some(pem) = extra_ca {
                     let cert = async_native_tls::Certificate::from_pem(pem)
                         .map_err(|e| tls_err(format!("tls.extra_ca_file: {e}")))?;
                     connector = connector.add_root_certificate(cert);
                 }
-                let tls = match tokio::time::timeout(handshake_timeout, connector.connect(host, tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return Err(tls_err(e.to_string())),
-                    Err(_) => {
-                        return Err(SessionError::Timeout {
-                            server,
-                            secs: handshake_timeout.as_secs(),
-                            during: "TLS handshake",
-                        });
-                    }
-                };
+                let tls =
+                    match tokio::time::timeout(handshake_timeout, connector.connect(host, tcp))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => return Err(tls_err(e.to_string())),
+                        Err(_) => {
+                            return Err(SessionError::Timeout {
+                                server,
+                                secs: handshake_timeout.as_secs(),
+                                during: "TLS handshake",
+                            });
+                        }
+                    };
                 (
                     MailStream::Native(Box::new(tls)),
                     TlsInfo {
@@ -324,9 +327,7 @@ fn describe_tls_error(e: &io::Error) -> String {
             "server offers no TLS version we accept (TLS 1.2 or newer, see tls.min_version): {text}"
         )
     } else if text.contains("UnknownIssuer") {
-        format!(
-            "certificate not trusted (unknown issuer; add its CA to tls.extra_ca_file): {text}"
-        )
+        format!("certificate not trusted (unknown issuer; add its CA to tls.extra_ca_file): {text}")
     } else if text.contains("NotValidForName") {
         format!("certificate is not valid for this host name: {text}")
     } else {
@@ -367,7 +368,11 @@ impl AsyncRead for MailStream {
 }
 
 impl AsyncWrite for MailStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MailStream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
             MailStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
@@ -423,10 +428,7 @@ impl Conn {
                 last: if self.buf.is_empty() {
                     String::new()
                 } else {
-                    format!(
-                        " after: {}",
-                        crate::protocol::imap::first_line(&self.buf)
-                    )
+                    format!(" after: {}", crate::protocol::imap::first_line(&self.buf))
                 },
             }),
             Ok(Ok(_)) => Ok(()),

@@ -41,9 +41,7 @@ impl Pop3Session {
         match s.reply("waiting for the greeting").await? {
             Reply::Ok(_) => {}
             other => {
-                return Err(s
-                    .conn
-                    .protocol_error(ProtocolError::Rejected(other.line())));
+                return Err(s.conn.protocol_error(ProtocolError::Rejected(other.line())));
             }
         }
         if security == Security::StartTls {
@@ -92,7 +90,11 @@ impl Pop3Session {
         }
     }
 
-    async fn multiline(&mut self, limit: u64, during: &'static str) -> Result<Vec<u8>, SessionError> {
+    async fn multiline(
+        &mut self,
+        limit: u64,
+        during: &'static str,
+    ) -> Result<Vec<u8>, SessionError> {
         loop {
             match self.reader.multiline(&self.conn.buf, limit) {
                 Ok(Some((body, used))) => {
@@ -106,7 +108,12 @@ impl Pop3Session {
     }
 
     /// Sends a command expecting `+OK` then a multi-line listing.
-    async fn listing(&mut self, cmd: &[u8], during: &'static str, limit: u64) -> Result<Vec<u8>, SessionError> {
+    async fn listing(
+        &mut self,
+        cmd: &[u8],
+        during: &'static str,
+        limit: u64,
+    ) -> Result<Vec<u8>, SessionError> {
         self.conn.send(cmd).await?;
         match self.reply(during).await? {
             Reply::Ok(_) => self.multiline(limit, during).await,
@@ -153,7 +160,11 @@ impl Pop3Session {
                 token,
                 host,
                 port,
-            } => ("OAUTHBEARER", sasl::oauthbearer(user, host, *port, token), true),
+            } => (
+                "OAUTHBEARER",
+                sasl::oauthbearer(user, host, *port, token),
+                true,
+            ),
         };
         // Some servers list SASL mechanisms only after TLS or not at all (Office 365 before
         // TLS); an unlisted mechanism is still tried, and the server's answer reported.

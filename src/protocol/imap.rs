@@ -142,12 +142,17 @@ pub enum ServerResponse {
         line: String,
     },
     /// `* BYE ...`
-    Bye { line: String },
+    Bye {
+        line: String,
+    },
     Capabilities(BTreeSet<String>),
     Exists(u32),
     Expunge(u32),
     /// Untagged `OK` (with its code, e.g. UIDVALIDITY in a SELECT) or other status.
-    UntaggedStatus { code: Option<ResponseCode>, line: String },
+    UntaggedStatus {
+        code: Option<ResponseCode>,
+        line: String,
+    },
     Fetch(Fetched),
     /// Something valid we have no use for (FLAGS, LIST, SEARCH, ...).
     Other,
@@ -455,7 +460,10 @@ fn quoted(s: &str) -> Option<String> {
     if s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
         return None;
     }
-    Some(format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+    Some(format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
 }
 
 /// A mailbox name as a command argument: modified UTF-7 (RFC 3501 §5.1.3), quoted.
@@ -514,7 +522,11 @@ mod tests {
                 out.push(buf.drain(..n).collect());
             }
         }
-        assert!(buf.is_empty(), "leftover {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            buf.is_empty(),
+            "leftover {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         out
     }
 
@@ -564,7 +576,10 @@ mod tests {
         assert_eq!(m.uid, Some(7));
         assert_eq!(m.rfc822_size, Some(11));
         assert_eq!(m.body.as_deref(), Some(&b"Hello\r\nX}\r\n"[..]));
-        assert_eq!(m.internal_date.unwrap().to_rfc3339(), "1996-07-17T02:44:25-07:00");
+        assert_eq!(
+            m.internal_date.unwrap().to_rfc3339(),
+            "1996-07-17T02:44:25-07:00"
+        );
         let reordered = b"* 3 FETCH (RFC822.SIZE 2 BODY[] {2}\r\nhi UID 9)\r\n";
         let ServerResponse::Fetch(m) = parse_response(reordered).unwrap() else {
             panic!()
@@ -587,8 +602,8 @@ mod tests {
             panic!()
         };
         assert!(c.contains("AUTH=XOAUTH2") && c.contains("SASL-IR") && c.contains("IDLE"));
-        let r = parse_response(b"A0002 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
-            .unwrap();
+        let r =
+            parse_response(b"A0002 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n").unwrap();
         let ServerResponse::Tagged {
             tag,
             completion,
@@ -601,7 +616,10 @@ mod tests {
         assert_eq!((tag.as_str(), completion), ("A0002", Completion::No));
         assert!(line.contains("AUTHENTICATIONFAILED"));
         let r = parse_response(b"+ eyJzdGF0dXMiOiI0MDEifQ==\r\n").unwrap();
-        assert_eq!(r, ServerResponse::Continue("eyJzdGF0dXMiOiI0MDEifQ==".into()));
+        assert_eq!(
+            r,
+            ServerResponse::Continue("eyJzdGF0dXMiOiI0MDEifQ==".into())
+        );
         let r = parse_response(b"* BYE Server shutting down\r\n").unwrap();
         assert!(matches!(r, ServerResponse::Bye { .. }));
     }

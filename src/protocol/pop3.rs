@@ -157,8 +157,7 @@ pub fn parse_uidl(listing: &[u8]) -> Result<Vec<(u32, String)>, ProtocolError> {
         let n: u32 = n
             .parse()
             .map_err(|_| ProtocolError::Malformed(format!("UIDL line: {line}")))?;
-        if uid.is_empty() || uid.len() > 70 || !uid.bytes().all(|b| (0x21..=0x7e).contains(&b))
-        {
+        if uid.is_empty() || uid.len() > 70 || !uid.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
             return Err(ProtocolError::Malformed(format!("UIDL unique-id: {line}")));
         }
         out.push((n, uid.to_string()));
@@ -234,12 +233,20 @@ mod tests {
     #[test]
     fn single_line_replies() {
         let mut r = Reader::default();
-        assert_eq!(r.reply(b"+OK Dovecot ready.\r\n").unwrap().unwrap().0, Reply::Ok("Dovecot ready.".into()));
         assert_eq!(
-            r.reply(b"-ERR [AUTH] Authentication failed.\r\nextra").unwrap().unwrap(),
-            (Reply::Err("[AUTH] Authentication failed.".into()), 39)
+            r.reply(b"+OK Dovecot ready.\r\n").unwrap().unwrap().0,
+            Reply::Ok("Dovecot ready.".into())
         );
-        assert_eq!(r.reply(b"+ \r\n").unwrap().unwrap().0, Reply::Continue(String::new()));
+        assert_eq!(
+            r.reply(b"-ERR [AUTH] Authentication failed.\r\nextra")
+                .unwrap()
+                .unwrap(),
+            (Reply::Err("[AUTH] Authentication failed.".into()), 36)
+        );
+        assert_eq!(
+            r.reply(b"+ \r\n").unwrap().unwrap().0,
+            Reply::Continue(String::new())
+        );
         assert_eq!(r.reply(b"+OK partial").unwrap(), None);
         assert!(r.reply(b"HELLO\r\n").is_err());
     }
@@ -277,11 +284,17 @@ mod tests {
         assert!(caps.contains("SASL XOAUTH2") && caps.contains("STLS") && caps.contains("UIDL"));
         assert_eq!(
             parse_uidl(b"1 whqtswO00WBw418f9t5JxYwZ\r\n2 QhdPYR:00WBw1Ph7x7\r\n").unwrap(),
-            vec![(1, "whqtswO00WBw418f9t5JxYwZ".into()), (2, "QhdPYR:00WBw1Ph7x7".into())]
+            vec![
+                (1, "whqtswO00WBw418f9t5JxYwZ".into()),
+                (2, "QhdPYR:00WBw1Ph7x7".into())
+            ]
         );
         assert!(parse_uidl(b"1 has space extra\r\n").is_err());
         assert!(parse_uidl(format!("1 {}\r\n", "x".repeat(71)).as_bytes()).is_err());
-        assert_eq!(parse_list(b"1 120\r\n2 200\r\n").unwrap(), vec![(1, 120), (2, 200)]);
+        assert_eq!(
+            parse_list(b"1 120\r\n2 200\r\n").unwrap(),
+            vec![(1, 120), (2, 200)]
+        );
     }
 
     #[test]

@@ -129,8 +129,14 @@ pub struct StoredToken {
 impl std::fmt::Debug for StoredToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoredToken")
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| Secret::default()))
-            .field("access_token", &self.access_token.as_ref().map(|_| Secret::default()))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| Secret::default()),
+            )
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| Secret::default()),
+            )
             .field("access_expires_at", &self.access_expires_at)
             .field("refresh_token_last_used", &self.refresh_token_last_used)
             .field("identity", &self.identity)
@@ -206,14 +212,12 @@ impl Store {
     /// Opens (or creates) the store in `dir`, with the at-rest key from `key_file`
     /// (created 0600 on first use).
     pub fn open(dir: &Path, key_file: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         restrict_dir(dir);
         let db = match sled::Config::new().path(dir).open() {
             Ok(db) => db,
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.to_string().contains("lock") =>
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
             {
                 return Err(StoreError::Locked(dir.display().to_string()));
             }
@@ -242,7 +246,12 @@ impl Store {
     }
 
     /// Starts a folder over under a new UIDVALIDITY (the old UIDs mean nothing now).
-    pub fn reset_checkpoint(&self, source: &str, folder: &str, uidvalidity: u32) -> Result<(), StoreError> {
+    pub fn reset_checkpoint(
+        &self,
+        source: &str,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<(), StoreError> {
         let cp = Checkpoint {
             uidvalidity,
             last_uid: 0,
@@ -281,13 +290,15 @@ impl Store {
                 uid,
             } => (
                 imap_key(&msg.source, folder, *uidvalidity, *uid),
-                move_checkpoint.then(|| (
-                    folder_key(&msg.source, folder),
-                    Checkpoint {
-                        uidvalidity: *uidvalidity,
-                        last_uid: *uid,
-                    },
-                )),
+                move_checkpoint.then(|| {
+                    (
+                        folder_key(&msg.source, folder),
+                        Checkpoint {
+                            uidvalidity: *uidvalidity,
+                            last_uid: *uid,
+                        },
+                    )
+                }),
                 Some(content_key(&msg.source, folder, &sha)),
             ),
             Location::Pop3 { uidl } => (pop3_key(&msg.source, uidl), None, None),
@@ -338,15 +349,13 @@ impl Store {
                     }
                     Ok(())
                 };
-                if rematch {
-                    if let Some(ck) = &content {
-                        if let Some(existing) = content_t.get(ck)? {
+                if rematch
+                    && let Some(ck) = &content
+                        && let Some(existing) = content_t.get(ck)? {
                             index.insert(index_key.as_slice(), existing.clone())?;
                             advance(checkpoints)?;
                             return Ok(StoreOutcome::AlreadyStored(id_of(&existing).map_err(abort)?));
                         }
-                    }
-                }
                 messages.insert(&id_bytes, meta_bytes.as_slice())?;
                 raw.insert(&id_bytes, msg.raw.as_slice())?;
                 index.insert(index_key.as_slice(), &id_bytes)?;
@@ -365,13 +374,20 @@ impl Store {
 
     /// Advances an IMAP checkpoint past a message that is deliberately not stored
     /// (e.g. over `max_message_bytes`).
-    pub fn skip(&self, source: &str, folder: &str, uidvalidity: u32, uid: u32) -> Result<(), StoreError> {
+    pub fn skip(
+        &self,
+        source: &str,
+        folder: &str,
+        uidvalidity: u32,
+        uid: u32,
+    ) -> Result<(), StoreError> {
         let key = folder_key(source, folder);
         let current = self.checkpoint(source, folder)?;
-        if let Some(c) = current {
-            if c.uidvalidity == uidvalidity && c.last_uid >= uid {
-                return Ok(());
-            }
+        if let Some(c) = current
+            && c.uidvalidity == uidvalidity
+            && c.last_uid >= uid
+        {
+            return Ok(());
         }
         let cp = Checkpoint {
             uidvalidity,
@@ -517,16 +533,24 @@ mod tests {
     #[test]
     fn stores_once_and_advances_checkpoint() {
         let (_d, s) = store();
-        let a = s.store(imap_msg(3, 7, b"Subject: a\r\n\r\nx\r\n"), false).unwrap();
+        let a = s
+            .store(imap_msg(3, 7, b"Subject: a\r\n\r\nx\r\n"), false)
+            .unwrap();
         assert!(matches!(a, StoreOutcome::Stored(_)));
-        let again = s.store(imap_msg(3, 7, b"Subject: a\r\n\r\nx\r\n"), false).unwrap();
+        let again = s
+            .store(imap_msg(3, 7, b"Subject: a\r\n\r\nx\r\n"), false)
+            .unwrap();
         assert!(matches!(again, StoreOutcome::AlreadyStored(_)));
         assert_eq!(
             s.checkpoint("s", "INBOX").unwrap(),
-            Some(Checkpoint { uidvalidity: 7, last_uid: 3 })
+            Some(Checkpoint {
+                uidvalidity: 7,
+                last_uid: 3
+            })
         );
         // An older UID never moves the checkpoint back.
-        s.store(imap_msg(2, 7, b"Subject: b\r\n\r\ny\r\n"), false).unwrap();
+        s.store(imap_msg(2, 7, b"Subject: b\r\n\r\ny\r\n"), false)
+            .unwrap();
         assert_eq!(s.checkpoint("s", "INBOX").unwrap().unwrap().last_uid, 3);
         assert_eq!(s.counts().unwrap()["s"], 2);
     }
@@ -534,14 +558,25 @@ mod tests {
     #[test]
     fn rematch_after_uidvalidity_change_maps_to_existing_copy() {
         let (_d, s) = store();
-        s.store(imap_msg(1, 7, b"Subject: a\r\n\r\nx\r\n"), false).unwrap();
+        s.store(imap_msg(1, 7, b"Subject: a\r\n\r\nx\r\n"), false)
+            .unwrap();
         s.reset_checkpoint("s", "INBOX", 8).unwrap();
-        let out = s.store(imap_msg(1, 8, b"Subject: a\r\n\r\nx\r\n"), true).unwrap();
+        let out = s
+            .store(imap_msg(1, 8, b"Subject: a\r\n\r\nx\r\n"), true)
+            .unwrap();
         assert!(matches!(out, StoreOutcome::AlreadyStored(_)));
-        let new = s.store(imap_msg(2, 8, b"Subject: new\r\n\r\nz\r\n"), true).unwrap();
+        let new = s
+            .store(imap_msg(2, 8, b"Subject: new\r\n\r\nz\r\n"), true)
+            .unwrap();
         assert!(matches!(new, StoreOutcome::Stored(_)));
         assert_eq!(s.counts().unwrap()["s"], 2);
-        assert_eq!(s.checkpoint("s", "INBOX").unwrap().unwrap(), Checkpoint { uidvalidity: 8, last_uid: 2 });
+        assert_eq!(
+            s.checkpoint("s", "INBOX").unwrap().unwrap(),
+            Checkpoint {
+                uidvalidity: 8,
+                last_uid: 2
+            }
+        );
     }
 
     #[test]
@@ -583,7 +618,10 @@ mod tests {
             let p = entry.unwrap().path();
             if p.is_file() {
                 let bytes = std::fs::read(&p).unwrap();
-                assert!(!bytes.windows(19).any(|w| w == b"very-secret-refresh"), "{p:?}");
+                assert!(
+                    !bytes.windows(19).any(|w| w == b"very-secret-refresh"),
+                    "{p:?}"
+                );
             }
         }
     }

@@ -121,21 +121,96 @@ macro_rules! m {
 }
 
 pub const CATALOG: &[MetricDef] = &[
-    m!("messages_ingested_total", Counter, ["source"], "Messages stored (new, not re-seen), by source."),
-    m!("bytes_ingested_total", Counter, ["source"], "Raw bytes of the messages stored, by source."),
-    m!("parse_failures_total", Counter, ["source"], "Messages mail-parser could not parse; they are stored raw with a parse-error mark."),
-    m!("sessions_total", Counter, ["source", "outcome"], "IMAP/POP3 sessions by source and outcome (ok, error)."),
-    m!("session_duration_seconds", Histogram, ["source"], "Duration of one IMAP/POP3 collection session, connect to logout."),
-    m!("store_write_duration_seconds", Histogram, [], "Time to commit one message with its checkpoint to the store."),
-    m!("token_refreshes_total", Counter, ["provider", "outcome"], "Access-token requests at a provider's token endpoint, by outcome."),
-    m!("token_refresh_duration_seconds", Histogram, ["provider"], "Duration of token endpoint requests."),
-    m!("access_token_expiry_timestamp_seconds", Gauge, ["source"], "Unix time at which the source's current access token expires."),
-    m!("refresh_token_last_used_timestamp_seconds", Gauge, ["source"], "Unix time the source's refresh token was last used successfully (Microsoft revokes after 90 days unused)."),
-    m!("source_state", Gauge, ["source", "state"], "1 for the source's current state (starting, healthy, degraded, throttled, needs_reauth, disabled), 0 for the others."),
-    m!("last_success_timestamp_seconds", Gauge, ["source"], "Unix time of the source's last successful collection session."),
-    m!("errors_total", Counter, ["source", "kind"], "Errors by source and kind (tls, connect, auth, token, protocol, store, throttled)."),
-    m!("backlog_messages", Gauge, ["source"], "Messages seen on the server but not yet stored, as of the last session."),
-    m!("build_info", Gauge, ["version"], "Always 1; the version label names the running build."),
+    m!(
+        "messages_ingested_total",
+        Counter,
+        ["source"],
+        "Messages stored (new, not re-seen), by source."
+    ),
+    m!(
+        "bytes_ingested_total",
+        Counter,
+        ["source"],
+        "Raw bytes of the messages stored, by source."
+    ),
+    m!(
+        "parse_failures_total",
+        Counter,
+        ["source"],
+        "Messages mail-parser could not parse; they are stored raw with a parse-error mark."
+    ),
+    m!(
+        "sessions_total",
+        Counter,
+        ["source", "outcome"],
+        "IMAP/POP3 sessions by source and outcome (ok, error)."
+    ),
+    m!(
+        "session_duration_seconds",
+        Histogram,
+        ["source"],
+        "Duration of one IMAP/POP3 collection session, connect to logout."
+    ),
+    m!(
+        "store_write_duration_seconds",
+        Histogram,
+        [],
+        "Time to commit one message with its checkpoint to the store."
+    ),
+    m!(
+        "token_refreshes_total",
+        Counter,
+        ["provider", "outcome"],
+        "Access-token requests at a provider's token endpoint, by outcome."
+    ),
+    m!(
+        "token_refresh_duration_seconds",
+        Histogram,
+        ["provider"],
+        "Duration of token endpoint requests."
+    ),
+    m!(
+        "access_token_expiry_timestamp_seconds",
+        Gauge,
+        ["source"],
+        "Unix time at which the source's current access token expires."
+    ),
+    m!(
+        "refresh_token_last_used_timestamp_seconds",
+        Gauge,
+        ["source"],
+        "Unix time the source's refresh token was last used successfully (Microsoft revokes after 90 days unused)."
+    ),
+    m!(
+        "source_state",
+        Gauge,
+        ["source", "state"],
+        "1 for the source's current state (starting, healthy, degraded, throttled, needs_reauth, disabled), 0 for the others."
+    ),
+    m!(
+        "last_success_timestamp_seconds",
+        Gauge,
+        ["source"],
+        "Unix time of the source's last successful collection session."
+    ),
+    m!(
+        "errors_total",
+        Counter,
+        ["source", "kind"],
+        "Errors by source and kind (tls, connect, auth, token, protocol, store, throttled)."
+    ),
+    m!(
+        "backlog_messages",
+        Gauge,
+        ["source"],
+        "Messages seen on the server but not yet stored, as of the last session."
+    ),
+    m!(
+        "build_info",
+        Gauge,
+        ["version"],
+        "Always 1; the version label names the running build."
+    ),
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -146,8 +221,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
         return Ok(h.clone());
     }
     let duration_buckets = [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        30.0, 60.0, 300.0,
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0, 300.0,
     ];
     let mut builder = PrometheusBuilder::new();
     for def in CATALOG.iter().filter(|d| d.kind == MetricType::Histogram) {
@@ -176,10 +251,12 @@ pub fn register_source(source: &str) {
     counter!("mailsluice_bytes_ingested_total", "source" => s.clone()).absolute(0);
     counter!("mailsluice_parse_failures_total", "source" => s.clone()).absolute(0);
     for kind in ErrorKind::ALL {
-        counter!("mailsluice_errors_total", "source" => s.clone(), "kind" => kind.as_str()).absolute(0);
+        counter!("mailsluice_errors_total", "source" => s.clone(), "kind" => kind.as_str())
+            .absolute(0);
     }
     for outcome in [Outcome::Ok, Outcome::Error] {
-        counter!("mailsluice_sessions_total", "source" => s.clone(), "outcome" => outcome.as_str()).absolute(0);
+        counter!("mailsluice_sessions_total", "source" => s.clone(), "outcome" => outcome.as_str())
+            .absolute(0);
     }
 }
 
@@ -194,7 +271,8 @@ pub fn message_stored(source: &str, bytes: u64, parse_failed: bool) {
 pub fn session(source: &str, outcome: Outcome, seconds: f64) {
     counter!("mailsluice_sessions_total", "source" => source.to_string(), "outcome" => outcome.as_str())
         .increment(1);
-    histogram!("mailsluice_session_duration_seconds", "source" => source.to_string()).record(seconds);
+    histogram!("mailsluice_session_duration_seconds", "source" => source.to_string())
+        .record(seconds);
 }
 
 pub fn store_write(seconds: f64) {
@@ -265,6 +343,10 @@ mod tests {
         let before = names.len();
         names.dedup();
         assert_eq!(before, names.len());
-        assert!(CATALOG.iter().all(|d| d.name.starts_with("mailsluice_") && !d.help.is_empty()));
+        assert!(
+            CATALOG
+                .iter()
+                .all(|d| d.name.starts_with("mailsluice_") && !d.help.is_empty())
+        );
     }
 }

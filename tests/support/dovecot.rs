@@ -137,7 +137,8 @@ impl Dovecot {
             .expect("create a temporary directory for Dovecot");
         let root = dir.path().to_path_buf();
         // Login, auth and mail processes run as other users and must reach their files.
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod the Dovecot dir");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755))
+            .expect("chmod the Dovecot dir");
         let tls_dir = root.join("tls");
         fs::create_dir(&tls_dir).expect("create tls/");
         let ca = ca_in(&tls_dir);
@@ -203,7 +204,12 @@ impl Dovecot {
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", dovecot.display()));
 
-            match wait_ready(&mut child, &greeting_id, [imaps_port, imap_port, pop3s_port, pop3_port], spawned) {
+            match wait_ready(
+                &mut child,
+                &greeting_id,
+                [imaps_port, imap_port, pop3s_port, pop3_port],
+                spawned,
+            ) {
                 Ok(()) => {
                     let watchdog = spawn_watchdog(child.id());
                     return Dovecot {
@@ -248,7 +254,11 @@ impl Dovecot {
     pub fn log(&self) -> String {
         let stderr = read_log(&self.stderr_path);
         let log = read_log(&self.log_path);
-        if stderr.trim().is_empty() { log } else { format!("{stderr}{log}") }
+        if stderr.trim().is_empty() {
+            log
+        } else {
+            format!("{stderr}{log}")
+        }
     }
 
     /// `Login:` lines of the log (one per successful login, with `method=`, `TLS` or
@@ -277,10 +287,13 @@ impl Dovecot {
             return self.maildir(user);
         }
         assert!(
-            folder.is_ascii() && !folder.contains(['.', '\n', '\r', '"', '\\', '%', '*']) && !folder.is_empty(),
+            folder.is_ascii()
+                && !folder.contains(['.', '\n', '\r', '"', '\\', '%', '*'])
+                && !folder.is_empty(),
             "seed folders must be plain ASCII names with '/' as separator: {folder:?}"
         );
-        self.maildir(user).join(format!(".{}", folder.replace('/', ".")))
+        self.maildir(user)
+            .join(format!(".{}", folder.replace('/', ".")))
     }
 
     /// Writes `messages` into the user's INBOX; see [`Self::seed_folder`].
@@ -316,7 +329,11 @@ impl Dovecot {
             // Sequence numbers from 10^9 keep the digit count fixed and the "timestamps" in
             // the past; Dovecot compares them numerically.
             let seq = 1_000_000_000 + self.next_seq.fetch_add(1, Ordering::SeqCst);
-            let name = format!("{seq}.M0P{}Q{seq}.mailsluice,S={}", std::process::id(), message.len());
+            let name = format!(
+                "{seq}.M0P{}Q{seq}.mailsluice,S={}",
+                std::process::id(),
+                message.len()
+            );
             let tmp = target.join("tmp").join(&name);
             write_owned(&tmp, message, id);
             let cur = target.join("cur").join(format!("{name}:2,"));
@@ -460,11 +477,20 @@ fn render_config(r: &Rendered<'_>) -> String {
 /// Waits until the plain ports greet with this instance's greeting and the TLS ports accept.
 /// Dovecot's master binds every listener before it forks any login process, so our greeting
 /// on one port means all four are ours.
-fn wait_ready(child: &mut Child, greeting_id: &str, ports: [u16; 4], spawned: Instant) -> Result<(), String> {
+fn wait_ready(
+    child: &mut Child,
+    greeting_id: &str,
+    ports: [u16; 4],
+    spawned: Instant,
+) -> Result<(), String> {
     let [imaps, imap, pop3s, pop3] = ports;
     let deadline = spawned + START_TIMEOUT;
-    let mut pending: Vec<(u16, Option<&str>)> =
-        vec![(imap, Some("* OK")), (pop3, Some("+OK")), (imaps, None), (pop3s, None)];
+    let mut pending: Vec<(u16, Option<&str>)> = vec![
+        (imap, Some("* OK")),
+        (pop3, Some("+OK")),
+        (imaps, None),
+        (pop3s, None),
+    ];
     let mut pause = Duration::from_millis(5);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -475,7 +501,9 @@ fn wait_ready(child: &mut Child, greeting_id: &str, ports: [u16; 4], spawned: In
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!("ports {pending:?} not ready after {START_TIMEOUT:?}"));
+            return Err(format!(
+                "ports {pending:?} not ready after {START_TIMEOUT:?}"
+            ));
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
@@ -522,12 +550,17 @@ fn spawn_watchdog(pid: u32) -> Option<Child> {
 }
 
 fn dovecot_binary() -> PathBuf {
-    let candidates = [std::env::var_os("MAILSLUICE_TEST_DOVECOT").map(PathBuf::from), Some("/usr/sbin/dovecot".into())];
+    let candidates = [
+        std::env::var_os("MAILSLUICE_TEST_DOVECOT").map(PathBuf::from),
+        Some("/usr/sbin/dovecot".into()),
+    ];
     candidates
         .into_iter()
         .flatten()
         .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("dovecot not found at /usr/sbin/dovecot: run scripts/install-deps"))
+        .unwrap_or_else(|| {
+            panic!("dovecot not found at /usr/sbin/dovecot: run scripts/install-deps")
+        })
 }
 
 /// Who we are (from /proc/self, no libc) and who should own the mail.
@@ -543,7 +576,9 @@ fn identity() -> Identity {
         let nobody = getent("passwd", "nobody").expect("user nobody exists");
         let uid: u32 = nobody[2].parse().expect("numeric uid");
         let gid: u32 = nobody[3].parse().expect("numeric gid");
-        let group = getent("group", &gid.to_string()).map(|g| g[0].clone()).unwrap_or_else(|| gid.to_string());
+        let group = getent("group", &gid.to_string())
+            .map(|g| g[0].clone())
+            .unwrap_or_else(|| gid.to_string());
         Identity {
             root: true,
             user: "nobody".into(),
@@ -570,7 +605,12 @@ fn identity() -> Identity {
 
 /// `getent <db> <key>`, split on ':'.
 fn getent(db: &str, key: &str) -> Option<Vec<String>> {
-    let out = Command::new("getent").arg(db).arg(key).stderr(Stdio::null()).output().ok()?;
+    let out = Command::new("getent")
+        .arg(db)
+        .arg(key)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }

@@ -321,18 +321,31 @@ impl Oidc {
     /// Plays the browser from an authorization URL built by someone else (e.g. the code under
     /// test): follows redirects, submits the login form once, and returns the final redirect
     /// to the client (the first `Location` outside the issuer), without requesting it.
-    pub fn authorize(&self, authorization_url: &str, email: &str, password: &str) -> Result<String, String> {
+    pub fn authorize(
+        &self,
+        authorization_url: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<String, String> {
         let browser = Browser::new(&self.issuer);
-        off_runtime(|| match browser.drive(browser.get(authorization_url)?, email, password)? {
-            Outcome::Redirect(location) => Ok(location),
-            Outcome::DeviceSuccess => Err("the flow ended on the device success page".into()),
-        })
+        off_runtime(
+            || match browser.drive(browser.get(authorization_url)?, email, password)? {
+                Outcome::Redirect(location) => Ok(location),
+                Outcome::DeviceSuccess => Err("the flow ended on the device success page".into()),
+            },
+        )
     }
 
     /// Device authorization grant, driven without a human: device authorization request, then
     /// the verification page (user code, confirmation, login form) over HTTP, then polls the
     /// token endpoint. Panics (with the server log) on any failure.
-    pub fn login_device(&self, client_id: &str, email: &str, password: &str, scope: &str) -> TokenResponse {
+    pub fn login_device(
+        &self,
+        client_id: &str,
+        email: &str,
+        password: &str,
+        scope: &str,
+    ) -> TokenResponse {
         self.try_login_device(client_id, email, password, scope)
             .unwrap_or_else(|e| self.fail(&format!("device login of {email}"), &e))
     }
@@ -345,17 +358,23 @@ impl Oidc {
         password: &str,
         scope: &str,
     ) -> Result<TokenResponse, String> {
-        let mut form = vec![("client_id", client_id), ("scope", scope)];
+        let mut form = vec![("scope", scope)];
         form.extend(client_auth(client_id));
         let (status, body) = self.post_form(&self.device_authorization_url(), &form);
         if status != 200 {
             return Err(format!("device authorization: HTTP {status}: {body}"));
         }
-        let device_code = body["device_code"].as_str().ok_or("no device_code")?.to_owned();
+        let device_code = body["device_code"]
+            .as_str()
+            .ok_or("no device_code")?
+            .to_owned();
         let user_code = body["user_code"].as_str().ok_or("no user_code")?.to_owned();
         self.approve_device(&user_code, email, password)?;
 
-        let mut form = vec![("grant_type", DEVICE_CODE_GRANT), ("device_code", device_code.as_str())];
+        let mut form = vec![
+            ("grant_type", DEVICE_CODE_GRANT),
+            ("device_code", device_code.as_str()),
+        ];
         form.extend(client_auth(client_id));
         // The user already approved, so the first poll should succeed; pending/slow_down are
         // still handled in case a test queued faults.
@@ -372,14 +391,24 @@ impl Oidc {
     }
 
     /// Plays the user on the verification page: enters `user_code`, confirms, signs in.
-    pub fn approve_device(&self, user_code: &str, email: &str, password: &str) -> Result<(), String> {
+    pub fn approve_device(
+        &self,
+        user_code: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<(), String> {
         let browser = Browser::new(&self.issuer);
-        let url = Url::parse_with_params(&format!("{}/device", self.issuer), [("user_code", user_code)])
-            .map_err(|e| e.to_string())?;
-        off_runtime(|| match browser.drive(browser.get(url.as_str())?, email, password)? {
-            Outcome::DeviceSuccess => Ok(()),
-            Outcome::Redirect(location) => Err(format!("unexpected redirect to {location}")),
-        })
+        let url = Url::parse_with_params(
+            &format!("{}/device", self.issuer),
+            [("user_code", user_code)],
+        )
+        .map_err(|e| e.to_string())?;
+        off_runtime(
+            || match browser.drive(browser.get(url.as_str())?, email, password)? {
+                Outcome::DeviceSuccess => Ok(()),
+                Outcome::Redirect(location) => Err(format!("unexpected redirect to {location}")),
+            },
+        )
     }
 
     /// POSTs a form to the token endpoint; returns the HTTP status and the JSON body.
@@ -389,7 +418,10 @@ impl Oidc {
 
     /// Refreshes with `refresh_token` as `client_id` (with its secret if it has one).
     pub fn refresh(&self, client_id: &str, refresh_token: &str) -> Result<TokenResponse, String> {
-        let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
         form.extend(client_auth(client_id));
         parse_token_response(self.token_request(&form))
     }
@@ -406,7 +438,11 @@ impl Oidc {
     pub fn introspect(&self, token: &str) -> Value {
         let (status, body) = self.post_form(
             &self.introspection_url(),
-            &[("token", token), ("client_id", "dovecot"), ("client_secret", "dovecot-secret")],
+            &[
+                ("token", token),
+                ("client_id", "dovecot"),
+                ("client_secret", "dovecot-secret"),
+            ],
         );
         assert_eq!(status, 200, "introspection failed: {body}");
         body
@@ -429,7 +465,10 @@ impl Oidc {
     pub fn token_counts(&self, grant_type: &str) -> (u64, u64) {
         let stats = self.stats();
         let counts = &stats["token_requests"][grant_type];
-        (counts["ok"].as_u64().unwrap_or(0), counts["error"].as_u64().unwrap_or(0))
+        (
+            counts["ok"].as_u64().unwrap_or(0),
+            counts["error"].as_u64().unwrap_or(0),
+        )
     }
 
     /// Queues replies that replace the next token endpoint replies, one per POST /token, in
@@ -437,7 +476,11 @@ impl Oidc {
     /// {"delay_ms":3000}]`) or `{"token_endpoint":[...]}`. An entry with only `delay_ms`
     /// delays the real reply. Note: the harness' own login helpers use the token endpoint too.
     pub fn queue_token_faults(&self, faults: Value) {
-        let body = if faults.is_array() { json!({ "token_endpoint": faults }) } else { faults };
+        let body = if faults.is_array() {
+            json!({ "token_endpoint": faults })
+        } else {
+            faults
+        };
         self.post_test_hook("/test/faults", &body);
     }
 
@@ -534,7 +577,11 @@ struct Browser {
 
 enum Page {
     Redirect(String),
-    Html { url: String, status: u16, body: String },
+    Html {
+        url: String,
+        status: u16,
+        body: String,
+    },
 }
 
 enum Outcome {
@@ -561,7 +608,11 @@ impl Browser {
     }
 
     fn get(&self, url: &str) -> Result<Page, String> {
-        let resp = self.client.get(url).send().map_err(|e| format!("GET {url}: {e}"))?;
+        let resp = self
+            .client
+            .get(url)
+            .send()
+            .map_err(|e| format!("GET {url}: {e}"))?;
         Self::page(url, resp)
     }
 
@@ -615,8 +666,9 @@ impl Browser {
                     if body.contains("id=\"success\"") {
                         return Ok(Outcome::DeviceSuccess);
                     }
-                    let form = first_form(&body)
-                        .ok_or_else(|| format!("HTTP {status} page without a form at {url}:\n{body}"))?;
+                    let form = first_form(&body).ok_or_else(|| {
+                        format!("HTTP {status} page without a form at {url}:\n{body}")
+                    })?;
                     let action = Url::parse(&url)
                         .and_then(|base| base.join(&form.action))
                         .map_err(|e| format!("bad form action {:?}: {e}", form.action))?;

@@ -328,7 +328,13 @@ function buildProvider(issuer) {
           ctx.body = page('Sign-in Success', '<p id="success">Your device is now signed in.</p>');
         },
       },
-      introspection: { enabled: true },
+      introspection: {
+        enabled: true,
+        // Confidential clients (dovecot) may introspect any token; public ones only their own.
+        async allowedPolicy(ctx, client, token) {
+          return client.clientAuthMethod !== 'none' || token.clientId === client.clientId;
+        },
+      },
       revocation: { enabled: true },
       clientCredentials: { enabled: true },
     },
@@ -379,7 +385,7 @@ function buildProvider(issuer) {
   for (const event of ['server_error', 'authorization.error', 'grant.error', 'introspection.error',
     'revocation.error', 'userinfo.error', 'check_session_origin.error', 'discovery.error',
     'end_session.error', 'interaction.error']) {
-    provider.on(event, (ctx, err) => log(`${event}: ${err.name}: ${err.message}${err.error_description ? ` (${err.error_description})` : ''}`));
+    provider.on(event, (ctx, err) => log(`${event}: ${err.name}: ${err.message}${err.error_description ? ` (${err.error_description})` : ''}${err.error_detail ? ` [${err.error_detail}]` : ''}`));
   }
   return provider;
 }
