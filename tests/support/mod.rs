@@ -111,34 +111,3 @@ pub fn tail(text: &str, max_lines: usize) -> String {
     }
     out
 }
-
-/// Sends SIGTERM to `pid` (through `kill(1)`: the tests forbid `unsafe`, so no libc).
-pub fn sigterm(pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-}
-
-/// Waits up to `grace` for `child` to exit after a SIGTERM, then SIGKILLs it. Never panics
-/// (it runs in `Drop`).
-pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    sigterm(child.id());
-    let deadline = Instant::now() + grace;
-    let mut pause = Duration::from_millis(2);
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}

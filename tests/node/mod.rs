@@ -1,0 +1,223 @@
+//! Runs the real `mailsluice` binary against the harness servers, and the message corpus
+//! the end-to-end tests seed and check byte for byte.
+
+#![allow(dead_code)]
+
+pub mod corpus;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailsluice");
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A node's working directory, config file and (once started) process.
+pub struct Node {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub http: String,
+    child: Option<Child>,
+    pub log_path: PathBuf,
+    /// Environment for the node and CLI (secrets by reference).
+    pub env: Vec<(String, String)>,
+}
+
+impl Node {
+    /// Writes a config with `[node]` and `[tls]` filled in, followed by `body`
+    /// (providers and sources).
+    pub fn new(ca_pem: &Path, body: &str) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let http = format!("127.0.0.1:{port}");
+        let text = format!(
+            "[node]\ndata_dir = \"{data}\"\nhttp_listen = \"{http}\"\nsecret_key_file = \"{key}\"\ntoken_refresh_margin_secs = 1\nread_timeout_secs = 20\n\n[tls]\nmin_version = \"1.2\"\nextra_ca_file = \"{ca}\"\n\n{body}",
+            data = dir.path().join("data").display(),
+            key = dir.path().join("secret.key").display(),
+            ca = ca_pem.display(),
+        );
+        let config = dir.path().join("mailsluice.toml");
+        std::fs::write(&config, text).expect("write config");
+        let log_path = dir.path().join("node.log");
+        Node {
+            dir,
+            config,
+            http,
+            child: None,
+            log_path,
+            env: Vec::new(),
+        }
+    }
+
+    /// Writes `content` to a file in the node dir and returns its path.
+    pub fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).expect("write file");
+        p
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c").arg(&self.config).args(args);
+        cmd.current_dir(self.dir.path());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run mailsluice")
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "mailsluice {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::File::create(&self.log_path).expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c")
+            .arg(&self.config)
+            .arg("run")
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info,mailsluice=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn node"));
+        self.wait("node /healthz", Duration::from_secs(20), |n| {
+            n.try_get("/healthz").filter(|b| b.starts_with("ok"))
+        });
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn try_get(&self, path: &str) -> Option<String> {
+        let url = format!("http://{}{}", self.http, path);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                reqwest::blocking::Client::new()
+                    .get(url)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .ok()?
+                    .text()
+                    .ok()
+            })
+            .join()
+            .ok()
+            .flatten()
+        })
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} failed; node log:\n{}", self.log()))
+    }
+
+    pub fn sources(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/api/sources")).expect("sources json")
+    }
+
+    pub fn source<'a>(sources: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        sources
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name))
+            .unwrap_or_else(|| panic!("no source {name} in {sources}"))
+    }
+
+    /// Polls until `probe` returns Some (there is no push channel out of the node).
+    pub fn wait<T>(&self, what: &str, timeout: Duration, mut probe: impl FnMut(&Node) -> Option<T>) -> T {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(20);
+        loop {
+            if let Some(v) = probe(self) {
+                return v;
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out waiting for {what}; node log:\n{}", self.log());
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits until `source` has stored at least `n` messages in total.
+    pub fn wait_stored(&self, source: &str, n: u64, timeout: Duration) {
+        self.wait(&format!("{source} to store {n} messages"), timeout, |node| {
+            let s = node.sources();
+            let v = Node::source(&s, source)["stored_total"].as_u64()?;
+            (v >= n).then_some(())
+        });
+    }
+
+    pub fn wait_state(&self, source: &str, state: &str, timeout: Duration) -> serde_json::Value {
+        self.wait(&format!("{source} to be {state}"), timeout, |node| {
+            let s = node.sources();
+            let v = Node::source(&s, source).clone();
+            (v["state"] == state).then_some(v)
+        })
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let start = Instant::now();
+            loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    assert!(status.success(), "node exited with {status}; log:\n{}", self.log());
+                    return;
+                }
+                if start.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    panic!("node did not stop within 20s; log:\n{}", self.log());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// sha256 hex of bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The sha256 of every file in an eml export directory, sorted.
+pub fn export_hashes(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .expect("export dir")
+        .map(|e| sha256(&std::fs::read(e.expect("entry").path()).expect("read")))
+        .collect();
+    out.sort();
+    out
+}
