@@ -78,6 +78,9 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        for provider in self.settings.providers.keys() {
+            telemetry::register_provider(provider);
+        }
         let names: Vec<String> = self.settings.sources.keys().cloned().collect();
         for name in names {
             if self.settings.sources[&name].enabled {

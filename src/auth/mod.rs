@@ -238,6 +238,9 @@ impl TokenService {
             && exp - now() > self.margin.as_secs() as i64
         {
             telemetry::access_token_expiry(source_name, exp);
+            if let Some(used) = record.refresh_token_last_used {
+                telemetry::refresh_token_last_used(source_name, used);
+            }
             return Ok(AccessToken {
                 token: Secret::new(tok.clone()),
                 expires_at: exp,

@@ -254,8 +254,17 @@ pub fn register_source(source: &str) {
         counter!("mailsluice_errors_total", "source" => s.clone(), "kind" => kind.as_str())
             .absolute(0);
     }
+    gauge!("mailsluice_backlog_messages", "source" => s.clone()).set(0.0);
     for outcome in [Outcome::Ok, Outcome::Error] {
         counter!("mailsluice_sessions_total", "source" => s.clone(), "outcome" => outcome.as_str())
+            .absolute(0);
+    }
+}
+
+/// Registers a provider's refresh counters at zero.
+pub fn register_provider(provider: &str) {
+    for outcome in [Outcome::Ok, Outcome::Error] {
+        counter!("mailsluice_token_refreshes_total", "provider" => provider.to_string(), "outcome" => outcome.as_str())
             .absolute(0);
     }
 }
