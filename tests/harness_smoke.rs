@@ -95,7 +95,10 @@ fn harness_smoke() {
         uids[0].starts_with("1 ") && uids[2].starts_with("3 "),
         "{fetch:?}"
     );
-    imap.imap("a4", "LOGOUT");
+    dovecot.seed_folder(ALICE, "Archive/2024", &[message(4), message(5)]);
+    let select = imap.imap("a4", "SELECT \"Archive/2024\"");
+    assert!(select.iter().any(|l| l == "* 2 EXISTS"), "{select:?}");
+    imap.imap("a5", "LOGOUT");
 
     // (b) IMAPS XOAUTH2 with a token from the authorization-code flow; a garbage token is
     // refused after the error continuation.
@@ -282,4 +285,36 @@ fn oidc_rejects_wrong_password_injects_faults_and_revokes_users() {
         true,
         "app tokens survive"
     );
+}
+
+/// `min_tls` reaches Dovecot's `ssl_min_protocol`.
+#[test]
+fn dovecot_min_tls_is_enforced() {
+    let dovecot = Dovecot::start(DovecotOptions {
+        min_tls: "TLSv1.3",
+        ..Default::default()
+    });
+    let tls12_only = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("TLS 1.2")
+        .with_root_certificates(dovecot.ca.root_store())
+        .with_no_client_auth(),
+    );
+    let refused = wire::try_tls_with(
+        dovecot.imaps_port,
+        tls12_only,
+        support::certs::loopback_name(),
+    );
+    // Observed: Dovecot (OpenSSL) just closes the connection, without a TLS alert.
+    assert!(refused.is_err(), "a TLS 1.2 client must be refused");
+    assert!(
+        dovecot.log().contains("unsupported protocol"),
+        "{}",
+        dovecot.log()
+    );
+    let conn = wire::tls(dovecot.pop3s_port, &dovecot.ca);
+    assert_eq!(conn.tls_version(), Some(rustls::ProtocolVersion::TLSv1_3));
 }

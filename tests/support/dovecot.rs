@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::certs::{Ca, ca_in};
-use super::{START_TIMEOUT, read_log, tail};
+use super::{START_TIMEOUT, read_log, tail, wait_for};
 
 /// How many times a start is retried when a picked port was taken before Dovecot bound it.
 const START_ATTEMPTS: usize = 5;
@@ -268,14 +268,33 @@ impl Dovecot {
         }
     }
 
-    /// `Login:` lines of the log (one per successful login, with `method=`, `TLS` or
-    /// `secured`).
+    /// `Login:` lines of the log so far (one per successful login, with `method=`, and `TLS`
+    /// or `secured`). Log lines reach the file through Dovecot's log process, possibly after
+    /// the client saw the reply: use [`Self::wait_for_logins`] right after a login.
     pub fn login_lines(&self) -> Vec<String> {
         self.log()
             .lines()
             .filter(|l| l.contains("-login: Info: Login: "))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// Waits until the log holds at least `n` `Login:` lines and returns them all.
+    pub fn wait_for_logins(&self, n: usize) -> Vec<String> {
+        self.wait_for_log(&format!("{n} Login: lines"), |_| {
+            let lines = self.login_lines();
+            (lines.len() >= n).then_some(lines)
+        })
+    }
+
+    /// Waits (up to 10 s) until `probe` finds what it wants in the log; panics with the log.
+    pub fn wait_for_log<T>(&self, what: &str, mut probe: impl FnMut(&str) -> Option<T>) -> T {
+        wait_for(
+            what,
+            Duration::from_secs(10),
+            || probe(&self.log()),
+            || format!("--- dovecot log ---\n{}", tail(&self.log(), 80)),
+        )
     }
 
     /// The user's Maildir root (INBOX). `user` is lower-cased as Dovecot does.
