@@ -33,15 +33,30 @@ fn provider(oidc: &Oidc) -> String {
     )
 }
 
-fn oauth_source(name: &str, protocol: &str, port: u16, security: &str, sasl: &str, user: &str) -> String {
-    let folders = if protocol == "imap" { "folders = [\"INBOX\"]\n" } else { "" };
+fn oauth_source(
+    name: &str,
+    protocol: &str,
+    port: u16,
+    security: &str,
+    sasl: &str,
+    user: &str,
+) -> String {
+    let folders = if protocol == "imap" {
+        "folders = [\"INBOX\"]\n"
+    } else {
+        ""
+    };
     format!(
         "[sources.{name}]\nprotocol = \"{protocol}\"\nhost = \"localhost\"\nport = {port}\nsecurity = \"{security}\"\nusername = \"{user}\"\nauth = \"oauth2\"\nprovider = \"local\"\nsasl = \"{sasl}\"\n{folders}poll_interval_secs = 1\n\n"
     )
 }
 
 fn password_source(name: &str, protocol: &str, port: u16, security: &str) -> String {
-    let folders = if protocol == "imap" { "folders = [\"INBOX\"]\n" } else { "" };
+    let folders = if protocol == "imap" {
+        "folders = [\"INBOX\"]\n"
+    } else {
+        ""
+    };
     format!(
         "[sources.{name}]\nprotocol = \"{protocol}\"\nhost = \"localhost\"\nport = {port}\nsecurity = \"{security}\"\nusername = \"{ALICE}\"\nauth = \"password\"\npassword_env = \"ALICE_PASSWORD\"\n{folders}poll_interval_secs = 1\n\n"
     )
@@ -52,7 +67,13 @@ fn import_token(node: &Node, oidc: &Oidc, source: &str) -> String {
     let tokens = oidc.login_auth_code("collector", ALICE, ALICE_PW, SCOPE);
     let refresh = tokens.refresh_token.expect("refresh token");
     let file = node.file("refresh.token", &format!("{refresh}\n"));
-    let out = node.cli_ok(&["tokens", "import", source, "--refresh-token-file", file.to_str().unwrap()]);
+    let out = node.cli_ok(&[
+        "tokens",
+        "import",
+        source,
+        "--refresh-token-file",
+        file.to_str().unwrap(),
+    ]);
     assert!(out.contains("imported"), "{out}");
     refresh
 }
@@ -68,25 +89,56 @@ fn ingest_and_verify(node: &mut Node, dovecot: &Dovecot, source: &str, tag: &str
     assert!(s["last_success"].is_string(), "{s}");
     node.stop();
     let out = node.dir.path().join("export");
-    let printed = node.cli_ok(&["messages", "export", "--format", "eml", "--out", out.to_str().unwrap()]);
-    assert!(printed.contains(&format!("exported {}", messages.len())), "{printed}");
+    let printed = node.cli_ok(&[
+        "messages",
+        "export",
+        "--format",
+        "eml",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        printed.contains(&format!("exported {}", messages.len())),
+        "{printed}"
+    );
     let mut expected: Vec<String> = messages.iter().map(|m| sha256(m)).collect();
     expected.sort();
-    assert_eq!(export_hashes(&out), expected, "exported bytes differ from what was seeded");
+    assert_eq!(
+        export_hashes(&out),
+        expected,
+        "exported bytes differ from what was seeded"
+    );
     // The unparseable message is stored raw with a mark, and nothing else is marked.
     let jsonl = node.dir.path().join("all.jsonl");
-    node.cli_ok(&["messages", "export", "--format", "jsonl", "--out", jsonl.to_str().unwrap()]);
+    node.cli_ok(&[
+        "messages",
+        "export",
+        "--format",
+        "jsonl",
+        "--out",
+        jsonl.to_str().unwrap(),
+    ]);
     let text = std::fs::read_to_string(&jsonl).unwrap();
-    let marked = text.lines().filter(|l| l.contains("\"parse_error\":\"")).count();
-    assert_eq!(marked, 1, "exactly one message should carry a parse-error mark:\n{text}");
-    assert!(text.contains("Rechnung Üäö"), "decoded subject missing:\n{text}");
+    let marked = text
+        .lines()
+        .filter(|l| l.contains("\"parse_error\":\""))
+        .count();
+    assert_eq!(
+        marked, 1,
+        "exactly one message should carry a parse-error mark:\n{text}"
+    );
+    assert!(
+        text.contains("Rechnung Üäö"),
+        "decoded subject missing:\n{text}"
+    );
     assert!(text.contains("data.bin"), "attachment name missing");
 }
 
 #[test]
 fn imaps_xoauth2_ingests_every_message_byte_exact() {
     let (oidc, dovecot) = oauth_servers(3600);
-    let body = provider(&oidc) + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
+    let body = provider(&oidc)
+        + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
     let mut node = Node::new(&dovecot.ca_pem, &body);
     let refresh = import_token(&node, &oidc, "mail");
     ingest_and_verify(&mut node, &dovecot, "mail", "x2");
@@ -100,14 +152,25 @@ fn imaps_xoauth2_ingests_every_message_byte_exact() {
     let log = node.log();
     assert!(!log.contains(&refresh), "refresh token in the log");
     let status = node.cli_ok(&["tokens", "status"]);
-    assert!(!status.contains(&refresh) && status.contains("stored (encrypted)"), "{status}");
+    assert!(
+        !status.contains(&refresh) && status.contains("stored (encrypted)"),
+        "{status}"
+    );
     assert_no_bytes_in_dir(&node.dir.path().join("data"), refresh.as_bytes());
 }
 
 #[test]
 fn imaps_oauthbearer() {
     let (oidc, dovecot) = oauth_servers(3600);
-    let body = provider(&oidc) + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "oauthbearer", ALICE);
+    let body = provider(&oidc)
+        + &oauth_source(
+            "mail",
+            "imap",
+            dovecot.imaps_port,
+            "tls",
+            "oauthbearer",
+            ALICE,
+        );
     let mut node = Node::new(&dovecot.ca_pem, &body);
     import_token(&node, &oidc, "mail");
     ingest_and_verify(&mut node, &dovecot, "mail", "ob");
@@ -116,12 +179,16 @@ fn imaps_oauthbearer() {
 #[test]
 fn pop3s_xoauth2_two_step() {
     let (oidc, dovecot) = oauth_servers(3600);
-    let body = provider(&oidc) + &oauth_source("pop", "pop3", dovecot.pop3s_port, "tls", "xoauth2", ALICE);
+    let body =
+        provider(&oidc) + &oauth_source("pop", "pop3", dovecot.pop3s_port, "tls", "xoauth2", ALICE);
     let mut node = Node::new(&dovecot.ca_pem, &body);
     import_token(&node, &oidc, "pop");
     ingest_and_verify(&mut node, &dovecot, "pop", "p2");
     let log = dovecot.log();
-    assert!(log.contains("mech=XOAUTH2") || log.contains("XOAUTH2"), "no XOAUTH2 login in Dovecot's log");
+    assert!(
+        log.contains("mech=XOAUTH2") || log.contains("XOAUTH2"),
+        "no XOAUTH2 login in Dovecot's log"
+    );
 }
 
 #[test]
@@ -156,7 +223,8 @@ fn tokens_expire_and_rotate_during_one_run() {
     // 4-second access tokens, 1-second margin: the token runs out several times while
     // the node keeps polling every second.
     let (oidc, dovecot) = oauth_servers(4);
-    let body = provider(&oidc) + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
+    let body = provider(&oidc)
+        + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
     let mut node = Node::new(&dovecot.ca_pem, &body);
     import_token(&node, &oidc, "mail");
     oidc.reset_stats();
@@ -172,14 +240,24 @@ fn tokens_expire_and_rotate_during_one_run() {
     assert_eq!(s["state"], "healthy", "{s}");
     node.stop();
     let stats = oidc.stats();
-    let ok = stats["token_requests"]["refresh_token"]["ok"].as_u64().unwrap_or(0);
-    let err = stats["token_requests"]["refresh_token"]["error"].as_u64().unwrap_or(0);
+    let ok = stats["token_requests"]["refresh_token"]["ok"]
+        .as_u64()
+        .unwrap_or(0);
+    let err = stats["token_requests"]["refresh_token"]["error"]
+        .as_u64()
+        .unwrap_or(0);
     assert!(ok >= 3, "expected several refreshes, stats: {stats}");
-    assert_eq!(err, 0, "a refresh failed (rotation not persisted?): {stats}");
+    assert_eq!(
+        err, 0,
+        "a refresh failed (rotation not persisted?): {stats}"
+    );
     // Refreshes happen when needed, not on every 1-second poll.
     assert!(ok <= 12, "refreshed too often: {stats}");
     let metrics = node_metrics_after_restart(&mut node);
-    assert!(metrics.contains("mailsluice_messages_ingested_total"), "{metrics}");
+    assert!(
+        metrics.contains("mailsluice_messages_ingested_total"),
+        "{metrics}"
+    );
 }
 
 fn node_metrics_after_restart(node: &mut Node) -> String {
@@ -192,7 +270,8 @@ fn node_metrics_after_restart(node: &mut Node) -> String {
 #[test]
 fn revoked_grant_parks_the_source_without_a_retry_storm() {
     let (oidc, dovecot) = oauth_servers(2);
-    let body = provider(&oidc) + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
+    let body = provider(&oidc)
+        + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
     let mut node = Node::new(&dovecot.ca_pem, &body);
     import_token(&node, &oidc, "mail");
     dovecot.seed(ALICE, &corpus::many("rv", 3));
@@ -201,14 +280,27 @@ fn revoked_grant_parks_the_source_without_a_retry_storm() {
     oidc.revoke_user(ALICE);
     oidc.reset_stats();
     let s = node.wait_state("mail", "needs_reauth", Duration::from_secs(30));
-    assert!(s["last_error"].as_str().unwrap_or("").contains("invalid_grant"), "{s}");
+    assert!(
+        s["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("invalid_grant"),
+        "{s}"
+    );
     std::thread::sleep(Duration::from_secs(5));
     let stats = oidc.stats();
     let requests: u64 = ["ok", "error"]
         .iter()
-        .map(|k| stats["token_requests"]["refresh_token"][k].as_u64().unwrap_or(0))
+        .map(|k| {
+            stats["token_requests"]["refresh_token"][k]
+                .as_u64()
+                .unwrap_or(0)
+        })
         .sum();
-    assert!(requests <= 1, "refresh retried after invalid_grant: {stats}");
+    assert!(
+        requests <= 1,
+        "refresh retried after invalid_grant: {stats}"
+    );
     let metrics = node.get("/metrics");
     assert!(
         metrics.contains("mailsluice_source_state{source=\"mail\",state=\"needs_reauth\"} 1"),
@@ -223,35 +315,58 @@ fn revoked_grant_parks_the_source_without_a_retry_storm() {
 fn username_not_matching_the_token_is_an_auth_error_with_the_server_reply() {
     let (oidc, dovecot) = oauth_servers(3600);
     let body = provider(&oidc)
-        + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", "bob@example.test");
+        + &oauth_source(
+            "mail",
+            "imap",
+            dovecot.imaps_port,
+            "tls",
+            "xoauth2",
+            "bob@example.test",
+        );
     let mut node = Node::new(&dovecot.ca_pem, &body);
     import_token(&node, &oidc, "mail");
     node.start();
     let s = node.wait_state("mail", "degraded", Duration::from_secs(30));
     let err = s["last_error"].as_str().unwrap_or("");
     assert!(err.contains("authentication refused"), "{s}");
-    assert!(err.contains("AUTHENTICATIONFAILED") || err.contains("NO"), "server reply missing: {s}");
+    assert!(
+        err.contains("AUTHENTICATIONFAILED") || err.contains("NO"),
+        "server reply missing: {s}"
+    );
     let metrics = node.get("/metrics");
-    assert!(metrics.contains("mailsluice_errors_total{source=\"mail\",kind=\"auth\"}"), "{metrics}");
+    assert!(
+        metrics.contains("mailsluice_errors_total{source=\"mail\",kind=\"auth\"}"),
+        "{metrics}"
+    );
     node.stop();
 }
 
 #[test]
 fn metrics_pass_promtool_and_carry_no_secret() {
     let (oidc, dovecot) = oauth_servers(3600);
-    let body = provider(&oidc) + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
+    let body = provider(&oidc)
+        + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
     let mut node = Node::new(&dovecot.ca_pem, &body);
     let refresh = import_token(&node, &oidc, "mail");
     dovecot.seed(ALICE, &corpus::corpus("pm"));
     node.start();
-    node.wait_stored("mail", corpus::corpus("pm").len() as u64, Duration::from_secs(60));
+    node.wait_stored(
+        "mail",
+        corpus::corpus("pm").len() as u64,
+        Duration::from_secs(60),
+    );
     let metrics = node.get("/metrics");
     node.stop();
     for name in mailsluice::telemetry::CATALOG.iter().map(|d| d.name) {
-        if name.ends_with("_seconds") && name.contains("duration") || name == "mailsluice_backlog_messages" {
+        if name.ends_with("_seconds") && name.contains("duration")
+            || name == "mailsluice_backlog_messages"
+        {
             continue; // histograms appear once observed; checked by promtool below
         }
-        assert!(metrics.contains(&format!("# HELP {name} ")), "{name} has no HELP:\n{metrics}");
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP:\n{metrics}"
+        );
     }
     assert!(!metrics.contains(&refresh));
     let file = node.file("metrics.txt", &metrics);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::FutureExt as _;
 use rand::Rng;
 use tokio::sync::{Semaphore, watch};
 
@@ -28,6 +29,8 @@ pub enum StopReason {
     NeedsReauth(String),
     /// Asked to stop.
     Shutdown,
+    /// The loop died (a bug: a panic). The supervisor restarts it with backoff.
+    Failed(String),
 }
 
 /// What a collector needs. Holds a `Recipient`, not a concrete actor address, so tests
@@ -249,6 +252,20 @@ impl Actor for Collector {
         let rx = self.shutdown.subscribe();
         let span = tracing::info_span!("collector", source = %source);
         let fut = tracing::Instrument::instrument(collect_loop(deps, rx), span);
+        // A panic is a bug, but one source's bug must not take the node down: it ends this
+        // collector with a reason and the supervisor restarts it.
+        let fut = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).map(
+            |r| match r {
+                Ok(reason) => reason,
+                Err(panic) => StopReason::Failed(
+                    panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into()),
+                ),
+            },
+        );
         ctx.spawn(fut.into_actor(self).map(move |reason, act, ctx| {
             act.supervisor.do_send(CollectorStopped { source, reason });
             ctx.stop();

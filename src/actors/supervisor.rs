@@ -33,6 +33,8 @@ pub struct Supervisor {
     /// Unexpected stops per source, for the restart backoff.
     restarts: HashMap<String, u32>,
     stopping: bool,
+    /// Fired when the last collector has stopped during shutdown.
+    all_stopped: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Supervisor {
@@ -54,6 +56,7 @@ impl Supervisor {
             collectors: HashMap::new(),
             restarts: HashMap::new(),
             stopping: false,
+            all_stopped: None,
         }
     }
 
@@ -100,17 +103,23 @@ impl Handler<CollectorStopped> for Supervisor {
     fn handle(&mut self, msg: CollectorStopped, ctx: &mut Context<Self>) {
         self.collectors.remove(&msg.source);
         if self.stopping {
+            if self.collectors.is_empty()
+                && let Some(tx) = self.all_stopped.take()
+            {
+                let _ = tx.send(());
+            }
             return;
         }
         match msg.reason {
             StopReason::NeedsReauth(_) => {
                 // Parked: restarted by ReauthorizedSource, never by a timer.
             }
-            StopReason::Shutdown => {
+            StopReason::Shutdown => {}
+            StopReason::Failed(why) => {
                 let n = self.restarts.entry(msg.source.clone()).or_insert(0);
                 *n += 1;
                 let delay = retry_delay(*n);
-                tracing::warn!(source = %msg.source, delay_ms = delay.as_millis() as u64, "collector stopped unexpectedly; restarting");
+                tracing::error!(source = %msg.source, error = %why, delay_ms = delay.as_millis() as u64, "collector failed; restarting");
                 ctx.run_later(delay, move |act, ctx| {
                     if !act.stopping && !act.collectors.contains_key(&msg.source) {
                         act.start_collector(&msg.source, ctx);
@@ -170,25 +179,32 @@ impl Handler<Shutdown> for Supervisor {
 
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
         self.stopping = true;
-        for addr in self.collectors.values() {
-            addr.do_send(StopCollector);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.collectors.is_empty() {
+            let _ = tx.send(());
+        } else {
+            self.all_stopped = Some(tx);
+            for addr in self.collectors.values() {
+                addr.do_send(StopCollector);
+            }
         }
-        let wait = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        Box::pin(wait.into_actor(self).then(|_, act, _ctx| {
-            let store = act.store.clone();
+        let store = self.store.clone();
+        Box::pin(
             async move {
-                // Give collectors time to end their session, then make the store durable.
-                for _ in 0..100 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                // Collectors end between messages (each store write is one transaction);
+                // a server that hangs must not hold the node forever.
+                if tokio::time::timeout(Duration::from_secs(30), rx)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("collectors did not stop within 30s; stopping anyway");
                 }
                 if let Err(e) = store.flush().await {
                     tracing::error!(error = %e, "final store flush failed");
                 }
             }
-            .into_actor(act)
-        }))
+            .into_actor(self),
+        )
     }
 }
 

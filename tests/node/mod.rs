@@ -145,7 +145,12 @@ impl Node {
     }
 
     /// Polls until `probe` returns Some (there is no push channel out of the node).
-    pub fn wait<T>(&self, what: &str, timeout: Duration, mut probe: impl FnMut(&Node) -> Option<T>) -> T {
+    pub fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut(&Node) -> Option<T>,
+    ) -> T {
         let start = Instant::now();
         let mut delay = Duration::from_millis(20);
         loop {
@@ -162,11 +167,15 @@ impl Node {
 
     /// Waits until `source` has stored at least `n` messages in total.
     pub fn wait_stored(&self, source: &str, n: u64, timeout: Duration) {
-        self.wait(&format!("{source} to store {n} messages"), timeout, |node| {
-            let s = node.sources();
-            let v = Node::source(&s, source)["stored_total"].as_u64()?;
-            (v >= n).then_some(())
-        });
+        self.wait(
+            &format!("{source} to store {n} messages"),
+            timeout,
+            |node| {
+                let s = node.sources();
+                let v = Node::source(&s, source)["stored_total"].as_u64()?;
+                (v >= n).then_some(())
+            },
+        );
     }
 
     pub fn wait_state(&self, source: &str, state: &str, timeout: Duration) -> serde_json::Value {
@@ -180,11 +189,18 @@ impl Node {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let start = Instant::now();
             loop {
                 if let Some(status) = child.try_wait().expect("wait") {
-                    assert!(status.success(), "node exited with {status}; log:\n{}", self.log());
+                    assert!(
+                        status.success(),
+                        "node exited with {status}; log:\n{}",
+                        self.log()
+                    );
                     return;
                 }
                 if start.elapsed() > Duration::from_secs(20) {

@@ -1,0 +1,108 @@
+//! The command line's contract: exit codes and error text for config problems.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mailsluice");
+
+fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("MAILSLUICE_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run mailsluice");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_lists_every_error_with_its_path_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[tls]\nmin_version = \"1.1\"\n\n[sources.support]\nprotocol = \"imap\"\nhost = \"mail.example\"\nsecurity = \"plain\"\nusername = \"a@example\"\nauth = \"oauth2\"\nprovider = \"o365x\"\npassword = \"hunter2\"\n",
+    )
+    .unwrap();
+    let (code, _out, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "check-config"],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    for needle in [
+        "tls.min_version",
+        "sources.support.security",
+        "sources.support.provider: no provider named \"o365x\"",
+        "sources.support.password",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(!err.contains("hunter2"), "inline secret echoed:\n{err}");
+}
+
+#[test]
+fn shipped_example_config_passes_check_config_when_its_secrets_resolve() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = root.join("config/mailsluice.toml");
+    let dir = tempfile::tempdir().unwrap();
+    // Without its secrets: a usage error naming the missing references.
+    let (code, _, err) = run(
+        dir.path(),
+        &["-c", example.to_str().unwrap(), "check-config"],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("_env") || err.contains("_file"), "{err}");
+    // With them: ok.
+    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+    std::fs::write(
+        dir.path().join("secrets/google_client_secret"),
+        "g-secret\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &["-c", example.to_str().unwrap(), "check-config"],
+        &[("O365_SECRET", "s1"), ("ALERTS_IMAP_PASSWORD", "p1")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn unknown_source_for_import_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\nsecret_key_file = \"{}\"\n",
+            dir.path().join("d").display(),
+            dir.path().join("k").display()
+        ),
+    )
+    .unwrap();
+    let tok = dir.path().join("t");
+    std::fs::write(&tok, "x").unwrap();
+    let (code, _, err) = run(
+        dir.path(),
+        &[
+            "-c",
+            cfg.to_str().unwrap(),
+            "tokens",
+            "import",
+            "nope",
+            "--refresh-token-file",
+            tok.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no source named \"nope\""), "{err}");
+}
