@@ -308,6 +308,23 @@ fn revoked_grant_parks_the_source_without_a_retry_storm() {
     );
     let status = node.cli_ok(&["status"]);
     assert!(status.contains("needs_reauth"), "{status}");
+    // Re-authorized through the running node (the CLI finds the store locked and uses the
+    // API): the source resumes without a restart and collects what arrived meanwhile.
+    dovecot.seed(ALICE, &corpus::many("rv2", 2));
+    import_token(&node, &oidc, "mail");
+    node.wait_stored("mail", 5, Duration::from_secs(30));
+    node.wait_state("mail", "healthy", Duration::from_secs(30));
+    // Reading the store while the node runs also goes through the API.
+    let out = node.dir.path().join("live-export");
+    let printed = node.cli_ok(&[
+        "messages",
+        "export",
+        "--format",
+        "eml",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(printed.contains("exported 5"), "{printed}");
     node.stop();
 }
 

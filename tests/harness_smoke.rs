@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use support::wire::{self, Conn};
 use support::{Dovecot, DovecotOptions, Oidc, OidcOptions};
@@ -107,9 +107,17 @@ fn harness_smoke() {
         .refresh_token
         .clone()
         .expect("offline_access gives a refresh token");
-    assert!(
-        tokens.id_token.is_some(),
-        "openid gives an ID token: {tokens:?}"
+    let id_token = tokens
+        .id_token
+        .as_deref()
+        .expect("openid gives an ID token");
+    let claims = id_token.split('.').nth(1).expect("JWT payload");
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).expect("base64url")).expect("JSON");
+    assert_eq!(
+        (&claims["sub"], &claims["email"]),
+        (&json!(ALICE), &json!(ALICE)),
+        "{claims}"
     );
     assert_eq!(oidc.introspect(&tokens.access_token)["email"], ALICE);
     let mut imap = wire::tls(dovecot.imaps_port, &dovecot.ca);
@@ -149,6 +157,12 @@ fn harness_smoke() {
         .refresh("collector", &refresh1)
         .expect_err("grant revoked by reuse");
     assert!(after.contains("invalid_grant"), "{after}");
+    // Dovecot introspects at every login: the revoked access token no longer works.
+    let mut imap = wire::tls(dovecot.imaps_port, &dovecot.ca);
+    imap.read_line();
+    let revoked = imap_xoauth2(&mut imap, "c1", &refreshed.access_token);
+    assert!(revoked.starts_with("c1 NO"), "{revoked}");
+    imap.imap("c2", "LOGOUT");
 
     // (e) The token endpoint counted it all.
     let stats = oidc.stats();
@@ -176,7 +190,7 @@ fn harness_smoke() {
     imap.imap("f2", "LOGOUT");
 
     // Every login went over TLS.
-    let logins = dovecot.login_lines();
+    let logins = dovecot.wait_for_logins(4);
     assert_eq!(logins.len(), 4, "{logins:#?}");
     assert!(logins.iter().all(|l| l.contains(", TLS")), "{logins:#?}");
     eprintln!("harness_smoke took {:?}", t0.elapsed());
@@ -219,7 +233,7 @@ fn dovecot_loopback_peer_is_secured_but_127_0_0_2_is_not() {
     );
     pop.pop3("QUIT");
 
-    let logins = dovecot.login_lines();
+    let logins = dovecot.wait_for_logins(3);
     assert!(
         logins[0].contains("secured") && !logins[0].contains("TLS"),
         "{logins:#?}"
@@ -264,6 +278,17 @@ fn oidc_rejects_wrong_password_injects_faults_and_revokes_users() {
         json!({"ok": 1, "error": 2, "injected": 2}),
         "{stats}"
     );
+
+    // A delay-only entry delays the real reply.
+    oidc.queue_token_faults(json!([{"delay_ms": 300}]));
+    let started = Instant::now();
+    let third = oidc
+        .refresh(
+            "collector-confidential",
+            third.refresh_token.as_deref().expect("rotated"),
+        )
+        .expect("delayed real reply");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
 
     let app = oidc.client_credentials("svc", "mail");
     assert_eq!(
@@ -310,11 +335,9 @@ fn dovecot_min_tls_is_enforced() {
     );
     // Observed: Dovecot (OpenSSL) just closes the connection, without a TLS alert.
     assert!(refused.is_err(), "a TLS 1.2 client must be refused");
-    assert!(
-        dovecot.log().contains("unsupported protocol"),
-        "{}",
-        dovecot.log()
-    );
+    dovecot.wait_for_log("the refusal", |log| {
+        log.contains("unsupported protocol").then_some(())
+    });
     let conn = wire::tls(dovecot.pop3s_port, &dovecot.ca);
     assert_eq!(conn.tls_version(), Some(rustls::ProtocolVersion::TLSv1_3));
 }

@@ -1,0 +1,140 @@
+//! The TokenManager against the real oidc-provider: concurrent askers share one refresh,
+//! the rotated refresh token is persisted before the reply, and a refused grant parks the
+//! credential without further provider requests.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::Actor;
+use mailsluice::actors::token_manager::{GetAccessToken, TokenManager};
+use mailsluice::auth::TokenService;
+use mailsluice::secret::Secret;
+use mailsluice::store::Store;
+use support::{Oidc, OidcOptions};
+
+const SCOPE: &str = "openid offline_access email mail";
+
+fn setup(oidc: &Oidc, dir: &std::path::Path) -> (Arc<TokenService>, Arc<Store>) {
+    let toml = format!(
+        "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\ntoken_refresh_margin_secs = 1\n\n[providers.local]\nkind = \"oidc\"\nissuer = \"{iss}\"\nclient_id = \"collector\"\n\n[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nusername = \"alice@example.test\"\nauth = \"oauth2\"\nprovider = \"local\"\n",
+        d = dir.display(),
+        iss = oidc.issuer
+    );
+    let settings = Arc::new(mailsluice::config::load_str(&toml, &HashMap::new()).expect("config"));
+    let store =
+        Arc::new(Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap());
+    let service = Arc::new(TokenService::new(settings, store.clone()).unwrap());
+    (service, store)
+}
+
+fn refreshes(oidc: &Oidc, outcome: &str) -> u64 {
+    oidc.stats()["token_requests"]["refresh_token"][outcome]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[actix_rt::test]
+async fn concurrent_askers_share_one_refresh_and_rotation_is_persisted() {
+    let oidc = Oidc::start(OidcOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (service, store) = setup(&oidc, dir.path());
+    let first = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
+    let original_refresh = first.refresh_token.clone().unwrap();
+    service
+        .import("mail", Secret::new(original_refresh.clone()))
+        .await
+        .expect("import");
+    let after_import = store.token("mail").unwrap().unwrap();
+    assert_ne!(
+        after_import.refresh_token.as_deref(),
+        Some(original_refresh.as_str()),
+        "rotated token not stored"
+    );
+
+    // Make the access token look expired, then ask ten times at once.
+    let mut rec = after_import.clone();
+    rec.access_expires_at = Some(chrono::Utc::now().timestamp() - 1);
+    store.put_token("mail", &rec).await.unwrap();
+    oidc.reset_stats();
+    let manager = TokenManager::new(service.clone()).start();
+    let asks: Vec<_> = (0..10)
+        .map(|_| {
+            manager.send(GetAccessToken {
+                source: "mail".into(),
+            })
+        })
+        .collect();
+    let results = futures_util::future::join_all(asks).await;
+    let tokens: Vec<String> = results
+        .into_iter()
+        .map(|r| r.unwrap().expect("token").token.expose().to_string())
+        .collect();
+    assert!(
+        tokens.windows(2).all(|w| w[0] == w[1]),
+        "askers got different tokens"
+    );
+    assert_eq!(
+        refreshes(&oidc, "ok"),
+        1,
+        "expected exactly one refresh: {}",
+        oidc.stats()
+    );
+
+    // The rotated refresh token was persisted: the previous one is spent.
+    let now = store.token("mail").unwrap().unwrap();
+    assert_ne!(now.refresh_token, after_import.refresh_token);
+    assert!(
+        oidc.refresh("collector", after_import.refresh_token.as_deref().unwrap())
+            .is_err()
+    );
+
+    // A cached token is served without asking the provider.
+    oidc.reset_stats();
+    let again = manager
+        .send(GetAccessToken {
+            source: "mail".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.token.expose(), tokens[0]);
+    assert_eq!(refreshes(&oidc, "ok") + refreshes(&oidc, "error"), 0);
+}
+
+#[actix_rt::test]
+async fn refused_grant_parks_the_credential() {
+    let oidc = Oidc::start(OidcOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (service, store) = setup(&oidc, dir.path());
+    let t = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
+    service
+        .import("mail", Secret::new(t.refresh_token.unwrap()))
+        .await
+        .unwrap();
+    oidc.revoke_user("alice@example.test");
+    let mut rec = store.token("mail").unwrap().unwrap();
+    rec.access_expires_at = Some(0);
+    store.put_token("mail", &rec).await.unwrap();
+    oidc.reset_stats();
+    let manager = TokenManager::new(service).start();
+    for _ in 0..5 {
+        let r = manager
+            .send(GetAccessToken {
+                source: "mail".into(),
+            })
+            .await
+            .unwrap();
+        let e = r.expect_err("revoked grant must fail");
+        assert!(e.needs_reauth(), "{e}");
+        assert!(e.to_string().contains("invalid_grant"), "{e}");
+    }
+    assert_eq!(
+        refreshes(&oidc, "error") + refreshes(&oidc, "ok"),
+        1,
+        "{}",
+        oidc.stats()
+    );
+    assert!(store.token("mail").unwrap().unwrap().needs_reauth.is_some());
+}
