@@ -198,7 +198,7 @@ fn imap_starttls_password() {
     let mut node = Node::new(&dovecot.ca_pem, &body);
     node.env.push(("ALICE_PASSWORD".into(), ALICE_PW.into()));
     ingest_and_verify(&mut node, &dovecot, "mail", "st");
-    let logins = dovecot.login_lines();
+    let logins = dovecot.wait_for_logins(1);
     assert!(!logins.is_empty(), "no login lines in Dovecot's log");
     for l in &logins {
         assert!(l.contains("TLS"), "login without TLS: {l}");
@@ -213,7 +213,7 @@ fn pop3_stls_password() {
     let mut node = Node::new(&dovecot.ca_pem, &body);
     node.env.push(("ALICE_PASSWORD".into(), ALICE_PW.into()));
     ingest_and_verify(&mut node, &dovecot, "pop", "ps");
-    for l in dovecot.login_lines() {
+    for l in dovecot.wait_for_logins(1) {
         assert!(l.contains("TLS"), "login without TLS: {l}");
     }
 }

@@ -15,8 +15,8 @@
 //! XOAUTH2 OAUTHBEARER`. Password users come from a passwd-file (PLAIN/LOGIN only); with
 //! `oidc_introspection_url`, a `passdb oauth2` (XOAUTH2/OAUTHBEARER only) validates tokens by
 //! RFC 7662 introspection (`introspection_mode = post`, client `dovecot`/`dovecot-secret`) and
-//! requires the token's `email` to equal the SASL user. There is no auth cache, so a revoked
-//! token fails at its next use. User names are lower-cased by Dovecot (`auth_username_format =
+//! requires the token's `email` to equal the SASL user; there is no auth cache, every login
+//! introspects. User names are lower-cased by Dovecot (`auth_username_format =
 //! %Lu`), so Maildir paths use the lower-cased name.
 //!
 //! Observed on Debian 12 / Dovecot 2.3.19.1 (running as root):
@@ -33,7 +33,8 @@
 //!   repeated failures do not slow down further.
 //! - A rejected XOAUTH2 token gets a `+ <base64 {"status":"401","schemes":"bearer",
 //!   "scope":"mail"}>` continuation; after the client's empty line the server answers `NO
-//!   [AUTHENTICATIONFAILED]` (IMAP) / `-ERR [AUTH]` (POP3).
+//!   [AUTHENTICATIONFAILED]` (IMAP; POP3 `-ERR [AUTH]` per PROTOCOLS §6.3, not exercised
+//!   here). A token revoked at the OIDC server fails at its next login.
 //! - Start-up to all four ports answering takes ~0.05-0.1 s. A SIGTERM shutdown takes ~1 s
 //!   (the master waits for its children), so `Drop` SIGKILLs the instance's process group.
 //!
@@ -106,8 +107,8 @@ pub struct Dovecot {
     /// The generated configuration (for `doveadm -c`).
     pub config_path: PathBuf,
     child: Child,
-    /// `sh` that SIGTERMs Dovecot when our end of its stdin closes, i.e. when this process
-    /// dies without running `Drop` (Dovecot cannot watch its stdin itself).
+    /// `sh` that SIGKILLs Dovecot's process group when our end of its stdin closes, i.e. when
+    /// this process dies without running `Drop` (Dovecot cannot watch its stdin itself).
     watchdog: Option<Child>,
     log_path: PathBuf,
     stderr_path: PathBuf,

@@ -327,13 +327,13 @@ impl Oidc {
         email: &str,
         password: &str,
     ) -> Result<String, String> {
-        let browser = Browser::new(&self.issuer);
-        off_runtime(
-            || match browser.drive(browser.get(authorization_url)?, email, password)? {
+        off_runtime(|| {
+            let browser = Browser::new(&self.issuer);
+            match browser.drive(browser.get(authorization_url)?, email, password)? {
                 Outcome::Redirect(location) => Ok(location),
                 Outcome::DeviceSuccess => Err("the flow ended on the device success page".into()),
-            },
-        )
+            }
+        })
     }
 
     /// Device authorization grant, driven without a human: device authorization request, then
@@ -397,18 +397,18 @@ impl Oidc {
         email: &str,
         password: &str,
     ) -> Result<(), String> {
-        let browser = Browser::new(&self.issuer);
         let url = Url::parse_with_params(
             &format!("{}/device", self.issuer),
             [("user_code", user_code)],
         )
         .map_err(|e| e.to_string())?;
-        off_runtime(
-            || match browser.drive(browser.get(url.as_str())?, email, password)? {
+        off_runtime(|| {
+            let browser = Browser::new(&self.issuer);
+            match browser.drive(browser.get(url.as_str())?, email, password)? {
                 Outcome::DeviceSuccess => Ok(()),
                 Outcome::Redirect(location) => Err(format!("unexpected redirect to {location}")),
-            },
-        )
+            }
+        })
     }
 
     /// POSTs a form to the token endpoint; returns the HTTP status and the JSON body.
