@@ -426,3 +426,55 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn no_secret_in_logs_metrics_cli_output_or_store_files_over_a_whole_run() {
+    // Confidential client (client secret from the environment), 3-second access tokens so
+    // several refreshes and rotations happen, a password source beside it, and the most
+    // verbose logging there is.
+    let (oidc, dovecot) = oauth_servers(3);
+    let body = format!(
+        "[providers.local]\nkind = \"oidc\"\nissuer = \"{}\"\nclient_id = \"collector-confidential\"\nclient_secret_env = \"LOCAL_CLIENT_SECRET\"\n\n",
+        oidc.issuer
+    ) + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE)
+        + &password_source("pop", "pop3", dovecot.pop3s_port, "tls");
+    let mut node = Node::new(&dovecot.ca_pem, &body);
+    let client_secret = "collector-secret";
+    node.env.push(("LOCAL_CLIENT_SECRET".into(), client_secret.into()));
+    node.env.push(("ALICE_PASSWORD".into(), ALICE_PW.into()));
+    node.env.push(("RUST_LOG".into(), "trace".into()));
+    let tokens = oidc.login_auth_code("collector-confidential", ALICE, ALICE_PW, SCOPE);
+    let file = node.file("rt", &tokens.refresh_token.clone().unwrap());
+    let mut outputs = node.cli_ok(&["tokens", "import", "mail", "--refresh-token-file", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    dovecot.seed(ALICE, &corpus::corpus("sx"));
+    node.start();
+    node.wait_stored("mail", 6, Duration::from_secs(30));
+    node.wait_stored("pop", 6, Duration::from_secs(30));
+    dovecot.seed(ALICE, &corpus::many("sx2", 3));
+    node.wait_stored("mail", 9, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(4)); // outlive one more access token
+    node.wait_stored("mail", 9, Duration::from_secs(30));
+    let metrics = node.get("/metrics");
+    outputs.push_str(&node.cli_ok(&["status"]));
+    outputs.push_str(&node.cli_ok(&["tokens", "status"]));
+    outputs.push_str(&node.get("/api/sources"));
+    outputs.push_str(&node.get("/api/tokens"));
+    node.stop();
+    let log = node.log();
+    let issued = oidc.issued_tokens();
+    let (refreshes, _) = oidc.token_counts("refresh_token");
+    assert!(refreshes >= 2, "expected refreshes during the run: {}", oidc.stats());
+    assert!(issued.len() >= 4, "expected several issued tokens");
+    let mut secrets: Vec<String> = issued;
+    secrets.push(client_secret.into());
+    secrets.push(ALICE_PW.into());
+    for s in &secrets {
+        let short: String = s.chars().take(6).collect();
+        assert!(!log.contains(s.as_str()), "secret {short}… found in the node log");
+        assert!(!metrics.contains(s.as_str()), "secret {short}… found in /metrics");
+        assert!(!outputs.contains(s.as_str()), "secret {short}… found in CLI/API output");
+        assert_no_bytes_in_dir(&node.dir.path().join("data"), s.as_bytes());
+    }
+    assert!(log.contains("TRACE") || log.contains("trace"), "trace logging was not on");
+}

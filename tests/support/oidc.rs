@@ -461,6 +461,22 @@ impl Oidc {
         })
     }
 
+    /// Every access, refresh and ID token the server issued at its token endpoint.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let v: Value = off_runtime(|| {
+            http_client()
+                .get(format!("{}/test/issued", self.issuer))
+                .send()
+                .and_then(Response::error_for_status)
+                .and_then(Response::json::<Value>)
+                .unwrap_or_else(|e| self.fail("GET /test/issued", &e.to_string()))
+        });
+        v["tokens"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    }
+
     /// Successful and failed token requests of `grant_type` so far: `(ok, error)`.
     pub fn token_counts(&self, grant_type: &str) -> (u64, u64) {
         let stats = self.stats();

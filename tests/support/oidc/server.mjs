@@ -31,6 +31,7 @@
 // - State lives in memory: restarting the process invalidates every token.
 //
 // Test hooks (not OIDC):
+//   GET  /test/issued       -> {"tokens":[...]}: every access, refresh and ID token issued at /token
 //   GET  /test/stats        -> {"token_requests":{"<grant_type>":{"ok":n,"error":n,"injected":n}},
 //                               "token_errors":{"<grant_type>":{"<error code>":n}}}
 //   POST /test/faults       {"token_endpoint":[{"status":500},{"status":400,"error":"slow_down"},
@@ -176,6 +177,8 @@ function revokeUser(email) {
 // Token endpoint statistics and injected faults.
 
 let stats = { token_requests: {}, token_errors: {} };
+// Every token this server handed out at /token, so tests can prove none leaks into a log.
+const issued = [];
 const tokenFaults = [];
 
 function count(grantType, outcome, errorCode, injected) {
@@ -222,6 +225,11 @@ async function tokenEndpointHooks(ctx, next) {
   await next();
   const grantType = ctx.oidc?.params?.grant_type;
   const ok = ctx.status >= 200 && ctx.status < 300;
+  if (ok && ctx.body && typeof ctx.body === 'object') {
+    for (const k of ['access_token', 'refresh_token', 'id_token']) {
+      if (typeof ctx.body[k] === 'string') issued.push(ctx.body[k]);
+    }
+  }
   const code = ok ? undefined : (ctx.body?.error ?? String(ctx.status));
   count(grantType, ok ? 'ok' : 'error', code, false);
   log(`token: grant_type=${grantType} client=${ctx.oidc?.client?.clientId} status=${ctx.status}${code ? ` error=${code} (${ctx.body?.error_description ?? ''})` : ''}${fault ? ` delayed ${fault.delay_ms}ms` : ''}`);
@@ -455,6 +463,9 @@ async function testHooks(req, res, path) {
   };
   if (req.method === 'GET' && path === '/test/stats') {
     return sendJson(res, 200, { ...stats, queued_token_faults: tokenFaults.length });
+  }
+  if (req.method === 'GET' && path === '/test/issued') {
+    return sendJson(res, 200, { tokens: issued });
   }
   if (req.method === 'POST' && path === '/test/faults') {
     const body = await json();
