@@ -5,6 +5,8 @@
 //! between code, dashboards and tests. Label values come from enums or configured source
 //! and provider names, never from message content or error text.
 
+pub mod dashboards;
+
 use std::sync::OnceLock;
 
 use metrics::{counter, gauge, histogram};

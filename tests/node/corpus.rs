@@ -35,6 +35,10 @@ pub fn corpus(tag: &str) -> Vec<Vec<u8>> {
     // No header at all: mail-parser finds nothing to parse; stored raw with a mark.
     out.push(b"\r\n".to_vec());
     out.push(
+        format!("Message-ID: <from-{tag}@example.test>\r\nFrom: desk@example.test\r\nSubject: mbox quoting {tag}\r\n\r\nFrom the desk of the CFO\r\n>From an earlier quote\r\n>>From deeper\r\n")
+            .into_bytes(),
+    );
+    out.push(
         format!("Message-ID: <html-{tag}@example.test>\r\nFrom: news@example.test\r\nSubject: html {tag}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Hi &amp; bye</p>\r\n")
             .into_bytes(),
     );
