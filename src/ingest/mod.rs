@@ -112,12 +112,23 @@ pub async fn run_cycle(
     }
 }
 
-fn store_one(store: &Store, msg: NewMessage, report: &mut CycleReport) -> Result<(), StoreError> {
+/// Stores one message (re-matching by content), counting it. With `hold_checkpoint` the
+/// folder checkpoint is left alone: the message arrived ahead of a lower UID still pending.
+fn store_one(
+    store: &Store,
+    msg: NewMessage,
+    hold_checkpoint: bool,
+    report: &mut CycleReport,
+) -> Result<(), StoreError> {
     let size = msg.raw.len() as u64;
     let parse_failed = msg.parsed.is_err();
     let source = msg.source.clone();
     let started = Instant::now();
-    let outcome = store.store(msg, true)?;
+    let outcome = if hold_checkpoint {
+        store.store_without_checkpoint(msg)?
+    } else {
+        store.store(msg, true)?
+    };
     telemetry::store_write(started.elapsed().as_secs_f64());
     match outcome {
         StoreOutcome::Stored(_) => {
@@ -251,13 +262,10 @@ async fn fetch_batch(
                 parsed,
             };
             // The store's checkpoint rule (max of stored UIDs) is only right while
-            // messages arrive in UID order with nothing pending below; otherwise hold
-            // the checkpoint back by storing under a lower watermark.
-            if pending.first().is_some_and(|low| *low < uid) {
-                store_one_held(store, msg, report)?;
-            } else {
-                store_one(store, msg, report)?;
-            }
+            // messages arrive in UID order with nothing pending below; otherwise the
+            // checkpoint is held back until the batch's end moves it.
+            let hold = pending.first().is_some_and(|low| *low < uid);
+            store_one(store, msg, hold, report)?;
         }
     }
     // Everything asked for has been answered. UIDs that never came were expunged meanwhile;
@@ -267,30 +275,6 @@ async fn fetch_batch(
     }
     if let Some((last, _)) = batch.last() {
         store.skip(&source.name, folder, uidvalidity, *last)?;
-    }
-    Ok(())
-}
-
-/// Stores a message that arrived ahead of a lower pending UID without moving the
-/// checkpoint (the batch's end moves it once everything below is handled).
-fn store_one_held(
-    store: &Store,
-    msg: NewMessage,
-    report: &mut CycleReport,
-) -> Result<(), StoreError> {
-    let size = msg.raw.len() as u64;
-    let parse_failed = msg.parsed.is_err();
-    let source = msg.source.clone();
-    let started = Instant::now();
-    let outcome = store.store_without_checkpoint(msg)?;
-    telemetry::store_write(started.elapsed().as_secs_f64());
-    match outcome {
-        StoreOutcome::Stored(_) => {
-            report.stored += 1;
-            report.bytes += size;
-            telemetry::message_stored(&source, size, parse_failed);
-        }
-        StoreOutcome::AlreadyStored(_) => report.already += 1,
     }
     Ok(())
 }
@@ -337,6 +321,7 @@ async fn run_pop3(
                 internal_date: None,
                 parsed,
             },
+            false,
             &mut report,
         )?;
     }
