@@ -49,6 +49,8 @@ pub struct TokenView {
     pub refresh_token_obtained: Option<String>,
     pub needs_reauth: Option<String>,
     pub state: Option<String>,
+    /// Who consented (identity pinning), when known.
+    pub identity: Option<String>,
 }
 
 fn ts(unix: Option<i64>) -> Option<String> {
@@ -79,6 +81,7 @@ pub fn token_views(
             refresh_token_last_used: ts(rec.refresh_token_last_used),
             refresh_token_obtained: ts(rec.refresh_token_obtained),
             needs_reauth: rec.needs_reauth.clone(),
+            identity: rec.identity.clone(),
             state: registry
                 .and_then(|r| r.state(name))
                 .map(|s| s.as_str().to_string()),
@@ -196,17 +199,30 @@ async fn raw_message(state: web::Data<ApiState>, id: web::Path<u64>) -> HttpResp
     }
 }
 
-/// `POST /api/tokens/{source}/import` with the refresh token as the body.
+#[derive(Deserialize)]
+struct ImportQuery {
+    identity: Option<String>,
+}
+
+/// `POST /api/tokens/{source}/import[?identity=who]` with the refresh token as the body.
 async fn import_token(
     state: web::Data<ApiState>,
     source: web::Path<String>,
+    q: web::Query<ImportQuery>,
     body: String,
 ) -> HttpResponse {
     let token = body.trim().to_string();
     if token.is_empty() {
         return HttpResponse::BadRequest().body("empty refresh token\n");
     }
-    match import_and_resume(&state.supervisor, source.into_inner(), Secret::new(token)).await {
+    match import_and_resume(
+        &state.supervisor,
+        source.into_inner(),
+        Secret::new(token),
+        q.into_inner().identity,
+    )
+    .await
+    {
         Ok(t) => HttpResponse::Ok().json(serde_json::json!({
             "access_token_expires_at": ts(Some(t.expires_at)),
         })),

@@ -40,6 +40,21 @@ enum Command {
     Run,
     /// Validate the configuration and print every error with its key path.
     CheckConfig,
+    /// Initial OAuth2 consent for a source: browser (PKCE, loopback redirect) or --device.
+    /// The account that signs in must be the source's username; the refresh token is stored
+    /// encrypted (or handed to the running node).
+    Authorize {
+        source: String,
+        /// Device authorization grant: show a code and a URL to open on any other device.
+        #[arg(long)]
+        device: bool,
+        /// Only print the authorization URL; do not try to open a browser.
+        #[arg(long)]
+        no_browser: bool,
+        /// Give up after this many seconds without an answer.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
     /// OAuth2 tokens: import a refresh token, show token status.
     Tokens {
         #[command(subcommand)]
@@ -124,6 +139,12 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(&path, &settings),
         Command::Run => run(settings),
         Command::Status => status(&settings),
+        Command::Authorize {
+            source,
+            device,
+            no_browser,
+            timeout_secs,
+        } => authorize(&settings, &source, device, !no_browser, timeout_secs),
         Command::Tokens { command } => match command {
             TokensCommand::Import {
                 source,
@@ -371,6 +392,10 @@ fn tokens_status(settings: &Settings) -> anyhow::Result<()> {
             v.refresh_token_obtained.unwrap_or_else(|| "-".into())
         );
         println!(
+            "  consented by:         {}",
+            v.identity.unwrap_or_else(|| "unknown (imported)".into())
+        );
+        println!(
             "  refresh token used:   {}",
             v.refresh_token_last_used.unwrap_or_else(|| "never".into())
         );
@@ -406,7 +431,7 @@ fn tokens_import(settings: &Settings, source: &str, file: &Path) -> anyhow::Resu
         Some(store) => {
             let settings = Arc::new(settings.clone());
             let service = TokenService::new(settings, Arc::new(store)).map_err(UsageError)?;
-            let tok = rt.block_on(service.import(source, Secret::new(token)))?;
+            let tok = rt.block_on(service.import(source, Secret::new(token), None))?;
             let exp = chrono::DateTime::from_timestamp(tok.expires_at, 0)
                 .map(|d| d.to_rfc3339())
                 .unwrap_or_default();
@@ -430,6 +455,127 @@ fn tokens_import(settings: &Settings, source: &str, file: &Path) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+fn authorize(
+    settings: &Settings,
+    source: &str,
+    device: bool,
+    open_browser: bool,
+    timeout_secs: u64,
+) -> anyhow::Result<()> {
+    let Some(src) = settings.sources.get(source) else {
+        return Err(UsageError(format!("no source named {source:?} in the configuration")).into());
+    };
+    if !matches!(src.auth, config::SourceAuth::OAuth2 { .. }) {
+        return Err(UsageError(format!("sources.{source}.auth is not oauth2")).into());
+    }
+    let rt = runtime()?;
+    let local = open_store(settings)?;
+    let running_node = local.is_none();
+    // Without the store (a node holds it) the flow runs against a throw-away store and the
+    // result goes to the node through its API.
+    let scratch = ScratchDir::new()?;
+    let store = match local {
+        Some(s) => s,
+        None => Store::open(&scratch.0.join("db"), &scratch.0.join("key"))?,
+    };
+    let settings_arc = Arc::new(settings.clone());
+    let service = TokenService::new(settings_arc, Arc::new(store)).map_err(UsageError)?;
+    let options = mailsluice::auth::ConsentOptions {
+        open_browser,
+        timeout: std::time::Duration::from_secs(timeout_secs),
+    };
+    let consent = rt.block_on(async {
+        if device {
+            service
+                .authorize_device(source, &options, |event| match event {
+                    mailsluice::auth::DeviceFlowEvent::Show {
+                        verification_uri,
+                        verification_uri_complete,
+                        user_code,
+                        expires_in,
+                    } => {
+                        println!("To authorize {source}, open {verification_uri} and enter the code: {user_code}");
+                        if let Some(c) = verification_uri_complete {
+                            println!("Or open: {c}");
+                        }
+                        println!("Sign in as {}. The code expires in {} minutes. Waiting...", src.username, expires_in / 60);
+                        let _ = std::io::stdout().flush();
+                    }
+                    mailsluice::auth::DeviceFlowEvent::SlowDown { interval_secs } => {
+                        println!("Provider asked to slow down; polling every {interval_secs}s");
+                        let _ = std::io::stdout().flush();
+                    }
+                })
+                .await
+        } else {
+            service
+                .authorize_with_browser(source, &options, |url| {
+                    println!("Open this URL in a browser and sign in as {}:", src.username);
+                    println!("{url}");
+                    println!("Waiting for the redirect to this machine's loopback address...");
+                    let _ = std::io::stdout().flush();
+                })
+                .await
+        }
+    })?;
+    if running_node {
+        let Some(refresh) = &consent.refresh_token else {
+            return Err(anyhow!("{source}: the provider returned no refresh token"));
+        };
+        let api = NodeApi::new(settings);
+        let url = format!("{}/api/tokens/{}/import", api.base, source);
+        let resp = rt.block_on(async {
+            api.http
+                .post(&url)
+                .query(&[("identity", consent.identity.as_str())])
+                .body(refresh.expose().to_string())
+                .send()
+                .await
+        })?;
+        let ok = resp.status().is_success();
+        let body = rt.block_on(resp.text())?;
+        if !ok {
+            return Err(anyhow!(
+                "{source}: the running node refused the new grant: {}",
+                body.trim()
+            ));
+        }
+        println!(
+            "Signed in as {}; handed to the running node, which resumes {source}.",
+            consent.identity
+        );
+    } else {
+        rt.block_on(service.adopt(source, &consent))?;
+        println!(
+            "Signed in as {} (matches sources.{source}.username); refresh token stored encrypted.",
+            consent.identity
+        );
+    }
+    Ok(())
+}
+
+/// A private (0700) scratch directory, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> anyhow::Result<ScratchDir> {
+        let dir = std::env::temp_dir().join(format!("mailsluice-authorize-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Reads the store directly, or through the running node's API.

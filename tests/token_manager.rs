@@ -43,7 +43,7 @@ async fn concurrent_askers_share_one_refresh_and_rotation_is_persisted() {
     let first = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
     let original_refresh = first.refresh_token.clone().unwrap();
     service
-        .import("mail", Secret::new(original_refresh.clone()))
+        .import("mail", Secret::new(original_refresh.clone()), None)
         .await
         .expect("import");
     let after_import = store.token("mail").unwrap().unwrap();
@@ -110,7 +110,7 @@ async fn refused_grant_parks_the_credential() {
     let (service, store) = setup(&oidc, dir.path());
     let t = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
     service
-        .import("mail", Secret::new(t.refresh_token.unwrap()))
+        .import("mail", Secret::new(t.refresh_token.unwrap()), None)
         .await
         .unwrap();
     oidc.revoke_user("alice@example.test");

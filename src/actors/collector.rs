@@ -20,7 +20,7 @@ use crate::store::Store;
 use crate::telemetry::{self, ErrorKind, Outcome, SourceState};
 
 use super::registry::Registry;
-use super::token_manager::GetAccessToken;
+use super::token_manager::{GetAccessToken, InvalidateAccessToken};
 
 /// Why a collector stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub struct CollectorDeps {
     pub store: Arc<Store>,
     pub connector: Connector,
     pub tokens: Recipient<GetAccessToken>,
+    /// Told when the server refuses an access token, so the next session refreshes.
+    pub invalidate: Recipient<InvalidateAccessToken>,
     /// Global `node.max_sessions` limit.
     pub sessions: Arc<Semaphore>,
     pub registry: Registry,
@@ -130,6 +132,20 @@ async fn attempt(deps: &CollectorDeps) -> Attempt {
             match e {
                 CycleError::Session(SessionError::Throttled { backoff, reply, .. }) => {
                     Attempt::Throttled(backoff, reply)
+                }
+                CycleError::Session(e @ SessionError::Auth { .. })
+                    if matches!(deps.source.auth, SourceAuth::OAuth2 { .. }) =>
+                {
+                    // The token looked valid to us but not to the server (revoked, or
+                    // ended early). The next attempt refreshes; a revoked grant then shows
+                    // as invalid_grant and parks the source.
+                    let _ = deps
+                        .invalidate
+                        .send(InvalidateAccessToken {
+                            source: name.clone(),
+                        })
+                        .await;
+                    Attempt::Failed(ErrorKind::Auth, e.to_string())
                 }
                 other => Attempt::Failed(other.kind(), other.to_string()),
             }

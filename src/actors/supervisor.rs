@@ -20,7 +20,9 @@ use super::collector::{
     Collector, CollectorDeps, CollectorStopped, StopCollector, StopReason, retry_delay,
 };
 use super::registry::Registry;
-use super::token_manager::{GetAccessToken, ImportRefreshToken, TokenManager};
+use super::token_manager::{
+    GetAccessToken, ImportRefreshToken, InvalidateAccessToken, TokenManager,
+};
 
 pub struct Supervisor {
     settings: Arc<Settings>,
@@ -69,6 +71,7 @@ impl Supervisor {
             store: self.store.clone(),
             connector: self.connector.clone(),
             tokens: self.tokens.clone().recipient::<GetAccessToken>(),
+            invalidate: self.tokens.clone().recipient::<InvalidateAccessToken>(),
             sessions: self.sessions.clone(),
             registry: self.registry.clone(),
         };
@@ -213,6 +216,7 @@ pub async fn import_and_resume(
     supervisor: &Addr<Supervisor>,
     source: String,
     refresh_token: crate::secret::Secret,
+    identity: Option<String>,
 ) -> Result<crate::auth::AccessToken, String> {
     let tokens = supervisor
         .send(GetTokenManager)
@@ -222,6 +226,7 @@ pub async fn import_and_resume(
         .send(ImportRefreshToken {
             source: source.clone(),
             refresh_token,
+            identity,
         })
         .await
         .map_err(|e| e.to_string())?

@@ -25,6 +25,17 @@ pub struct GetAccessToken {
 pub struct ImportRefreshToken {
     pub source: String,
     pub refresh_token: Secret,
+    /// Who consented, when known.
+    pub identity: Option<String>,
+}
+
+/// The server refused an access token that looked valid (revoked, or expired early): drop
+/// it so the next ask refreshes, which tells a revoked grant (`invalid_grant`) from a
+/// transient failure.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct InvalidateAccessToken {
+    pub source: String,
 }
 
 type InFlight = Shared<LocalBoxFuture<'static, Result<AccessToken, TokenError>>>;
@@ -82,8 +93,27 @@ impl Handler<ImportRefreshToken> for TokenManager {
         let service = self.service.clone();
         let source = msg.source.clone();
         let fut = self.join_or_start(msg.source, move || {
-            async move { service.import(&source, msg.refresh_token).await }.boxed_local()
+            async move {
+                service
+                    .import(&source, msg.refresh_token, msg.identity)
+                    .await
+            }
+            .boxed_local()
         });
         Box::pin(fut)
+    }
+}
+
+impl Handler<InvalidateAccessToken> for TokenManager {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: InvalidateAccessToken, _ctx: &mut Context<Self>) -> Self::Result {
+        self.in_flight.remove(&msg.source);
+        let service = self.service.clone();
+        Box::pin(async move {
+            if let Err(e) = service.invalidate_access_token(&msg.source).await {
+                tracing::warn!(source = %msg.source, error = %e, "could not drop the refused access token");
+            }
+        })
     }
 }

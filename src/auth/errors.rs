@@ -33,6 +33,9 @@ pub enum TokenError {
         detail: String,
         retry_after: Option<Duration>,
     },
+    /// Consent (authorize) did not produce a usable grant; nothing was stored.
+    #[error("source {source_name}: authorization failed: {reason}")]
+    Consent { source_name: String, reason: String },
     #[error("{0}")]
     Unknown(String),
     #[error("{0}")]

@@ -5,6 +5,7 @@
 //! [`TokenService`] holds the logic and is used directly by the CLI and, through the
 //! TokenManager actor (which serializes refreshes per credential), by the collectors.
 
+mod consent;
 mod errors;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use crate::secret::Secret;
 use crate::store::{Store, StoredToken};
 use crate::telemetry::{self, Outcome};
 
+pub use consent::{Consent, ConsentOptions, DeviceFlowEvent, identity_from_id_token};
 pub use errors::{TokenError, classify_provider_error};
 
 /// An access token ready for SASL, with its expiry.
@@ -55,7 +57,12 @@ pub fn default_scopes(provider: &ProviderSettings, source: Option<&SourceSetting
             "profile".into(),
         ],
         (ProviderKind::Gmail, _) => vec!["https://mail.google.com/".into()],
-        (ProviderKind::Oidc, _) => vec!["openid".into(), "offline_access".into(), "email".into()],
+        // Client credentials at a generic provider: whatever the client is allowed; ask for
+        // nothing specific unless configured.
+        (ProviderKind::Oidc, Flow::AppOnly) => Vec::new(),
+        (ProviderKind::Oidc, Flow::Delegated) => {
+            vec!["openid".into(), "offline_access".into(), "email".into()]
+        }
     }
 }
 
@@ -72,8 +79,8 @@ pub struct TokenService {
     settings: Arc<Settings>,
     store: Arc<Store>,
     http: reqwest::Client,
-    /// Token endpoints found by OIDC discovery, by provider name.
-    discovered: Mutex<BTreeMap<String, String>>,
+    /// OIDC discovery documents, by provider name.
+    discovered: Mutex<BTreeMap<String, serde_json::Value>>,
     /// Per credential: no provider request before this instant (after a transient error).
     backoff_until: Mutex<BTreeMap<String, (Instant, TokenError)>>,
     margin: Duration,
@@ -152,22 +159,18 @@ impl TokenService {
         Ok((source, provider))
     }
 
-    /// The token endpoint: configured, derived from the kind, or found by discovery.
-    async fn token_url(&self, provider: &ProviderSettings) -> Result<String, TokenError> {
-        if let Some(url) = &provider.token_url {
-            return Ok(url.clone());
-        }
-        if let Some(url) = lock(&self.discovered).get(&provider.name) {
-            return Ok(url.clone());
-        }
+    /// The provider's OIDC discovery document (fetched once, cached), or `None` when the
+    /// provider has no `issuer`.
+    async fn discovery(
+        &self,
+        provider: &ProviderSettings,
+    ) -> Result<Option<serde_json::Value>, TokenError> {
         let Some(issuer) = &provider.issuer else {
-            return Err(TokenError::ProviderConfig {
-                provider: provider.name.clone(),
-                code: "no_token_endpoint".into(),
-                description: "provider has neither token_url nor issuer".into(),
-                action: "set issuer (discovery) or token_url".into(),
-            });
+            return Ok(None);
         };
+        if let Some(doc) = lock(&self.discovered).get(&provider.name) {
+            return Ok(Some(doc.clone()));
+        }
         let url = format!(
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
@@ -188,24 +191,60 @@ impl TokenService {
             .json()
             .await
             .map_err(|e| transient(format!("discovery {url}: {e}")))?;
-        let token_url = doc
-            .get("token_endpoint")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| TokenError::ProviderConfig {
+        if doc.get("issuer").and_then(|v| v.as_str()) != Some(issuer.trim_end_matches('/'))
+            && doc.get("issuer").and_then(|v| v.as_str()) != Some(issuer.as_str())
+        {
+            return Err(TokenError::ProviderConfig {
                 provider: provider.name.clone(),
                 code: "discovery".into(),
-                description: format!("{url} has no token_endpoint"),
-                action: "check providers.*.issuer".into(),
-            })?
-            .to_string();
-        check_endpoint_url(&token_url).map_err(|e| TokenError::ProviderConfig {
+                description: format!(
+                    "{url} names issuer {} instead of {issuer}",
+                    doc.get("issuer").cloned().unwrap_or_default()
+                ),
+                action: "set providers.*.issuer to the provider's exact issuer".into(),
+            });
+        }
+        lock(&self.discovered).insert(provider.name.clone(), doc.clone());
+        Ok(Some(doc))
+    }
+
+    /// An endpoint: configured (or derived from the kind), else from discovery
+    /// (`discovery_key`, e.g. `token_endpoint`). Discovered URLs must be https or loopback.
+    async fn endpoint(
+        &self,
+        provider: &ProviderSettings,
+        configured: Option<&String>,
+        discovery_key: &str,
+    ) -> Result<Option<String>, TokenError> {
+        if let Some(url) = configured {
+            return Ok(Some(url.clone()));
+        }
+        let Some(doc) = self.discovery(provider).await? else {
+            return Ok(None);
+        };
+        let Some(url) = doc.get(discovery_key).and_then(|v| v.as_str()) else {
+            return Ok(None);
+        };
+        check_endpoint_url(url).map_err(|e| TokenError::ProviderConfig {
             provider: provider.name.clone(),
             code: "discovery".into(),
-            description: format!("discovered token_endpoint {token_url}: {e}"),
+            description: format!("discovered {discovery_key} {url}: {e}"),
             action: "use an https issuer".into(),
         })?;
-        lock(&self.discovered).insert(provider.name.clone(), token_url.clone());
-        Ok(token_url)
+        Ok(Some(url.to_string()))
+    }
+
+    /// The token endpoint: configured, derived from the kind, or found by discovery.
+    async fn token_url(&self, provider: &ProviderSettings) -> Result<String, TokenError> {
+        self.endpoint(provider, provider.token_url.as_ref(), "token_endpoint")
+            .await?
+            .ok_or_else(|| TokenError::ProviderConfig {
+                provider: provider.name.clone(),
+                code: "no_token_endpoint".into(),
+                description:
+                    "provider has neither token_url nor an issuer whose discovery names one".into(),
+                action: "set issuer (discovery) or token_url".into(),
+            })
     }
 
     fn client_secret(&self, provider: &ProviderSettings) -> Result<Option<Secret>, TokenError> {
@@ -310,10 +349,13 @@ impl TokenService {
     }
 
     /// Stores a refresh token obtained elsewhere and proves it with one refresh.
+    /// `identity` is who consented, when known (an `authorize` run handing its result to a
+    /// running node).
     pub async fn import(
         &self,
         source_name: &str,
         refresh_token: Secret,
+        identity: Option<String>,
     ) -> Result<AccessToken, TokenError> {
         let (_, provider) = self.source(source_name)?;
         if provider.flow == Flow::AppOnly {
@@ -324,6 +366,7 @@ impl TokenService {
         let mut record = self.store.token(source_name)?.unwrap_or_default();
         record.refresh_token = Some(refresh_token.expose().to_string());
         record.refresh_token_obtained = Some(now());
+        record.identity = identity;
         record.access_token = None;
         record.access_expires_at = None;
         record.needs_reauth = None;
@@ -456,6 +499,16 @@ impl TokenService {
             Ok((a, e, None))
         })
         .await
+    }
+
+    /// Forgets the stored access token (the server refused it), keeping the refresh token.
+    pub async fn invalidate_access_token(&self, source_name: &str) -> Result<(), TokenError> {
+        if let Some(mut record) = self.store.token(source_name)? {
+            record.access_token = None;
+            record.access_expires_at = None;
+            self.store.put_token(source_name, &record).await?;
+        }
+        Ok(())
     }
 
     /// What `tokens status` shows for one source.

@@ -1,0 +1,695 @@
+//! Initial consent: authorization code with PKCE and a loopback redirect (RFC 7636, RFC 8252),
+//! or the device authorization grant (RFC 8628), followed by identity pinning: the account
+//! that signed in must be the source's configured `username` (the delegate, for a shared
+//! mailbox), or nothing is stored.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use oauth2::{CsrfToken, PkceCodeChallenge};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{
+    TokenError, TokenService, check_endpoint_url, classify_provider_error, default_scopes, now,
+};
+use crate::config::{Flow, ProviderKind, ProviderSettings, SourceSettings};
+use crate::secret::Secret;
+use crate::store::StoredToken;
+
+/// How `authorize` behaves.
+#[derive(Debug, Clone)]
+pub struct ConsentOptions {
+    /// Try to open a browser (only when one is there: `$BROWSER` or a display).
+    pub open_browser: bool,
+    /// Give up waiting for the redirect or the device approval after this long.
+    pub timeout: Duration,
+}
+
+/// What a successful consent produced.
+#[derive(Debug, Clone)]
+pub struct Consent {
+    /// Who signed in (verified against the configured username).
+    pub identity: String,
+    pub refresh_token: Option<Secret>,
+    pub access_token: Secret,
+    pub expires_at: i64,
+}
+
+/// What the device flow shows the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceFlowEvent {
+    Show {
+        verification_uri: String,
+        verification_uri_complete: Option<String>,
+        user_code: String,
+        expires_in: u64,
+    },
+    SlowDown {
+        interval_secs: u64,
+    },
+}
+
+#[derive(Deserialize)]
+struct TokenJson {
+    access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    id_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct DeviceJson {
+    device_code: String,
+    user_code: String,
+    #[serde(alias = "verification_url")]
+    verification_uri: String,
+    #[serde(default)]
+    verification_uri_complete: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    interval: Option<u64>,
+}
+
+fn consent_err(source: &str, reason: impl Into<String>) -> TokenError {
+    TokenError::Consent {
+        source_name: source.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The account named by an ID token, after checking `aud` and `exp` (and `iss` when the
+/// expected issuer is known). The token comes straight from the token endpoint over TLS
+/// (or loopback), which OIDC Core §3.1.3.7 accepts in place of a signature check.
+pub fn identity_from_id_token(
+    id_token: &str,
+    client_id: &str,
+    issuer: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let payload = id_token.split('.').nth(1).ok_or("ID token is not a JWT")?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|e| format!("ID token payload: {e}"))?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("ID token payload: {e}"))?;
+    let aud_ok = match &claims["aud"] {
+        serde_json::Value::String(a) => a == client_id,
+        serde_json::Value::Array(list) => list.iter().any(|a| a.as_str() == Some(client_id)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(format!(
+            "ID token audience {} is not this client ({client_id})",
+            claims["aud"]
+        ));
+    }
+    if let Some(exp) = claims["exp"].as_i64()
+        && exp + 300 < now()
+    {
+        return Err("ID token has expired".into());
+    }
+    if let (Some(expected), Some(iss)) = (issuer, claims["iss"].as_str())
+        && !expected.contains("{tenantid}")
+        && iss.trim_end_matches('/') != expected.trim_end_matches('/')
+    {
+        return Err(format!("ID token issuer {iss} is not {expected}"));
+    }
+    if claims["email_verified"] == serde_json::Value::Bool(false) {
+        // An unverified email proves nothing; other claims may still name the account.
+        return Ok(["preferred_username", "upn"]
+            .iter()
+            .filter_map(|k| claims[*k].as_str().map(str::to_string))
+            .collect());
+    }
+    Ok(["email", "preferred_username", "upn", "unique_name"]
+        .iter()
+        .filter_map(|k| claims[*k].as_str().map(str::to_string))
+        .collect())
+}
+
+impl TokenService {
+    fn consent_target(
+        &self,
+        source_name: &str,
+    ) -> Result<(&SourceSettings, &ProviderSettings), TokenError> {
+        let (source, provider) = self.source(source_name)?;
+        if provider.flow == Flow::AppOnly {
+            return Err(consent_err(
+                source_name,
+                format!(
+                    "provider {} uses flow = \"app_only\" (client credentials): there is nothing to authorize; use `mailsluice test-login {source_name}`",
+                    provider.name
+                ),
+            ));
+        }
+        Ok((source, provider))
+    }
+
+    async fn post_token_form(
+        &self,
+        provider: &ProviderSettings,
+        url: &str,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<(u16, Vec<u8>, Option<Duration>), TokenError> {
+        form.push(("client_id", provider.client_id.clone()));
+        if let Some(secret) = self.client_secret(provider)? {
+            form.push(("client_secret", secret.expose().to_string()));
+        }
+        let started = Instant::now();
+        let resp =
+            self.http
+                .post(url)
+                .form(&form)
+                .send()
+                .await
+                .map_err(|e| TokenError::Transient {
+                    provider: provider.name.clone(),
+                    detail: e.without_url().to_string(),
+                    retry_after: None,
+                })?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::parse_retry_after);
+        let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        crate::telemetry::token_refresh(
+            &provider.name,
+            if (200..300).contains(&status) {
+                crate::telemetry::Outcome::Ok
+            } else {
+                crate::telemetry::Outcome::Error
+            },
+            started.elapsed().as_secs_f64(),
+        );
+        Ok((status, body, retry_after))
+    }
+
+    /// Exchanges a token response for a verified [`Consent`].
+    async fn verified(
+        &self,
+        source: &SourceSettings,
+        provider: &ProviderSettings,
+        body: &[u8],
+    ) -> Result<Consent, TokenError> {
+        let tokens: TokenJson = serde_json::from_slice(body)
+            .map_err(|e| consent_err(&source.name, format!("token response: {e}")))?;
+        let expires_in = tokens
+            .expires_in
+            .as_ref()
+            .and_then(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
+            .unwrap_or(super::DEFAULT_EXPIRES_IN);
+        let issuer = self
+            .discovery(provider)
+            .await?
+            .and_then(|d| d.get("issuer").and_then(|v| v.as_str()).map(str::to_string));
+        let mut names = Vec::new();
+        if let Some(id) = &tokens.id_token {
+            names = identity_from_id_token(id, &provider.client_id, issuer.as_deref())
+                .map_err(|e| consent_err(&source.name, e))?;
+        }
+        if names.is_empty() {
+            names = self.userinfo_names(provider, &tokens.access_token).await;
+        }
+        let expected = source.username.to_lowercase();
+        if names.is_empty() {
+            return Err(consent_err(
+                &source.name,
+                format!(
+                    "the provider did not say who signed in (no ID token or userinfo email); expected {expected}. Add the `openid email` scopes"
+                ),
+            ));
+        }
+        if !names.iter().any(|n| n.to_lowercase() == expected) {
+            return Err(consent_err(
+                &source.name,
+                format!(
+                    "signed in as {} but sources.{}.username is {}{}; nothing was stored. Sign in as {} (a browser already signed in as someone else picks that account: use a private window)",
+                    names[0],
+                    source.name,
+                    source.username,
+                    source
+                        .shared_mailbox
+                        .as_ref()
+                        .map(|m| format!(" (the delegate for shared mailbox {m})"))
+                        .unwrap_or_default(),
+                    source.username
+                ),
+            ));
+        }
+        Ok(Consent {
+            identity: names[0].clone(),
+            refresh_token: tokens.refresh_token.map(Secret::new),
+            access_token: Secret::new(tokens.access_token),
+            expires_at: now() + expires_in,
+        })
+    }
+
+    async fn userinfo_names(&self, provider: &ProviderSettings, access_token: &str) -> Vec<String> {
+        let Ok(Some(url)) = self.endpoint(provider, None, "userinfo_endpoint").await else {
+            return Vec::new();
+        };
+        let Ok(resp) = self.http.get(&url).bearer_auth(access_token).send().await else {
+            return Vec::new();
+        };
+        let Ok(info) = resp.json::<serde_json::Value>().await else {
+            return Vec::new();
+        };
+        ["email", "preferred_username", "upn"]
+            .iter()
+            .filter_map(|k| info[*k].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Stores a verified consent (refresh token, access token, identity, time), flushed.
+    pub async fn adopt(&self, source_name: &str, consent: &Consent) -> Result<(), TokenError> {
+        let Some(refresh) = &consent.refresh_token else {
+            return Err(consent_err(
+                source_name,
+                "the provider returned no refresh token (offline_access not granted; Google needs access_type=offline and prompt=consent)",
+            ));
+        };
+        let t = now();
+        let record = StoredToken {
+            refresh_token: Some(refresh.expose().to_string()),
+            access_token: Some(consent.access_token.expose().to_string()),
+            access_expires_at: Some(consent.expires_at),
+            refresh_token_last_used: Some(t),
+            refresh_token_obtained: Some(t),
+            identity: Some(consent.identity.clone()),
+            needs_reauth: None,
+        };
+        self.store.put_token(source_name, &record).await?;
+        super::lock(&self.backoff_until).remove(source_name);
+        crate::telemetry::access_token_expiry(source_name, consent.expires_at);
+        crate::telemetry::refresh_token_last_used(source_name, t);
+        Ok(())
+    }
+
+    /// Authorization code + PKCE (S256) + state with a loopback redirect. `show_url` is
+    /// called with the URL to open; the function returns once the browser came back.
+    pub async fn authorize_with_browser(
+        &self,
+        source_name: &str,
+        options: &ConsentOptions,
+        show_url: impl FnOnce(&str),
+    ) -> Result<Consent, TokenError> {
+        let (source, provider) = self.consent_target(source_name)?;
+        let auth_url = self
+            .endpoint(
+                provider,
+                provider.authorization_url.as_ref(),
+                "authorization_endpoint",
+            )
+            .await?
+            .ok_or_else(|| {
+                consent_err(
+                    source_name,
+                    format!("provider {} has no authorization endpoint", provider.name),
+                )
+            })?;
+        let token_url = self.token_url(provider).await?;
+        // RFC 8252 §7.3: loopback IP literal, any port; bind only to loopback.
+        let (host, port, path) = loopback_parts(provider.redirect_uri.as_deref());
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+            .await
+            .map_err(|e| {
+                consent_err(
+                    source_name,
+                    format!("cannot listen on {host}:{port} for the redirect: {e}"),
+                )
+            })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| consent_err(source_name, e.to_string()))?;
+        let redirect_uri = match &provider.redirect_uri {
+            Some(configured) if port != 0 => configured.clone(),
+            _ => format!("http://{host}:{}{path}", bound.port()),
+        };
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let state = CsrfToken::new_random();
+        let scopes = default_scopes(provider, Some(source)).join(" ");
+        let mut url = reqwest::Url::parse(&auth_url)
+            .map_err(|e| consent_err(source_name, format!("authorization endpoint: {e}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", "code")
+                .append_pair("client_id", &provider.client_id)
+                .append_pair("redirect_uri", &redirect_uri)
+                .append_pair("scope", &scopes)
+                .append_pair("state", state.secret())
+                .append_pair("code_challenge", challenge.as_str())
+                .append_pair("code_challenge_method", "S256")
+                .append_pair("login_hint", &source.username);
+            if provider.kind == ProviderKind::Gmail {
+                q.append_pair("access_type", "offline")
+                    .append_pair("prompt", "consent");
+            }
+        }
+        show_url(url.as_str());
+        if options.open_browser {
+            try_open_browser(url.as_str());
+        }
+        let deadline = Instant::now() + options.timeout;
+        let (code, _) = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let accepted = tokio::time::timeout(remaining, listener.accept()).await;
+            let Ok(Ok((mut sock, _))) = accepted else {
+                return Err(consent_err(
+                    source_name,
+                    format!(
+                        "no redirect arrived within {}s; run authorize again (or use --device on a headless server)",
+                        options.timeout.as_secs()
+                    ),
+                ));
+            };
+            let params = read_redirect(&mut sock, &path).await;
+            let reply = |ok: bool| {
+                if ok {
+                    "mailsluice: authorization received. You can close this window."
+                } else {
+                    "mailsluice: authorization failed; see the terminal."
+                }
+            };
+            let Some(params) = params else {
+                let _ = respond(&mut sock, 404, "not the redirect path").await;
+                continue;
+            };
+            let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            if get("state").as_deref() != Some(state.secret().as_str()) {
+                let _ = respond(&mut sock, 400, reply(false)).await;
+                return Err(consent_err(
+                    source_name,
+                    "redirect carried a wrong state (possible CSRF); nothing stored",
+                ));
+            }
+            if let Some(error) = get("error") {
+                let _ = respond(&mut sock, 400, reply(false)).await;
+                return Err(consent_err(
+                    source_name,
+                    format!(
+                        "provider answered {error}: {}",
+                        get("error_description").unwrap_or_default()
+                    ),
+                ));
+            }
+            let Some(code) = get("code") else {
+                let _ = respond(&mut sock, 400, reply(false)).await;
+                return Err(consent_err(source_name, "redirect carried no code"));
+            };
+            let _ = respond(&mut sock, 200, reply(true)).await;
+            break (code, ());
+        };
+        let (status, body, retry_after) = self
+            .post_token_form(
+                provider,
+                &token_url,
+                vec![
+                    ("grant_type", "authorization_code".into()),
+                    ("code", code),
+                    ("redirect_uri", redirect_uri),
+                    ("code_verifier", verifier.secret().clone()),
+                ],
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(classify_provider_error(
+                &provider.name,
+                status,
+                &body,
+                retry_after,
+                "",
+            ));
+        }
+        self.verified(source, provider, &body).await
+    }
+
+    /// Device authorization grant: `on_event` shows the code and URL; polls at the
+    /// server's interval (5 s when it names none), +5 s on every `slow_down`.
+    pub async fn authorize_device(
+        &self,
+        source_name: &str,
+        options: &ConsentOptions,
+        mut on_event: impl FnMut(DeviceFlowEvent),
+    ) -> Result<Consent, TokenError> {
+        let (source, provider) = self.consent_target(source_name)?;
+        if provider.kind == ProviderKind::Gmail {
+            return Err(consent_err(
+                source_name,
+                "Google does not allow Gmail scopes (https://mail.google.com/) in the device flow; run `mailsluice authorize` without --device (use --no-browser and open the printed link on any machine, then forward the loopback port) ",
+            ));
+        }
+        let device_url = self
+            .endpoint(
+                provider,
+                provider.device_authorization_url.as_ref(),
+                "device_authorization_endpoint",
+            )
+            .await?
+            .ok_or_else(|| {
+                consent_err(
+                    source_name,
+                    format!(
+                        "provider {} has no device authorization endpoint",
+                        provider.name
+                    ),
+                )
+            })?;
+        check_endpoint_url(&device_url).map_err(|e| consent_err(source_name, e))?;
+        let token_url = self.token_url(provider).await?;
+        let scopes = default_scopes(provider, Some(source)).join(" ");
+        let (status, body, retry_after) = self
+            .post_token_form(provider, &device_url, vec![("scope", scopes)])
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(classify_provider_error(
+                &provider.name,
+                status,
+                &body,
+                retry_after,
+                "",
+            ));
+        }
+        let device: DeviceJson = serde_json::from_slice(&body)
+            .map_err(|e| consent_err(source_name, format!("device authorization response: {e}")))?;
+        let expires = device.expires_in.unwrap_or(600);
+        on_event(DeviceFlowEvent::Show {
+            verification_uri: device.verification_uri.clone(),
+            verification_uri_complete: device.verification_uri_complete.clone(),
+            user_code: device.user_code.clone(),
+            expires_in: expires,
+        });
+        let mut interval = device.interval.unwrap_or(5).max(1);
+        let deadline = Instant::now() + options.timeout.min(Duration::from_secs(expires));
+        loop {
+            tokio::time::sleep(Duration::from_secs(interval)).await;
+            if Instant::now() > deadline {
+                return Err(consent_err(
+                    source_name,
+                    "the device code expired before it was approved; run authorize --device again",
+                ));
+            }
+            let (status, body, retry_after) = self
+                .post_token_form(
+                    provider,
+                    &token_url,
+                    vec![
+                        (
+                            "grant_type",
+                            "urn:ietf:params:oauth:grant-type:device_code".into(),
+                        ),
+                        ("device_code", device.device_code.clone()),
+                    ],
+                )
+                .await?;
+            if (200..300).contains(&status) {
+                return self.verified(source, provider, &body).await;
+            }
+            let error = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|j| j.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_default();
+            match error.as_str() {
+                "authorization_pending" => {}
+                "slow_down" => {
+                    interval += 5;
+                    on_event(DeviceFlowEvent::SlowDown {
+                        interval_secs: interval,
+                    });
+                }
+                "access_denied" | "authorization_declined" => {
+                    return Err(consent_err(
+                        source_name,
+                        format!("the sign-in was declined ({error}); nothing stored"),
+                    ));
+                }
+                "expired_token" | "code_expired" => {
+                    return Err(consent_err(
+                        source_name,
+                        format!("the device code expired ({error}); run authorize --device again"),
+                    ));
+                }
+                _ => {
+                    return Err(classify_provider_error(
+                        &provider.name,
+                        status,
+                        &body,
+                        retry_after,
+                        "",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Host, port (0 = any) and path for the loopback listener, from `redirect_uri`.
+fn loopback_parts(redirect_uri: Option<&str>) -> (String, u16, String) {
+    let Some(uri) = redirect_uri.and_then(|u| reqwest::Url::parse(u).ok()) else {
+        return ("127.0.0.1".into(), 0, "/callback".into());
+    };
+    let host = match uri.host_str() {
+        Some("localhost") | None => "127.0.0.1".to_string(),
+        Some(h) => h.trim_matches(['[', ']']).to_string(),
+    };
+    let path = if uri.path().is_empty() {
+        "/".into()
+    } else {
+        uri.path().to_string()
+    };
+    (host, uri.port().unwrap_or(0), path)
+}
+
+/// Reads one HTTP request; returns its query parameters when it is `GET <path>?...`.
+async fn read_redirect(
+    sock: &mut tokio::net::TcpStream,
+    path: &str,
+) -> Option<Vec<(String, String)>> {
+    let mut buf = vec![0u8; 8192];
+    let mut n = 0;
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf[n..]))
+            .await
+            .ok()?
+            .ok()?;
+        if read == 0 {
+            break;
+        }
+        n += read;
+        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || n == buf.len() {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let target = head
+        .lines()
+        .next()?
+        .strip_prefix("GET ")?
+        .split(' ')
+        .next()?
+        .to_string();
+    let url = reqwest::Url::parse(&format!("http://loopback{target}")).ok()?;
+    if url.path() != path {
+        return None;
+    }
+    Some(
+        url.query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+    )
+}
+
+async fn respond(sock: &mut tokio::net::TcpStream, status: u16, text: &str) -> std::io::Result<()> {
+    let body = format!("<!doctype html><title>mailsluice</title><p>{text}</p>\n");
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        if status == 200 { "OK" } else { "Error" },
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(body.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+/// Opens a browser when there is one (`$BROWSER`, or `xdg-open` with a display).
+fn try_open_browser(url: &str) {
+    let program = std::env::var("BROWSER").ok().or_else(|| {
+        (std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some())
+            .then(|| "xdg-open".to_string())
+    });
+    if let Some(p) = program {
+        let _ = std::process::Command::new(p)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(claims: serde_json::Value) -> String {
+        format!(
+            "{}.{}.sig",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn id_token_claims_are_checked() {
+        let t = jwt(
+            serde_json::json!({"aud":"c","iss":"http://i","exp": now() + 60, "email":"a@x", "preferred_username":"A@X"}),
+        );
+        assert_eq!(
+            identity_from_id_token(&t, "c", Some("http://i")).unwrap(),
+            vec!["a@x", "A@X"]
+        );
+        assert!(
+            identity_from_id_token(&t, "other", None)
+                .unwrap_err()
+                .contains("audience")
+        );
+        assert!(
+            identity_from_id_token(&t, "c", Some("http://j"))
+                .unwrap_err()
+                .contains("issuer")
+        );
+        let old = jwt(serde_json::json!({"aud":["c"],"exp": now() - 3600, "email":"a@x"}));
+        assert!(
+            identity_from_id_token(&old, "c", None)
+                .unwrap_err()
+                .contains("expired")
+        );
+        let unverified = jwt(serde_json::json!({"aud":"c","email":"a@x","email_verified":false}));
+        assert!(
+            identity_from_id_token(&unverified, "c", None)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn loopback_defaults() {
+        assert_eq!(
+            loopback_parts(None),
+            ("127.0.0.1".into(), 0, "/callback".into())
+        );
+        assert_eq!(
+            loopback_parts(Some("http://localhost:8765/cb")),
+            ("127.0.0.1".into(), 8765, "/cb".into())
+        );
+    }
+}

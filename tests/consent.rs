@@ -1,0 +1,264 @@
+//! `mailsluice authorize` against the real oidc-provider: authorization code + PKCE with the
+//! test playing the browser, the device flow (with an injected `slow_down`), identity pinning,
+//! re-authorization of a running node, and app-only (client credentials) against Dovecot.
+
+mod node;
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use node::{BIN, Node, corpus};
+use support::{Dovecot, DovecotOptions, Oidc, OidcOptions};
+
+const ALICE: &str = "alice@example.test";
+const ALICE_PW: &str = "alice-password";
+
+fn servers() -> (Oidc, Dovecot) {
+    let oidc = Oidc::start(OidcOptions::default());
+    let dovecot = Dovecot::start(DovecotOptions {
+        oidc_introspection_url: Some(oidc.introspection_url()),
+        ..DovecotOptions::default()
+    });
+    (oidc, dovecot)
+}
+
+fn config(oidc: &Oidc, dovecot: &Dovecot, username: &str) -> String {
+    format!(
+        "[providers.local]\nkind = \"oidc\"\nissuer = \"{}\"\nclient_id = \"collector\"\nscopes = [\"openid\", \"offline_access\", \"email\", \"mail\"]\n\n[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nport = {}\nusername = \"{username}\"\nauth = \"oauth2\"\nprovider = \"local\"\npoll_interval_secs = 1\n",
+        oidc.issuer, dovecot.imaps_port
+    )
+}
+
+/// A running `mailsluice authorize` whose stdout lines arrive on a channel.
+struct Authorize {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Authorize {
+    fn spawn(node: &Node, extra: &[&str]) -> Authorize {
+        let mut child = Command::new(BIN)
+            .arg("-c")
+            .arg(&node.config)
+            .args(["authorize", "mail", "--no-browser", "--timeout-secs", "60"])
+            .args(extra)
+            .current_dir(node.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Authorize {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first printed line for which `pick` returns something.
+    fn wait_line<T>(&mut self, what: &str, pick: impl Fn(&str) -> Option<T>) -> T {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Some(v) = pick(&line) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!("no {what} from authorize; output so far: {:?}", self.seen),
+            }
+        }
+    }
+
+    fn finish(mut self) -> (bool, String, String) {
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        use std::io::Read;
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let mut stdout = self.seen.join("\n");
+        for l in self.lines.try_iter() {
+            stdout.push('\n');
+            stdout.push_str(&l);
+        }
+        (status.success(), stdout, stderr)
+    }
+}
+
+/// Plays the browser: signs in at the printed URL and follows the redirect to the CLI's
+/// loopback listener.
+fn browser_consent(oidc: &Oidc, url: &str, email: &str, password: &str) -> String {
+    let location = oidc.authorize(url, email, password).expect("browser flow");
+    assert!(
+        location.starts_with("http://127.0.0.1:"),
+        "redirect goes to {location}"
+    );
+    let loc = location.clone();
+    std::thread::spawn(move || reqwest::blocking::get(loc).and_then(|r| r.text()))
+        .join()
+        .unwrap()
+        .expect("the CLI's loopback listener answers the redirect")
+}
+
+fn url_line(oidc: &Oidc) -> impl Fn(&str) -> Option<String> + '_ {
+    move |l: &str| l.starts_with(&oidc.issuer).then(|| l.to_string())
+}
+
+#[test]
+fn authorize_with_pkce_then_collect() {
+    let (oidc, dovecot) = servers();
+    let mut node = Node::new(&dovecot.ca_pem, &config(&oidc, &dovecot, ALICE));
+    let mut auth = Authorize::spawn(&node, &[]);
+    let url = auth.wait_line("authorization URL", url_line(&oidc));
+    for needle in [
+        "code_challenge_method=S256",
+        "code_challenge=",
+        "state=",
+        "redirect_uri=http%3A%2F%2F127.0.0.1%3A",
+    ] {
+        assert!(url.contains(needle), "{needle} missing in {url}");
+    }
+    let page = browser_consent(&oidc, &url, ALICE, ALICE_PW);
+    assert!(page.contains("authorization received"), "{page}");
+    let (ok, out, err) = auth.finish();
+    assert!(ok, "authorize failed:\n{out}\n{err}");
+    assert!(out.contains("Signed in as alice@example.test"), "{out}");
+    let status = node.cli_ok(&["tokens", "status"]);
+    assert!(
+        status.contains("consented by:         alice@example.test"),
+        "{status}"
+    );
+    assert_eq!(oidc.token_counts("authorization_code").0, 1);
+    dovecot.seed(ALICE, &corpus::many("pk", 4));
+    node.start();
+    node.wait_stored("mail", 4, Duration::from_secs(30));
+    node.stop();
+}
+
+#[test]
+fn wrong_account_is_refused_and_nothing_is_stored() {
+    let (oidc, dovecot) = servers();
+    let node = Node::new(
+        &dovecot.ca_pem,
+        &config(&oidc, &dovecot, "bob@example.test"),
+    );
+    let mut auth = Authorize::spawn(&node, &[]);
+    let url = auth.wait_line("authorization URL", url_line(&oidc));
+    browser_consent(&oidc, &url, ALICE, ALICE_PW);
+    let (ok, out, err) = auth.finish();
+    assert!(!ok, "authorize must fail:\n{out}");
+    assert!(
+        err.contains(
+            "signed in as alice@example.test but sources.mail.username is bob@example.test"
+        ),
+        "{err}"
+    );
+    let status = node.cli_ok(&["tokens", "status"]);
+    assert!(status.contains("refresh token:        none"), "{status}");
+}
+
+#[test]
+fn device_flow_honours_slow_down() {
+    let (oidc, dovecot) = servers();
+    let node = Node::new(&dovecot.ca_pem, &config(&oidc, &dovecot, ALICE));
+    // The first poll is answered with slow_down (oidc-provider never sends it by itself).
+    oidc.queue_token_faults(serde_json::json!([{"status": 400, "error": "slow_down"}]));
+    let mut auth = Authorize::spawn(&node, &["--device"]);
+    let code = auth.wait_line("user code", |l| {
+        l.split("enter the code: ")
+            .nth(1)
+            .map(|c| c.trim().to_string())
+    });
+    auth.wait_line("slow_down notice", |l| {
+        l.contains("polling every 10s").then_some(())
+    });
+    oidc.approve_device(&code, ALICE, ALICE_PW)
+        .expect("approve");
+    let (ok, out, err) = auth.finish();
+    assert!(ok, "device authorize failed:\n{out}\n{err}");
+    assert!(out.contains("Signed in as alice@example.test"), "{out}");
+}
+
+#[test]
+fn device_flow_stops_on_access_denied() {
+    let (oidc, dovecot) = servers();
+    let node = Node::new(&dovecot.ca_pem, &config(&oidc, &dovecot, ALICE));
+    oidc.queue_token_faults(serde_json::json!([{"status": 400, "error": "access_denied"}]));
+    let auth = Authorize::spawn(&node, &["--device"]);
+    let (ok, out, err) = auth.finish();
+    assert!(!ok, "{out}");
+    assert!(err.contains("declined (access_denied)"), "{err}");
+}
+
+#[test]
+fn reauthorize_a_running_node_brings_the_source_back() {
+    let (oidc, dovecot) = servers();
+    let mut node = Node::new(&dovecot.ca_pem, &config(&oidc, &dovecot, ALICE));
+    let mut auth = Authorize::spawn(&node, &[]);
+    let url = auth.wait_line("authorization URL", url_line(&oidc));
+    browser_consent(&oidc, &url, ALICE, ALICE_PW);
+    assert!(auth.finish().0);
+    // Expire the access token quickly: revoke everything, so the next refresh fails.
+    oidc.revoke_user(ALICE);
+    node.start();
+    node.wait_state("mail", "needs_reauth", Duration::from_secs(30));
+    let mut auth = Authorize::spawn(&node, &[]);
+    let url = auth.wait_line("authorization URL", url_line(&oidc));
+    browser_consent(&oidc, &url, ALICE, ALICE_PW);
+    let (ok, out, err) = auth.finish();
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("handed to the running node"), "{out}");
+    dovecot.seed(ALICE, &corpus::many("ra", 2));
+    node.wait_state("mail", "healthy", Duration::from_secs(30));
+    node.wait_stored("mail", 2, Duration::from_secs(30));
+    let status = node.cli_ok(&["tokens", "status"]);
+    assert!(
+        status.contains("consented by:         alice@example.test"),
+        "{status}"
+    );
+    node.stop();
+}
+
+#[test]
+fn app_only_client_credentials_collect_the_target_mailbox() {
+    let (oidc, dovecot) = servers();
+    let body = format!(
+        "[providers.app]\nkind = \"oidc\"\nissuer = \"{}\"\nflow = \"app_only\"\nclient_id = \"svc\"\nclient_secret_env = \"SVC_SECRET\"\n\n[sources.shared]\nprotocol = \"imap\"\nhost = \"localhost\"\nport = {}\nusername = \"shared@example.test\"\nauth = \"oauth2\"\nprovider = \"app\"\npoll_interval_secs = 1\n",
+        oidc.issuer, dovecot.imaps_port
+    );
+    let mut node = Node::new(&dovecot.ca_pem, &body);
+    node.env.push(("SVC_SECRET".into(), "svc-secret".into()));
+    dovecot.seed("shared@example.test", &corpus::corpus("ao"));
+    node.start();
+    node.wait_stored(
+        "shared",
+        corpus::corpus("ao").len() as u64,
+        Duration::from_secs(30),
+    );
+    node.stop();
+    assert!(
+        oidc.token_counts("client_credentials").0 >= 1,
+        "{}",
+        oidc.stats()
+    );
+    // authorize makes no sense for app-only and says so.
+    let out = node.cli(&["authorize", "shared", "--no-browser"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("app_only"));
+}
