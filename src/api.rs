@@ -18,6 +18,7 @@ use crate::store::{MessageMeta, Store};
 #[derive(Clone)]
 pub struct ApiState {
     pub settings: Arc<Settings>,
+    pub connector: crate::net::Connector,
     pub store: Arc<Store>,
     pub registry: Registry,
     pub metrics: PrometheusHandle,
@@ -230,11 +231,47 @@ async fn import_token(
     }
 }
 
+/// `POST /api/sources/{source}/test-login`: the step-by-step check, run by the node (which
+/// holds the tokens). Answers the JSON report; 200 only when a mailbox was opened.
+async fn test_login(state: web::Data<ApiState>, source: web::Path<String>) -> HttpResponse {
+    let name = source.into_inner();
+    let token = match state.settings.sources.get(&name).map(|s| &s.auth) {
+        Some(crate::config::SourceAuth::OAuth2 { .. }) => {
+            let asked = async {
+                let tokens = state
+                    .supervisor
+                    .send(crate::actors::supervisor::GetTokenManager)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokens
+                    .send(crate::actors::token_manager::GetAccessToken {
+                        source: name.clone(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            };
+            Some(asked.await)
+        }
+        _ => None,
+    };
+    let report = crate::diagnose::test_login(&state.settings, &state.connector, &name, token).await;
+    if report.mailbox_opened {
+        HttpResponse::Ok().json(report)
+    } else {
+        HttpResponse::UnprocessableEntity().json(report)
+    }
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/api/sources", web::get().to(sources))
+        .route(
+            "/api/sources/{source}/test-login",
+            web::post().to(test_login),
+        )
         .route("/api/tokens", web::get().to(tokens))
         .route("/api/tokens/{source}/import", web::post().to(import_token))
         .route("/api/messages", web::get().to(list_messages))

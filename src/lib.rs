@@ -36,6 +36,7 @@ pub mod actors;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod diagnose;
 pub mod ingest;
 pub mod net;
 pub mod parse;

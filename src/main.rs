@@ -62,6 +62,9 @@ enum Command {
     },
     /// Per source: state, last success, last error, counts, backlog.
     Status,
+    /// Step-by-step check of one source (DNS, TCP, TLS, capabilities, token, SASL,
+    /// mailbox, one header). Exit 0 only when a mailbox was opened.
+    TestLogin { source: String },
     /// Read the store.
     Messages {
         #[command(subcommand)]
@@ -139,6 +142,7 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(&path, &settings),
         Command::Run => run(settings),
         Command::Status => status(&settings),
+        Command::TestLogin { source } => test_login(&settings, &source),
         Command::Authorize {
             source,
             device,
@@ -292,8 +296,9 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     let system = actix_rt::System::new();
     let store_for_end = store.clone();
     system.block_on(async move {
-        let supervisor = Supervisor::new(settings.clone(), store.clone(), connector, registry.clone(), token_service).start();
+        let supervisor = Supervisor::new(settings.clone(), store.clone(), connector.clone(), registry.clone(), token_service).start();
         let state = ApiState {
+            connector: connector.clone(),
             settings: settings.clone(),
             store: store.clone(),
             registry,
@@ -455,6 +460,58 @@ fn tokens_import(settings: &Settings, source: &str, file: &Path) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+fn test_login(settings: &Settings, source: &str) -> anyhow::Result<()> {
+    if !settings.sources.contains_key(source) {
+        return Err(UsageError(format!("no source named {source:?} in the configuration")).into());
+    }
+    let rt = runtime()?;
+    let report: mailsluice::diagnose::Report = match open_store(settings)? {
+        Some(store) => {
+            let connector = Connector::new(
+                &settings.tls,
+                settings.node.connect_timeout,
+                settings.node.read_timeout,
+            )
+            .map_err(UsageError)?;
+            let service = TokenService::new(Arc::new(settings.clone()), Arc::new(store))
+                .map_err(UsageError)?;
+            rt.block_on(async {
+                let token = match settings.sources[source].auth {
+                    config::SourceAuth::OAuth2 { .. } => Some(
+                        service
+                            .access_token(source)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    ),
+                    config::SourceAuth::Password { .. } => None,
+                };
+                mailsluice::diagnose::test_login(settings, &connector, source, token).await
+            })
+        }
+        None => {
+            let api = NodeApi::new(settings);
+            let url = format!("{}/api/sources/{}/test-login", api.base, source);
+            rt.block_on(async {
+                let resp = api
+                    .http
+                    .post(&url)
+                    .send()
+                    .await
+                    .with_context(|| format!("the running node's API at {url}"))?;
+                Ok::<_, anyhow::Error>(resp.json().await?)
+            })?
+        }
+    };
+    print!("{}", report.render());
+    if report.mailbox_opened {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "test-login {source}: no mailbox opened (see the failed step above)"
+        ))
+    }
 }
 
 fn authorize(

@@ -11,11 +11,14 @@ use std::time::Instant;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
+use support::oidc::jwt_payload;
 use support::wire::{self, Conn};
 use support::{Dovecot, DovecotOptions, Oidc, OidcOptions};
 
 const ALICE: &str = "alice@example.test";
 const ALICE_PASSWORD: &str = "alice-password";
+const SHARED: &str = "shared@example.test";
+const GRAPH: &str = "https://graph.microsoft.com";
 const USER_SCOPE: &str = "openid offline_access email mail";
 
 /// A CRLF message whose size grows with `n`, so sizes identify messages.
@@ -35,15 +38,26 @@ fn last(lines: &[String]) -> &str {
     lines.last().map(String::as_str).unwrap_or_default()
 }
 
-/// IMAPS `AUTHENTICATE XOAUTH2` with an initial response (SASL-IR); returns the final line.
+/// IMAPS `AUTHENTICATE XOAUTH2` as [`ALICE`] with an initial response (SASL-IR); returns the
+/// final line.
 fn imap_xoauth2<S: std::io::Read + std::io::Write>(
     imap: &mut Conn<S>,
     tag: &str,
     token: &str,
 ) -> String {
+    imap_xoauth2_as(imap, tag, ALICE, token)
+}
+
+/// [`imap_xoauth2`] with SASL `user=<user>`.
+fn imap_xoauth2_as<S: std::io::Read + std::io::Write>(
+    imap: &mut Conn<S>,
+    tag: &str,
+    user: &str,
+    token: &str,
+) -> String {
     imap.send(&format!(
         "{tag} AUTHENTICATE XOAUTH2 {}",
-        xoauth2(ALICE, token)
+        xoauth2(user, token)
     ));
     let line = imap.read_line();
     if let Some(challenge) = line.strip_prefix("+ ") {
@@ -340,4 +354,153 @@ fn dovecot_min_tls_is_enforced() {
     });
     let conn = wire::tls(dovecot.pop3s_port, &dovecot.ca);
     assert_eq!(conn.tls_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+}
+
+/// `OidcOptions::delegations`: alice's access tokens name the shared mailbox (so Dovecot takes
+/// them only with `user=shared@...`), while her ID token, userinfo and `sub` stay hers.
+#[test]
+fn oidc_delegation_puts_the_mailbox_into_access_tokens_only() {
+    let oidc = Oidc::start(OidcOptions {
+        delegations: vec![(ALICE.into(), SHARED.into())],
+        ..OidcOptions::default()
+    });
+    let dovecot = Dovecot::start(DovecotOptions {
+        oidc_introspection_url: Some(oidc.introspection_url()),
+        ..Default::default()
+    });
+    dovecot.seed(SHARED, &[message(1), message(2)]);
+
+    let tokens = oidc.login_auth_code("collector", ALICE, ALICE_PASSWORD, USER_SCOPE);
+    let id_token = jwt_payload(tokens.id_token.as_deref().expect("ID token")).expect("ID token");
+    assert_eq!(
+        (&id_token["sub"], &id_token["email"]),
+        (&json!(ALICE), &json!(ALICE)),
+        "{id_token}"
+    );
+    let (status, userinfo) = oidc.userinfo(&tokens.access_token);
+    assert_eq!(status, 200, "{userinfo}");
+    assert_eq!(userinfo["email"], ALICE, "{userinfo}");
+    let introspected = oidc.introspect(&tokens.access_token);
+    assert_eq!(
+        (&introspected["sub"], &introspected["email"]),
+        (&json!(ALICE), &json!(SHARED)),
+        "{introspected}"
+    );
+    assert!(
+        jwt_payload(&tokens.access_token).is_err(),
+        "access tokens stay opaque"
+    );
+
+    let mut imap = wire::tls(dovecot.imaps_port, &dovecot.ca);
+    imap.read_line();
+    let own = imap_xoauth2_as(&mut imap, "d1", ALICE, &tokens.access_token);
+    assert!(own.starts_with("d1 NO"), "{own}");
+    let shared = imap_xoauth2_as(&mut imap, "d2", SHARED, &tokens.access_token);
+    assert!(shared.starts_with("d2 OK"), "{shared}\n{}", dovecot.log());
+    let select = imap.imap("d3", "SELECT INBOX");
+    assert!(select.iter().any(|l| l == "* 2 EXISTS"), "{select:?}");
+    imap.imap("d4", "LOGOUT");
+
+    // Refreshed access tokens keep the delegation.
+    let refreshed = oidc
+        .refresh(
+            "collector",
+            tokens.refresh_token.as_deref().expect("refresh token"),
+        )
+        .expect("refresh");
+    assert_eq!(oidc.introspect(&refreshed.access_token)["email"], SHARED);
+    let id_token = jwt_payload(refreshed.id_token.as_deref().expect("ID token")).expect("JWT");
+    assert_eq!(id_token["email"], ALICE, "{id_token}");
+
+    let logins = dovecot.wait_for_logins(1);
+    assert!(logins[0].contains(SHARED), "{logins:#?}");
+}
+
+/// `OidcOptions::jwt_access_token_audience`: user access tokens become JWTs for that audience
+/// (code, refresh and device grants alike), which Dovecot's introspection refuses; refresh
+/// tokens still rotate and client-credentials tokens stay opaque.
+#[test]
+fn oidc_jwt_access_tokens_carry_the_configured_audience() {
+    let oidc = Oidc::start(OidcOptions {
+        jwt_access_token_audience: Some(GRAPH.into()),
+        ..OidcOptions::default()
+    });
+    let dovecot = Dovecot::start(DovecotOptions {
+        oidc_introspection_url: Some(oidc.introspection_url()),
+        ..Default::default()
+    });
+
+    let assert_graph_jwt = |token: &str| -> Value {
+        let header = token.split('.').next().expect("JWT header");
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url"))
+                .expect("JSON header");
+        assert_eq!(
+            (&header["typ"], &header["alg"]),
+            (&json!("at+jwt"), &json!("RS256")),
+            "{header}"
+        );
+        let claims = jwt_payload(token).expect("a JWT access token");
+        let aud = &claims["aud"];
+        assert!(
+            aud == GRAPH || aud.as_array().is_some_and(|a| a.contains(&json!(GRAPH))),
+            "{claims}"
+        );
+        assert_eq!(claims["iss"], oidc.issuer.as_str(), "{claims}");
+        assert_eq!(claims["sub"], ALICE, "{claims}");
+        assert_eq!(
+            (&claims["email"], &claims["upn"]),
+            (&json!(ALICE), &json!(ALICE)),
+            "{claims}"
+        );
+        for key in ["scp", "scope"] {
+            let scopes = claims[key].as_str().unwrap_or_default();
+            assert!(scopes.split(' ').any(|s| s == "mail"), "{key}: {claims}");
+        }
+        let (iat, exp) = (claims["iat"].as_u64(), claims["exp"].as_u64());
+        assert!(
+            iat.zip(exp).is_some_and(|(iat, exp)| exp == iat + 3600),
+            "{claims}"
+        );
+        claims
+    };
+
+    let tokens = oidc.login_auth_code("collector", ALICE, ALICE_PASSWORD, USER_SCOPE);
+    let claims = assert_graph_jwt(&tokens.access_token);
+    eprintln!("JWT access token claims: {claims}");
+    let id_token = jwt_payload(tokens.id_token.as_deref().expect("ID token")).expect("JWT");
+    assert_eq!(
+        (&id_token["aud"], &id_token["email"]),
+        (&json!("collector"), &json!(ALICE)),
+        "{id_token}"
+    );
+    assert_eq!(oidc.introspect(&tokens.access_token)["active"], false);
+    let mut imap = wire::tls(dovecot.imaps_port, &dovecot.ca);
+    imap.read_line();
+    let refused = imap_xoauth2(&mut imap, "j1", &tokens.access_token);
+    assert!(refused.starts_with("j1 NO"), "{refused}");
+    imap.imap("j2", "LOGOUT");
+
+    // Refresh: another JWT, and the refresh token (opaque) rotates as before.
+    let refresh0 = tokens.refresh_token.clone().expect("refresh token");
+    assert!(
+        jwt_payload(&refresh0).is_err(),
+        "refresh tokens stay opaque"
+    );
+    let refreshed = oidc.refresh("collector", &refresh0).expect("refresh");
+    assert_graph_jwt(&refreshed.access_token);
+    assert_ne!(refreshed.access_token, tokens.access_token);
+    let refresh1 = refreshed.refresh_token.clone().expect("rotated");
+    assert_ne!(refresh1, refresh0);
+    let again = oidc
+        .refresh("collector", &refresh1)
+        .expect("second refresh");
+    assert_graph_jwt(&again.access_token);
+
+    // The device flow too; client credentials stay opaque for the app mailbox.
+    let device = oidc.login_device("collector", ALICE, ALICE_PASSWORD, USER_SCOPE);
+    assert_graph_jwt(&device.access_token);
+    let app = oidc.client_credentials("svc", "mail");
+    assert!(jwt_payload(&app.access_token).is_err(), "opaque");
+    assert_eq!(oidc.introspect(&app.access_token)["email"], SHARED);
 }

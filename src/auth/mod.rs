@@ -29,6 +29,8 @@ pub struct AccessToken {
     pub token: Secret,
     /// Unix seconds.
     pub expires_at: i64,
+    /// True when this call got it from the provider, false when it was the stored one.
+    pub refreshed: bool,
 }
 
 /// Used when a token response carries no `expires_in`: short, so a token of unknown
@@ -283,6 +285,7 @@ impl TokenService {
             return Ok(AccessToken {
                 token: Secret::new(tok.clone()),
                 expires_at: exp,
+                refreshed: false,
             });
         }
         if let Some((until, err)) = lock(&self.backoff_until).get(source_name)
@@ -322,6 +325,7 @@ impl TokenService {
                 Ok(AccessToken {
                     token: access,
                     expires_at,
+                    refreshed: true,
                 })
             }
             Err(e) if e.needs_reauth() => {

@@ -458,6 +458,26 @@ impl ImapSession {
         }
     }
 
+    /// The header of the message with the highest UID (for `test-login`), or `None` when the
+    /// folder is empty.
+    pub async fn last_header(
+        &mut self,
+        selected: &Selected,
+    ) -> Result<Option<Vec<u8>>, SessionError> {
+        if selected.exists == 0 {
+            return Ok(None);
+        }
+        let cmd = self.cmds.uid_fetch_header_star();
+        let (untagged, completion, line) = self.run(cmd, "UID FETCH").await?;
+        if completion != Completion::Ok {
+            return Err(self.refused(line));
+        }
+        Ok(untagged.into_iter().find_map(|r| match r {
+            ServerResponse::Fetch(f) => f.header,
+            _ => None,
+        }))
+    }
+
     /// LOGOUT and close, best effort: the data is already safe when this runs.
     pub async fn logout(mut self) {
         let cmd = self.cmds.logout();

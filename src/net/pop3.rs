@@ -247,6 +247,12 @@ impl Pop3Session {
         self.listing(&pop3::retr(n), "RETR", limit).await
     }
 
+    /// `TOP n 0`: the header of message `n` (for `test-login`).
+    pub async fn top_header(&mut self, n: u32) -> Result<Vec<u8>, SessionError> {
+        self.listing(format!("TOP {n} 0\r\n").as_bytes(), "TOP", 1 << 20)
+            .await
+    }
+
     /// QUIT: ends the session (and, on a server, commits any DELE).
     pub async fn quit(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), async {

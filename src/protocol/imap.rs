@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, FixedOffset};
 use imap_codec::decode::{Decoder, GreetingDecodeError, ResponseDecodeError};
 use imap_codec::imap_types::core::{IString, NString};
-use imap_codec::imap_types::fetch::MessageDataItem;
+use imap_codec::imap_types::fetch::{MessageDataItem, Section};
 use imap_codec::imap_types::response::{Code, Data, GreetingKind, Response, Status};
 use imap_codec::{GreetingCodec, ResponseCodec};
 
@@ -127,6 +127,8 @@ pub struct Fetched {
     pub internal_date: Option<DateTime<FixedOffset>>,
     /// `BODY[]` exactly as the literal carried it (its length is the truth, not RFC822.SIZE).
     pub body: Option<Vec<u8>>,
+    /// `BODY[HEADER]`, when asked for.
+    pub header: Option<Vec<u8>>,
 }
 
 /// What a response frame says, reduced to what a collector acts on.
@@ -328,6 +330,11 @@ fn convert(response: Response<'_>, frame: &[u8]) -> ServerResponse {
                             data,
                         } => f.body = nstring_bytes(&data),
                         MessageDataItem::Rfc822(data) => f.body = nstring_bytes(&data),
+                        MessageDataItem::BodyExt {
+                            section: Some(Section::Header(None)),
+                            data,
+                            ..
+                        } => f.header = nstring_bytes(&data),
                         _ => {}
                     }
                 }
@@ -421,6 +428,11 @@ impl Commands {
         self.tagged(&format!(
             "UID FETCH {set} (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])"
         ))
+    }
+
+    /// `UID FETCH * (UID BODY.PEEK[HEADER])`: the newest message's header, for diagnosis.
+    pub fn uid_fetch_header_star(&mut self) -> Command {
+        self.tagged("UID FETCH * (UID BODY.PEEK[HEADER])")
     }
 
     pub fn logout(&mut self) -> Command {

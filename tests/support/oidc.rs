@@ -14,7 +14,9 @@
 //! port is ignored, so a loopback listener on any port matches.
 //!
 //! Facts tests rely on: opaque access tokens carrying `email` (user grants: the user's email,
-//! which is also `sub`; client credentials of `svc`/`collector-confidential`: `app_mailbox`);
+//! which is also `sub`, or its mailbox under [`OidcOptions::delegations`]; client credentials
+//! of `svc`/`collector-confidential`: `app_mailbox`), or JWT user access tokens under
+//! [`OidcOptions::jwt_access_token_audience`];
 //! refresh tokens whenever `offline_access` is granted; every refresh rotates, and presenting a
 //! spent refresh token is `invalid_grant` *and revokes the whole grant* (oidc-provider's reuse
 //! detection; Microsoft does not do that). State is in memory only.
@@ -65,17 +67,33 @@ pub struct OidcOptions {
     pub users: Vec<(String, String)>,
     /// The `email` claim of client-credentials tokens (the shared mailbox an app acts for).
     pub app_mailbox: String,
+    /// (user email, mailbox email): the access tokens of such a user carry `email` = the
+    /// mailbox (what Dovecot's introspection takes as the username, so they log in only with
+    /// SASL `user=<mailbox>`), while its ID token, userinfo and `sub` keep the user's own
+    /// address. A delegate signed in for a shared mailbox. Empty by default.
+    pub delegations: Vec<(String, String)>,
+    /// When set (e.g. `"https://graph.microsoft.com"`), user access tokens (authorization code,
+    /// device code, refresh) are RS256 JWTs (`typ` `at+jwt`) bound to a resource of this
+    /// identifier: `aud` = this value, `scope` and `scp` (the granted ones of `openid profile
+    /// email mail`), `email` and `upn` (the user, or its delegated mailbox), `sub`, `exp`. The
+    /// token response's `scope` is then the access token's. Introspection reports them
+    /// `active: false`, so Dovecot refuses them: a token for the wrong audience. Refresh tokens
+    /// stay opaque and rotate as usual; client-credentials tokens stay opaque. `None` by
+    /// default (opaque access tokens).
+    pub jwt_access_token_audience: Option<String>,
 }
 
 impl Default for OidcOptions {
     /// One user `alice@example.test` / `alice-password`, 1 h access tokens, 1 day refresh
-    /// tokens, app mailbox `shared@example.test`.
+    /// tokens, app mailbox `shared@example.test`, no delegations, opaque access tokens.
     fn default() -> Self {
         OidcOptions {
             access_token_ttl_secs: 3600,
             refresh_token_ttl_secs: 86_400,
             users: vec![("alice@example.test".into(), "alice-password".into())],
             app_mailbox: "shared@example.test".into(),
+            delegations: Vec::new(),
+            jwt_access_token_audience: None,
         }
     }
 }
@@ -149,6 +167,10 @@ impl Oidc {
                 .map(|(email, password)| json!({ "email": email, "password": password }))
                 .collect::<Vec<_>>(),
             "app_mailbox": opts.app_mailbox,
+            "delegations": opts.delegations.iter()
+                .map(|(user, mailbox)| json!({ "user": user, "mailbox": mailbox }))
+                .collect::<Vec<_>>(),
+            "jwt_access_token_audience": opts.jwt_access_token_audience,
         });
         let config_path = dir.path().join("config.json");
         std::fs::write(&config_path, config.to_string()).expect("write the OIDC config");
@@ -448,6 +470,23 @@ impl Oidc {
         body
     }
 
+    /// The userinfo endpoint (`GET /me` with the bearer token): HTTP status and JSON body. Only
+    /// opaque access tokens without a resource work there (not the JWTs of
+    /// [`OidcOptions::jwt_access_token_audience`]).
+    pub fn userinfo(&self, access_token: &str) -> (u16, Value) {
+        off_runtime(|| {
+            let resp = http_client()
+                .get(self.userinfo_url())
+                .bearer_auth(access_token)
+                .send()
+                .unwrap_or_else(|e| self.fail("GET /me", &e.to_string()));
+            let status = resp.status().as_u16();
+            let text = resp.text().unwrap_or_default();
+            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            (status, body)
+        })
+    }
+
     /// Token endpoint counters: `{"token_requests":{"<grant_type>":{"ok":n,"error":n,
     /// "injected":n}},"token_errors":{"<grant_type>":{"<error>":n}},"queued_token_faults":n}`.
     pub fn stats(&self) -> Value {
@@ -573,6 +612,26 @@ fn parse_token_response((status, body): (u16, Value)) -> Result<TokenResponse, S
         return Err(format!("token endpoint: HTTP {status}: {body}"));
     }
     serde_json::from_value(body.clone()).map_err(|e| format!("token response {body}: {e}"))
+}
+
+/// The payload of a JWT (ID token, JWT access token), decoded without verifying anything;
+/// `Err` when `token` is not three base64url parts with a JSON object in the middle (e.g. an
+/// opaque token).
+pub fn jwt_payload(token: &str) -> Result<Value, String> {
+    let parts: Vec<&str> = token.split('.').collect();
+    let [_, payload, _] = parts[..] else {
+        return Err(format!("not a JWT: {} part(s)", parts.len()));
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|e| format!("JWT payload is not base64url: {e}"))?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("JWT payload is not JSON: {e}"))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(format!("JWT payload is not an object: {value}"))
+    }
 }
 
 /// 32 random bytes, base64url: PKCE verifier, state, nonce.

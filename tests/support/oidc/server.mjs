@@ -12,13 +12,27 @@
 //
 // Config file: { "access_token_ttl_secs": 3600, "refresh_token_ttl_secs": 86400,
 //                "users": [{ "email": "alice@example.test", "password": "..." }],
-//                "app_mailbox": "shared@example.test" }
+//                "app_mailbox": "shared@example.test",
+//                "delegations": [{ "user": "alice@example.test", "mailbox": "shared@example.test" }],
+//                "jwt_access_token_audience": null }
+// (`delegations` and `jwt_access_token_audience` are optional; absent = off.)
 //
 // Behaviour that tests rely on:
 // - Accounts: sub = the user's email (as configured); the `email` claim is the same value.
 //   Access tokens are opaque and carry `email` as an extra claim, so Dovecot's introspection
 //   (`username_attribute = email`) sees it. Client-credentials tokens of `svc` and
 //   `collector-confidential` carry `email` = app_mailbox.
+// - Delegations (optional): for a user listed there, the `email` extra claim of its access
+//   tokens is the delegated mailbox instead of the user's own address (a delegate signed in for
+//   a shared mailbox: Dovecot then accepts the token only with SASL user=<mailbox>). The ID
+//   token and userinfo keep the user's own `email`; `sub` stays the user.
+// - jwt_access_token_audience (optional, e.g. "https://graph.microsoft.com"): user access tokens
+//   (authorization code, device code, refresh) are bound with resource indicators to a resource
+//   server of that identifier and issued as RS256 JWTs (typ at+jwt) with `aud` = that value,
+//   `scope` and `scp` (the granted scopes the resource knows: openid profile email mail), `email`
+//   and `upn`, `exp`. Like a Microsoft Graph token handed to an IMAP collector: introspection
+//   (hence Dovecot) does not know JWT access tokens, so they are refused. Refresh tokens stay
+//   opaque and rotate as usual; client-credentials tokens stay opaque (no default resource).
 // - Refresh tokens are issued whenever the client may use refresh_token and offline_access was
 //   granted. oidc-provider drops offline_access at /auth unless prompt=consent is present (OIDC
 //   Core 11); real providers (Entra ID) do not require that, so a request to /auth asking for
@@ -49,7 +63,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { Provider } from 'oidc-provider';
+import { Provider, errors } from 'oidc-provider';
 
 // stdout carries only the readiness line; oidc-provider prints notices with console.info.
 console.log = console.error;
@@ -66,6 +80,14 @@ const config = JSON.parse(readFileSync(configPath, 'utf8'));
 const accessTtl = Number(config.access_token_ttl_secs ?? 3600);
 const refreshTtl = Number(config.refresh_token_ttl_secs ?? 86400);
 const appMailbox = String(config.app_mailbox ?? 'shared@example.test');
+// Lower-cased user email -> mailbox its access tokens name in `email`.
+const delegations = new Map(
+  (config.delegations ?? []).map((d) => [String(d.user).toLowerCase(), String(d.mailbox)]),
+);
+// Resource indicator (and `aud`) of JWT user access tokens; null = opaque tokens, no resource.
+const jwtAudience = config.jwt_access_token_audience ? String(config.jwt_access_token_audience) : null;
+// Scopes the JWT resource server knows: what its access tokens carry in `scope`/`scp`.
+const JWT_RESOURCE_SCOPE = 'openid profile email mail';
 // Keyed by lower-cased email; the value keeps the configured spelling, which becomes `sub`.
 const users = new Map(
   (config.users ?? []).map((u) => [String(u.email).toLowerCase(), { email: String(u.email), password: String(u.password) }]),
@@ -345,6 +367,32 @@ function buildProvider(issuer) {
       },
       revocation: { enabled: true },
       clientCredentials: { enabled: true },
+      // Enabled by default in 8.x; without jwtAudience no resource is ever defaulted or accepted,
+      // so access tokens stay opaque (the behaviour of the defaults).
+      resourceIndicators: {
+        enabled: true,
+        async defaultResource(ctx, client, oneOf) {
+          if (oneOf) return oneOf;
+          // User flows only (authorization and device endpoints); at /token this is reached
+          // only by client_credentials, whose tokens stay opaque.
+          if (!jwtAudience || ctx.oidc.route === 'token') return undefined;
+          return jwtAudience;
+        },
+        async useGrantedResource() {
+          return jwtAudience !== null;
+        },
+        async getResourceServerInfo(ctx, resourceIndicator) {
+          if (jwtAudience && resourceIndicator === jwtAudience) {
+            return {
+              scope: JWT_RESOURCE_SCOPE,
+              audience: jwtAudience,
+              accessTokenTTL: accessTtl,
+              accessTokenFormat: 'jwt',
+            };
+          }
+          throw new errors.InvalidTarget();
+        },
+      },
     },
     interactions: {
       url: (ctx, interaction) => `/interaction/${interaction.uid}`,
@@ -376,7 +424,12 @@ function buildProvider(issuer) {
       };
     },
     async extraTokenClaims(ctx, token) {
-      if (token.accountId) return { email: token.accountId };
+      if (token.accountId) {
+        const email = delegations.get(token.accountId.toLowerCase()) ?? token.accountId;
+        // JWT (resource-bound) tokens look like Microsoft's: `upn` and `scp` besides `email`.
+        if (token.resourceServer) return { email, upn: email, scp: token.scope || undefined };
+        return { email };
+      }
       if (token.kind === 'ClientCredentials' && APP_MAILBOX_CLIENTS.has(token.clientId)) return { email: appMailbox };
       return undefined;
     },
@@ -529,6 +582,6 @@ server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
   provider = buildProvider(`http://127.0.0.1:${port}`);
   providerCallback = provider.callback();
-  log(`listening on 127.0.0.1:${port}, access_token_ttl_secs=${accessTtl}, refresh_token_ttl_secs=${refreshTtl}, ${users.size} user(s)`);
+  log(`listening on 127.0.0.1:${port}, access_token_ttl_secs=${accessTtl}, refresh_token_ttl_secs=${refreshTtl}, ${users.size} user(s), ${delegations.size} delegation(s), jwt_access_token_audience=${jwtAudience}`);
   process.stdout.write(`${JSON.stringify({ ready: true, port })}\n`);
 });

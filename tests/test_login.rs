@@ -1,0 +1,182 @@
+//! `mailsluice test-login`: every step printed with its result, exit 0 only when a mailbox
+//! was opened, the failing step named (wrong user, TLS below 1.2), no secret printed.
+
+mod node;
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use node::{Node, corpus, free_port};
+use support::{Dovecot, DovecotOptions, Oidc, OidcOptions};
+
+const ALICE: &str = "alice@example.test";
+const ALICE_PW: &str = "alice-password";
+const SCOPE: &str = "openid offline_access email mail";
+
+fn oauth_config(oidc: &Oidc, host_port: (&str, u16), username: &str, protocol: &str) -> String {
+    format!(
+        "[providers.local]\nkind = \"oidc\"\nissuer = \"{}\"\nclient_id = \"collector\"\n\n[sources.mail]\nprotocol = \"{protocol}\"\nhost = \"{}\"\nport = {}\nusername = \"{username}\"\nauth = \"oauth2\"\nprovider = \"local\"\n",
+        oidc.issuer, host_port.0, host_port.1
+    )
+}
+
+fn import(node: &Node, oidc: &Oidc) -> String {
+    let t = oidc.login_auth_code("collector", ALICE, ALICE_PW, SCOPE);
+    let refresh = t.refresh_token.unwrap();
+    let f = node.file("rt", &refresh);
+    node.cli_ok(&[
+        "tokens",
+        "import",
+        "mail",
+        "--refresh-token-file",
+        f.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(f).unwrap();
+    refresh
+}
+
+fn run(node: &Node) -> (bool, String) {
+    let out = node.cli(&["test-login", "mail"]);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn success_walks_every_step_and_prints_no_secret() {
+    let oidc = Oidc::start(OidcOptions::default());
+    let dovecot = Dovecot::start(DovecotOptions {
+        oidc_introspection_url: Some(oidc.introspection_url()),
+        ..DovecotOptions::default()
+    });
+    dovecot.seed(ALICE, &corpus::corpus("tl"));
+    let node = Node::new(
+        &dovecot.ca_pem,
+        &oauth_config(&oidc, ("localhost", dovecot.imaps_port), ALICE, "imap"),
+    );
+    let refresh = import(&node, &oidc);
+    let (ok, out) = run(&node);
+    println!("{out}");
+    assert!(ok, "{out}");
+    for needle in [
+        "[ ok ] resolve",
+        "[ ok ] connect",
+        "[ ok ] tls          TLSv1_3",
+        "[ ok ] capabilities",
+        "AUTH=XOAUTH2",
+        "[ ok ] token        cached; opaque token",
+        "[ ok ] sasl         XOAUTH2 as user=alice@example.test",
+        "[ ok ] mailbox      EXAMINE INBOX: 7 messages",
+        "[ ok ] header       Subject: html tl",
+        "result: mailbox opened",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    for issued in oidc.issued_tokens().iter().chain([&refresh]) {
+        assert!(!out.contains(issued.as_str()), "a token was printed");
+    }
+}
+
+#[test]
+fn wrong_user_fails_at_sasl_with_the_server_reply() {
+    let oidc = Oidc::start(OidcOptions::default());
+    let dovecot = Dovecot::start(DovecotOptions {
+        oidc_introspection_url: Some(oidc.introspection_url()),
+        ..DovecotOptions::default()
+    });
+    let node = Node::new(
+        &dovecot.ca_pem,
+        &oauth_config(
+            &oidc,
+            ("localhost", dovecot.imaps_port),
+            "bob@example.test",
+            "imap",
+        ),
+    );
+    import(&node, &oidc);
+    let (ok, out) = run(&node);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("[FAIL] sasl         XOAUTH2 as user=bob@example.test"),
+        "{out}"
+    );
+    assert!(out.contains("AUTHENTICATIONFAILED"), "{out}");
+    assert!(out.contains("result: FAILED"), "{out}");
+}
+
+#[test]
+fn password_pop3_through_a_running_node() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    dovecot.seed(ALICE, &corpus::corpus("tp"));
+    let body = format!(
+        "[sources.mail]\nprotocol = \"pop3\"\nhost = \"localhost\"\nport = {}\nsecurity = \"starttls\"\nusername = \"{ALICE}\"\nauth = \"password\"\npassword_env = \"PW\"\npoll_interval_secs = 3600\n",
+        dovecot.pop3_port
+    );
+    let mut node = Node::new(&dovecot.ca_pem, &body);
+    node.env.push(("PW".into(), ALICE_PW.into()));
+    node.start();
+    node.wait_stored("mail", 7, Duration::from_secs(30));
+    let (ok, out) = run(&node); // the store is locked: this goes through the node's API
+    node.stop();
+    assert!(ok, "{out}");
+    assert!(out.contains("[ ok ] connect      localhost:"), "{out}");
+    assert!(out.contains("(STARTTLS)"), "{out}");
+    assert!(out.contains("[ ok ] mailbox      7 messages"), "{out}");
+    assert!(!out.contains(ALICE_PW), "password printed");
+}
+
+#[test]
+fn server_offering_only_tls_1_1_is_refused_by_name() {
+    let ca = support::ca();
+    let port = free_port();
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT:@SECLEVEL=0",
+            "-quiet",
+        ])
+        .arg("-cert")
+        .arg(&ca.cert_pem)
+        .arg("-key")
+        .arg(&ca.key_pem)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl");
+    // Wait until it accepts.
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "openssl s_server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = format!(
+        "[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nport = {port}\nusername = \"{ALICE}\"\nauth = \"password\"\npassword_env = \"PW\"\n"
+    );
+    let mut node = Node::new(&ca.ca_pem, &body);
+    node.env.push(("PW".into(), ALICE_PW.into()));
+    let (ok, out) = run(&node);
+    println!("{out}");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(!ok, "{out}");
+    assert!(out.contains("[FAIL] tls"), "{out}");
+    assert!(
+        out.contains(&format!("localhost:{port}")),
+        "server not named: {out}"
+    );
+    assert!(out.contains("TLS 1.2 or newer"), "{out}");
+}
