@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::auth::TokenError;
 use crate::config::{SourceAuth, SourceSettings};
-use crate::ingest::{self, Credential, CycleError};
+use crate::ingest::{self, Credential, CycleError, ReopenAt};
 use crate::net::{Connector, SessionError};
 use crate::secret::Secret;
 use crate::store::Store;
@@ -43,6 +43,8 @@ pub struct CollectorDeps {
     pub tokens: Recipient<GetAccessToken>,
     /// Told when the server refuses an access token, so the next session refreshes.
     pub invalidate: Recipient<InvalidateAccessToken>,
+    /// `node.token_refresh_margin_secs`: sessions end this long before their token expires.
+    pub token_margin: Duration,
     /// Global `node.max_sessions` limit.
     pub sessions: Arc<Semaphore>,
     pub registry: Registry,
@@ -66,11 +68,11 @@ enum Attempt {
     Failed(ErrorKind, String),
 }
 
-async fn credential(deps: &CollectorDeps) -> Result<Credential, Attempt> {
+async fn credential(deps: &CollectorDeps) -> Result<(Credential, Option<ReopenAt>), Attempt> {
     let source = &deps.source;
     match &source.auth {
         SourceAuth::Password { secret } => crate::config::read_secret(secret)
-            .map(|p| Credential::Password(Secret::new(p)))
+            .map(|p| (Credential::Password(Secret::new(p)), None))
             .map_err(|e| {
                 Attempt::Failed(
                     ErrorKind::Auth,
@@ -85,7 +87,12 @@ async fn credential(deps: &CollectorDeps) -> Result<Credential, Attempt> {
                 })
                 .await;
             match asked {
-                Ok(Ok(tok)) => Ok(Credential::AccessToken(tok.token)),
+                Ok(Ok(tok)) => Ok((
+                    Credential::AccessToken(tok.token),
+                    Some(ReopenAt(
+                        tok.expires_at - deps.token_margin.as_secs() as i64,
+                    )),
+                )),
                 Ok(Err(e)) if e.needs_reauth() => Err(Attempt::NeedsReauth(e.to_string())),
                 Ok(Err(TokenError::Transient {
                     retry_after,
@@ -114,12 +121,13 @@ async fn attempt(deps: &CollectorDeps) -> Attempt {
     let Ok(_permit) = deps.sessions.clone().acquire_owned().await else {
         return Attempt::Failed(ErrorKind::Connect, "session limiter closed".into());
     };
-    let cred = match credential(deps).await {
+    let (cred, reopen_at) = match credential(deps).await {
         Ok(c) => c,
         Err(a) => return a,
     };
     let started = Instant::now();
-    let result = ingest::run_cycle(&deps.store, &deps.connector, &deps.source, &cred).await;
+    let result =
+        ingest::run_cycle(&deps.store, &deps.connector, &deps.source, &cred, reopen_at).await;
     let secs = started.elapsed().as_secs_f64();
     let name = &deps.source.name;
     match result {
@@ -183,7 +191,13 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
                 if report.stored > 0 || report.skipped > 0 {
                     tracing::info!(source = %name, stored = report.stored, bytes = report.bytes, skipped = report.skipped, already = report.already, "collected");
                 }
-                deps.source.poll_interval
+                if report.more {
+                    // Ended before its token expired; carry on with a fresh token now.
+                    tracing::debug!(source = %name, "session re-opened before its access token expires");
+                    Duration::ZERO
+                } else {
+                    deps.source.poll_interval
+                }
             }
             Attempt::NeedsReauth(reason) => {
                 telemetry::error(&name, ErrorKind::Token);

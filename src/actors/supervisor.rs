@@ -74,6 +74,7 @@ impl Supervisor {
             invalidate: self.tokens.clone().recipient::<InvalidateAccessToken>(),
             sessions: self.sessions.clone(),
             registry: self.registry.clone(),
+            token_margin: self.settings.node.token_refresh_margin,
         };
         let addr = Collector::new(deps, ctx.address().recipient()).start();
         self.collectors.insert(name.to_string(), addr);

@@ -57,6 +57,20 @@ pub struct CycleReport {
     pub skipped: u64,
     /// Messages seen on the server and not yet stored when the cycle began.
     pub backlog: u64,
+    /// The cycle ended early (its access token was about to expire): start the next one
+    /// right away instead of waiting for the poll interval.
+    pub more: bool,
+}
+
+/// When a session must end so that it never runs on an expired access token: Unix seconds,
+/// checked between batches (at least one batch always runs, so every cycle makes progress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReopenAt(pub i64);
+
+impl ReopenAt {
+    fn reached(reopen: Option<ReopenAt>) -> bool {
+        reopen.is_some_and(|r| chrono::Utc::now().timestamp() >= r.0)
+    }
 }
 
 /// The secret a session signs in with.
@@ -99,16 +113,18 @@ fn login<'a>(source: &'a SourceSettings, cred: &'a Credential) -> Result<Login<'
     })
 }
 
-/// Runs one collection cycle for `source`.
+/// Runs one collection cycle for `source`. With `reopen_at` (OAuth2), a long backfill ends
+/// its session before the access token expires and reports `more`.
 pub async fn run_cycle(
     store: &Arc<Store>,
     connector: &Connector,
     source: &SourceSettings,
     cred: &Credential,
+    reopen_at: Option<ReopenAt>,
 ) -> Result<CycleReport, CycleError> {
     match source.protocol {
-        Protocol::Imap => run_imap(store, connector, source, cred).await,
-        Protocol::Pop3 => run_pop3(store, connector, source, cred).await,
+        Protocol::Imap => run_imap(store, connector, source, cred, reopen_at).await,
+        Protocol::Pop3 => run_pop3(store, connector, source, cred, reopen_at).await,
     }
 }
 
@@ -146,6 +162,7 @@ async fn run_imap(
     connector: &Connector,
     source: &SourceSettings,
     cred: &Credential,
+    reopen_at: Option<ReopenAt>,
 ) -> Result<CycleReport, CycleError> {
     let max_literal = source.max_message_bytes.saturating_add(64 * 1024);
     let mut session = ImapSession::open(
@@ -199,7 +216,11 @@ async fn run_imap(
                 wanted.push((uid, false));
             }
         }
-        for batch in wanted.chunks(FETCH_BATCH) {
+        for (i, batch) in wanted.chunks(FETCH_BATCH).enumerate() {
+            if i > 0 && ReopenAt::reached(reopen_at) {
+                report.more = true;
+                break;
+            }
             fetch_batch(
                 store,
                 &mut session,
@@ -213,6 +234,9 @@ async fn run_imap(
         }
         // Durable before anything is done on the server (post-actions) or reported.
         store.flush().await?;
+        if report.more {
+            break;
+        }
     }
     store.flush().await?;
     session.logout().await;
@@ -284,6 +308,7 @@ async fn run_pop3(
     connector: &Connector,
     source: &SourceSettings,
     cred: &Credential,
+    reopen_at: Option<ReopenAt>,
 ) -> Result<CycleReport, CycleError> {
     let mut session =
         Pop3Session::open(connector, &source.host, source.port, source.security).await?;
@@ -298,7 +323,11 @@ async fn run_pop3(
         .collect();
     report.backlog = todo.len() as u64;
     telemetry::backlog(&source.name, report.backlog);
-    for (n, uid) in todo {
+    for (i, (n, uid)) in todo.into_iter().enumerate() {
+        if i > 0 && i % FETCH_BATCH == 0 && ReopenAt::reached(reopen_at) {
+            report.more = true;
+            break;
+        }
         let size = sizes.get(&n).copied().unwrap_or(0);
         if size > source.max_message_bytes {
             tracing::warn!(source = %source.name, uidl = %uid, size, limit = source.max_message_bytes, "message over max_message_bytes skipped");
