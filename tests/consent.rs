@@ -262,3 +262,40 @@ fn app_only_client_credentials_collect_the_target_mailbox() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("app_only"));
 }
+
+#[test]
+fn shared_mailbox_delegate_signs_in_and_the_shared_mailbox_is_collected() {
+    // alice is a delegate of shared@: her tokens open shared@'s mailbox (SASL user=shared@),
+    // while her ID token still names her, which is what identity pinning checks.
+    let oidc = Oidc::start(OidcOptions {
+        delegations: vec![(ALICE.into(), "shared@example.test".into())],
+        ..OidcOptions::default()
+    });
+    let dovecot = Dovecot::start(DovecotOptions {
+        oidc_introspection_url: Some(oidc.introspection_url()),
+        ..DovecotOptions::default()
+    });
+    let body = config(&oidc, &dovecot, ALICE) + "shared_mailbox = \"shared@example.test\"\n";
+    let mut node = Node::new(&dovecot.ca_pem, &body);
+    let mut auth = Authorize::spawn(&node, &[]);
+    let url = auth.wait_line("authorization URL", url_line(&oidc));
+    browser_consent(&oidc, &url, ALICE, ALICE_PW);
+    let (ok, out, err) = auth.finish();
+    assert!(ok, "{out}\n{err}");
+    dovecot.seed("shared@example.test", &corpus::many("sh", 3));
+    dovecot.seed(ALICE, &corpus::many("own", 5));
+    node.start();
+    node.wait_stored("mail", 3, Duration::from_secs(30));
+    node.stop();
+    let list = node.cli_ok(&["messages", "list"]);
+    assert_eq!(list.lines().count(), 3, "only shared@'s messages: {list}");
+    assert!(
+        list.contains("bulk 0 sh") && !list.contains(" own"),
+        "{list}"
+    );
+    let report = node.cli_ok(&["test-login", "mail"]);
+    assert!(
+        report.contains("XOAUTH2 as user=shared@example.test"),
+        "{report}"
+    );
+}

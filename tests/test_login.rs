@@ -180,3 +180,32 @@ fn server_offering_only_tls_1_1_is_refused_by_name() {
     );
     assert!(out.contains("TLS 1.2 or newer"), "{out}");
 }
+
+#[test]
+fn graph_audience_token_is_named_as_the_problem() {
+    let oidc = Oidc::start(OidcOptions {
+        jwt_access_token_audience: Some("https://graph.microsoft.com".into()),
+        ..OidcOptions::default()
+    });
+    let dovecot = Dovecot::start(DovecotOptions {
+        oidc_introspection_url: Some(oidc.introspection_url()),
+        ..DovecotOptions::default()
+    });
+    let node = Node::new(
+        &dovecot.ca_pem,
+        &oauth_config(&oidc, ("localhost", dovecot.imaps_port), ALICE, "imap"),
+    );
+    import(&node, &oidc);
+    let (ok, out) = run(&node);
+    println!("{out}");
+    assert!(!ok, "{out}");
+    assert!(out.contains("[FAIL] token"), "{out}");
+    assert!(out.contains("aud=https://graph.microsoft.com"), "{out}");
+    assert!(
+        out.contains(
+            "problem: audience is Microsoft Graph; IMAP/POP need https://outlook.office.com"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("[FAIL] sasl"), "{out}");
+}
