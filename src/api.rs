@@ -52,6 +52,9 @@ pub struct TokenView {
     pub state: Option<String>,
     /// Who consented (identity pinning), when known.
     pub identity: Option<String>,
+    /// Expiry horizons coming up (client secret, idle refresh token), with the action.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 fn ts(unix: Option<i64>) -> Option<String> {
@@ -83,6 +86,13 @@ pub fn token_views(
             refresh_token_obtained: ts(rec.refresh_token_obtained),
             needs_reauth: rec.needs_reauth.clone(),
             identity: rec.identity.clone(),
+            warnings: settings
+                .providers
+                .get(provider)
+                .map(|p| {
+                    crate::auth::horizons::warnings(p, Some(&rec), chrono::Utc::now().timestamp())
+                })
+                .unwrap_or_default(),
             state: registry
                 .and_then(|r| r.state(name))
                 .map(|s| s.as_str().to_string()),

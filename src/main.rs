@@ -411,6 +411,9 @@ fn tokens_status(settings: &Settings) -> anyhow::Result<()> {
         if let Some(state) = v.state {
             println!("  state:                {state}");
         }
+        for w in &v.warnings {
+            println!("  WARNING: {w}");
+        }
         if let Some(r) = v.needs_reauth {
             println!("  NEEDS RE-AUTHORIZATION: {r}");
         }

@@ -544,3 +544,36 @@ fn no_secret_in_logs_metrics_cli_output_or_store_files_over_a_whole_run() {
         "trace logging was not on"
     );
 }
+
+#[test]
+fn client_secret_expiry_is_warned_about_and_exported() {
+    let ca = support::ca();
+    let soon = (chrono::Utc::now() + chrono::Duration::days(10))
+        .format("%Y-%m-%d")
+        .to_string();
+    let body = format!(
+        "[providers.o365]\nkind = \"office365\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"app\"\nclient_secret_env = \"O365_SECRET\"\nclient_secret_expires = \"{soon}\"\n\n[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nport = 1\nusername = \"support@contoso.com\"\nauth = \"oauth2\"\nprovider = \"o365\"\n"
+    );
+    let mut node = Node::new(&ca.ca_pem, &body);
+    node.env.push(("O365_SECRET".into(), "s3cr3t-value".into()));
+    let status = node.cli_ok(&["tokens", "status"]);
+    assert!(
+        status.contains(&format!(
+            "WARNING: client secret of provider o365 expires on {soon}"
+        )),
+        "{status}"
+    );
+    node.start();
+    let metrics = node.get("/metrics");
+    let log = node.log();
+    node.stop();
+    assert!(
+        metrics.contains("mailsluice_client_secret_expiry_timestamp_seconds{provider=\"o365\"}"),
+        "{metrics}"
+    );
+    assert!(
+        log.contains("client secret of provider o365 expires"),
+        "{log}"
+    );
+    assert!(!log.contains("s3cr3t-value") && !metrics.contains("s3cr3t-value"));
+}

@@ -62,6 +62,23 @@ impl Supervisor {
         }
     }
 
+    /// Logs every expiry horizon coming up (client secrets, idle refresh tokens).
+    fn warn_horizons(&self) {
+        let now = chrono::Utc::now().timestamp();
+        for (name, source) in &self.settings.sources {
+            let crate::config::SourceAuth::OAuth2 { provider, .. } = &source.auth else {
+                continue;
+            };
+            let Some(p) = self.settings.providers.get(provider) else {
+                continue;
+            };
+            let record = self.store.token(name).ok().flatten();
+            for w in crate::auth::horizons::warnings(p, record.as_ref(), now) {
+                tracing::warn!(source = %name, provider = %provider, "{w}");
+            }
+        }
+    }
+
     fn start_collector(&mut self, name: &str, ctx: &mut Context<Self>) {
         let Some(source) = self.settings.sources.get(name).cloned() else {
             return;
@@ -85,9 +102,15 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        for provider in self.settings.providers.keys() {
-            telemetry::register_provider(provider);
+        for (name, provider) in &self.settings.providers {
+            telemetry::register_provider(name);
+            if let Some(exp) = crate::auth::horizons::client_secret_expiry(provider) {
+                telemetry::client_secret_expiry(name, exp);
+            }
         }
+        self.warn_horizons();
+        // Horizons move with time: look again every day.
+        ctx.run_interval(Duration::from_secs(24 * 3600), |act, _| act.warn_horizons());
         let names: Vec<String> = self.settings.sources.keys().cloned().collect();
         for name in names {
             if self.settings.sources[&name].enabled {

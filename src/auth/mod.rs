@@ -7,6 +7,7 @@
 
 mod consent;
 mod errors;
+pub mod horizons;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -108,6 +108,14 @@ pub const OVERVIEW: &[Panel] = &[
         )],
     },
     Panel {
+        title: "Days until client secret expires",
+        unit: "d",
+        targets: &[(
+            "(mailsluice_client_secret_expiry_timestamp_seconds - time()) / 86400",
+            "{{provider}}",
+        )],
+    },
+    Panel {
         title: "Backlog (messages seen, not yet stored)",
         unit: "short",
         targets: &[("mailsluice_backlog_messages", "{{source}}")],

@@ -302,6 +302,11 @@ pub fn access_token_expiry(source: &str, unix: i64) {
         .set(unix as f64);
 }
 
+pub fn client_secret_expiry(provider: &str, unix: i64) {
+    gauge!("mailsluice_client_secret_expiry_timestamp_seconds", "provider" => provider.to_string())
+        .set(unix as f64);
+}
+
 pub fn refresh_token_last_used(source: &str, unix: i64) {
     gauge!("mailsluice_refresh_token_last_used_timestamp_seconds", "source" => source.to_string())
         .set(unix as f64);
