@@ -184,6 +184,12 @@ pub const CATALOG: &[MetricDef] = &[
         "Unix time the source's refresh token was last used successfully (Microsoft revokes after 90 days unused)."
     ),
     m!(
+        "client_secret_expiry_timestamp_seconds",
+        Gauge,
+        ["provider"],
+        "Unix time at which the provider's client secret expires (from providers.*.client_secret_expires)."
+    ),
+    m!(
         "source_state",
         Gauge,
         ["source", "state"],
