@@ -65,6 +65,11 @@ enum Command {
     /// Step-by-step check of one source (DNS, TCP, TLS, capabilities, token, SASL,
     /// mailbox, one header). Exit 0 only when a mailbox was opened.
     TestLogin { source: String },
+    /// At-rest encryption of tokens.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Read the store.
     Messages {
         #[command(subcommand)]
@@ -83,6 +88,12 @@ enum TokensCommand {
     },
     /// Per source: access-token expiry, refresh-token age and last use, state.
     Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum SecretsCommand {
+    /// Re-encrypt every stored token under a new node.secret_key_file (node stopped).
+    RotateKey,
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +168,24 @@ fn main() -> ExitCode {
             TokensCommand::Status => tokens_status(&settings),
         },
         Command::Messages { command } => messages(&settings, command),
+        Command::Secrets {
+            command: SecretsCommand::RotateKey,
+        } => match open_store(&settings) {
+            Ok(Some(store)) => store
+                .rotate_key()
+                .map(|n| {
+                    println!(
+                        "re-encrypted {n} token record(s) under a new key in {}",
+                        settings.node.secret_key_file.display()
+                    )
+                })
+                .map_err(Into::into),
+            Ok(None) => Err(UsageError(
+                "the store is in use by a running node: stop it, then rotate the key".into(),
+            )
+            .into()),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -106,3 +106,57 @@ fn unknown_source_for_import_is_a_usage_error() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no source named \"nope\""), "{err}");
 }
+
+#[test]
+fn rotate_key_refuses_while_a_node_holds_the_store_and_works_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\nsecret_key_file = \"{}\"\n",
+            dir.path().join("d").display(),
+            dir.path().join("k").display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "secrets", "rotate-key"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("re-encrypted 0 token record(s)"), "{out}");
+    let key_before = std::fs::read_to_string(dir.path().join("k")).unwrap();
+    // Hold the store like a running node would.
+    let store =
+        mailsluice::store::Store::open(&dir.path().join("d"), &dir.path().join("k")).unwrap();
+    let (code, _, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "secrets", "rotate-key"],
+        &[],
+    );
+    drop(store);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("stop it"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("k")).unwrap(),
+        key_before
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("k"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "key file mode {mode:o}");
+        let mode = std::fs::metadata(dir.path().join("d"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700, "data dir mode {mode:o}");
+    }
+}

@@ -12,6 +12,13 @@ pub struct SecretBox {
     cipher: ChaCha20Poly1305,
 }
 
+/// The file a key rotation writes the new key to before it re-encrypts anything.
+pub fn pending_path(key_file: &Path) -> std::path::PathBuf {
+    let mut name = key_file.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    key_file.with_file_name(name)
+}
+
 impl SecretBox {
     pub fn load_or_create(path: &Path) -> Result<SecretBox, String> {
         let key = match std::fs::read_to_string(path) {
@@ -32,6 +39,29 @@ impl SecretBox {
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
+        Ok(SecretBox {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+        })
+    }
+
+    /// A fresh random key, written to `path` (0600, must not exist).
+    pub fn create_at(path: &Path) -> Result<SecretBox, String> {
+        let mut key = vec![0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        write_private(path, hex::encode(&key).as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(SecretBox {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+        })
+    }
+
+    /// Loads an existing key file.
+    pub fn load(path: &Path) -> Result<SecretBox, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let key = hex::decode(text.trim())
+            .ok()
+            .filter(|k| k.len() == 32)
+            .ok_or_else(|| format!("{}: expected 64 hex characters", path.display()))?;
         Ok(SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
         })

@@ -153,7 +153,9 @@ pub struct Store {
     content: sled::Tree,
     checkpoints: sled::Tree,
     tokens: sled::Tree,
-    secret_box: SecretBox,
+    /// Behind a lock because `rotate_key` swaps it.
+    secret_box: std::sync::RwLock<SecretBox>,
+    key_file: std::path::PathBuf,
 }
 
 fn imap_key(source: &str, folder: &str, uidvalidity: u32, uid: u32) -> Vec<u8> {
@@ -223,16 +225,18 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        let secret_box = SecretBox::load_or_create(key_file).map_err(StoreError::Key)?;
+        let tokens = db.open_tree("tokens")?;
+        let secret_box = open_key(key_file, &tokens)?;
         Ok(Store {
             messages: db.open_tree("messages")?,
             raw: db.open_tree("raw")?,
             index: db.open_tree("index")?,
             content: db.open_tree("content")?,
             checkpoints: db.open_tree("checkpoints")?,
-            tokens: db.open_tree("tokens")?,
+            tokens,
             db,
-            secret_box,
+            secret_box: std::sync::RwLock::new(secret_box),
+            key_file: key_file.to_path_buf(),
         })
     }
 
@@ -467,6 +471,8 @@ impl Store {
             Some(v) => {
                 let plain = self
                     .secret_box
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
                     .open(&v)
                     .map_err(|e| StoreError::Corrupt(format!("token {key}: {e}")))?;
                 serde_json::from_slice(&plain)
@@ -481,10 +487,44 @@ impl Store {
     /// token must survive a crash before the new access token is used.
     pub async fn put_token(&self, key: &str, token: &StoredToken) -> Result<(), StoreError> {
         let plain = serde_json::to_vec(token).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let sealed = self.secret_box.seal(&plain).map_err(StoreError::Key)?;
+        let sealed = self
+            .secret_box
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .seal(&plain)
+            .map_err(StoreError::Key)?;
         self.tokens.insert(key.as_bytes(), sealed)?;
         self.tokens.flush_async().await?;
         Ok(())
+    }
+
+    /// Replaces the at-rest key: a new key is written beside the old one (`<key>.new`),
+    /// every token record is re-encrypted in one batch and flushed, then the new key file
+    /// replaces the old. A crash at any point leaves a store that opens (see `open_key`).
+    /// Returns the number of records re-encrypted.
+    pub fn rotate_key(&self) -> Result<usize, StoreError> {
+        let pending = crypto::pending_path(&self.key_file);
+        let _ = std::fs::remove_file(&pending);
+        let new_box = SecretBox::create_at(&pending).map_err(StoreError::Key)?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        {
+            let old = self.secret_box.read().unwrap_or_else(|p| p.into_inner());
+            for item in self.tokens.iter() {
+                let (k, v) = item?;
+                let plain = old.open(&v).map_err(|e| {
+                    StoreError::Corrupt(format!("token {}: {e}", String::from_utf8_lossy(&k)))
+                })?;
+                batch.insert(k, new_box.seal(&plain).map_err(StoreError::Key)?);
+                n += 1;
+            }
+        }
+        self.tokens.apply_batch(batch)?;
+        self.tokens.flush()?;
+        std::fs::rename(&pending, &self.key_file)
+            .map_err(|e| StoreError::Key(format!("{}: {e}", self.key_file.display())))?;
+        *self.secret_box.write().unwrap_or_else(|p| p.into_inner()) = new_box;
+        Ok(n)
     }
 
     pub fn token_keys(&self) -> Result<Vec<String>, StoreError> {
@@ -495,6 +535,33 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Loads the at-rest key, finishing or undoing an interrupted rotation: when `<key>.new`
+/// exists, whichever key opens the stored records wins and the other file goes.
+fn open_key(key_file: &Path, tokens: &sled::Tree) -> Result<SecretBox, StoreError> {
+    let pending = crypto::pending_path(key_file);
+    if !pending.exists() {
+        return SecretBox::load_or_create(key_file).map_err(StoreError::Key);
+    }
+    let sample = tokens.iter().next().transpose()?.map(|(_, v)| v);
+    let current = SecretBox::load(key_file).ok();
+    let opens = |b: &SecretBox| sample.as_ref().is_none_or(|v| b.open(v).is_ok());
+    if let Some(cur) = current.filter(|b| opens(b)) {
+        let _ = std::fs::remove_file(&pending);
+        return Ok(cur);
+    }
+    let new = SecretBox::load(&pending).map_err(StoreError::Key)?;
+    if !opens(&new) {
+        return Err(StoreError::Key(format!(
+            "neither {} nor {} decrypts the stored tokens",
+            key_file.display(),
+            pending.display()
+        )));
+    }
+    std::fs::rename(&pending, key_file)
+        .map_err(|e| StoreError::Key(format!("{}: {e}", key_file.display())))?;
+    Ok(new)
 }
 
 #[cfg(unix)]
@@ -592,6 +659,48 @@ mod tests {
     }
 
     #[test]
+    fn key_rotation_reencrypts_and_survives_an_interruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        let tok = StoredToken {
+            refresh_token: Some("rt-value".into()),
+            ..Default::default()
+        };
+        {
+            let s = Store::open(&dir.path().join("db"), &key).unwrap();
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(s.put_token("a", &tok))
+                .unwrap();
+            let before = std::fs::read_to_string(&key).unwrap();
+            assert_eq!(s.rotate_key().unwrap(), 1);
+            assert_ne!(std::fs::read_to_string(&key).unwrap(), before);
+            assert_eq!(s.token("a").unwrap().unwrap(), tok);
+            assert!(!crypto::pending_path(&key).exists());
+        }
+        // Reopen with the rotated key.
+        let s = Store::open(&dir.path().join("db"), &key).unwrap();
+        assert_eq!(s.token("a").unwrap().unwrap(), tok);
+        // Interrupted before the rename: records are under the pending key.
+        let pending = crypto::pending_path(&key);
+        let new_box = SecretBox::create_at(&pending).unwrap();
+        let plain = serde_json::to_vec(&tok).unwrap();
+        s.tokens.insert("a", new_box.seal(&plain).unwrap()).unwrap();
+        s.flush_sync().unwrap();
+        drop(s);
+        let s = Store::open(&dir.path().join("db"), &key).unwrap();
+        assert_eq!(s.token("a").unwrap().unwrap(), tok);
+        assert!(!pending.exists());
+        // Interrupted before any record moved: the old key stays, the pending one goes.
+        SecretBox::create_at(&pending).unwrap();
+        drop(s);
+        let s = Store::open(&dir.path().join("db"), &key).unwrap();
+        assert_eq!(s.token("a").unwrap().unwrap(), tok);
+        assert!(!pending.exists());
+    }
+
+    #[test]
     fn pop3_uidls_and_tokens() {
         let (d, s) = store();
         let msg = NewMessage {
@@ -608,8 +717,11 @@ mod tests {
             refresh_token: Some("very-secret-refresh".into()),
             ..Default::default()
         };
-        futures_util::FutureExt::now_or_never(s.put_token("p", &tok));
-        s.flush_sync().unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(s.put_token("p", &tok))
+            .unwrap();
         assert_eq!(s.token("p").unwrap().unwrap(), tok);
         assert!(!format!("{tok:?}").contains("very-secret"));
         drop(s);
