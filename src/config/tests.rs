@@ -733,3 +733,34 @@ fn read_secret_never_returns_the_value_in_errors() {
     let err = read_secret(&SecretRef::File(empty)).unwrap_err();
     assert_contains(&err, "is empty");
 }
+
+#[test]
+fn sovereign_cloud_changes_the_authority_and_needs_explicit_scopes() {
+    let needs_scopes = errors(&BASE.replace(
+        "client_id = \"app-id\"",
+        "client_id = \"app-id\"\ncloud = \"usgov\"",
+    ));
+    assert_contains(
+        &at(&needs_scopes, "providers.o365.cloud").message,
+        "needs explicit scopes",
+    );
+    let s = ok(&BASE.replace(
+        "client_id = \"app-id\"",
+        "client_id = \"app-id\"\ncloud = \"usgov\"\nscopes = [\"https://outlook.office365.us/IMAP.AccessAsUser.All\", \"offline_access\"]",
+    ));
+    let p = &s.providers["o365"];
+    assert_contains(
+        p.token_url.as_deref().unwrap(),
+        "https://login.microsoftonline.us/organizations/oauth2/v2.0/token",
+    );
+    let bad = errors(&BASE.replace(
+        "client_id = \"app-id\"",
+        "client_id = \"app-id\"\ncloud = \"mars\"",
+    ));
+    assert_contains(&at(&bad, "providers.o365.cloud").message, "is not a cloud");
+    let global = ok(BASE);
+    assert_contains(
+        global.providers["o365"].token_url.as_deref().unwrap(),
+        "https://login.microsoftonline.com/",
+    );
+}

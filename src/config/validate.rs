@@ -32,6 +32,7 @@ const TLS_KEYS: &[&str] = &["min_version", "extra_ca_file", "backend"];
 const PROVIDER_KEYS: &[&str] = &[
     "kind",
     "tenant",
+    "cloud",
     "flow",
     "client_id",
     "client_secret_env",
@@ -516,6 +517,43 @@ fn provider(ctx: &mut Ctx, name: &str, t: &Table) -> Option<ProviderSettings> {
         }
         None => None,
     };
+    // Sovereign clouds have their own sign-in host; their Exchange resource differs too,
+    // so scopes must be given explicitly there rather than guessed.
+    let authority = match (kind, t.string(ctx, "cloud")) {
+        (Some(Office365), None) => OFFICE365_AUTHORITY,
+        (Some(Office365), Some(c)) => match c.as_str() {
+            "global" => OFFICE365_AUTHORITY,
+            "usgov" | "china" => {
+                if !t.has("scopes") {
+                    ctx.error(
+                        &t.key("cloud"),
+                        format!(
+                            "cloud = \"{c}\" needs explicit scopes: the Exchange resource of that cloud \
+                             (e.g. its IMAP.AccessAsUser.All scope URL and offline_access) differs from \
+                             https://outlook.office.com"
+                        ),
+                    );
+                }
+                if c == "usgov" {
+                    "https://login.microsoftonline.us"
+                } else {
+                    "https://login.chinacloudapi.cn"
+                }
+            }
+            other => {
+                ctx.error(
+                    &t.key("cloud"),
+                    format!("{other:?} is not a cloud: use \"global\", \"usgov\" or \"china\""),
+                );
+                OFFICE365_AUTHORITY
+            }
+        },
+        (Some(_), Some(_)) => {
+            t.refuse(ctx, "cloud", "applies only to kind = \"office365\"");
+            OFFICE365_AUTHORITY
+        }
+        _ => OFFICE365_AUTHORITY,
+    };
     let issuer = match kind {
         Some(Oidc) | None => endpoint(ctx, t, "issuer", "issuer"),
         Some(_) => {
@@ -571,7 +609,7 @@ fn provider(ctx: &mut Ctx, name: &str, t: &Table) -> Option<ProviderSettings> {
     let (token_url, authorization_url, device_authorization_url) = match kind {
         Office365 => {
             let base = format!(
-                "{OFFICE365_AUTHORITY}/{}/oauth2/v2.0",
+                "{authority}/{}/oauth2/v2.0",
                 tenant.as_deref().unwrap_or("organizations")
             );
             (
