@@ -138,3 +138,45 @@ async fn refused_grant_parks_the_credential() {
     );
     assert!(store.token("mail").unwrap().unwrap().needs_reauth.is_some());
 }
+
+#[actix_rt::test]
+async fn provider_5xx_with_retry_after_is_honoured_without_a_refresh_storm() {
+    let oidc = Oidc::start(OidcOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (service, store) = setup(&oidc, dir.path());
+    let t = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
+    service
+        .import("mail", Secret::new(t.refresh_token.unwrap()), None)
+        .await
+        .unwrap();
+    let mut rec = store.token("mail").unwrap().unwrap();
+    rec.access_expires_at = Some(0);
+    store.put_token("mail", &rec).await.unwrap();
+    oidc.reset_stats();
+    oidc.queue_token_faults(serde_json::json!([{"status": 503, "headers": {"Retry-After": "30"}}]));
+    let manager = TokenManager::new(service).start();
+    for _ in 0..5 {
+        let e = manager
+            .send(GetAccessToken {
+                source: "mail".into(),
+            })
+            .await
+            .unwrap()
+            .expect_err("503 must fail");
+        match e {
+            mailsluice::auth::TokenError::Transient { retry_after, .. } => {
+                assert_eq!(retry_after, Some(std::time::Duration::from_secs(30)))
+            }
+            other => panic!("expected a transient error, got {other}"),
+        }
+    }
+    // One request reached the provider; the other four waited out the Retry-After.
+    let stats = oidc.stats();
+    assert_eq!(
+        stats["token_requests"]["refresh_token"]["injected"], 1,
+        "{stats}"
+    );
+    assert_eq!(refreshes(&oidc, "ok"), 0, "{stats}");
+    // The refresh token is untouched and still good.
+    assert!(store.token("mail").unwrap().unwrap().needs_reauth.is_none());
+}
