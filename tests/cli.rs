@@ -160,3 +160,71 @@ fn rotate_key_refuses_while_a_node_holds_the_store_and_works_offline() {
         assert_eq!(mode, 0o700, "data dir mode {mode:o}");
     }
 }
+
+fn write_config(dir: &std::path::Path, providers_and_sources: &str) -> std::path::PathBuf {
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\nsecret_key_file = \"{}\"\n\n{providers_and_sources}",
+            dir.join("d").display(),
+            dir.join("k").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+const GMAIL: &str = "[providers.g]\nkind = \"gmail\"\nclient_id = \"id.apps.example\"\nclient_secret_env = \"G_SECRET\"\n\n[sources.mail]\nprotocol = \"imap\"\nhost = \"imap.gmail.com\"\nusername = \"a@gmail.example\"\nauth = \"oauth2\"\nprovider = \"g\"\n";
+
+#[test]
+fn gmail_device_flow_is_refused_up_front_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), GMAIL);
+    let (code, _, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "authorize", "mail", "--device"],
+        &[("G_SECRET", "x")],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("Google does not allow Gmail scopes"), "{err}");
+}
+
+#[test]
+fn browser_authorize_times_out_cleanly_and_asks_gmail_for_offline_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), GMAIL);
+    let (code, out, err) = run(
+        dir.path(),
+        &[
+            "-c",
+            cfg.to_str().unwrap(),
+            "authorize",
+            "mail",
+            "--no-browser",
+            "--timeout-secs",
+            "1",
+        ],
+        &[("G_SECRET", "x")],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("no redirect arrived within 1s"), "{err}");
+    let url = out
+        .lines()
+        .find(|l| l.starts_with("https://"))
+        .expect("URL printed");
+    for needle in [
+        "https://accounts.google.com/o/oauth2/v2/auth?",
+        "access_type=offline",
+        "prompt=consent",
+        "scope=https%3A%2F%2Fmail.google.com%2F",
+        "code_challenge_method=S256",
+        "login_hint=a%40gmail.example",
+    ] {
+        assert!(url.contains(needle), "{needle} missing in {url}");
+    }
+    assert!(
+        !out.contains("\"x\"") && !url.contains("client_secret"),
+        "secret in the URL"
+    );
+}
