@@ -187,11 +187,13 @@ pub fn describe_access_token(
     (summary, problems)
 }
 
-fn security_name(s: Security) -> &'static str {
-    match s {
+/// `host:port (implicit TLS | STARTTLS)`.
+fn connect_detail(source: &SourceSettings) -> String {
+    let security = match source.security {
         Security::Tls => "implicit TLS",
         Security::StartTls => "STARTTLS",
-    }
+    };
+    format!("{}:{} ({security})", source.host, source.port)
 }
 
 /// Runs every step for `source`. `token` is what the token step got (for OAuth2 sources).
@@ -290,19 +292,29 @@ pub async fn test_login(
 
 fn connect_failure(report: &mut Report, source: &SourceSettings, e: &SessionError) {
     if e.kind() == ErrorKind::Tls {
-        report.push(
-            "connect",
-            true,
-            format!(
-                "{}:{} ({})",
-                source.host,
-                source.port,
-                security_name(source.security)
-            ),
-        );
+        report.push("connect", true, connect_detail(source));
         report.push("tls", false, e.to_string());
     } else {
         report.push("connect", false, e.to_string());
+    }
+}
+
+/// The steps every opened session reports: connect, TLS, capabilities, then the token.
+fn connected(
+    report: &mut Report,
+    source: &SourceSettings,
+    tls: Option<&crate::net::TlsInfo>,
+    capabilities: &std::collections::BTreeSet<String>,
+    token_step: Option<Step>,
+) {
+    report.push("connect", true, connect_detail(source));
+    if let Some(t) = tls {
+        report.push("tls", true, format!("{} {}", t.version, t.cipher));
+    }
+    let caps: Vec<&str> = capabilities.iter().map(String::as_str).collect();
+    report.push("capabilities", true, caps.join(" "));
+    if let Some(step) = token_step {
+        report.steps.push(step);
     }
 }
 
@@ -392,24 +404,13 @@ async fn imap_steps(
         Ok(s) => s,
         Err(e) => return connect_failure(report, source, &e),
     };
-    report.push(
-        "connect",
-        true,
-        format!(
-            "{}:{} ({})",
-            source.host,
-            source.port,
-            security_name(source.security)
-        ),
+    connected(
+        report,
+        source,
+        session.tls_info(),
+        &session.capabilities,
+        token_step,
     );
-    if let Some(t) = session.tls_info() {
-        report.push("tls", true, format!("{} {}", t.version, t.cipher));
-    }
-    let caps: Vec<String> = session.capabilities.iter().cloned().collect();
-    report.push("capabilities", true, caps.join(" "));
-    if let Some(step) = token_step {
-        report.steps.push(step);
-    }
     let Some(cred) = credential else { return };
     match session.login(&login_of(source, &cred)).await {
         Ok(line) => report.push(
@@ -465,24 +466,13 @@ async fn pop3_steps(
             Ok(s) => s,
             Err(e) => return connect_failure(report, source, &e),
         };
-    report.push(
-        "connect",
-        true,
-        format!(
-            "{}:{} ({})",
-            source.host,
-            source.port,
-            security_name(source.security)
-        ),
+    connected(
+        report,
+        source,
+        session.tls_info(),
+        &session.capabilities,
+        token_step,
     );
-    if let Some(t) = session.tls_info() {
-        report.push("tls", true, format!("{} {}", t.version, t.cipher));
-    }
-    let caps: Vec<String> = session.capabilities.iter().cloned().collect();
-    report.push("capabilities", true, caps.join(" "));
-    if let Some(step) = token_step {
-        report.steps.push(step);
-    }
     let Some(cred) = credential else { return };
     match session.login(&login_of(source, &cred)).await {
         Ok(line) => report.push("sasl", true, format!("{}: {line}", sasl_detail(source))),

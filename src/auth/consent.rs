@@ -51,6 +51,32 @@ pub enum DeviceFlowEvent {
     },
 }
 
+/// A token-endpoint answer: status, body and any Retry-After.
+struct FormAnswer {
+    status: u16,
+    body: Vec<u8>,
+    retry_after: Option<Duration>,
+}
+
+impl FormAnswer {
+    fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body of a 2xx answer; anything else classified as a provider error.
+    fn into_body(self, provider: &str) -> Result<Vec<u8>, TokenError> {
+        if self.is_success() {
+            Ok(self.body)
+        } else {
+            Err(self.error(provider))
+        }
+    }
+
+    fn error(&self, provider: &str) -> TokenError {
+        classify_provider_error(provider, self.status, &self.body, self.retry_after, "")
+    }
+}
+
 #[derive(Deserialize)]
 struct TokenJson {
     access_token: String,
@@ -155,7 +181,7 @@ impl TokenService {
         provider: &ProviderSettings,
         url: &str,
         mut form: Vec<(&'static str, String)>,
-    ) -> Result<(u16, Vec<u8>, Option<Duration>), TokenError> {
+    ) -> Result<FormAnswer, TokenError> {
         form.push(("client_id", provider.client_id.clone()));
         if let Some(secret) = self.client_secret(provider)? {
             form.push(("client_secret", secret.expose().to_string()));
@@ -188,7 +214,11 @@ impl TokenService {
             },
             started.elapsed().as_secs_f64(),
         );
-        Ok((status, body, retry_after))
+        Ok(FormAnswer {
+            status,
+            body,
+            retry_after,
+        })
     }
 
     /// Exchanges a token response for a verified [`Consent`].
@@ -409,7 +439,7 @@ impl TokenService {
             let _ = respond(&mut sock, 200, reply(true)).await;
             break (code, ());
         };
-        let (status, body, retry_after) = self
+        let body = self
             .post_token_form(
                 provider,
                 &token_url,
@@ -420,16 +450,8 @@ impl TokenService {
                     ("code_verifier", verifier.secret().clone()),
                 ],
             )
-            .await?;
-        if !(200..300).contains(&status) {
-            return Err(classify_provider_error(
-                &provider.name,
-                status,
-                &body,
-                retry_after,
-                "",
-            ));
-        }
+            .await?
+            .into_body(&provider.name)?;
         self.verified(source, provider, &body).await
     }
 
@@ -445,7 +467,7 @@ impl TokenService {
         if provider.kind == ProviderKind::Gmail {
             return Err(consent_err(
                 source_name,
-                "Google does not allow Gmail scopes (https://mail.google.com/) in the device flow; run `mailsluice authorize` without --device (use --no-browser and open the printed link on any machine, then forward the loopback port) ",
+                "Google does not allow Gmail scopes (https://mail.google.com/) in the device flow; run `mailsluice authorize` without --device (use --no-browser and open the printed link on any machine, then forward the loopback port)",
             ));
         }
         let device_url = self
@@ -467,18 +489,10 @@ impl TokenService {
         check_endpoint_url(&device_url).map_err(|e| consent_err(source_name, e))?;
         let token_url = self.token_url(provider).await?;
         let scopes = default_scopes(provider, Some(source)).join(" ");
-        let (status, body, retry_after) = self
+        let body = self
             .post_token_form(provider, &device_url, vec![("scope", scopes)])
-            .await?;
-        if !(200..300).contains(&status) {
-            return Err(classify_provider_error(
-                &provider.name,
-                status,
-                &body,
-                retry_after,
-                "",
-            ));
-        }
+            .await?
+            .into_body(&provider.name)?;
         let device: DeviceJson = serde_json::from_slice(&body)
             .map_err(|e| consent_err(source_name, format!("device authorization response: {e}")))?;
         let expires = device.expires_in.unwrap_or(600);
@@ -498,7 +512,7 @@ impl TokenService {
                     "the device code expired before it was approved; run authorize --device again",
                 ));
             }
-            let (status, body, retry_after) = self
+            let answer = self
                 .post_token_form(
                     provider,
                     &token_url,
@@ -511,10 +525,10 @@ impl TokenService {
                     ],
                 )
                 .await?;
-            if (200..300).contains(&status) {
-                return self.verified(source, provider, &body).await;
+            if answer.is_success() {
+                return self.verified(source, provider, &answer.body).await;
             }
-            let error = serde_json::from_slice::<serde_json::Value>(&body)
+            let error = serde_json::from_slice::<serde_json::Value>(&answer.body)
                 .ok()
                 .and_then(|j| j.get("error").and_then(|e| e.as_str()).map(str::to_string))
                 .unwrap_or_default();
@@ -538,15 +552,7 @@ impl TokenService {
                         format!("the device code expired ({error}); run authorize --device again"),
                     ));
                 }
-                _ => {
-                    return Err(classify_provider_error(
-                        &provider.name,
-                        status,
-                        &body,
-                        retry_after,
-                        "",
-                    ));
-                }
+                _ => return Err(answer.error(&provider.name)),
             }
         }
     }
