@@ -26,6 +26,15 @@ fn oauth_servers(access_ttl: u64) -> (Oidc, Dovecot) {
     (oidc, dovecot)
 }
 
+/// OAuth2 servers and a node with one IMAPS XOAUTH2 source `mail` signing in as `user`.
+fn imap_xoauth2_node(access_ttl: u64, user: &str) -> (Oidc, Dovecot, Node) {
+    let (oidc, dovecot) = oauth_servers(access_ttl);
+    let body =
+        provider(&oidc) + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", user);
+    let node = Node::new(&dovecot.ca_pem, &body);
+    (oidc, dovecot, node)
+}
+
 fn provider(oidc: &Oidc) -> String {
     format!(
         "[providers.local]\nkind = \"oidc\"\nissuer = \"{}\"\nclient_id = \"collector\"\n\n",
@@ -136,10 +145,7 @@ fn ingest_and_verify(node: &mut Node, dovecot: &Dovecot, source: &str, tag: &str
 
 #[test]
 fn imaps_xoauth2_ingests_every_message_byte_exact() {
-    let (oidc, dovecot) = oauth_servers(3600);
-    let body = provider(&oidc)
-        + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
-    let mut node = Node::new(&dovecot.ca_pem, &body);
+    let (oidc, dovecot, mut node) = imap_xoauth2_node(3600, ALICE);
     let refresh = import_token(&node, &oidc, "mail");
     ingest_and_verify(&mut node, &dovecot, "mail", "x2");
     // A second run finds nothing new and stores nothing twice.
@@ -262,10 +268,7 @@ fn pop3_stls_password() {
 fn tokens_expire_and_rotate_during_one_run() {
     // 4-second access tokens, 1-second margin: the token runs out several times while
     // the node keeps polling every second.
-    let (oidc, dovecot) = oauth_servers(4);
-    let body = provider(&oidc)
-        + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
-    let mut node = Node::new(&dovecot.ca_pem, &body);
+    let (oidc, dovecot, mut node) = imap_xoauth2_node(4, ALICE);
     import_token(&node, &oidc, "mail");
     oidc.reset_stats();
     node.start();
@@ -309,10 +312,7 @@ fn node_metrics_after_restart(node: &mut Node) -> String {
 
 #[test]
 fn revoked_grant_parks_the_source_without_a_retry_storm() {
-    let (oidc, dovecot) = oauth_servers(2);
-    let body = provider(&oidc)
-        + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
-    let mut node = Node::new(&dovecot.ca_pem, &body);
+    let (oidc, dovecot, mut node) = imap_xoauth2_node(2, ALICE);
     import_token(&node, &oidc, "mail");
     dovecot.seed(ALICE, &corpus::many("rv", 3));
     node.start();
@@ -403,10 +403,7 @@ fn username_not_matching_the_token_is_an_auth_error_with_the_server_reply() {
 
 #[test]
 fn metrics_pass_promtool_and_carry_no_secret() {
-    let (oidc, dovecot) = oauth_servers(3600);
-    let body = provider(&oidc)
-        + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE);
-    let mut node = Node::new(&dovecot.ca_pem, &body);
+    let (oidc, dovecot, mut node) = imap_xoauth2_node(3600, ALICE);
     let refresh = import_token(&node, &oidc, "mail");
     dovecot.seed(ALICE, &corpus::corpus("pm"));
     node.start();
