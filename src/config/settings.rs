@@ -175,6 +175,8 @@ pub struct SourceSettings {
     pub poll_interval: Duration,
     pub after_ingest: AfterIngest,
     pub move_to: Option<String>,
+    /// POP3 with `after_ingest = "delete"`: days a stored message stays on the server.
+    pub delete_after_days: u64,
     pub max_message_bytes: u64,
     pub max_connections: usize,
     pub enabled: bool,

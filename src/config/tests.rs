@@ -764,3 +764,23 @@ fn sovereign_cloud_changes_the_authority_and_needs_explicit_scopes() {
         "https://login.microsoftonline.com/",
     );
 }
+
+#[test]
+fn delete_after_days_only_for_pop3_delete() {
+    let pop = BASE
+        .replace("protocol = \"imap\"", "protocol = \"pop3\"")
+        .replace(
+            "provider = \"o365\"",
+            "provider = \"o365\"\nafter_ingest = \"delete\"\ndelete_after_days = 7",
+        );
+    assert_eq!(source(&ok(&pop), "support").delete_after_days, 7);
+    let imap = BASE.replace(
+        "provider = \"o365\"",
+        "provider = \"o365\"\nafter_ingest = \"delete\"\ndelete_after_days = 7",
+    );
+    let e = errors(&imap);
+    assert_contains(
+        &at(&e, "sources.support.delete_after_days").message,
+        "applies only to protocol = \"pop3\"",
+    );
+}

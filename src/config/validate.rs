@@ -63,6 +63,7 @@ const SOURCE_KEYS: &[&str] = &[
     "poll_interval_secs",
     "after_ingest",
     "move_to",
+    "delete_after_days",
     "max_message_bytes",
     "max_connections",
     "enabled",
@@ -849,6 +850,19 @@ fn source(
         ),
         _ => {}
     }
+    // POP3 only: with after_ingest = "delete", keep messages on the server this many days
+    // after they were stored (0 = delete at the end of the session that stored them).
+    let delete_after_days = if t.has("delete_after_days") {
+        if imap || after_ingest != Some(AfterIngest::Delete) {
+            ctx.error(
+                &t.key("delete_after_days"),
+                "applies only to protocol = \"pop3\" with after_ingest = \"delete\"",
+            );
+        }
+        t.uint(ctx, "delete_after_days", 0, 36_500, 0)
+    } else {
+        0
+    };
     let max_message_bytes = t.uint(
         ctx,
         "max_message_bytes",
@@ -873,6 +887,7 @@ fn source(
         poll_interval,
         after_ingest: after_ingest?,
         move_to,
+        delete_after_days,
         max_message_bytes,
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         enabled,

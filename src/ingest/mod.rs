@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Protocol, Sasl, SourceAuth, SourceSettings};
+use crate::config::{AfterIngest, Protocol, Sasl, SourceAuth, SourceSettings};
 use crate::net::imap::{ImapSession, Login};
 use crate::net::pop3::Pop3Session;
 use crate::net::{Connector, SessionError};
@@ -55,6 +55,8 @@ pub struct CycleReport {
     pub bytes: u64,
     /// Messages skipped for size.
     pub skipped: u64,
+    /// Messages whose post-action (seen, move, delete) was done on the server.
+    pub acted: u64,
     /// Messages seen on the server and not yet stored when the cycle began.
     pub backlog: u64,
     /// The cycle ended early (its access token was about to expire): start the next one
@@ -175,7 +177,9 @@ async fn run_imap(
     .await?;
     session.login(&login(source, cred)?).await?;
     let mut report = CycleReport::default();
-    let read_only = source.after_ingest == crate::config::AfterIngest::Keep;
+    let read_only = source.after_ingest == AfterIngest::Keep;
+    // Refused before anything is stored: a post-action this server cannot do safely.
+    session.check_post_action(source.after_ingest)?;
     for folder in &source.folders {
         let selected = session.select(folder, read_only).await?;
         let checkpoint = store.checkpoint(&source.name, folder)?;
@@ -195,6 +199,17 @@ async fn run_imap(
             None => 1,
         };
         if selected.exists == 0 || selected.uidnext.is_some_and(|next| next <= from) {
+            // Nothing new, but an earlier session may have stored messages and died before
+            // changing the server.
+            apply_pending(
+                store,
+                &mut session,
+                source,
+                folder,
+                selected.uidvalidity,
+                &mut report,
+            )
+            .await?;
             continue;
         }
         let listed = session.uids_from(from).await?;
@@ -234,6 +249,15 @@ async fn run_imap(
         }
         // Durable before anything is done on the server (post-actions) or reported.
         store.flush().await?;
+        apply_pending(
+            store,
+            &mut session,
+            source,
+            folder,
+            selected.uidvalidity,
+            &mut report,
+        )
+        .await?;
         if report.more {
             break;
         }
@@ -241,6 +265,34 @@ async fn run_imap(
     store.flush().await?;
     session.logout().await;
     Ok(report)
+}
+
+/// Does the post-action of every stored-but-not-yet-acted message of `folder` (durable
+/// already), then records it done. Redone after a crash; every action is idempotent.
+async fn apply_pending(
+    store: &Store,
+    session: &mut ImapSession,
+    source: &SourceSettings,
+    folder: &str,
+    uidvalidity: u32,
+    report: &mut CycleReport,
+) -> Result<(), CycleError> {
+    if source.after_ingest == AfterIngest::Keep {
+        return Ok(());
+    }
+    let mut uids = store.pending_actions(&source.name, folder, uidvalidity)?;
+    uids.sort_unstable();
+    for chunk in uids.chunks(FETCH_BATCH) {
+        session
+            .post_action(source.after_ingest, chunk, source.move_to.as_deref())
+            .await?;
+        store.actions_done(&source.name, folder, uidvalidity, chunk)?;
+        report.acted += chunk.len() as u64;
+    }
+    if !uids.is_empty() {
+        store.flush().await?;
+    }
+    Ok(())
 }
 
 /// Fetches one batch and moves the checkpoint only over a contiguous prefix of handled
@@ -284,6 +336,7 @@ async fn fetch_batch(
                 raw: body,
                 internal_date: f.internal_date.map(|d| d.to_rfc3339()),
                 parsed,
+                post_action: source.after_ingest != AfterIngest::Keep,
             };
             // The store's checkpoint rule (max of stored UIDs) is only right while
             // messages arrive in UID order with nothing pending below; otherwise the
@@ -318,8 +371,9 @@ async fn run_pop3(
     let sizes: std::collections::HashMap<u32, u64> = session.list().await?.into_iter().collect();
     let stored = store.stored_uidls(&source.name)?;
     let todo: Vec<(u32, String)> = uidl
-        .into_iter()
+        .iter()
         .filter(|(_, u)| !stored.contains(u))
+        .cloned()
         .collect();
     report.backlog = todo.len() as u64;
     telemetry::backlog(&source.name, report.backlog);
@@ -349,12 +403,41 @@ async fn run_pop3(
                 raw: body,
                 internal_date: None,
                 parsed,
+                post_action: false,
             },
             false,
             &mut report,
         )?;
     }
     store.flush().await?;
-    session.quit().await;
+    if source.after_ingest == AfterIngest::Delete {
+        // Only messages durably stored (just flushed, or in an earlier session) are deleted;
+        // DELE takes effect at QUIT, so a dropped session deletes nothing and the next one
+        // deletes again.
+        let now = chrono::Utc::now();
+        let stored = store.stored_uidls(&source.name)?;
+        for (n, uid) in &uidl {
+            if !stored.contains(uid) {
+                continue;
+            }
+            if source.delete_after_days > 0 {
+                let old_enough = store
+                    .pop3_stored_at(&source.name, uid)?
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                    .is_some_and(|t| {
+                        (now - t.with_timezone(&chrono::Utc)).num_days()
+                            >= source.delete_after_days as i64
+                    });
+                if !old_enough {
+                    continue;
+                }
+            }
+            session.dele(*n).await?;
+            report.acted += 1;
+        }
+        session.quit_checked().await?;
+    } else {
+        session.quit().await;
+    }
     Ok(report)
 }

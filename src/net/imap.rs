@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::config::Security;
+use crate::config::{AfterIngest, Security};
 use crate::protocol::imap::{
     Command, Commands, Completion, DEFAULT_MAX_LINE, Fetched, Framer, ResponseCode, ServerResponse,
     parse_greeting, parse_response,
@@ -476,6 +476,91 @@ impl ImapSession {
             ServerResponse::Fetch(f) => f.header,
             _ => None,
         }))
+    }
+
+    async fn expect_ok(&mut self, cmd: Command, during: &'static str) -> Result<(), SessionError> {
+        let (_, completion, line) = self.run(cmd, during).await?;
+        if completion == Completion::Ok {
+            Ok(())
+        } else {
+            Err(self.refused(line))
+        }
+    }
+
+    /// Creates `mailbox` unless it exists (`move_to` need not be made by hand).
+    async fn ensure_mailbox(&mut self, mailbox: &str) -> Result<(), SessionError> {
+        let cmd = self.cmds.create(mailbox);
+        let (_, completion, line) = self.run(cmd, "CREATE").await?;
+        // NO [ALREADYEXISTS] (or a server's own wording) means it is there; a real
+        // problem shows in the MOVE/COPY that follows, with that server's reply.
+        if completion == Completion::Bad {
+            return Err(self.refused(line));
+        }
+        Ok(())
+    }
+
+    /// Whether `after_ingest` can be done safely on this server, and why not.
+    pub fn check_post_action(&self, action: AfterIngest) -> Result<(), SessionError> {
+        let uidplus = self.capabilities.contains("UIDPLUS");
+        let missing = match action {
+            AfterIngest::Keep | AfterIngest::Seen => None,
+            AfterIngest::Delete if !uidplus => Some(
+                "after_ingest = \"delete\" needs UIDPLUS (UID EXPUNGE); without it EXPUNGE would also remove messages other clients marked \\Deleted",
+            ),
+            AfterIngest::Move if !uidplus && !self.capabilities.contains("MOVE") => {
+                Some("after_ingest = \"move\" needs MOVE or UIDPLUS; this server offers neither")
+            }
+            _ => None,
+        };
+        match missing {
+            Some(why) => Err(self
+                .conn
+                .protocol_error(ProtocolError::MissingCapability(why.into()))),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies `after_ingest` to stored messages: `\Seen`, move to `move_to`, or delete.
+    /// The caller has made them durable first.
+    pub async fn post_action(
+        &mut self,
+        action: AfterIngest,
+        uids: &[u32],
+        move_to: Option<&str>,
+    ) -> Result<(), SessionError> {
+        if uids.is_empty() || action == AfterIngest::Keep {
+            return Ok(());
+        }
+        self.check_post_action(action)?;
+        match action {
+            AfterIngest::Keep => {}
+            AfterIngest::Seen => {
+                let cmd = self.cmds.uid_store_add_flag(uids, "\\Seen");
+                self.expect_ok(cmd, "UID STORE").await?;
+            }
+            AfterIngest::Delete => {
+                let cmd = self.cmds.uid_store_add_flag(uids, "\\Deleted");
+                self.expect_ok(cmd, "UID STORE").await?;
+                let cmd = self.cmds.uid_expunge(uids);
+                self.expect_ok(cmd, "UID EXPUNGE").await?;
+            }
+            AfterIngest::Move => {
+                let target = move_to.unwrap_or("Processed");
+                self.ensure_mailbox(target).await?;
+                if self.capabilities.contains("MOVE") {
+                    let cmd = self.cmds.uid_move(uids, target);
+                    self.expect_ok(cmd, "UID MOVE").await?;
+                } else {
+                    let cmd = self.cmds.uid_copy(uids, target);
+                    self.expect_ok(cmd, "UID COPY").await?;
+                    let cmd = self.cmds.uid_store_add_flag(uids, "\\Deleted");
+                    self.expect_ok(cmd, "UID STORE").await?;
+                    let cmd = self.cmds.uid_expunge(uids);
+                    self.expect_ok(cmd, "UID EXPUNGE").await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// LOGOUT and close, best effort: the data is already safe when this runs.

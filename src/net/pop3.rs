@@ -247,6 +247,28 @@ impl Pop3Session {
         self.listing(&pop3::retr(n), "RETR", limit).await
     }
 
+    /// `DELE n`: marks a message; the server deletes it at QUIT (a dropped session deletes
+    /// nothing).
+    pub async fn dele(&mut self, n: u32) -> Result<(), SessionError> {
+        self.conn.send(&pop3::dele(n)).await?;
+        match self.reply("DELE").await? {
+            Reply::Ok(_) => Ok(()),
+            other => Err(self.refused(other)),
+        }
+    }
+
+    /// QUIT, and an error when the server does not confirm it (then DELEs may not have
+    /// taken effect; they are redone next session).
+    pub async fn quit_checked(mut self) -> Result<(), SessionError> {
+        self.conn.send(pop3::quit()).await?;
+        let reply = self.reply("QUIT").await?;
+        self.conn.shutdown().await;
+        match reply {
+            Reply::Ok(_) => Ok(()),
+            other => Err(self.refused(other)),
+        }
+    }
+
     /// `TOP n 0`: the header of message `n` (for `test-login`).
     pub async fn top_header(&mut self, n: u32) -> Result<Vec<u8>, SessionError> {
         self.listing(format!("TOP {n} 0\r\n").as_bytes(), "TOP", 1 << 20)

@@ -435,6 +435,43 @@ impl Commands {
         self.tagged("UID FETCH * (UID BODY.PEEK[HEADER])")
     }
 
+    /// `UID STORE <set> +FLAGS.SILENT (<flag>)`.
+    pub fn uid_store_add_flag(&mut self, uids: &[u32], flag: &str) -> Command {
+        self.tagged(&format!(
+            "UID STORE {} +FLAGS.SILENT ({flag})",
+            uid_set(uids)
+        ))
+    }
+
+    /// `UID EXPUNGE <set>` (UIDPLUS): expunges only these UIDs, never messages that other
+    /// clients flagged \Deleted.
+    pub fn uid_expunge(&mut self, uids: &[u32]) -> Command {
+        self.tagged(&format!("UID EXPUNGE {}", uid_set(uids)))
+    }
+
+    /// `UID MOVE <set> <mailbox>` (RFC 6851).
+    pub fn uid_move(&mut self, uids: &[u32], mailbox: &str) -> Command {
+        self.tagged(&format!(
+            "UID MOVE {} {}",
+            uid_set(uids),
+            mailbox_arg(mailbox)
+        ))
+    }
+
+    /// `CREATE <mailbox>`.
+    pub fn create(&mut self, mailbox: &str) -> Command {
+        self.tagged(&format!("CREATE {}", mailbox_arg(mailbox)))
+    }
+
+    /// `UID COPY <set> <mailbox>`.
+    pub fn uid_copy(&mut self, uids: &[u32], mailbox: &str) -> Command {
+        self.tagged(&format!(
+            "UID COPY {} {}",
+            uid_set(uids),
+            mailbox_arg(mailbox)
+        ))
+    }
+
     pub fn logout(&mut self) -> Command {
         self.tagged("LOGOUT")
     }

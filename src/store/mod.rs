@@ -91,6 +91,9 @@ pub struct NewMessage {
     pub raw: Vec<u8>,
     pub internal_date: Option<String>,
     pub parsed: Result<ParsedFields, String>,
+    /// IMAP: the source changes the server after storing (seen, move, delete). Recorded in
+    /// the same transaction, so a crash before the change leaves it to be redone.
+    pub post_action: bool,
 }
 
 /// IMAP progress for one folder: every UID up to `last_uid` under `uidvalidity` is stored
@@ -151,6 +154,8 @@ pub struct Store {
     raw: sled::Tree,
     index: sled::Tree,
     content: sled::Tree,
+    /// IMAP location keys whose post-action (seen, move, delete) is not yet done.
+    pending: sled::Tree,
     checkpoints: sled::Tree,
     tokens: sled::Tree,
     /// Behind a lock because `rotate_key` swaps it.
@@ -232,6 +237,7 @@ impl Store {
             raw: db.open_tree("raw")?,
             index: db.open_tree("index")?,
             content: db.open_tree("content")?,
+            pending: db.open_tree("pending")?,
             checkpoints: db.open_tree("checkpoints")?,
             tokens,
             db,
@@ -307,6 +313,7 @@ impl Store {
             ),
             Location::Pop3 { uidl } => (pop3_key(&msg.source, uidl), None, None),
         };
+        let needs_pending = msg.post_action && matches!(msg.location, Location::Imap { .. });
         let id = self.db.generate_id()?;
         let (parsed, parse_error) = match msg.parsed {
             Ok(p) => (Some(p), None),
@@ -332,8 +339,15 @@ impl Store {
             &self.index,
             &self.content,
             &self.checkpoints,
+            &self.pending,
         )
-            .transaction(|(messages, raw, index, content_t, checkpoints)| {
+            .transaction(|(messages, raw, index, content_t, checkpoints, pending)| {
+                let mark_pending = |pending: &sled::transaction::TransactionalTree| -> Result<(), ConflictableTransactionError<StoreError>> {
+                    if needs_pending {
+                        pending.insert(index_key.as_slice(), &[] as &[u8])?;
+                    }
+                    Ok(())
+                };
                 if let Some(existing) = index.get(&index_key)? {
                     return Ok(StoreOutcome::AlreadyStored(id_of(&existing).map_err(abort)?));
                 }
@@ -358,6 +372,7 @@ impl Store {
                         && let Some(existing) = content_t.get(ck)? {
                             index.insert(index_key.as_slice(), existing.clone())?;
                             advance(checkpoints)?;
+                            mark_pending(pending)?;
                             return Ok(StoreOutcome::AlreadyStored(id_of(&existing).map_err(abort)?));
                         }
                 messages.insert(&id_bytes, meta_bytes.as_slice())?;
@@ -367,6 +382,7 @@ impl Store {
                     content_t.insert(ck.as_slice(), &id_bytes)?;
                 }
                 advance(checkpoints)?;
+                mark_pending(pending)?;
                 Ok(StoreOutcome::Stored(id))
             });
         match result {
@@ -402,6 +418,63 @@ impl Store {
             serde_json::to_vec(&cp).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         )?;
         Ok(())
+    }
+
+    /// UIDs of `folder` (under `uidvalidity`) whose post-action is still to be done, and
+    /// forgets those recorded under another UIDVALIDITY (their UIDs mean nothing now).
+    pub fn pending_actions(
+        &self,
+        source: &str,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> Result<Vec<u32>, StoreError> {
+        let mut prefix = b"i\0".to_vec();
+        prefix.extend_from_slice(&folder_key(source, folder));
+        prefix.push(0);
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for item in self.pending.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let rest = &k[prefix.len()..];
+            if rest.len() != 8 {
+                continue;
+            }
+            let uv = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            let uid = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
+            if uv == uidvalidity {
+                out.push(uid);
+            } else {
+                stale.push(k);
+            }
+        }
+        for k in stale {
+            self.pending.remove(k)?;
+        }
+        Ok(out)
+    }
+
+    /// Records that the post-action of these UIDs is done (call after the server said OK).
+    pub fn actions_done(
+        &self,
+        source: &str,
+        folder: &str,
+        uidvalidity: u32,
+        uids: &[u32],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for uid in uids {
+            batch.remove(imap_key(source, folder, uidvalidity, *uid));
+        }
+        self.pending.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// When a POP3 message was stored (RFC 3339), for `delete_after_days`.
+    pub fn pop3_stored_at(&self, source: &str, uidl: &str) -> Result<Option<String>, StoreError> {
+        let Some(id) = self.index.get(pop3_key(source, uidl))? else {
+            return Ok(None);
+        };
+        Ok(self.meta(id_of(&id)?)?.map(|m| m.stored_at))
     }
 
     /// The POP3 UIDLs already stored for a source.
@@ -594,6 +667,7 @@ mod tests {
             raw: raw.to_vec(),
             internal_date: None,
             parsed: crate::parse::parse(raw),
+            post_action: false,
         }
     }
 
@@ -709,6 +783,7 @@ mod tests {
             raw: b"Subject: x\r\n\r\n".to_vec(),
             internal_date: None,
             parsed: Err("x".into()),
+            post_action: false,
         };
         s.store(msg, false).unwrap();
         assert!(s.stored_uidls("p").unwrap().contains("abc"));

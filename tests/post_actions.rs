@@ -1,0 +1,229 @@
+//! after_ingest against a real Dovecot: the server is changed only after the message is
+//! durably stored, a change interrupted by a crash is redone (never a second copy), and
+//! nothing is touched for a message that was not stored.
+
+mod node;
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailsluice::ingest::{Credential, run_cycle};
+use mailsluice::net::Connector;
+use mailsluice::secret::Secret;
+use mailsluice::store::{Location, NewMessage, Store};
+use support::{Dovecot, DovecotOptions};
+
+const ALICE: &str = "alice@example.test";
+
+fn setup(
+    dovecot: &Dovecot,
+    dir: &std::path::Path,
+    extra: &str,
+    protocol: &str,
+    port: u16,
+) -> (Arc<Store>, Connector, mailsluice::config::SourceSettings) {
+    let folders = if protocol == "imap" {
+        "folders = [\"INBOX\"]\n"
+    } else {
+        ""
+    };
+    let toml = format!(
+        "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\n\n[tls]\nextra_ca_file = \"{ca}\"\n\n[sources.s]\nprotocol = \"{protocol}\"\nhost = \"localhost\"\nport = {port}\nusername = \"{ALICE}\"\nauth = \"password\"\npassword_env = \"UNUSED\"\n{folders}{extra}\n",
+        d = dir.display(),
+        ca = dovecot.ca_pem.display()
+    );
+    let settings = mailsluice::config::load_str(&toml, &HashMap::new()).expect("config");
+    let store =
+        Arc::new(Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap());
+    let connector = Connector::new(
+        &settings.tls,
+        Duration::from_secs(10),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    (store, connector, settings.sources["s"].clone())
+}
+
+fn cred() -> Credential {
+    Credential::Password(Secret::new("alice-password"))
+}
+
+/// Maildir flags of every message in a folder (the part after `:2,`).
+fn flags(dovecot: &Dovecot, folder: &str) -> Vec<String> {
+    dovecot
+        .message_files(ALICE, folder)
+        .iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.split(":2,").nth(1).unwrap_or("").to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn imap_seen_flags_after_storing_and_redoes_an_interrupted_action() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let msgs = node::corpus::many("sn", 5);
+    dovecot.seed(ALICE, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, connector, source) = setup(
+        &dovecot,
+        dir.path(),
+        "after_ingest = \"seen\"",
+        "imap",
+        dovecot.imaps_port,
+    );
+    // One batch per session (the deadline is already due): every stored message flagged.
+    let r = run_cycle(
+        &store,
+        &connector,
+        &source,
+        &cred(),
+        Some(mailsluice::ingest::ReopenAt(0)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.stored, 5);
+    assert_eq!(r.acted, 5);
+    assert!(
+        flags(&dovecot, "INBOX").iter().all(|f| f.contains('S')),
+        "{:?}",
+        flags(&dovecot, "INBOX")
+    );
+    // The crash case: a message stored (with checkpoint and pending action) by a session
+    // that died before flagging it, i.e. what the store holds after such a crash.
+    let extra = node::corpus::many("sn2", 1);
+    dovecot.seed(ALICE, &extra);
+    let uidvalidity = store.checkpoint("s", "INBOX").unwrap().unwrap().uidvalidity;
+    store
+        .store(
+            NewMessage {
+                source: "s".into(),
+                location: Location::Imap {
+                    folder: "INBOX".into(),
+                    uidvalidity,
+                    uid: 6,
+                },
+                raw: extra[0].clone(),
+                internal_date: None,
+                parsed: Err("test".into()),
+                post_action: true,
+            },
+            true,
+        )
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        flags(&dovecot, "INBOX")
+            .iter()
+            .filter(|f| f.contains('S'))
+            .count(),
+        5
+    );
+    let r = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.stored, r.acted),
+        (0, 1),
+        "the pending action is redone, nothing stored twice"
+    );
+    assert!(flags(&dovecot, "INBOX").iter().all(|f| f.contains('S')));
+    assert_eq!(store.counts().unwrap()["s"], 6);
+}
+
+#[tokio::test]
+async fn imap_delete_and_move_empty_the_inbox_only_of_stored_messages() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let msgs = node::corpus::corpus("dm");
+    dovecot.seed(ALICE, &msgs);
+    // One message over max_message_bytes: never stored, so never deleted.
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(30000)).into_bytes();
+    dovecot.seed(ALICE, &[big]);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, connector, source) = setup(
+        &dovecot,
+        dir.path(),
+        "after_ingest = \"delete\"\nmax_message_bytes = 20000",
+        "imap",
+        dovecot.imaps_port,
+    );
+    let r = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.stored, r.acted, r.skipped),
+        (msgs.len() as u64, msgs.len() as u64, 1)
+    );
+    assert_eq!(
+        dovecot.message_files(ALICE, "INBOX").len(),
+        1,
+        "only the unstored message remains"
+    );
+
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    dovecot.seed(ALICE, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, connector, source) = setup(
+        &dovecot,
+        dir.path(),
+        "after_ingest = \"move\"\nmove_to = \"Processed\"",
+        "imap",
+        dovecot.imaps_port,
+    );
+    let r = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .unwrap();
+    assert_eq!((r.stored, r.acted), (msgs.len() as u64, msgs.len() as u64));
+    assert!(dovecot.message_files(ALICE, "INBOX").is_empty());
+    assert_eq!(dovecot.message_files(ALICE, "Processed").len(), msgs.len());
+    // A second cycle finds nothing and does nothing.
+    let r = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .unwrap();
+    assert_eq!((r.stored, r.acted), (0, 0));
+}
+
+#[tokio::test]
+async fn pop3_delete_now_or_after_days() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let msgs = node::corpus::corpus("pd");
+    dovecot.seed(ALICE, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, connector, source) = setup(
+        &dovecot,
+        dir.path(),
+        "after_ingest = \"delete\"\ndelete_after_days = 3",
+        "pop3",
+        dovecot.pop3s_port,
+    );
+    let r = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.stored, r.acted),
+        (msgs.len() as u64, 0),
+        "kept for 3 days"
+    );
+    assert_eq!(dovecot.message_files(ALICE, "INBOX").len(), msgs.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, connector, source) = setup(
+        &dovecot,
+        dir.path(),
+        "after_ingest = \"delete\"",
+        "pop3",
+        dovecot.pop3s_port,
+    );
+    let r = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .unwrap();
+    assert_eq!((r.stored, r.acted), (msgs.len() as u64, msgs.len() as u64));
+    assert!(
+        dovecot.message_files(ALICE, "INBOX").is_empty(),
+        "deleted at QUIT"
+    );
+    assert_eq!(store.counts().unwrap()["s"], msgs.len() as u64);
+}
