@@ -246,6 +246,20 @@ async fn run_imap(
                 &mut report,
             )
             .await?;
+            if source.after_ingest != AfterIngest::Keep {
+                // Durable, then the server is changed: batch by batch, so a long backfill
+                // empties the folder as it goes.
+                store.flush().await?;
+                apply_pending(
+                    store,
+                    &mut session,
+                    source,
+                    folder,
+                    selected.uidvalidity,
+                    &mut report,
+                )
+                .await?;
+            }
         }
         // Durable before anything is done on the server (post-actions) or reported.
         store.flush().await?;

@@ -237,3 +237,56 @@ pub fn export_hashes(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+impl Node {
+    /// Starts the node without waiting for it (for crash tests).
+    pub fn spawn_raw(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c")
+            .arg(&self.config)
+            .arg("run")
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn node"));
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing finished.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// sha256 of every stored message, from a jsonl export (node stopped).
+    pub fn stored_hashes(&self) -> Vec<String> {
+        let out = self.dir.path().join("hashes.jsonl");
+        self.cli_ok(&[
+            "messages",
+            "export",
+            "--format",
+            "jsonl",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let text = std::fs::read_to_string(&out).unwrap();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["sha256"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+}
