@@ -227,3 +227,31 @@ async fn pop3_delete_now_or_after_days() {
     );
     assert_eq!(store.counts().unwrap()["s"], msgs.len() as u64);
 }
+
+#[tokio::test]
+async fn malformed_mail_is_stored_raw_and_never_blocks_the_folder() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let mut nul = b"Subject: has NUL bytes\r\n\r\nbefore\0after\r\n".to_vec();
+    nul.extend_from_slice(b"\0\0\r\n");
+    let deep: String = (0..60)
+        .map(|i| format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"))
+        .collect();
+    let malformed = vec![
+        nul,
+        b"Subject: broken boundary\r\nContent-Type: multipart/mixed; boundary=\"zz\"\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nno end\r\n".to_vec(),
+        b"Subject: =?UTF-8?B?!!!bad-base64?= x\r\nContent-Transfer-Encoding: base64\r\n\r\n@@@not base64@@@\r\n".to_vec(),
+        b"Subject: 8bit \xe4\xf6\xfc header\r\nFrom: \xff\xfe <x@example.test>\r\n\r\nbody\r\n".to_vec(),
+        format!("Subject: deep\r\n{deep}\r\nend\r\n").into_bytes(),
+        b"Subject: after the junk\r\n\r\nfine\r\n".to_vec(),
+    ];
+    dovecot.seed(ALICE, &malformed);
+    for (protocol, port) in [("imap", dovecot.imaps_port), ("pop3", dovecot.pop3s_port)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, connector, source) = setup(&dovecot, dir.path(), "", protocol, port);
+        let r = run_cycle(&store, &connector, &source, &cred(), None)
+            .await
+            .unwrap_or_else(|e| panic!("{protocol}: {e}"));
+        assert_eq!(r.stored, malformed.len() as u64, "{protocol}");
+        assert_eq!(store.counts().unwrap()["s"], malformed.len() as u64);
+    }
+}
