@@ -255,3 +255,40 @@ async fn malformed_mail_is_stored_raw_and_never_blocks_the_folder() {
         assert_eq!(store.counts().unwrap()["s"], malformed.len() as u64);
     }
 }
+
+#[tokio::test]
+async fn uidvalidity_change_rematches_by_content_and_ingests_only_what_is_new() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let first = node::corpus::many("uv", 5);
+    dovecot.seed_folder(ALICE, "Support", &first);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, connector, mut source) =
+        setup(&dovecot, dir.path(), "", "imap", dovecot.imaps_port);
+    source.folders = vec!["Support".into()];
+    let r = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .unwrap();
+    assert_eq!(r.stored, 5);
+    let before = store.checkpoint("s", "Support").unwrap().unwrap();
+    // Recreate the folder with the same messages plus two new ones.
+    std::fs::remove_dir_all(dovecot.folder_dir(ALICE, "Support")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // Dovecot derives UIDVALIDITY from the clock
+    let mut again = first.clone();
+    again.extend(node::corpus::many("uv-new", 2));
+    dovecot.seed_folder(ALICE, "Support", &again);
+    let r = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .unwrap();
+    let after = store.checkpoint("s", "Support").unwrap().unwrap();
+    assert_ne!(
+        after.uidvalidity, before.uidvalidity,
+        "Dovecot kept the UIDVALIDITY"
+    );
+    assert_eq!(
+        (r.stored, r.already),
+        (2, 5),
+        "re-matched 5 by content, stored 2 new"
+    );
+    assert_eq!(store.counts().unwrap()["s"], 7);
+    assert_eq!(r.uidvalidity_changes, 1);
+}

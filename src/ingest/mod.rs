@@ -57,6 +57,8 @@ pub struct CycleReport {
     pub skipped: u64,
     /// Messages whose post-action (seen, move, delete) was done on the server.
     pub acted: u64,
+    /// Folders found with a new UIDVALIDITY (their stored messages re-matched by content).
+    pub uidvalidity_changes: u64,
     /// Messages seen on the server and not yet stored when the cycle began.
     pub backlog: u64,
     /// The cycle ended early (its access token was about to expire): start the next one
@@ -194,6 +196,8 @@ async fn run_imap(
                     "UIDVALIDITY changed; re-matching stored messages by content"
                 );
                 store.reset_checkpoint(&source.name, folder, selected.uidvalidity)?;
+                report.uidvalidity_changes += 1;
+                telemetry::uidvalidity_change(&source.name);
                 1
             }
             None => 1,
@@ -227,6 +231,7 @@ async fn run_imap(
                 // UID is stored (done in order below).
                 wanted.push((uid, true));
                 report.skipped += 1;
+                telemetry::message_skipped(&source.name);
             } else {
                 wanted.push((uid, false));
             }
@@ -400,6 +405,7 @@ async fn run_pop3(
         if size > source.max_message_bytes {
             tracing::warn!(source = %source.name, uidl = %uid, size, limit = source.max_message_bytes, "message over max_message_bytes skipped");
             report.skipped += 1;
+            telemetry::message_skipped(&source.name);
             continue;
         }
         let body = session

@@ -190,6 +190,18 @@ pub const CATALOG: &[MetricDef] = &[
         "Unix time at which the provider's client secret expires (from providers.*.client_secret_expires)."
     ),
     m!(
+        "uidvalidity_changes_total",
+        Counter,
+        ["source"],
+        "Folders found with a new UIDVALIDITY; stored messages were re-matched by content instead of ingested again."
+    ),
+    m!(
+        "messages_skipped_total",
+        Counter,
+        ["source"],
+        "Messages left on the server unfetched because they exceed max_message_bytes."
+    ),
+    m!(
         "source_state",
         Gauge,
         ["source", "state"],
@@ -258,6 +270,8 @@ pub fn register_source(source: &str) {
     counter!("mailsluice_messages_ingested_total", "source" => s.clone()).absolute(0);
     counter!("mailsluice_bytes_ingested_total", "source" => s.clone()).absolute(0);
     counter!("mailsluice_parse_failures_total", "source" => s.clone()).absolute(0);
+    counter!("mailsluice_uidvalidity_changes_total", "source" => s.clone()).absolute(0);
+    counter!("mailsluice_messages_skipped_total", "source" => s.clone()).absolute(0);
     for kind in ErrorKind::ALL {
         counter!("mailsluice_errors_total", "source" => s.clone(), "kind" => kind.as_str())
             .absolute(0);
@@ -283,6 +297,14 @@ pub fn message_stored(source: &str, bytes: u64, parse_failed: bool) {
     if parse_failed {
         counter!("mailsluice_parse_failures_total", "source" => source.to_string()).increment(1);
     }
+}
+
+pub fn uidvalidity_change(source: &str) {
+    counter!("mailsluice_uidvalidity_changes_total", "source" => source.to_string()).increment(1);
+}
+
+pub fn message_skipped(source: &str) {
+    counter!("mailsluice_messages_skipped_total", "source" => source.to_string()).increment(1);
 }
 
 pub fn session(source: &str, outcome: Outcome, seconds: f64) {
