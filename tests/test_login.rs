@@ -131,47 +131,65 @@ fn password_pop3_through_a_running_node() {
     assert!(!out.contains(ALICE_PW), "password printed");
 }
 
+/// `openssl s_server` on `bind`:port with the CA's server certificate and `args`; killed
+/// on drop.
+struct SServer(std::process::Child);
+
+impl SServer {
+    fn start(ca: &support::Ca, bind: &str, port: u16, args: &[&str]) -> SServer {
+        let child = Command::new("openssl")
+            .args(["s_server", "-accept", &format!("{bind}:{port}"), "-quiet"])
+            .args(args)
+            .arg("-cert")
+            .arg(&ca.cert_pem)
+            .arg("-key")
+            .arg(&ca.key_pem)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect((bind, port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "openssl s_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SServer(child)
+    }
+}
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn password_node(ca_pem: &std::path::Path, host: &str, port: u16, extra_node: &str) -> Node {
+    let body = format!(
+        "{extra_node}[sources.mail]\nprotocol = \"imap\"\nhost = \"{host}\"\nport = {port}\nusername = \"{ALICE}\"\nauth = \"password\"\npassword_env = \"PW\"\n"
+    );
+    let mut node = Node::new(ca_pem, &body);
+    node.env.push(("PW".into(), ALICE_PW.into()));
+    node
+}
+
 #[test]
 fn server_offering_only_tls_1_1_is_refused_by_name() {
     let ca = support::ca();
     let port = free_port();
-    let mut server = Command::new("openssl")
-        .args([
-            "s_server",
-            "-accept",
-            &format!("127.0.0.1:{port}"),
-            "-tls1_1",
-            "-cipher",
-            "DEFAULT:@SECLEVEL=0",
-            "-quiet",
-        ])
-        .arg("-cert")
-        .arg(&ca.cert_pem)
-        .arg("-key")
-        .arg(&ca.key_pem)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("openssl");
-    // Wait until it accepts.
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "openssl s_server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let body = format!(
-        "[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nport = {port}\nusername = \"{ALICE}\"\nauth = \"password\"\npassword_env = \"PW\"\n"
+    let _server = SServer::start(
+        &ca,
+        "127.0.0.1",
+        port,
+        &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"],
     );
-    let mut node = Node::new(&ca.ca_pem, &body);
-    node.env.push(("PW".into(), ALICE_PW.into()));
+    let node = password_node(&ca.ca_pem, "localhost", port, "");
     let (ok, out) = run(&node);
     println!("{out}");
-    let _ = server.kill();
-    let _ = server.wait();
     assert!(!ok, "{out}");
     assert!(out.contains("[FAIL] tls"), "{out}");
     assert!(
@@ -179,6 +197,52 @@ fn server_offering_only_tls_1_1_is_refused_by_name() {
         "server not named: {out}"
     );
     assert!(out.contains("TLS 1.2 or newer"), "{out}");
+}
+
+#[test]
+fn min_version_1_3_refuses_a_tls_1_2_only_server() {
+    let ca = support::ca();
+    let port = free_port();
+    let _server = SServer::start(&ca, "127.0.0.1", port, &["-tls1_2"]);
+    // Accepted with the default minimum (TLS 1.2): the handshake works, the server just
+    // is not IMAP (it says nothing), so only the TLS step is checked here.
+    let node = password_node(&ca.ca_pem, "localhost", port, "");
+    let cfg = std::fs::read_to_string(&node.config)
+        .unwrap()
+        .replace("read_timeout_secs = 20", "read_timeout_secs = 1");
+    std::fs::write(&node.config, cfg).unwrap();
+    let (_, out) = run(&node);
+    assert!(!out.contains("[FAIL] tls"), "{out}");
+    assert!(out.contains("no answer within 1s"), "{out}");
+    let strict = password_node(&ca.ca_pem, "localhost", port, "");
+    let cfg = std::fs::read_to_string(&strict.config)
+        .unwrap()
+        .replace("min_version = \"1.2\"", "min_version = \"1.3\"");
+    std::fs::write(&strict.config, cfg).unwrap();
+    let (ok, out) = run(&strict);
+    assert!(!ok, "{out}");
+    assert!(out.contains("[FAIL] tls"), "{out}");
+    assert!(out.contains("tls.min_version"), "{out}");
+}
+
+#[test]
+fn wrong_host_name_and_untrusted_certificate_are_refused_clearly() {
+    let ca = support::ca();
+    let port = free_port();
+    // The certificate names localhost, 127.0.0.1 and 127.0.0.2, not 127.0.0.3.
+    let _server = SServer::start(&ca, "127.0.0.3", port, &[]);
+    let node = password_node(&ca.ca_pem, "127.0.0.3", port, "");
+    let (ok, out) = run(&node);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("certificate is not valid for this host name"),
+        "{out}"
+    );
+    let other_ca = support::ca();
+    let node = password_node(&other_ca.ca_pem, "127.0.0.3", port, "");
+    let (ok, out) = run(&node);
+    assert!(!ok, "{out}");
+    assert!(out.contains("certificate not trusted"), "{out}");
 }
 
 #[test]

@@ -326,9 +326,13 @@ fn describe_tls_error(e: &io::Error) -> String {
         format!(
             "server offers no TLS version we accept (TLS 1.2 or newer, see tls.min_version): {text}"
         )
-    } else if text.contains("UnknownIssuer") {
+    } else if text.contains("UnknownIssuer") || text.to_lowercase().contains("unknown issuer") {
         format!("certificate not trusted (unknown issuer; add its CA to tls.extra_ca_file): {text}")
-    } else if text.contains("NotValidForName") {
+    } else if text.contains("BadSignature") {
+        format!(
+            "certificate not trusted (its signature does not verify against the trusted CAs; add the right CA to tls.extra_ca_file): {text}"
+        )
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
         format!("certificate is not valid for this host name: {text}")
     } else {
         text
