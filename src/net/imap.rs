@@ -308,6 +308,12 @@ impl ImapSession {
                             backoff: Some(backoff),
                         });
                     }
+                    if line.to_ascii_uppercase().contains("[UNAVAILABLE]") {
+                        return Err(SessionError::Unavailable {
+                            server: self.conn.server.clone(),
+                            reply: line,
+                        });
+                    }
                     let reply = match challenge_text {
                         Some(c) if !c.is_empty() => format!("{line} (challenge: {c})"),
                         _ => line,
@@ -338,6 +344,12 @@ impl ImapSession {
             });
         };
         let (untagged, completion, line) = self.run(cmd, "LOGIN").await?;
+        if completion != Completion::Ok && line.to_ascii_uppercase().contains("[UNAVAILABLE]") {
+            return Err(SessionError::Unavailable {
+                server: self.conn.server.clone(),
+                reply: line,
+            });
+        }
         if completion != Completion::Ok {
             return Err(SessionError::Auth {
                 server: self.conn.server.clone(),

@@ -49,6 +49,10 @@ pub enum SessionError {
     Closed { server: String, last: String },
     #[error("{server}: I/O error: {source}")]
     Io { server: String, source: io::Error },
+    /// The server is temporarily unable to serve (`NO [UNAVAILABLE]`, `-ERR [SYS/TEMP]`):
+    /// not a credential problem.
+    #[error("{server}: server temporarily unavailable: {reply}")]
+    Unavailable { server: String, reply: String },
     #[error("{server}: server asks to slow down: {reply}")]
     Throttled {
         server: String,
@@ -62,6 +66,7 @@ impl SessionError {
         match self {
             SessionError::Connect { .. } | SessionError::Timeout { .. } => ErrorKind::Connect,
             SessionError::Io { .. } | SessionError::Closed { .. } => ErrorKind::Connect,
+            SessionError::Unavailable { .. } => ErrorKind::Connect,
             SessionError::Tls { .. } => ErrorKind::Tls,
             SessionError::Auth { .. } => ErrorKind::Auth,
             SessionError::Protocol { .. } => ErrorKind::Protocol,

@@ -188,6 +188,12 @@ impl Pop3Session {
                     self.capabilities = self.capa().await?;
                     return Ok(format!("+OK {text}"));
                 }
+                Reply::Err(text) if text.to_ascii_uppercase().contains("[SYS/TEMP]") => {
+                    return Err(SessionError::Unavailable {
+                        server: self.conn.server.clone(),
+                        reply: format!("-ERR {text}"),
+                    });
+                }
                 Reply::Err(text) => {
                     let reply = match challenge_text {
                         Some(c) if !c.is_empty() => format!("-ERR {text} (challenge: {c})"),
@@ -212,6 +218,12 @@ impl Pop3Session {
         };
         self.conn.send(&user_cmd).await?;
         if let Reply::Err(text) = self.reply("USER").await? {
+            if text.to_ascii_uppercase().contains("[SYS/TEMP]") {
+                return Err(SessionError::Unavailable {
+                    server: self.conn.server.clone(),
+                    reply: format!("-ERR {text}"),
+                });
+            }
             return Err(SessionError::Auth {
                 server: self.conn.server.clone(),
                 reply: format!("-ERR {text}"),
