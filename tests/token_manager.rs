@@ -180,3 +180,79 @@ async fn provider_5xx_with_retry_after_is_honoured_without_a_refresh_storm() {
     // The refresh token is untouched and still good.
     assert!(store.token("mail").unwrap().unwrap().needs_reauth.is_none());
 }
+
+#[actix_rt::test]
+async fn token_endpoint_faults_back_off_and_keep_the_refresh_token() {
+    let oidc = Oidc::start(OidcOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    // read_timeout_secs = 2 bounds a token request too.
+    let toml_dir = dir.path().to_path_buf();
+    let (service, store) = {
+        let toml = format!(
+            "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\ntoken_refresh_margin_secs = 1\nread_timeout_secs = 2\n\n[providers.local]\nkind = \"oidc\"\nissuer = \"{iss}\"\nclient_id = \"collector\"\n\n[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nusername = \"alice@example.test\"\nauth = \"oauth2\"\nprovider = \"local\"\n",
+            d = toml_dir.display(),
+            iss = oidc.issuer
+        );
+        let settings = Arc::new(mailsluice::config::load_str(&toml, &HashMap::new()).unwrap());
+        let store =
+            Arc::new(Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap());
+        (
+            Arc::new(TokenService::new(settings, store.clone()).unwrap()),
+            store,
+        )
+    };
+    let t = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
+    service
+        .import("mail", Secret::new(t.refresh_token.unwrap()), None)
+        .await
+        .unwrap();
+    let good_refresh = store.token("mail").unwrap().unwrap().refresh_token;
+    let expire = || async {
+        let mut rec = store.token("mail").unwrap().unwrap();
+        rec.access_expires_at = Some(0);
+        store.put_token("mail", &rec).await.unwrap();
+    };
+    for (fault, what) in [
+        (serde_json::json!({"status": 500}), "HTTP 500"),
+        (
+            serde_json::json!({"status": 200, "body": "{not json"}),
+            "unreadable",
+        ),
+        (serde_json::json!({"delay_ms": 4000}), "no answer"),
+    ] {
+        expire().await;
+        oidc.queue_token_faults(serde_json::json!([fault]));
+        let e = service.access_token("mail").await.expect_err(what);
+        assert!(
+            matches!(e, mailsluice::auth::TokenError::Transient { .. }),
+            "{what}: {e}"
+        );
+        assert!(e.to_string().contains(what), "{e}");
+        // Within the backoff no request is made, and the refresh token is untouched.
+        let before = oidc.stats()["token_requests"]["refresh_token"].clone();
+        let again = service.access_token("mail").await.expect_err("backing off");
+        assert_eq!(again.to_string(), e.to_string());
+        assert_eq!(oidc.stats()["token_requests"]["refresh_token"], before);
+        assert_eq!(
+            store.token("mail").unwrap().unwrap().refresh_token,
+            good_refresh
+        );
+        assert!(store.token("mail").unwrap().unwrap().needs_reauth.is_none());
+        // The backoff (5 s + up to 25 % jitter) is time itself: wait it out.
+        tokio::time::sleep(std::time::Duration::from_millis(6300)).await;
+    }
+    // A response without expires_in: the token is used, with a short assumed lifetime.
+    expire().await;
+    oidc.queue_token_faults(serde_json::json!([{"status": 200, "body": {"access_token": "opaque-no-expiry", "token_type": "Bearer"}}]));
+    let tok = service
+        .access_token("mail")
+        .await
+        .expect("token without expires_in");
+    let left = tok.expires_at - chrono::Utc::now().timestamp();
+    assert!((590..=600).contains(&left), "assumed lifetime {left}s");
+    // No refresh_token in that answer: the stored one is kept.
+    assert_eq!(
+        store.token("mail").unwrap().unwrap().refresh_token,
+        good_refresh
+    );
+}

@@ -111,7 +111,8 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
 impl TokenService {
     pub fn new(settings: Arc<Settings>, store: Arc<Store>) -> Result<TokenService, String> {
         let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            // A provider that does not answer within node.read_timeout_secs is down for now.
+            .timeout(settings.node.read_timeout)
             .connect_timeout(settings.node.connect_timeout)
             // Token endpoints must not redirect (a redirect could carry a secret elsewhere).
             .redirect(reqwest::redirect::Policy::none())
@@ -346,6 +347,8 @@ impl TokenService {
                     } => *d,
                     _ => Duration::from_secs(5),
                 };
+                // Jitter, so sources sharing a provider do not come back in lockstep.
+                let wait = wait.mul_f64(rand::random_range(1.0..1.25));
                 lock(&self.backoff_until)
                     .insert(source_name.to_string(), (Instant::now() + wait, e.clone()));
                 Err(e)
