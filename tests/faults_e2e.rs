@@ -154,3 +154,39 @@ fn throttling_backoff_is_honoured() {
     assert_eq!(proxy.accepted(), 2, "exactly one retry after the backoff");
     node.stop();
 }
+
+#[test]
+fn dovecot_restarted_during_a_backfill_collection_resumes() {
+    let mut dovecot = Dovecot::start(DovecotOptions::default());
+    let messages: Vec<Vec<u8>> = (0..3000)
+        .map(|i| format!("Subject: r{i}\r\n\r\n{}\r\n", "q".repeat(500 + i % 700)).into_bytes())
+        .collect();
+    dovecot.seed(ALICE, &messages);
+    let body = format!(
+        "[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nport = {}\nusername = \"{ALICE}\"\nauth = \"password\"\npassword_env = \"PW\"\npoll_interval_secs = 1\n",
+        dovecot.imaps_port
+    );
+    let mut node = Node::new(&dovecot.ca_pem, &body);
+    node.env.push(("PW".into(), "alice-password".into()));
+    node.start();
+    let at_restart = node.wait("part of the backfill", Duration::from_secs(60), |n| {
+        let s = n.sources();
+        let stored = Node::source(&s, "mail")["stored_total"]
+            .as_u64()
+            .unwrap_or(0);
+        (stored > 0).then_some(stored)
+    });
+    dovecot.restart();
+    node.wait_stored("mail", 3000, Duration::from_secs(90));
+    let metrics = node.get("/metrics");
+    node.stop();
+    let mut got = node.stored_hashes();
+    got.sort();
+    let mut expected: Vec<String> = messages.iter().map(|m| sha256(m)).collect();
+    expected.sort();
+    assert_eq!(got, expected, "every message exactly once");
+    println!("restarted Dovecot after {at_restart} of 3000 stored");
+    if at_restart < 3000 {
+        assert!(error_count(&metrics, "connect") >= 1, "{metrics}");
+    }
+}

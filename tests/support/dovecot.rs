@@ -116,6 +116,8 @@ pub struct Dovecot {
     next_seq: AtomicU64,
     /// Who owns the mail files.
     identity: Identity,
+    /// The greeting this instance answers with (readiness check on restart).
+    greeting_id: String,
     dir: TempDir,
 }
 
@@ -237,6 +239,7 @@ impl Dovecot {
                         stderr_path,
                         next_seq: AtomicU64::new(0),
                         identity: id,
+                        greeting_id,
                         dir,
                     };
                 }
@@ -398,6 +401,45 @@ impl Dovecot {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Dovecot {
+    /// Kills the instance (SIGKILL to its process group: every session drops) and starts it
+    /// again from the same config, on the same ports, with the same mail.
+    pub fn restart(&mut self) {
+        kill_group(&mut self.child);
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let spawned = Instant::now();
+        let stderr = fs::File::create(&self.stderr_path).expect("create dovecot.stderr");
+        let mut child = Command::new(dovecot_binary())
+            .process_group(0)
+            .arg("-F")
+            .arg("-c")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().expect("dup the stderr file"))
+            .stderr(stderr)
+            .spawn()
+            .expect("respawn dovecot");
+        let ports = [
+            self.imaps_port,
+            self.imap_port,
+            self.pop3s_port,
+            self.pop3_port,
+        ];
+        if let Err(reason) = wait_ready(&mut child, &self.greeting_id, ports, spawned) {
+            kill_group(&mut child);
+            panic!(
+                "Dovecot did not restart: {reason}\n{}",
+                tail(&read_log(&self.log_path), 40)
+            );
+        }
+        self.watchdog = spawn_watchdog(child.id());
+        self.child = child;
     }
 }
 
