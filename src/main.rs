@@ -308,6 +308,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         &settings.node.data_dir,
         &settings.node.secret_key_file,
     )?);
+    store.set_min_free_bytes(settings.node.min_free_disk_bytes);
     let metrics = telemetry::install().map_err(|e| anyhow!("metrics: {e}"))?;
     let connector = Connector::new(
         &settings.tls,

@@ -38,6 +38,9 @@ pub struct NodeSettings {
     pub connect_timeout: Duration,
     /// `node.read_timeout_secs`: a server silent this long fails the session.
     pub read_timeout: Duration,
+    /// `node.min_free_disk_bytes`: below this much free space in `data_dir` no message is
+    /// taken (the source goes `degraded`); the store never runs into a full disk.
+    pub min_free_disk_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,6 +25,7 @@ const NODE_KEYS: &[&str] = &[
     "token_refresh_margin_secs",
     "connect_timeout_secs",
     "read_timeout_secs",
+    "min_free_disk_bytes",
 ];
 
 const TLS_KEYS: &[&str] = &["min_version", "extra_ca_file", "backend"];
@@ -145,6 +146,7 @@ fn node(ctx: &mut Ctx, t: &Table) -> NodeSettings {
         token_refresh_margin: secs(ctx, t, "token_refresh_margin_secs", 120),
         connect_timeout: secs(ctx, t, "connect_timeout_secs", 15),
         read_timeout: secs(ctx, t, "read_timeout_secs", 120),
+        min_free_disk_bytes: t.uint(ctx, "min_free_disk_bytes", 0, u64::MAX, 64 * 1024 * 1024),
     }
 }
 

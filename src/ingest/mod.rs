@@ -229,11 +229,11 @@ async fn run_imap(
                 );
                 // Not fetched; recorded by moving the checkpoint past it once every lower
                 // UID is stored (done in order below).
-                wanted.push((uid, true));
+                wanted.push((uid, size, true));
                 report.skipped += 1;
                 telemetry::message_skipped(&source.name);
             } else {
-                wanted.push((uid, false));
+                wanted.push((uid, size, false));
             }
         }
         for (i, batch) in wanted.chunks(FETCH_BATCH).enumerate() {
@@ -322,13 +322,19 @@ async fn fetch_batch(
     source: &SourceSettings,
     folder: &str,
     uidvalidity: u32,
-    batch: &[(u32, bool)],
+    batch: &[(u32, u32, bool)],
     report: &mut CycleReport,
 ) -> Result<(), CycleError> {
+    let incoming: u64 = batch
+        .iter()
+        .filter(|(_, _, skip)| !skip)
+        .map(|(_, size, _)| u64::from(*size))
+        .sum();
+    store.ensure_room(incoming)?;
     let to_fetch: Vec<u32> = batch
         .iter()
-        .filter(|(_, skip)| !skip)
-        .map(|(u, _)| *u)
+        .filter(|(_, _, skip)| !skip)
+        .map(|(u, _, _)| *u)
         .collect();
     let mut pending: BTreeSet<u32> = to_fetch.iter().copied().collect();
     if !to_fetch.is_empty() {
@@ -369,7 +375,7 @@ async fn fetch_batch(
     if !pending.is_empty() {
         tracing::info!(source = %source.name, folder, gone = pending.len(), "messages expunged before they could be fetched");
     }
-    if let Some((last, _)) = batch.last() {
+    if let Some((last, _, _)) = batch.last() {
         store.skip(&source.name, folder, uidvalidity, *last)?;
     }
     Ok(())
@@ -408,6 +414,7 @@ async fn run_pop3(
             telemetry::message_skipped(&source.name);
             continue;
         }
+        store.ensure_room(size)?;
         let body = session
             .retr(n, source.max_message_bytes.saturating_add(64 * 1024))
             .await?;

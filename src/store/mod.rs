@@ -43,6 +43,14 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store: secret key: {0}")]
     Key(String),
+    #[error(
+        "store: disk almost full: {free} bytes free in {path}, {needed} needed (node.min_free_disk_bytes plus the batch); no mail is taken until there is room"
+    )]
+    DiskFull {
+        path: String,
+        free: u64,
+        needed: u64,
+    },
 }
 
 impl StoreError {
@@ -161,6 +169,10 @@ pub struct Store {
     /// Behind a lock because `rotate_key` swaps it.
     secret_box: std::sync::RwLock<SecretBox>,
     key_file: std::path::PathBuf,
+    /// The data directory, for free-space checks.
+    dir: std::path::PathBuf,
+    /// Free bytes to keep in `dir` (`node.min_free_disk_bytes`).
+    min_free: std::sync::atomic::AtomicU64,
 }
 
 fn imap_key(source: &str, folder: &str, uidvalidity: u32, uid: u32) -> Vec<u8> {
@@ -243,7 +255,33 @@ impl Store {
             db,
             secret_box: std::sync::RwLock::new(secret_box),
             key_file: key_file.to_path_buf(),
+            dir: dir.to_path_buf(),
+            min_free: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Sets how much free space the store keeps (`node.min_free_disk_bytes`).
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.min_free
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Fails with [`StoreError::DiskFull`] unless `incoming` more bytes fit while keeping the
+    /// minimum free. Checked before mail is taken, so the store never hits a full disk
+    /// (sled does not recover well from one).
+    pub fn ensure_room(&self, incoming: u64) -> Result<(), StoreError> {
+        let min = self.min_free.load(std::sync::atomic::Ordering::Relaxed);
+        // Stored data costs up to about twice its size until sled compacts its log.
+        let needed = min.saturating_add(incoming.saturating_mul(2));
+        match fs4::available_space(&self.dir) {
+            Ok(free) if free < needed => Err(StoreError::DiskFull {
+                path: self.dir.display().to_string(),
+                free,
+                needed,
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(StoreError::Sled(sled::Error::Io(e))),
+        }
     }
 
     pub fn checkpoint(&self, source: &str, folder: &str) -> Result<Option<Checkpoint>, StoreError> {
@@ -490,8 +528,19 @@ impl Store {
 
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        // After a failed disk write sled may never complete a flush; a collector must not
+        // hang on it (the data is not durable, so the server is left alone).
+        match tokio::time::timeout(std::time::Duration::from_secs(60), self.db.flush_async()).await
+        {
+            Ok(r) => {
+                r?;
+                Ok(())
+            }
+            Err(_) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "flush did not complete within 60s",
+            )))),
+        }
     }
 
     pub fn flush_sync(&self) -> Result<(), StoreError> {
