@@ -1,0 +1,9 @@
+//! The config loader on arbitrary text: errors, never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = mailsluice::config::load_str(text, &Default::default());
+    }
+});
