@@ -292,3 +292,39 @@ async fn uidvalidity_change_rematches_by_content_and_ingests_only_what_is_new() 
     assert_eq!(store.counts().unwrap()["s"], 7);
     assert_eq!(r.uidvalidity_changes, 1);
 }
+
+#[tokio::test]
+async fn a_folder_that_disappears_does_not_stop_the_others() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    dovecot.seed(ALICE, &node::corpus::many("fd", 4));
+    let dir = tempfile::tempdir().unwrap();
+    let (store, connector, mut source) =
+        setup(&dovecot, dir.path(), "", "imap", dovecot.imaps_port);
+    source.folders = vec!["Gone".into(), "INBOX".into()];
+    let e = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .expect_err("a missing folder is reported");
+    assert!(
+        e.to_string().contains("folders not collected: Gone:"),
+        "{e}"
+    );
+    assert_eq!(
+        store.counts().unwrap()["s"],
+        4,
+        "INBOX collected all the same"
+    );
+}
+
+#[tokio::test]
+async fn empty_folder_is_a_quiet_success() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    dovecot.seed_folder(ALICE, "Empty", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, connector, mut source) =
+        setup(&dovecot, dir.path(), "", "imap", dovecot.imaps_port);
+    source.folders = vec!["Empty".into()];
+    let r = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .unwrap();
+    assert_eq!((r.stored, r.backlog), (0, 0));
+}

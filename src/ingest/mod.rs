@@ -33,6 +33,10 @@ pub enum CycleError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Credential(String),
+    /// Some folders could not be opened (deleted, renamed, no access); the others were
+    /// collected.
+    #[error("folders not collected: {}", .0.join("; "))]
+    Folders(Vec<String>),
 }
 
 impl CycleError {
@@ -41,6 +45,7 @@ impl CycleError {
             CycleError::Session(e) => e.kind(),
             CycleError::Store(_) => ErrorKind::Store,
             CycleError::Credential(_) => ErrorKind::Auth,
+            CycleError::Folders(_) => ErrorKind::Protocol,
         }
     }
 }
@@ -182,8 +187,18 @@ async fn run_imap(
     let read_only = source.after_ingest == AfterIngest::Keep;
     // Refused before anything is stored: a post-action this server cannot do safely.
     session.check_post_action(source.after_ingest)?;
+    let mut failed_folders = Vec::new();
     for folder in &source.folders {
-        let selected = session.select(folder, read_only).await?;
+        let selected = match session.select(folder, read_only).await {
+            Ok(s) => s,
+            // The server refused this folder (gone, renamed, no rights): collect the others.
+            Err(SessionError::Protocol { source: why, .. }) => {
+                tracing::warn!(source = %source.name, folder = %folder, error = %why, "folder cannot be opened; the other folders are collected");
+                failed_folders.push(format!("{folder}: {why}"));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let checkpoint = store.checkpoint(&source.name, folder)?;
         let from = match checkpoint {
             Some(cp) if cp.uidvalidity == selected.uidvalidity => cp.last_uid + 1,
@@ -283,6 +298,9 @@ async fn run_imap(
     }
     store.flush().await?;
     session.logout().await;
+    if !failed_folders.is_empty() {
+        return Err(CycleError::Folders(failed_folders));
+    }
     Ok(report)
 }
 
