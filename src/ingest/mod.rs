@@ -25,6 +25,10 @@ use crate::telemetry::{self, ErrorKind};
 /// session loses little work.
 const FETCH_BATCH: usize = 256;
 
+/// UIDs listed (UID and size) per `UID FETCH n:m (UID RFC822.SIZE)`: bounds the memory a
+/// folder of any size takes.
+const LIST_WINDOW: u32 = 10_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
     #[error(transparent)]
@@ -231,54 +235,68 @@ async fn run_imap(
             .await?;
             continue;
         }
-        let listed = session.uids_from(from).await?;
-        report.backlog += listed.len() as u64;
-        telemetry::backlog(&source.name, report.backlog);
-        let mut wanted = Vec::with_capacity(listed.len());
-        for (uid, size) in listed {
-            if u64::from(size) > source.max_message_bytes {
-                tracing::warn!(
-                    source = %source.name, folder = %folder, uid, size,
-                    limit = source.max_message_bytes,
-                    "message over max_message_bytes skipped"
-                );
-                // Not fetched; recorded by moving the checkpoint past it once every lower
-                // UID is stored (done in order below).
-                wanted.push((uid, size, true));
-                report.skipped += 1;
-                telemetry::message_skipped(&source.name);
-            } else {
-                wanted.push((uid, size, false));
+        // Listed window by window, so memory stays bounded whatever the folder's size.
+        let last_uid = selected.uidnext.map(|next| next.saturating_sub(1));
+        let mut window_start = from;
+        let mut first_batch = true;
+        'windows: loop {
+            let window_end = match last_uid {
+                Some(last) if window_start > last => break,
+                Some(last) => Some(window_start.saturating_add(LIST_WINDOW - 1).min(last)),
+                None => None,
+            };
+            let listed = session.uids_between(window_start, window_end).await?;
+            report.backlog += listed.len() as u64;
+            telemetry::backlog(&source.name, report.backlog);
+            let mut wanted = Vec::with_capacity(listed.len());
+            for (uid, size) in listed {
+                let skip = u64::from(size) > source.max_message_bytes;
+                if skip {
+                    tracing::warn!(
+                        source = %source.name, folder = %folder, uid, size,
+                        limit = source.max_message_bytes,
+                        "message over max_message_bytes skipped"
+                    );
+                    // Not fetched; the checkpoint moves past it with its batch.
+                    report.skipped += 1;
+                    telemetry::message_skipped(&source.name);
+                }
+                wanted.push((uid, size, skip));
             }
-        }
-        for (i, batch) in wanted.chunks(FETCH_BATCH).enumerate() {
-            if i > 0 && ReopenAt::reached(reopen_at) {
-                report.more = true;
-                break;
-            }
-            fetch_batch(
-                store,
-                &mut session,
-                source,
-                folder,
-                selected.uidvalidity,
-                batch,
-                &mut report,
-            )
-            .await?;
-            if source.after_ingest != AfterIngest::Keep {
-                // Durable, then the server is changed: batch by batch, so a long backfill
-                // empties the folder as it goes.
-                store.flush().await?;
-                apply_pending(
+            for batch in wanted.chunks(FETCH_BATCH) {
+                if !first_batch && ReopenAt::reached(reopen_at) {
+                    report.more = true;
+                    break 'windows;
+                }
+                first_batch = false;
+                fetch_batch(
                     store,
                     &mut session,
                     source,
                     folder,
                     selected.uidvalidity,
+                    batch,
                     &mut report,
                 )
                 .await?;
+                if source.after_ingest != AfterIngest::Keep {
+                    // Durable, then the server is changed: batch by batch, so a long
+                    // backfill empties the folder as it goes.
+                    store.flush().await?;
+                    apply_pending(
+                        store,
+                        &mut session,
+                        source,
+                        folder,
+                        selected.uidvalidity,
+                        &mut report,
+                    )
+                    .await?;
+                }
+            }
+            match window_end {
+                Some(end) if end < u32::MAX => window_start = end + 1,
+                _ => break,
             }
         }
         // Durable before anything is done on the server (post-actions) or reported.

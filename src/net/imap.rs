@@ -412,21 +412,27 @@ impl ImapSession {
         })
     }
 
-    /// UIDs at or above `from` with their RFC822.SIZE, ascending. `UID FETCH n:*` always
-    /// returns the highest message even below `n`, so results are filtered.
-    pub async fn uids_from(&mut self, from: u32) -> Result<Vec<(u32, u32)>, SessionError> {
-        let cmd = self.cmds.uid_fetch_sizes(from.max(1));
+    /// UIDs in `from..=to` (`to = None`: to the end) with their RFC822.SIZE, ascending.
+    /// `UID FETCH n:*` always returns the highest message even below `n`, so results are
+    /// filtered.
+    pub async fn uids_between(
+        &mut self,
+        from: u32,
+        to: Option<u32>,
+    ) -> Result<Vec<(u32, u32)>, SessionError> {
+        let cmd = self.cmds.uid_fetch_sizes(from.max(1), to);
         let (untagged, completion, line) = self.run(cmd, "UID FETCH").await?;
         if completion != Completion::Ok {
             return Err(self.refused(line));
         }
+        let upper = to.unwrap_or(u32::MAX);
         let mut out: Vec<(u32, u32)> = untagged
             .into_iter()
             .filter_map(|r| match r {
                 ServerResponse::Fetch(f) => f.uid.map(|u| (u, f.rfc822_size.unwrap_or(0))),
                 _ => None,
             })
-            .filter(|(uid, _)| *uid >= from)
+            .filter(|(uid, _)| (from..=upper).contains(uid))
             .collect();
         out.sort_unstable();
         out.dedup_by_key(|(u, _)| *u);

@@ -417,9 +417,11 @@ impl Commands {
         ))
     }
 
-    /// `UID FETCH <from>:* (UID RFC822.SIZE)`: the list of messages to collect and their sizes.
-    pub fn uid_fetch_sizes(&mut self, from: u32) -> Command {
-        self.tagged(&format!("UID FETCH {from}:* (UID RFC822.SIZE)"))
+    /// `UID FETCH <from>:<to> (UID RFC822.SIZE)` (`to = None` is `*`): the messages to
+    /// collect and their sizes.
+    pub fn uid_fetch_sizes(&mut self, from: u32, to: Option<u32>) -> Command {
+        let to = to.map_or_else(|| "*".to_string(), |t| t.to_string());
+        self.tagged(&format!("UID FETCH {from}:{to} (UID RFC822.SIZE)"))
     }
 
     /// `UID FETCH <set> (...)` for an explicit, comma-separated UID set.
