@@ -233,7 +233,13 @@ impl Store {
     pub fn open(dir: &Path, key_file: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         restrict_dir(dir);
-        let db = match sled::Config::new().path(dir).open() {
+        let db = match sled::Config::new()
+            .path(dir)
+            // sled caches up to 1 GiB by default; a collector mostly writes, so a small
+            // cache keeps memory bounded whatever the store size.
+            .cache_capacity(16 * 1024 * 1024)
+            .open()
+        {
             Ok(db) => db,
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
