@@ -190,3 +190,39 @@ fn dovecot_restarted_during_a_backfill_collection_resumes() {
         assert!(error_count(&metrics, "connect") >= 1, "{metrics}");
     }
 }
+
+#[test]
+fn messages_expunged_by_someone_else_mid_fetch_are_skipped_not_stuck() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let messages: Vec<Vec<u8>> = (0..50)
+        .map(|i| format!("Subject: e{i}\r\n\r\nbody {i}\r\n").into_bytes())
+        .collect();
+    dovecot.seed(ALICE, &messages);
+    let files = dovecot.message_files(ALICE, "INBOX");
+    let gone: Vec<std::path::PathBuf> = files[10..20].to_vec();
+    let gone_hashes: Vec<String> = gone
+        .iter()
+        .map(|p| sha256(&std::fs::read(p).unwrap()))
+        .collect();
+    let ca = support::ca();
+    let proxy = Proxy::start(&ca.cert_pem, &ca.key_pem, dovecot.imap_port, true);
+    proxy.push(Fault::ExpungeBeforeBodies(gone));
+    let body = format!(
+        "[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nport = {}\nusername = \"{ALICE}\"\nauth = \"password\"\npassword_env = \"PW\"\npoll_interval_secs = 1\n",
+        proxy.port
+    );
+    let mut node = Node::new(&ca.ca_pem, &body);
+    node.env.push(("PW".into(), "alice-password".into()));
+    node.start();
+    node.wait_stored("mail", 40, Duration::from_secs(60));
+    // New mail after the gap is still collected: the checkpoint moved past the hole.
+    dovecot.seed(ALICE, &[b"Subject: after the gap\r\n\r\nx\r\n".to_vec()]);
+    node.wait_stored("mail", 41, Duration::from_secs(30));
+    node.wait_state("mail", "healthy", Duration::from_secs(30));
+    node.stop();
+    let stored = node.stored_hashes();
+    assert_eq!(stored.len(), 41, "nothing stored twice");
+    for g in &gone_hashes {
+        assert!(!stored.contains(g), "an expunged message was stored");
+    }
+}

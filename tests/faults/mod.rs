@@ -30,6 +30,9 @@ pub enum Fault {
     Throttled(u64),
     /// Stop relaying server bytes once bodies were asked for (the client must time out).
     Stall,
+    /// Another client expunges these messages (their maildir files vanish) just before the
+    /// server sees the first request for bodies.
+    ExpungeBeforeBodies(Vec<std::path::PathBuf>),
 }
 
 pub struct Proxy {
@@ -193,6 +196,13 @@ async fn relay(
                 None => {
                     let upper = line.to_ascii_uppercase();
                     if upper.contains("BODY.PEEK[]") || upper.starts_with("RETR ") {
+                        if let Fault::ExpungeBeforeBodies(paths) = &fault_c
+                            && !asked.load(std::sync::atomic::Ordering::SeqCst)
+                        {
+                            for p in paths {
+                                let _ = std::fs::remove_file(p);
+                            }
+                        }
                         asked.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                     if server_w.write_all(line.as_bytes()).await.is_err() {
