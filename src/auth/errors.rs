@@ -297,6 +297,16 @@ mod tests {
         assert!(
             matches!(e, TokenError::Transient { retry_after: Some(d), .. } if d.as_secs() == 9)
         );
+        let e = classify_provider_error(
+            "p",
+            429,
+            br#"{"error":"temporarily_unavailable"}"#,
+            Some(Duration::from_secs(2)),
+            "",
+        );
+        assert!(
+            matches!(e, TokenError::Transient { retry_after: Some(d), .. } if d.as_secs() == 2)
+        );
         let e = classify_provider_error("p", 0, b"", None, "connection refused");
         assert!(matches!(e, TokenError::Transient { .. }));
         let e = classify_provider_error("p", 200, b"{not json", None, "parse");
