@@ -5,9 +5,7 @@
 mod node;
 mod support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mailsluice::ingest::{Credential, ReopenAt, run_cycle};
 use mailsluice::net::Connector;
@@ -21,21 +19,7 @@ fn setup(
     protocol: &str,
     port: u16,
 ) -> (Arc<Store>, Connector, mailsluice::config::SourceSettings) {
-    let toml = format!(
-        "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\n\n[tls]\nextra_ca_file = \"{ca}\"\n\n[sources.s]\nprotocol = \"{protocol}\"\nhost = \"localhost\"\nport = {port}\nusername = \"alice@example.test\"\nauth = \"password\"\npassword_env = \"UNUSED\"\n",
-        d = dir.display(),
-        ca = dovecot.ca_pem.display()
-    );
-    let settings = mailsluice::config::load_str(&toml, &HashMap::new()).expect("config");
-    let store =
-        Arc::new(Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap());
-    let connector = Connector::new(
-        &settings.tls,
-        Duration::from_secs(10),
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    (store, connector, settings.sources["s"].clone())
+    node::direct_source(&dovecot.ca_pem, dir, protocol, port, "")
 }
 
 #[tokio::test]

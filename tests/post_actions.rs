@@ -5,7 +5,6 @@
 mod node;
 mod support;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,26 +23,7 @@ fn setup(
     protocol: &str,
     port: u16,
 ) -> (Arc<Store>, Connector, mailsluice::config::SourceSettings) {
-    let folders = if protocol == "imap" {
-        "folders = [\"INBOX\"]\n"
-    } else {
-        ""
-    };
-    let toml = format!(
-        "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\n\n[tls]\nextra_ca_file = \"{ca}\"\n\n[sources.s]\nprotocol = \"{protocol}\"\nhost = \"localhost\"\nport = {port}\nusername = \"{ALICE}\"\nauth = \"password\"\npassword_env = \"UNUSED\"\n{folders}{extra}\n",
-        d = dir.display(),
-        ca = dovecot.ca_pem.display()
-    );
-    let settings = mailsluice::config::load_str(&toml, &HashMap::new()).expect("config");
-    let store =
-        Arc::new(Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap());
-    let connector = Connector::new(
-        &settings.tls,
-        Duration::from_secs(10),
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    (store, connector, settings.sources["s"].clone())
+    node::direct_source(&dovecot.ca_pem, dir, protocol, port, extra)
 }
 
 fn cred() -> Credential {

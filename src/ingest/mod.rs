@@ -279,20 +279,16 @@ async fn run_imap(
                     &mut report,
                 )
                 .await?;
-                if source.after_ingest != AfterIngest::Keep {
-                    // Durable, then the server is changed: batch by batch, so a long
-                    // backfill empties the folder as it goes.
-                    store.flush().await?;
-                    apply_pending(
-                        store,
-                        &mut session,
-                        source,
-                        folder,
-                        selected.uidvalidity,
-                        &mut report,
-                    )
-                    .await?;
-                }
+                // Batch by batch, so a long backfill empties the folder as it goes.
+                apply_pending(
+                    store,
+                    &mut session,
+                    source,
+                    folder,
+                    selected.uidvalidity,
+                    &mut report,
+                )
+                .await?;
             }
             match window_end {
                 Some(end) if end < u32::MAX => window_start = end + 1,
@@ -322,8 +318,9 @@ async fn run_imap(
     Ok(report)
 }
 
-/// Does the post-action of every stored-but-not-yet-acted message of `folder` (durable
-/// already), then records it done. Redone after a crash; every action is idempotent.
+/// Makes what was stored durable, then does the post-action of every stored-but-not-yet-
+/// acted message of `folder` and records it done. Redone after a crash; every action is
+/// idempotent.
 async fn apply_pending(
     store: &Store,
     session: &mut ImapSession,
@@ -335,6 +332,7 @@ async fn apply_pending(
     if source.after_ingest == AfterIngest::Keep {
         return Ok(());
     }
+    store.flush().await?;
     let mut uids = store.pending_actions(&source.name, folder, uidvalidity)?;
     uids.sort_unstable();
     for chunk in uids.chunks(FETCH_BATCH) {

@@ -306,3 +306,41 @@ impl Node {
         Some(kb * 1024)
     }
 }
+
+/// A store, connector and source for calling `ingest::run_cycle` directly (no node
+/// process): an alice@example.test password source over `protocol` at localhost:`port`,
+/// plus `extra` source keys.
+pub fn direct_source(
+    ca_pem: &Path,
+    dir: &Path,
+    protocol: &str,
+    port: u16,
+    extra: &str,
+) -> (
+    std::sync::Arc<mailsluice::store::Store>,
+    mailsluice::net::Connector,
+    mailsluice::config::SourceSettings,
+) {
+    let folders = if protocol == "imap" {
+        "folders = [\"INBOX\"]\n"
+    } else {
+        ""
+    };
+    let toml = format!(
+        "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\n\n[tls]\nextra_ca_file = \"{ca}\"\n\n[sources.s]\nprotocol = \"{protocol}\"\nhost = \"localhost\"\nport = {port}\nusername = \"alice@example.test\"\nauth = \"password\"\npassword_env = \"UNUSED\"\n{folders}{extra}\n",
+        d = dir.display(),
+        ca = ca_pem.display()
+    );
+    let settings = mailsluice::config::load_str(&toml, &Default::default()).expect("config");
+    let store = std::sync::Arc::new(
+        mailsluice::store::Store::open(&settings.node.data_dir, &settings.node.secret_key_file)
+            .expect("store"),
+    );
+    let connector = mailsluice::net::Connector::new(
+        &settings.tls,
+        Duration::from_secs(10),
+        Duration::from_secs(20),
+    )
+    .expect("connector");
+    (store, connector, settings.sources["s"].clone())
+}
