@@ -164,6 +164,9 @@ pub struct Store {
     content: sled::Tree,
     /// IMAP location keys whose post-action (seen, move, delete) is not yet done.
     pending: sled::Tree,
+    /// Source name → number of stored messages (u64 BE), kept in the storing transaction
+    /// so `status` is O(sources), not O(messages).
+    counts: sled::Tree,
     checkpoints: sled::Tree,
     tokens: sled::Tree,
     /// Behind a lock because `rotate_key` swaps it.
@@ -256,6 +259,7 @@ impl Store {
             index: db.open_tree("index")?,
             content: db.open_tree("content")?,
             pending: db.open_tree("pending")?,
+            counts: db.open_tree("counts")?,
             checkpoints: db.open_tree("checkpoints")?,
             tokens,
             db,
@@ -358,6 +362,7 @@ impl Store {
             Location::Pop3 { uidl } => (pop3_key(&msg.source, uidl), None, None),
         };
         let needs_pending = msg.post_action && matches!(msg.location, Location::Imap { .. });
+        let source_key = msg.source.as_bytes().to_vec();
         let id = self.db.generate_id()?;
         let (parsed, parse_error) = match msg.parsed {
             Ok(p) => (Some(p), None),
@@ -384,8 +389,9 @@ impl Store {
             &self.content,
             &self.checkpoints,
             &self.pending,
+            &self.counts,
         )
-            .transaction(|(messages, raw, index, content_t, checkpoints, pending)| {
+            .transaction(|(messages, raw, index, content_t, checkpoints, pending, counts)| {
                 let mark_pending = |pending: &sled::transaction::TransactionalTree| -> Result<(), ConflictableTransactionError<StoreError>> {
                     if needs_pending {
                         pending.insert(index_key.as_slice(), &[] as &[u8])?;
@@ -427,6 +433,11 @@ impl Store {
                 }
                 advance(checkpoints)?;
                 mark_pending(pending)?;
+                let n = match counts.get(source_key.as_slice())? {
+                    Some(v) => id_of(&v).map_err(abort)?,
+                    None => 0,
+                };
+                counts.insert(source_key.as_slice(), &(n + 1).to_be_bytes())?;
                 Ok(StoreOutcome::Stored(id))
             });
         match result {
@@ -588,8 +599,9 @@ impl Store {
     /// Number of stored messages per source.
     pub fn counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
         let mut out = std::collections::BTreeMap::new();
-        for m in self.iter_meta(None) {
-            *out.entry(m?.source).or_insert(0) += 1;
+        for item in self.counts.iter() {
+            let (k, v) = item?;
+            out.insert(String::from_utf8_lossy(&k).into_owned(), id_of(&v)?);
         }
         Ok(out)
     }
@@ -787,6 +799,21 @@ mod tests {
         assert_eq!(s.raw(id).unwrap().unwrap(), junk);
     }
 
+    /// Opens a store just dropped in this process: sled's flusher thread lets go of the
+    /// lock a moment after the handle is dropped.
+    fn reopen(dir: &Path, key: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Store::open(dir, key) {
+                Ok(s) => return s,
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     #[test]
     fn key_rotation_reencrypts_and_survives_an_interruption() {
         let dir = tempfile::tempdir().unwrap();
@@ -796,7 +823,7 @@ mod tests {
             ..Default::default()
         };
         {
-            let s = Store::open(&dir.path().join("db"), &key).unwrap();
+            let s = reopen(&dir.path().join("db"), &key);
             tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap()
@@ -809,7 +836,7 @@ mod tests {
             assert!(!crypto::pending_path(&key).exists());
         }
         // Reopen with the rotated key.
-        let s = Store::open(&dir.path().join("db"), &key).unwrap();
+        let s = reopen(&dir.path().join("db"), &key);
         assert_eq!(s.token("a").unwrap().unwrap(), tok);
         // Interrupted before the rename: records are under the pending key.
         let pending = crypto::pending_path(&key);
@@ -818,13 +845,13 @@ mod tests {
         s.tokens.insert("a", new_box.seal(&plain).unwrap()).unwrap();
         s.flush_sync().unwrap();
         drop(s);
-        let s = Store::open(&dir.path().join("db"), &key).unwrap();
+        let s = reopen(&dir.path().join("db"), &key);
         assert_eq!(s.token("a").unwrap().unwrap(), tok);
         assert!(!pending.exists());
         // Interrupted before any record moved: the old key stays, the pending one goes.
         SecretBox::create_at(&pending).unwrap();
         drop(s);
-        let s = Store::open(&dir.path().join("db"), &key).unwrap();
+        let s = reopen(&dir.path().join("db"), &key);
         assert_eq!(s.token("a").unwrap().unwrap(), tok);
         assert!(!pending.exists());
     }
