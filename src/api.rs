@@ -17,8 +17,8 @@ use crate::store::{MessageMeta, Store};
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub settings: Arc<Settings>,
-    pub connector: crate::net::Connector,
+    /// The configuration now (replaced by reloads).
+    pub live: crate::actors::Live,
     pub store: Arc<Store>,
     pub registry: Registry,
     pub metrics: PrometheusHandle,
@@ -37,6 +37,24 @@ pub struct SourceView {
     pub stored_total: u64,
     pub stored_since_start: u64,
     pub backlog: u64,
+    /// Sessions that succeeded / failed since the node started.
+    #[serde(default)]
+    pub sessions_ok: u64,
+    #[serde(default)]
+    pub sessions_failed: u64,
+    /// When this source's collector (re)started: a reload that leaves a source unchanged
+    /// leaves this alone.
+    #[serde(default)]
+    pub running_since: Option<String>,
+    /// OAuth2: when the current access token expires and when the refresh token was last
+    /// used.
+    #[serde(default)]
+    pub access_token_expires_at: Option<String>,
+    #[serde(default)]
+    pub refresh_token_last_used: Option<String>,
+    /// Expiry horizons coming up (client secret, idle refresh token), with the action.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// Token view served at `/api/tokens` and printed by `mailsluice tokens status`.
@@ -109,11 +127,24 @@ pub fn source_views(
 ) -> Result<Vec<SourceView>, String> {
     let counts = store.counts().map_err(|e| e.to_string())?;
     let live = registry.map(|r| r.snapshot()).unwrap_or_default();
+    let now = chrono::Utc::now().timestamp();
     Ok(settings
         .sources
         .iter()
         .map(|(name, src)| {
             let st = live.get(name);
+            let (token, warnings) = match &src.auth {
+                crate::config::SourceAuth::OAuth2 { provider, .. } => {
+                    let rec = store.token(name).ok().flatten();
+                    let warnings = settings
+                        .providers
+                        .get(provider)
+                        .map(|p| crate::auth::horizons::warnings(p, rec.as_ref(), now))
+                        .unwrap_or_default();
+                    (rec, warnings)
+                }
+                crate::config::SourceAuth::Password { .. } => (None, Vec::new()),
+            };
             SourceView {
                 name: name.clone(),
                 protocol: format!("{:?}", src.protocol).to_lowercase(),
@@ -131,6 +162,12 @@ pub fn source_views(
                 stored_total: counts.get(name).copied().unwrap_or(0),
                 stored_since_start: st.map_or(0, |s| s.stored_since_start),
                 backlog: st.map_or(0, |s| s.backlog),
+                sessions_ok: st.map_or(0, |s| s.sessions_ok),
+                sessions_failed: st.map_or(0, |s| s.sessions_failed),
+                running_since: st.and_then(|s| s.running_since.clone()),
+                access_token_expires_at: token.as_ref().and_then(|t| ts(t.access_expires_at)),
+                refresh_token_last_used: token.as_ref().and_then(|t| ts(t.refresh_token_last_used)),
+                warnings,
             }
         })
         .collect())
@@ -146,27 +183,42 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().body("ok\n")
 }
 
+/// Ready when the store answers, the supervisor runs and a configuration is loaded (at
+/// least one source, or none configured on purpose: an empty node is ready to be reloaded).
 async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
     let store_ok = state.store.counts().is_ok();
     let supervisor_ok = state.supervisor.connected();
-    if store_ok && supervisor_ok {
+    let config_loaded = state.live.path.is_some();
+    if store_ok && supervisor_ok && config_loaded {
         HttpResponse::Ok().body("ready\n")
     } else {
         HttpResponse::ServiceUnavailable().body(format!(
-            "not ready: store_open={store_ok} supervisor_running={supervisor_ok}\n"
+            "not ready: store_open={store_ok} supervisor_running={supervisor_ok} config_loaded={config_loaded}\n"
         ))
     }
 }
 
+/// `POST /api/reload`: re-reads the config file and applies it (as SIGHUP does). 200 with
+/// what changed; 422 with every error when the new configuration is refused (the running
+/// one stays).
+async fn reload(state: web::Data<ApiState>) -> HttpResponse {
+    match crate::actors::supervisor::reload_from_file(&state.supervisor, &state.live).await {
+        Ok(report) => HttpResponse::Ok().json(report),
+        Err(errors) => {
+            HttpResponse::UnprocessableEntity().json(serde_json::json!({ "errors": errors }))
+        }
+    }
+}
+
 async fn sources(state: web::Data<ApiState>) -> HttpResponse {
-    match source_views(&state.settings, &state.store, Some(&state.registry)) {
+    match source_views(&state.live.settings(), &state.store, Some(&state.registry)) {
         Ok(v) => HttpResponse::Ok().json(v),
         Err(e) => HttpResponse::InternalServerError().body(e),
     }
 }
 
 async fn tokens(state: web::Data<ApiState>) -> HttpResponse {
-    match token_views(&state.settings, &state.store, Some(&state.registry)) {
+    match token_views(&state.live.settings(), &state.store, Some(&state.registry)) {
         Ok(v) => HttpResponse::Ok().json(v),
         Err(e) => HttpResponse::InternalServerError().body(e),
     }
@@ -245,7 +297,8 @@ async fn import_token(
 /// holds the tokens). Answers the JSON report; 200 only when a mailbox was opened.
 async fn test_login(state: web::Data<ApiState>, source: web::Path<String>) -> HttpResponse {
     let name = source.into_inner();
-    let token = match state.settings.sources.get(&name).map(|s| &s.auth) {
+    let current = state.live.get();
+    let token = match current.settings.sources.get(&name).map(|s| &s.auth) {
         Some(crate::config::SourceAuth::OAuth2 { .. }) => {
             let asked = async {
                 let tokens = state
@@ -265,7 +318,8 @@ async fn test_login(state: web::Data<ApiState>, source: web::Path<String>) -> Ht
         }
         _ => None,
     };
-    let report = crate::diagnose::test_login(&state.settings, &state.connector, &name, token).await;
+    let report =
+        crate::diagnose::test_login(&current.settings, &current.connector, &name, token).await;
     if report.mailbox_opened {
         HttpResponse::Ok().json(report)
     } else {
@@ -277,6 +331,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/api/reload", web::post().to(reload))
         .route("/api/sources", web::get().to(sources))
         .route(
             "/api/sources/{source}/test-login",

@@ -10,8 +10,8 @@ use actix_web::{App, HttpServer, web};
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use mailsluice::actors::Registry;
-use mailsluice::actors::supervisor::{Shutdown, Supervisor};
+use mailsluice::actors::supervisor::{Shutdown, Supervisor, WaitOnce, reload_from_file};
+use mailsluice::actors::{Live, Registry};
 use mailsluice::api::{self, ApiState, SourceView, TokenView};
 use mailsluice::auth::TokenService;
 use mailsluice::config::{self, LogFormat, Settings};
@@ -36,8 +36,31 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the node until SIGINT/SIGTERM.
-    Run,
+    /// Run the node: collect every enabled source until SIGINT/SIGTERM.
+    ///
+    /// SIGHUP (or `mailsluice reload`, or POST /api/reload) re-reads the config file:
+    /// added sources start, removed ones stop after the message in hand, changed ones
+    /// restart, unchanged ones keep running; an invalid file is refused with every error
+    /// listed and the running configuration stays. Metrics and the API are served on
+    /// node.http_listen.
+    #[command(
+        after_help = "Examples:\n  mailsluice run -c /etc/mailsluice/mailsluice.toml\n  mailsluice run --once          # collect every source once, then exit (cron, first backfill)"
+    )]
+    Run {
+        /// Collect every enabled source once (no IDLE) and exit: 0 when every source
+        /// succeeded, 1 otherwise. Shows a progress bar per source on a terminal.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Ask the running node to re-read its config file (same as SIGHUP); prints what
+    /// changed, or every error when the new file is refused.
+    Reload,
+    /// Print a shell completion script, e.g. `mailsluice completions bash >
+    /// /etc/bash_completion.d/mailsluice`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Validate the configuration and print every error with its key path.
     CheckConfig,
     /// Initial OAuth2 consent for a source: browser (PKCE, loopback redirect) or --device.
@@ -134,6 +157,16 @@ struct UsageError(String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "mailsluice",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     let path = config::resolve_path(cli.config.as_deref());
     let settings = match config::load(&path) {
         Ok(s) => s,
@@ -151,7 +184,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::CheckConfig => check_config(&path, &settings),
-        Command::Run => run(settings),
+        Command::Run { once } => run(settings, &path, once),
+        Command::Reload => reload(&settings),
+        Command::Completions { .. } => Ok(()),
         Command::Status => status(&settings),
         Command::TestLogin { source } => test_login(&settings, &source),
         Command::Authorize {
@@ -294,7 +329,7 @@ impl NodeApi {
     }
 }
 
-fn run(settings: Settings) -> anyhow::Result<()> {
+fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result<()> {
     let missing = config::check_secrets(&settings);
     if !missing.is_empty() {
         let mut msg = format!("{} secret reference(s) do not resolve:", missing.len());
@@ -303,7 +338,21 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         }
         return Err(UsageError(msg).into());
     }
-    telemetry::init_logging(settings.node.log_format == LogFormat::Json);
+    let bars = (once && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then(indicatif::MultiProgress::new);
+    match &bars {
+        Some(multi) => {
+            // Log lines are printed above the bars, never through them.
+            let multi = multi.clone();
+            telemetry::init_logging_to(
+                settings.node.log_format == LogFormat::Json,
+                tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || {
+                    BarWriter(multi.clone())
+                }),
+            );
+        }
+        None => telemetry::init_logging(settings.node.log_format == LogFormat::Json),
+    }
     let store = Arc::new(Store::open(
         &settings.node.data_dir,
         &settings.node.secret_key_file,
@@ -323,13 +372,17 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("node.http_listen {}", settings.node.http_listen))?;
     let addr = listener.local_addr()?;
     let registry = Registry::default();
+    let live = Live::new(settings.clone(), connector, Some(path.to_path_buf()));
     let system = actix_rt::System::new();
     let store_for_end = store.clone();
-    system.block_on(async move {
-        let supervisor = Supervisor::new(settings.clone(), store.clone(), connector.clone(), registry.clone(), token_service).start();
+    let failed = system.block_on(async move {
+        let mut supervisor = Supervisor::new(live.clone(), store.clone(), registry.clone(), token_service);
+        if once {
+            supervisor = supervisor.once();
+        }
+        let supervisor = supervisor.start();
         let state = ApiState {
-            connector: connector.clone(),
-            settings: settings.clone(),
+            live: live.clone(),
             store: store.clone(),
             registry,
             metrics,
@@ -346,36 +399,208 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         .run();
         let handle = server.handle();
         actix_rt::spawn(server);
-        tracing::info!(http = %addr, sources = settings.sources.len(), "node running; metrics at http://{addr}/metrics");
-        wait_for_signal().await;
-        tracing::info!("shutting down: finishing the message in hand");
+        let mut failed = Vec::new();
+        if once {
+            tracing::info!(http = %addr, sources = settings.sources.values().filter(|s| s.enabled).count(), "collecting every source once");
+            let progress = actix_rt::spawn(show_progress(bars.clone(), settings.clone()));
+            let results = tokio::select! {
+                r = supervisor.send(WaitOnce) => r.unwrap_or_default(),
+                _ = wait_for_signal(None) => {
+                    tracing::warn!("interrupted");
+                    Default::default()
+                }
+            };
+            progress.abort();
+            if let Some(bars) = &bars {
+                let _ = bars.clear();
+            }
+            for (source, result) in &results {
+                match result {
+                    Ok(()) => {}
+                    Err(e) => failed.push(format!("{source}: {e}")),
+                }
+            }
+            let p = telemetry::progress::snapshot();
+            for (source, result) in &results {
+                let done = p.get(source).copied().unwrap_or_default();
+                match result {
+                    Ok(()) => tracing::info!(source = %source, stored = done.stored, bytes = done.bytes, "source collected"),
+                    Err(e) => tracing::warn!(source = %source, error = %e, "source not collected"),
+                }
+            }
+        } else {
+            tracing::info!(http = %addr, sources = settings.sources.len(), "node running; metrics at http://{addr}/metrics");
+            wait_for_signal(Some((&supervisor, &live))).await;
+            tracing::info!("shutting down: finishing the message in hand");
+        }
         let _ = supervisor.send(Shutdown).await;
         handle.stop(true).await;
-        Ok::<(), anyhow::Error>(())
+        Ok::<Vec<String>, anyhow::Error>(failed)
     })?;
     store_for_end.flush_sync()?;
     tracing::info!("stopped");
+    if !failed.is_empty() {
+        return Err(anyhow!(
+            "{} source(s) not collected:\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        ));
+    }
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Writes log lines above `run --once`'s progress bars.
+struct BarWriter(indicatif::MultiProgress);
+
+impl std::io::Write for BarWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let _ = self.0.println(text.trim_end_matches('\n'));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `run --once`: a bar per source on a terminal; without one, a progress line per source
+/// every 10 seconds while it has a backlog.
+async fn show_progress(bars: Option<indicatif::MultiProgress>, settings: Arc<Settings>) {
+    let sources: Vec<String> = settings
+        .sources
+        .values()
+        .filter(|s| s.enabled)
+        .map(|s| s.name.clone())
+        .collect();
+    let width = sources.iter().map(|s| s.len()).max().unwrap_or(6);
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{{prefix:<{width}}} [{{bar:30}}] {{pos}}/{{len}} {{msg}}"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let shown: Vec<indicatif::ProgressBar> = match &bars {
+        Some(multi) => sources
+            .iter()
+            .map(|s| {
+                let bar = multi.add(indicatif::ProgressBar::new(0));
+                bar.set_style(style.clone());
+                bar.set_prefix(s.clone());
+                bar
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let tick = if bars.is_some() { 200 } else { 10_000 };
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(tick));
+    loop {
+        interval.tick().await;
+        let now = telemetry::progress::snapshot();
+        for (i, source) in sources.iter().enumerate() {
+            let p = now.get(source).copied().unwrap_or_default();
+            match shown.get(i) {
+                Some(bar) => {
+                    bar.set_length(p.backlog.max(p.stored));
+                    bar.set_position(p.stored);
+                    bar.set_message(format!("{:.1} MB", p.bytes as f64 / 1e6));
+                }
+                None if p.backlog > p.stored => {
+                    tracing::info!(source = %source, stored = p.stored, of = p.backlog, bytes = p.bytes, "progress");
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// `mailsluice reload`: asks the running node to re-read its config file.
+fn reload(settings: &Settings) -> anyhow::Result<()> {
+    let url = format!("http://{}/api/reload", settings.node.http_listen);
+    let (status, body) = runtime()?.block_on(async {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .send()
+            .await
+            .with_context(|| format!("no running node answers at {url}"))?;
+        let status = r.status();
+        Ok::<_, anyhow::Error>((status, r.text().await.unwrap_or_default()))
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    if status.is_success() {
+        for key in [
+            "added",
+            "removed",
+            "restarted",
+            "unchanged",
+            "needs_restart",
+        ] {
+            let names: Vec<String> = json[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "{key:<13} {}",
+                if names.is_empty() {
+                    "-".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+        }
+        Ok(())
+    } else {
+        let errors: Vec<String> = json["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![format!("HTTP {status}: {body}")]);
+        Err(UsageError(format!(
+            "the node refused the new configuration and keeps running the old one; {} error(s):\n  {}",
+            errors.len(),
+            errors.join("\n  ")
+        ))
+        .into())
+    }
+}
+
+/// Waits for SIGTERM or SIGINT. With a supervisor, SIGHUP reloads the configuration
+/// meanwhile.
+async fn wait_for_signal(reload: Option<(&actix::Addr<Supervisor>, &Live)>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    let Some((supervisor, live)) = reload else { continue };
+                    tracing::info!("SIGHUP: re-reading the configuration");
+                    if let Err(errors) = reload_from_file(supervisor, live).await {
+                        tracing::error!(errors = errors.len(), "new configuration refused; the running one stays:\n  {}", errors.join("\n  "));
+                    }
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = reload;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

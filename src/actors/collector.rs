@@ -31,6 +31,8 @@ pub enum StopReason {
     Shutdown,
     /// The loop died (a bug: a panic). The supervisor restarts it with backoff.
     Failed(String),
+    /// `run --once`: the one session ended, with its error if it failed.
+    Once(Result<(), String>),
 }
 
 /// What a collector needs. Holds a `Recipient`, not a concrete actor address, so tests
@@ -48,6 +50,8 @@ pub struct CollectorDeps {
     /// Global `node.max_sessions` limit.
     pub sessions: Arc<Semaphore>,
     pub registry: Registry,
+    /// `run --once`: one session (no IDLE), then stop.
+    pub once: bool,
 }
 
 /// Delay before retry number `failures` (1-based): exponential from 1 s, capped at
@@ -117,8 +121,8 @@ async fn credential(deps: &CollectorDeps) -> Result<(Credential, Option<ReopenAt
     }
 }
 
-async fn attempt(deps: &CollectorDeps) -> Attempt {
-    let Ok(_permit) = deps.sessions.clone().acquire_owned().await else {
+async fn attempt(deps: &CollectorDeps, stop: watch::Receiver<bool>, session_no: u64) -> Attempt {
+    let Ok(permit) = deps.sessions.clone().acquire_owned().await else {
         return Attempt::Failed(ErrorKind::Connect, "session limiter closed".into());
     };
     let (cred, reopen_at) = match credential(deps).await {
@@ -126,8 +130,36 @@ async fn attempt(deps: &CollectorDeps) -> Attempt {
         Err(a) => return a,
     };
     let started = Instant::now();
-    let result =
-        ingest::run_cycle(&deps.store, &deps.connector, &deps.source, &cred, reopen_at).await;
+    let mut on_pass = |report: &ingest::CycleReport, failed: &[String]| {
+        record_success(deps, report);
+        if !failed.is_empty() {
+            record_failure(
+                deps,
+                ErrorKind::Protocol,
+                &format!("folders not collected: {}", failed.join("; ")),
+            );
+        }
+    };
+    let idle = (deps.source.idle && !deps.once).then(|| ingest::IdleCtl {
+        stop,
+        on_pass: &mut on_pass,
+        sessions: deps.sessions.clone(),
+        permit: Some(permit),
+        reissue: ingest::IDLE_REISSUE,
+    });
+    let span = tracing::info_span!("session", n = session_no);
+    let result = tracing::Instrument::instrument(
+        ingest::run_session(
+            &deps.store,
+            &deps.connector,
+            &deps.source,
+            &cred,
+            reopen_at,
+            idle,
+        ),
+        span,
+    )
+    .await;
     let secs = started.elapsed().as_secs_f64();
     let name = &deps.source.name;
     match result {
@@ -161,35 +193,77 @@ async fn attempt(deps: &CollectorDeps) -> Attempt {
     }
 }
 
+/// A pass that collected everything it was asked to: state, metrics, a log line.
+fn record_success(deps: &CollectorDeps, report: &ingest::CycleReport) {
+    let name = &deps.source.name;
+    let now = chrono::Utc::now();
+    telemetry::last_success(name, now.timestamp());
+    telemetry::backlog(name, 0);
+    deps.registry.update(name, |s| {
+        s.last_success = Some(now.to_rfc3339());
+        s.stored_since_start += report.stored;
+        s.backlog = 0;
+        s.sessions_ok += 1;
+    });
+    deps.registry.set_state(name, SourceState::Healthy);
+    if report.stored > 0 || report.skipped > 0 {
+        tracing::info!(source = %name, stored = report.stored, bytes = report.bytes, skipped = report.skipped, already = report.already, "collected");
+    }
+}
+
+fn record_failure(deps: &CollectorDeps, kind: ErrorKind, error: &str) {
+    let name = &deps.source.name;
+    telemetry::error(name, kind);
+    deps.registry.update(name, |s| {
+        s.last_error = Some(error.to_string());
+        s.sessions_failed += 1;
+    });
+    deps.registry.set_state(name, SourceState::Degraded);
+}
+
+/// How long a stopping collector lets its session finish the message in hand (and leave
+/// IDLE and log out) before dropping it. Dropping is safe at any point: every message is
+/// one store transaction, and nothing is changed on the server before it is durable.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
 /// The collector's life: sessions until shutdown or until the source needs re-authorization.
+/// With `deps.once`, one session and then [`StopReason::Once`].
 pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<bool>) -> StopReason {
     let name = deps.source.name.clone();
     telemetry::register_source(&name);
     deps.registry.set_state(&name, SourceState::Starting);
+    deps.registry.update(&name, |s| {
+        s.running_since = Some(chrono::Utc::now().to_rfc3339());
+    });
     let mut failures: u32 = 0;
+    let mut told_no_idle = false;
+    let mut session_no: u64 = 0;
     loop {
         if *shutdown.borrow() {
             return StopReason::Shutdown;
         }
-        let outcome = tokio::select! {
-            a = attempt(&deps) => a,
-            _ = shutdown.changed() => return StopReason::Shutdown,
+        session_no += 1;
+        let outcome = {
+            let run = attempt(&deps, shutdown.clone(), session_no);
+            tokio::pin!(run);
+            tokio::select! {
+                a = &mut run => a,
+                _ = shutdown.changed() => {
+                    let _ = tokio::time::timeout(STOP_GRACE, run).await;
+                    return StopReason::Shutdown;
+                }
+            }
         };
         let wait = match outcome {
             Attempt::Done(report) => {
                 failures = 0;
-                let now = chrono::Utc::now();
-                telemetry::last_success(&name, now.timestamp());
-                telemetry::backlog(&name, 0);
-                deps.registry.update(&name, |s| {
-                    s.last_success = Some(now.to_rfc3339());
-                    s.stored_since_start += report.stored;
-                    s.backlog = 0;
-                    s.sessions_ok += 1;
-                });
-                deps.registry.set_state(&name, SourceState::Healthy);
-                if report.stored > 0 || report.skipped > 0 {
-                    tracing::info!(source = %name, stored = report.stored, bytes = report.bytes, skipped = report.skipped, already = report.already, "collected");
+                record_success(&deps, &report);
+                if report.idle_unsupported && !told_no_idle {
+                    told_no_idle = true;
+                    tracing::warn!(source = %name, poll_interval_secs = deps.source.poll_interval.as_secs(), "idle = true but the server does not offer IDLE; polling instead");
+                }
+                if deps.once && !report.more {
+                    return StopReason::Once(Ok(()));
                 }
                 if report.more {
                     // Ended before its token expired; carry on with a fresh token now.
@@ -216,18 +290,21 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
                     s.sessions_failed += 1;
                 });
                 deps.registry.set_state(&name, SourceState::Throttled);
+                if deps.once {
+                    tracing::warn!(source = %name, reply = %reply, "server throttled us");
+                    return StopReason::Once(Err(reply));
+                }
                 let wait = backoff.unwrap_or(deps.source.poll_interval);
                 tracing::warn!(source = %name, wait_ms = wait.as_millis() as u64, reply = %reply, "server throttled us; backing off");
                 wait
             }
             Attempt::Failed(kind, error) => {
                 failures += 1;
-                telemetry::error(&name, kind);
-                deps.registry.update(&name, |s| {
-                    s.last_error = Some(error.clone());
-                    s.sessions_failed += 1;
-                });
-                deps.registry.set_state(&name, SourceState::Degraded);
+                record_failure(&deps, kind, &error);
+                if deps.once {
+                    tracing::warn!(source = %name, kind = kind.as_str(), error = %error, "session failed");
+                    return StopReason::Once(Err(error));
+                }
                 let wait = retry_delay(failures);
                 if failures <= 3 || failures.is_power_of_two() {
                     // Rate-limited: the first few, then every 2^n-th repeat.

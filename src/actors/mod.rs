@@ -4,8 +4,10 @@
 //! policy (backoff, states) in plain functions tested without an actix System.
 
 pub mod collector;
+pub mod live;
 pub mod registry;
 pub mod supervisor;
 pub mod token_manager;
 
+pub use live::Live;
 pub use registry::{Registry, SourceStatus};

@@ -20,6 +20,8 @@ pub struct SourceStatus {
     pub backlog: u64,
     pub sessions_ok: u64,
     pub sessions_failed: u64,
+    /// RFC 3339 time the source's collector (re)started.
+    pub running_since: Option<String>,
 }
 
 impl Default for SourceStatus {
@@ -32,6 +34,7 @@ impl Default for SourceStatus {
             backlog: 0,
             sessions_ok: 0,
             sessions_failed: 0,
+            running_since: None,
         }
     }
 }
@@ -55,6 +58,12 @@ impl Registry {
     pub fn set_state(&self, source: &str, state: SourceState) {
         self.update(source, |s| s.state = state);
         telemetry::state(source, state);
+    }
+
+    /// Forgets a source removed from the configuration.
+    pub fn remove(&self, source: &str) {
+        self.with(|m| m.remove(source));
+        telemetry::forget_source_state(source);
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, SourceStatus> {

@@ -1,9 +1,9 @@
 //! The Supervisor actor: starts the TokenManager and one Collector per enabled source,
 //! restarts a collector that ended unexpectedly (capped, jittered backoff), never restarts
-//! one whose source needs re-authorization until it is re-authorized, and stops everything
-//! on shutdown.
+//! one whose source needs re-authorization until it is re-authorized, applies a reloaded
+//! configuration source by source, and stops everything on shutdown.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use actix::prelude::*;
 use tokio::sync::Semaphore;
 
 use crate::auth::TokenService;
-use crate::config::Settings;
+use crate::config::{Settings, SourceAuth, SourceSettings};
 use crate::net::Connector;
 use crate::store::Store;
 use crate::telemetry::{self, SourceState};
@@ -19,15 +19,17 @@ use crate::telemetry::{self, SourceState};
 use super::collector::{
     Collector, CollectorDeps, CollectorStopped, StopCollector, StopReason, retry_delay,
 };
+use super::live::{Current, Live};
 use super::registry::Registry;
 use super::token_manager::{
-    GetAccessToken, ImportRefreshToken, InvalidateAccessToken, TokenManager,
+    GetAccessToken, ImportRefreshToken, InvalidateAccessToken, SetTokenService, TokenManager,
 };
 
 pub struct Supervisor {
     settings: Arc<Settings>,
     store: Arc<Store>,
     connector: Connector,
+    live: Live,
     registry: Registry,
     sessions: Arc<Semaphore>,
     tokens: Addr<TokenManager>,
@@ -37,28 +39,59 @@ pub struct Supervisor {
     stopping: bool,
     /// Fired when the last collector has stopped during shutdown.
     all_stopped: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Sources whose collector is stopping for a reload and starts again (with the new
+    /// settings, if still enabled) once it has stopped.
+    restart_after_stop: HashSet<String>,
+    /// `run --once`: each source's one session, and who waits for all of them.
+    once: bool,
+    once_results: BTreeMap<String, Result<(), String>>,
+    once_done: Option<tokio::sync::oneshot::Sender<BTreeMap<String, Result<(), String>>>>,
 }
 
 impl Supervisor {
     pub fn new(
-        settings: Arc<Settings>,
+        live: Live,
         store: Arc<Store>,
-        connector: Connector,
         registry: Registry,
         token_service: Arc<TokenService>,
     ) -> Self {
         let tokens = TokenManager::new(token_service).start();
+        let Current {
+            settings,
+            connector,
+        } = live.get();
         Supervisor {
             sessions: Arc::new(Semaphore::new(settings.node.max_sessions)),
             settings,
             store,
             connector,
+            live,
             registry,
             tokens,
             collectors: HashMap::new(),
             restarts: HashMap::new(),
             stopping: false,
             all_stopped: None,
+            restart_after_stop: HashSet::new(),
+            once: false,
+            once_results: BTreeMap::new(),
+            once_done: None,
+        }
+    }
+
+    /// `run --once`: every enabled source runs one session (no IDLE), then its collector
+    /// stops; [`WaitOnce`] answers when all have.
+    pub fn once(mut self) -> Self {
+        self.once = true;
+        self
+    }
+
+    fn once_finished(&mut self) {
+        if self.once
+            && self.collectors.is_empty()
+            && let Some(tx) = self.once_done.take()
+        {
+            let _ = tx.send(std::mem::take(&mut self.once_results));
         }
     }
 
@@ -92,6 +125,7 @@ impl Supervisor {
             sessions: self.sessions.clone(),
             registry: self.registry.clone(),
             token_margin: self.settings.node.token_refresh_margin,
+            once: self.once,
         };
         let addr = Collector::new(deps, ctx.address().recipient()).start();
         self.collectors.insert(name.to_string(), addr);
@@ -121,7 +155,211 @@ impl Actor for Supervisor {
             }
         }
         tracing::info!(sources = self.collectors.len(), "supervisor started");
+        self.once_finished();
     }
+}
+
+/// `run --once`: answers, once every source's session has ended, with each one's result.
+#[derive(Message)]
+#[rtype(result = "BTreeMap<String, Result<(), String>>")]
+pub struct WaitOnce;
+
+impl Handler<WaitOnce> for Supervisor {
+    type Result = ResponseFuture<BTreeMap<String, Result<(), String>>>;
+
+    fn handle(&mut self, _msg: WaitOnce, _ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.once_done = Some(tx);
+        self.once_finished();
+        Box::pin(async move { rx.await.unwrap_or_default() })
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Sources started (new, or newly enabled).
+    pub added: Vec<String>,
+    /// Sources stopped (gone, or disabled).
+    pub removed: Vec<String>,
+    /// Sources restarted with changed settings (their own, their provider's, or node-wide
+    /// ones every collector uses: `[tls]`, timeouts, `max_sessions`, token margin).
+    pub restarted: Vec<String>,
+    /// Sources left running untouched.
+    pub unchanged: Vec<String>,
+    /// Keys that changed but take effect only when the node restarts.
+    pub needs_restart: Vec<String>,
+}
+
+/// Applies a new, already validated configuration. Errors (a `[tls]` or provider setting
+/// that cannot be built) leave the running configuration as it was.
+#[derive(Message)]
+#[rtype(result = "Result<ReloadReport, Vec<String>>")]
+pub struct Reload {
+    pub settings: Settings,
+}
+
+/// Whether a source must restart to pick up the change from `old` to `new`.
+fn source_changed(old: &Settings, new: &Settings, name: &str) -> bool {
+    let (Some(a), Some(b)) = (old.sources.get(name), new.sources.get(name)) else {
+        return true;
+    };
+    if a != b {
+        return true;
+    }
+    match &b.auth {
+        SourceAuth::OAuth2 { provider, .. } => {
+            old.providers.get(provider) != new.providers.get(provider)
+        }
+        SourceAuth::Password { .. } => false,
+    }
+}
+
+fn enabled(settings: &Settings, name: &str) -> bool {
+    settings
+        .sources
+        .get(name)
+        .is_some_and(|s: &SourceSettings| s.enabled)
+}
+
+impl Handler<Reload> for Supervisor {
+    type Result = Result<ReloadReport, Vec<String>>;
+
+    fn handle(&mut self, msg: Reload, ctx: &mut Context<Self>) -> Self::Result {
+        if self.stopping || self.once {
+            return Err(vec!["the node is stopping; reload not applied".into()]);
+        }
+        let new = Arc::new(msg.settings);
+        let old = self.settings.clone();
+        let mut report = ReloadReport::default();
+        let (on, nn) = (&old.node, &new.node);
+        for (key, changed) in [
+            ("node.data_dir", on.data_dir != nn.data_dir),
+            ("node.http_listen", on.http_listen != nn.http_listen),
+            (
+                "node.secret_key_file",
+                on.secret_key_file != nn.secret_key_file,
+            ),
+            ("node.log_format", on.log_format != nn.log_format),
+        ] {
+            if changed {
+                report.needs_restart.push(key.to_string());
+            }
+        }
+        let tls_changed = format!("{:?}", old.tls) != format!("{:?}", new.tls)
+            || on.connect_timeout != nn.connect_timeout
+            || on.read_timeout != nn.read_timeout;
+        let connector = if tls_changed {
+            Connector::new(&new.tls, nn.connect_timeout, nn.read_timeout).map_err(|e| vec![e])?
+        } else {
+            self.connector.clone()
+        };
+        let service = TokenService::new(new.clone(), self.store.clone()).map_err(|e| vec![e])?;
+        // From here on nothing fails: apply.
+        let global = tls_changed
+            || on.max_sessions != nn.max_sessions
+            || on.token_refresh_margin != nn.token_refresh_margin;
+        if on.max_sessions != nn.max_sessions {
+            self.sessions = Arc::new(Semaphore::new(nn.max_sessions));
+        }
+        self.store.set_min_free_bytes(nn.min_free_disk_bytes);
+        self.tokens.do_send(SetTokenService(Arc::new(service)));
+        for (name, provider) in &new.providers {
+            telemetry::register_provider(name);
+            if let Some(exp) = crate::auth::horizons::client_secret_expiry(provider) {
+                telemetry::client_secret_expiry(name, exp);
+            }
+        }
+        self.connector = connector.clone();
+        self.settings = new.clone();
+        self.live.set(Current {
+            settings: new.clone(),
+            connector,
+        });
+        let names: std::collections::BTreeSet<String> = old
+            .sources
+            .keys()
+            .chain(new.sources.keys())
+            .cloned()
+            .collect();
+        for name in names {
+            let running = self.collectors.contains_key(&name);
+            let was = enabled(&old, &name);
+            let is = enabled(&new, &name);
+            if !is {
+                if running {
+                    self.collectors[&name].do_send(StopCollector);
+                    self.restart_after_stop.remove(&name);
+                }
+                if was {
+                    report.removed.push(name.clone());
+                }
+                if new.sources.contains_key(&name) {
+                    telemetry::register_source(&name);
+                    self.registry.set_state(&name, SourceState::Disabled);
+                } else {
+                    self.registry.remove(&name);
+                }
+                continue;
+            }
+            if !was {
+                report.added.push(name.clone());
+                if running {
+                    // Still stopping from an earlier reload: start once it has.
+                    self.restart_after_stop.insert(name.clone());
+                } else {
+                    self.start_collector(&name, ctx);
+                }
+                continue;
+            }
+            if global || source_changed(&old, &new, &name) {
+                report.restarted.push(name.clone());
+                if running {
+                    self.collectors[&name].do_send(StopCollector);
+                    self.restart_after_stop.insert(name.clone());
+                } else {
+                    // Parked (needs re-authorization) or waiting to be restarted: a new
+                    // configuration deserves a new try.
+                    self.restarts.remove(&name);
+                    self.start_collector(&name, ctx);
+                }
+            } else {
+                report.unchanged.push(name.clone());
+            }
+        }
+        tracing::info!(
+            added = ?report.added,
+            removed = ?report.removed,
+            restarted = ?report.restarted,
+            unchanged = report.unchanged.len(),
+            "configuration reloaded"
+        );
+        if !report.needs_restart.is_empty() {
+            tracing::warn!(keys = ?report.needs_restart, "changed keys take effect only after a restart of the node");
+        }
+        Ok(report)
+    }
+}
+
+/// Reads the config file again (with the same environment overrides) and applies it. An
+/// invalid file is refused with every error listed; the running configuration stays.
+pub async fn reload_from_file(
+    supervisor: &Addr<Supervisor>,
+    live: &Live,
+) -> Result<ReloadReport, Vec<String>> {
+    let Some(path) = live.path.clone() else {
+        return Err(vec!["the node was not started from a config file".into()]);
+    };
+    let settings = crate::config::load(&path)
+        .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let missing = crate::config::check_secrets(&settings);
+    if !missing.is_empty() {
+        return Err(missing.iter().map(|e| e.to_string()).collect());
+    }
+    supervisor
+        .send(Reload { settings })
+        .await
+        .map_err(|e| vec![format!("supervisor unavailable: {e}")])?
 }
 
 impl Handler<CollectorStopped> for Supervisor {
@@ -129,6 +367,30 @@ impl Handler<CollectorStopped> for Supervisor {
 
     fn handle(&mut self, msg: CollectorStopped, ctx: &mut Context<Self>) {
         self.collectors.remove(&msg.source);
+        if self.once {
+            let result = match msg.reason {
+                StopReason::Once(r) => r,
+                StopReason::NeedsReauth(why) => Err(why),
+                StopReason::Failed(why) => Err(why),
+                StopReason::Shutdown => Err("stopped before its session ended".into()),
+            };
+            self.once_results.insert(msg.source, result);
+            self.once_finished();
+            return;
+        }
+        if self.restart_after_stop.remove(&msg.source) {
+            if !self.stopping
+                && self
+                    .settings
+                    .sources
+                    .get(&msg.source)
+                    .is_some_and(|s| s.enabled)
+            {
+                self.restarts.remove(&msg.source);
+                self.start_collector(&msg.source, ctx);
+            }
+            return;
+        }
         if self.stopping {
             if self.collectors.is_empty()
                 && let Some(tx) = self.all_stopped.take()
@@ -141,7 +403,7 @@ impl Handler<CollectorStopped> for Supervisor {
             StopReason::NeedsReauth(_) => {
                 // Parked: restarted by ReauthorizedSource, never by a timer.
             }
-            StopReason::Shutdown => {}
+            StopReason::Shutdown | StopReason::Once(_) => {}
             StopReason::Failed(why) => {
                 let n = self.restarts.entry(msg.source.clone()).or_insert(0);
                 *n += 1;

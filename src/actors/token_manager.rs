@@ -38,6 +38,20 @@ pub struct InvalidateAccessToken {
     pub source: String,
 }
 
+/// A reload replaced the configuration: use a service built from the new one. Requests in
+/// flight finish with the old one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetTokenService(pub Arc<TokenService>);
+
+impl Handler<SetTokenService> for TokenManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetTokenService, _ctx: &mut Context<Self>) {
+        self.service = msg.0;
+    }
+}
+
 type InFlight = Shared<LocalBoxFuture<'static, Result<AccessToken, TokenError>>>;
 
 pub struct TokenManager {

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{AfterIngest, Protocol, Sasl, SourceAuth, SourceSettings};
-use crate::net::imap::{ImapSession, Login};
+use crate::net::imap::{IdleWake, ImapSession, Login};
 use crate::net::pop3::Pop3Session;
 use crate::net::{Connector, SessionError};
 use crate::parse;
+use crate::protocol::imap::is_pattern;
 use crate::secret::Secret;
 use crate::store::{Location, NewMessage, Store, StoreError, StoreOutcome};
 use crate::telemetry::{self, ErrorKind};
@@ -73,6 +74,8 @@ pub struct CycleReport {
     /// The cycle ended early (its access token was about to expire): start the next one
     /// right away instead of waiting for the poll interval.
     pub more: bool,
+    /// IDLE was asked for but the server does not offer it: the source is polled.
+    pub idle_unsupported: bool,
 }
 
 /// When a session must end so that it never runs on an expired access token: Unix seconds,
@@ -135,8 +138,46 @@ pub async fn run_cycle(
     cred: &Credential,
     reopen_at: Option<ReopenAt>,
 ) -> Result<CycleReport, CycleError> {
+    run_session(store, connector, source, cred, reopen_at, None).await
+}
+
+/// What a long-lived (IDLE) session needs from its collector.
+pub struct IdleCtl<'a> {
+    /// Becomes `true` when the session must end (shutdown, reconfiguration).
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Called after each pass of the session (the first included) with what it did and the
+    /// folders that could not be opened. The report `run_session` returns then carries only
+    /// its flags.
+    pub on_pass: &'a mut (dyn FnMut(&CycleReport, &[String]) + Send),
+    /// `node.max_sessions`: a slot is held while collecting, given back while idling.
+    pub sessions: Arc<tokio::sync::Semaphore>,
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// IDLE is re-issued this often (servers drop an IDLE after 30 minutes).
+    pub reissue: std::time::Duration,
+}
+
+/// IDLE is re-issued after this long: under the 30 minutes after which RFC 2177 lets a
+/// server drop an idle client, with room for clock drift.
+pub const IDLE_REISSUE: std::time::Duration = std::time::Duration::from_secs(25 * 60);
+
+/// Runs one session for `source`. Without `idle` (or for POP3, or with `idle = false`) this
+/// is one cycle. With it, an IMAP session whose server offers IDLE stays open after the
+/// first pass: it waits in IDLE on the first folder, collects it as soon as the server
+/// reports new mail, polls the other folders every `poll_interval_secs`, and ends when
+/// `stop` is set, on error, or (reporting `more`) before its access token expires.
+pub async fn run_session(
+    store: &Arc<Store>,
+    connector: &Connector,
+    source: &SourceSettings,
+    cred: &Credential,
+    reopen_at: Option<ReopenAt>,
+    idle: Option<IdleCtl<'_>>,
+) -> Result<CycleReport, CycleError> {
     match source.protocol {
-        Protocol::Imap => run_imap(store, connector, source, cred, reopen_at).await,
+        Protocol::Imap => {
+            let idle = idle.filter(|_| source.idle);
+            run_imap(store, connector, source, cred, reopen_at, idle).await
+        }
         Protocol::Pop3 => run_pop3(store, connector, source, cred, reopen_at).await,
     }
 }
@@ -176,6 +217,7 @@ async fn run_imap(
     source: &SourceSettings,
     cred: &Credential,
     reopen_at: Option<ReopenAt>,
+    idle: Option<IdleCtl<'_>>,
 ) -> Result<CycleReport, CycleError> {
     let max_literal = source.max_message_bytes.saturating_add(64 * 1024);
     let mut session = ImapSession::open(
@@ -187,135 +229,284 @@ async fn run_imap(
     )
     .await?;
     session.login(&login(source, cred)?).await?;
-    let mut report = CycleReport::default();
-    let read_only = source.after_ingest == AfterIngest::Keep;
     // Refused before anything is stored: a post-action this server cannot do safely.
     session.check_post_action(source.after_ingest)?;
-    let mut failed_folders = Vec::new();
-    for folder in &source.folders {
-        let selected = match session.select(folder, read_only).await {
-            Ok(s) => s,
-            // The server refused this folder (gone, renamed, no rights): collect the others.
-            Err(SessionError::Protocol { source: why, .. }) => {
-                tracing::warn!(source = %source.name, folder = %folder, error = %why, "folder cannot be opened; the other folders are collected");
-                failed_folders.push(format!("{folder}: {why}"));
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let checkpoint = store.checkpoint(&source.name, folder)?;
-        let from = match checkpoint {
-            Some(cp) if cp.uidvalidity == selected.uidvalidity => cp.last_uid + 1,
-            Some(cp) => {
-                tracing::warn!(
-                    source = %source.name,
-                    folder = %folder,
-                    old = cp.uidvalidity,
-                    new = selected.uidvalidity,
-                    "UIDVALIDITY changed; re-matching stored messages by content"
-                );
-                store.reset_checkpoint(&source.name, folder, selected.uidvalidity)?;
-                report.uidvalidity_changes += 1;
-                telemetry::uidvalidity_change(&source.name);
-                1
-            }
-            None => 1,
-        };
-        if selected.exists == 0 || selected.uidnext.is_some_and(|next| next <= from) {
-            // Nothing new, but an earlier session may have stored messages and died before
-            // changing the server.
-            apply_pending(
+    let folders = resolve_folders(&mut session, source).await?;
+    let mut report = CycleReport::default();
+    let mut first_batch = true;
+    let failed = collect_folders(
+        store,
+        &mut session,
+        source,
+        &folders,
+        reopen_at,
+        &mut first_batch,
+        &mut report,
+    )
+    .await?;
+    store.flush().await?;
+    let Some(mut ctl) = idle else {
+        session.logout().await;
+        return finish(report, failed);
+    };
+    if report.more || folders.is_empty() || !session.supports_idle() {
+        report.idle_unsupported = !session.supports_idle();
+        session.logout().await;
+        return finish(report, failed);
+    }
+    // Push: report this pass, then wait in IDLE on the first folder.
+    (ctl.on_pass)(&report, &failed);
+    let idle_folder = folders[0].clone();
+    let read_only = source.after_ingest == AfterIngest::Keep;
+    let mut folders = folders;
+    let mut next_poll = tokio::time::Instant::now() + source.poll_interval;
+    let mut selected_idle_folder = folders.len() == 1;
+    loop {
+        if ReopenAt::reached(reopen_at) {
+            session.logout().await;
+            return Ok(CycleReport {
+                more: true,
+                ..CycleReport::default()
+            });
+        }
+        if !selected_idle_folder {
+            session.select(&idle_folder, read_only).await?;
+            selected_idle_folder = true;
+        }
+        let now = tokio::time::Instant::now();
+        let mut until = now + ctl.reissue;
+        if folders.len() > 1 || source.folders.iter().any(|f| is_pattern(f)) {
+            // Other folders (and patterns' new matches) are polled while the first idles.
+            until = until.min(next_poll);
+        }
+        if let Some(ReopenAt(at)) = reopen_at {
+            let left = (at - chrono::Utc::now().timestamp()).max(0) as u64;
+            until = until.min(now + std::time::Duration::from_secs(left));
+        }
+        // An idle connection holds no `max_sessions` slot; collecting does.
+        drop(ctl.permit.take());
+        let mut stop = ctl.stop.clone();
+        let wake = session
+            .idle(until, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await?;
+        if wake == IdleWake::Stopped {
+            session.logout().await;
+            return Ok(CycleReport::default());
+        }
+        let poll_due = tokio::time::Instant::now() >= next_poll;
+        if wake == IdleWake::Timeout && !poll_due {
+            continue; // re-issue IDLE (or re-open, checked above)
+        }
+        ctl.permit = ctl.sessions.clone().acquire_owned().await.ok();
+        let mut pass = CycleReport::default();
+        let mut first_batch = true;
+        let failed = if poll_due {
+            folders = resolve_folders(&mut session, source).await?;
+            next_poll = tokio::time::Instant::now() + source.poll_interval;
+            selected_idle_folder = folders.len() == 1 && folders[0] == idle_folder;
+            collect_folders(
                 store,
                 &mut session,
                 source,
-                folder,
-                selected.uidvalidity,
-                &mut report,
+                &folders,
+                reopen_at,
+                &mut first_batch,
+                &mut pass,
             )
-            .await?;
+            .await?
+        } else {
+            selected_idle_folder = true;
+            collect_folders(
+                store,
+                &mut session,
+                source,
+                std::slice::from_ref(&idle_folder),
+                reopen_at,
+                &mut first_batch,
+                &mut pass,
+            )
+            .await?
+        };
+        store.flush().await?;
+        (ctl.on_pass)(&pass, &failed);
+        if pass.more {
+            session.logout().await;
+            return Ok(CycleReport {
+                more: true,
+                ..CycleReport::default()
+            });
+        }
+    }
+}
+
+fn finish(report: CycleReport, failed: Vec<String>) -> Result<CycleReport, CycleError> {
+    if failed.is_empty() {
+        Ok(report)
+    } else {
+        Err(CycleError::Folders(failed))
+    }
+}
+
+/// The folders a session collects, in order: names as written, patterns expanded with LIST
+/// (never the `move_to` folder, whose messages were collected already).
+async fn resolve_folders(
+    session: &mut ImapSession,
+    source: &SourceSettings,
+) -> Result<Vec<String>, CycleError> {
+    let mut out: Vec<String> = Vec::new();
+    for entry in &source.folders {
+        if !is_pattern(entry) {
+            if !out.contains(entry) {
+                out.push(entry.clone());
+            }
             continue;
         }
-        // Listed window by window, so memory stays bounded whatever the folder's size.
-        let last_uid = selected.uidnext.map(|next| next.saturating_sub(1));
-        let mut window_start = from;
-        let mut first_batch = true;
-        'windows: loop {
-            let window_end = match last_uid {
-                Some(last) if window_start > last => break,
-                Some(last) => Some(window_start.saturating_add(LIST_WINDOW - 1).min(last)),
-                None => None,
-            };
-            let listed = session.uids_between(window_start, window_end).await?;
-            report.backlog += listed.len() as u64;
-            telemetry::backlog(&source.name, report.backlog);
-            let mut wanted = Vec::with_capacity(listed.len());
-            for (uid, size) in listed {
-                let skip = u64::from(size) > source.max_message_bytes;
-                if skip {
-                    tracing::warn!(
-                        source = %source.name, folder = %folder, uid, size,
-                        limit = source.max_message_bytes,
-                        "message over max_message_bytes skipped"
-                    );
-                    // Not fetched; the checkpoint moves past it with its batch.
-                    report.skipped += 1;
-                    telemetry::message_skipped(&source.name);
-                }
-                wanted.push((uid, size, skip));
-            }
-            for batch in wanted.chunks(FETCH_BATCH) {
-                if !first_batch && ReopenAt::reached(reopen_at) {
-                    report.more = true;
-                    break 'windows;
-                }
-                first_batch = false;
-                fetch_batch(
-                    store,
-                    &mut session,
-                    source,
-                    folder,
-                    selected.uidvalidity,
-                    batch,
-                    &mut report,
-                )
-                .await?;
-                // Batch by batch, so a long backfill empties the folder as it goes.
-                apply_pending(
-                    store,
-                    &mut session,
-                    source,
-                    folder,
-                    selected.uidvalidity,
-                    &mut report,
-                )
-                .await?;
-            }
-            match window_end {
-                Some(end) if end < u32::MAX => window_start = end + 1,
-                _ => break,
+        let names = session.list(entry).await?;
+        if names.is_empty() {
+            tracing::debug!(source = %source.name, pattern = %entry, "folder pattern matches no folder");
+        }
+        for name in names {
+            let is_target = source.after_ingest == AfterIngest::Move
+                && source.move_to.as_deref().unwrap_or("Processed") == name;
+            if !is_target && !out.contains(&name) {
+                out.push(name);
             }
         }
-        // Durable before anything is done on the server (post-actions) or reported.
-        store.flush().await?;
-        apply_pending(
+    }
+    Ok(out)
+}
+
+/// Collects `folders` in turn. A folder the server refuses is reported back (the others
+/// are still collected); any other error ends the session.
+async fn collect_folders(
+    store: &Arc<Store>,
+    session: &mut ImapSession,
+    source: &SourceSettings,
+    folders: &[String],
+    reopen_at: Option<ReopenAt>,
+    first_batch: &mut bool,
+    report: &mut CycleReport,
+) -> Result<Vec<String>, CycleError> {
+    let mut failed_folders = Vec::new();
+    for folder in folders {
+        if let Err(why) = collect_folder(
             store,
-            &mut session,
+            session,
             source,
             folder,
-            selected.uidvalidity,
-            &mut report,
+            reopen_at,
+            first_batch,
+            report,
         )
-        .await?;
+        .await?
+        {
+            // The server refused this folder (gone, renamed, no rights): collect the others.
+            tracing::warn!(source = %source.name, folder = %folder, error = %why, "folder cannot be opened; the other folders are collected");
+            failed_folders.push(format!("{folder}: {why}"));
+        }
         if report.more {
             break;
         }
     }
-    store.flush().await?;
-    session.logout().await;
-    if !failed_folders.is_empty() {
-        return Err(CycleError::Folders(failed_folders));
+    Ok(failed_folders)
+}
+
+async fn collect_folder(
+    store: &Arc<Store>,
+    session: &mut ImapSession,
+    source: &SourceSettings,
+    folder: &str,
+    reopen_at: Option<ReopenAt>,
+    first_batch: &mut bool,
+    report: &mut CycleReport,
+) -> Result<Result<(), String>, CycleError> {
+    let read_only = source.after_ingest == AfterIngest::Keep;
+    let selected = match session.select(folder, read_only).await {
+        Ok(s) => s,
+        Err(SessionError::Protocol { source: why, .. }) => return Ok(Err(why.to_string())),
+        Err(e) => return Err(e.into()),
+    };
+    let checkpoint = store.checkpoint(&source.name, folder)?;
+    let from = match checkpoint {
+        Some(cp) if cp.uidvalidity == selected.uidvalidity => cp.last_uid + 1,
+        Some(cp) => {
+            tracing::warn!(
+                source = %source.name,
+                folder = %folder,
+                old = cp.uidvalidity,
+                new = selected.uidvalidity,
+                "UIDVALIDITY changed; re-matching stored messages by content"
+            );
+            store.reset_checkpoint(&source.name, folder, selected.uidvalidity)?;
+            report.uidvalidity_changes += 1;
+            telemetry::uidvalidity_change(&source.name);
+            1
+        }
+        None => 1,
+    };
+    if selected.exists == 0 || selected.uidnext.is_some_and(|next| next <= from) {
+        // Nothing new, but an earlier session may have stored messages and died before
+        // changing the server.
+        apply_pending(store, session, source, folder, selected.uidvalidity, report).await?;
+        return Ok(Ok(()));
     }
-    Ok(report)
+    // Listed window by window, so memory stays bounded whatever the folder's size.
+    let last_uid = selected.uidnext.map(|next| next.saturating_sub(1));
+    let mut window_start = from;
+    'windows: loop {
+        let window_end = match last_uid {
+            Some(last) if window_start > last => break,
+            Some(last) => Some(window_start.saturating_add(LIST_WINDOW - 1).min(last)),
+            None => None,
+        };
+        let listed = session.uids_between(window_start, window_end).await?;
+        report.backlog += listed.len() as u64;
+        telemetry::backlog(&source.name, report.backlog);
+        let mut wanted = Vec::with_capacity(listed.len());
+        for (uid, size) in listed {
+            let skip = u64::from(size) > source.max_message_bytes;
+            if skip {
+                tracing::warn!(
+                    source = %source.name, folder = %folder, uid, size,
+                    limit = source.max_message_bytes,
+                    "message over max_message_bytes skipped"
+                );
+                // Not fetched; the checkpoint moves past it with its batch.
+                report.skipped += 1;
+                telemetry::message_skipped(&source.name);
+            }
+            wanted.push((uid, size, skip));
+        }
+        for batch in wanted.chunks(FETCH_BATCH) {
+            if !*first_batch && ReopenAt::reached(reopen_at) {
+                report.more = true;
+                break 'windows;
+            }
+            *first_batch = false;
+            fetch_batch(
+                store,
+                session,
+                source,
+                folder,
+                selected.uidvalidity,
+                batch,
+                report,
+            )
+            .await?;
+            // Batch by batch, so a long backfill empties the folder as it goes.
+            apply_pending(store, session, source, folder, selected.uidvalidity, report).await?;
+        }
+        match window_end {
+            Some(end) if end < u32::MAX => window_start = end + 1,
+            _ => break,
+        }
+    }
+    // Durable before anything is done on the server (post-actions) or reported.
+    store.flush().await?;
+    apply_pending(store, session, source, folder, selected.uidvalidity, report).await?;
+    Ok(Ok(()))
 }
 
 /// Makes what was stored durable, then does the post-action of every stored-but-not-yet-

@@ -45,6 +45,17 @@ pub struct Selected {
     pub exists: u32,
 }
 
+/// Why an IDLE wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleWake {
+    /// The server reported EXISTS: new mail in the selected folder.
+    NewMail,
+    /// The deadline passed (re-issue IDLE, poll other folders or re-open the session).
+    Timeout,
+    /// The caller asked to stop.
+    Stopped,
+}
+
 pub struct ImapSession {
     conn: Conn,
     framer: Framer,
@@ -579,6 +590,110 @@ impl ImapSession {
             }
         }
         Ok(())
+    }
+
+    /// Whether the server offers IDLE (RFC 2177).
+    pub fn supports_idle(&self) -> bool {
+        self.capabilities.contains("IDLE")
+    }
+
+    /// The selectable folders matching `pattern` (`LIST "" pattern`), in the server's order.
+    pub async fn list(&mut self, pattern: &str) -> Result<Vec<String>, SessionError> {
+        let cmd = self.cmds.list(pattern);
+        let (untagged, completion, line) = self.run(cmd, "LIST").await?;
+        if completion != Completion::Ok {
+            return Err(self.refused(line));
+        }
+        Ok(untagged
+            .into_iter()
+            .filter_map(|r| match r {
+                ServerResponse::List {
+                    name,
+                    delimiter,
+                    noselect: false,
+                } if crate::protocol::imap::pattern_matches(pattern, &name, delimiter)
+                    || (pattern.eq_ignore_ascii_case("INBOX")
+                        && name.eq_ignore_ascii_case("INBOX")) =>
+                {
+                    Some(name)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Sits in IDLE on the selected folder until the server reports new mail (EXISTS),
+    /// `until` passes, or `stop` completes; then ends IDLE with DONE and reads the command's
+    /// completion, so the session is ready for the next command.
+    pub async fn idle(
+        &mut self,
+        until: tokio::time::Instant,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<IdleWake, SessionError> {
+        let cmd = self.cmds.idle();
+        self.conn.send(&cmd.bytes).await?;
+        let mut wake = None;
+        // The continuation comes first (or a refusal).
+        loop {
+            match self.read_response("starting IDLE").await? {
+                ServerResponse::Continue(_) => break,
+                ServerResponse::Tagged { tag, line, .. } if tag == cmd.tag => {
+                    return Err(self.refused(line));
+                }
+                ServerResponse::Bye { line } => return Err(self.bye(line)),
+                ServerResponse::Exists(_) => wake = Some(IdleWake::NewMail),
+                _ => {}
+            }
+        }
+        let mut stop = std::pin::pin!(stop);
+        while wake.is_none() {
+            // Frames already buffered first; then wait for more bytes, the deadline or stop.
+            match self.framer.next_frame(&self.conn.buf) {
+                Ok(Some(n)) => {
+                    let frame: Vec<u8> = self.conn.buf.drain(..n).collect();
+                    match parse_response(&frame).map_err(|e| self.conn.protocol_error(e))? {
+                        ServerResponse::Exists(_) => wake = Some(IdleWake::NewMail),
+                        ServerResponse::Bye { line } => return Err(self.bye(line)),
+                        ServerResponse::Tagged { tag, line, .. } if tag == cmd.tag => {
+                            // The server ended IDLE on its own: treat like a timeout.
+                            tracing::debug!(reply = %line, "server ended IDLE");
+                            return Ok(IdleWake::Timeout);
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(self.conn.protocol_error(e)),
+            }
+            tokio::select! {
+                r = self.conn.fill_untimed() => r?,
+                _ = tokio::time::sleep_until(until) => wake = Some(IdleWake::Timeout),
+                _ = &mut stop => wake = Some(IdleWake::Stopped),
+            }
+        }
+        self.conn.send(crate::protocol::imap::IDLE_DONE).await?;
+        loop {
+            match self.read_response("ending IDLE").await? {
+                ServerResponse::Tagged {
+                    tag,
+                    completion,
+                    line,
+                    ..
+                } if tag == cmd.tag => {
+                    if completion != Completion::Ok {
+                        return Err(self.refused(line));
+                    }
+                    break;
+                }
+                ServerResponse::Bye { line } => return Err(self.bye(line)),
+                ServerResponse::Exists(_) if wake != Some(IdleWake::Stopped) => {
+                    wake = Some(IdleWake::NewMail)
+                }
+                _ => {}
+            }
+        }
+        Ok(wake.unwrap_or(IdleWake::Timeout))
     }
 
     /// LOGOUT and close, best effort: the data is already safe when this runs.

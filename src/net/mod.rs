@@ -453,6 +453,25 @@ impl Conn {
         }
     }
 
+    /// Like [`Conn::fill`] with no read timeout: for IDLE, where silence is the normal state
+    /// and the caller bounds the wait. Cancel-safe (no byte is lost if the future is dropped).
+    pub async fn fill_untimed(&mut self) -> Result<(), SessionError> {
+        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        match self.stream.read_buf(&mut self.buf).await {
+            Ok(0) => Err(SessionError::Closed {
+                server: self.server.clone(),
+                last: String::new(),
+            }),
+            Ok(_) => Ok(()),
+            Err(source) => Err(SessionError::Io {
+                server: self.server.clone(),
+                source,
+            }),
+        }
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
         let write = async {
             self.stream.write_all(bytes).await?;

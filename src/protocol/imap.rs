@@ -156,7 +156,14 @@ pub enum ServerResponse {
         line: String,
     },
     Fetch(Fetched),
-    /// Something valid we have no use for (FLAGS, LIST, SEARCH, ...).
+    /// `* LIST (attributes) "delimiter" name`, the name decoded from modified UTF-7.
+    List {
+        name: String,
+        delimiter: Option<char>,
+        /// `\Noselect` or `\NonExistent`: a name that cannot be opened.
+        noselect: bool,
+    },
+    /// Something valid we have no use for (FLAGS, SEARCH, ...).
     Other,
 }
 
@@ -313,6 +320,27 @@ fn convert(response: Response<'_>, frame: &[u8]) -> ServerResponse {
                     .collect(),
             ),
             Data::Exists(n) => ServerResponse::Exists(n),
+            Data::List {
+                items,
+                delimiter,
+                mailbox,
+            } => {
+                let name = match &mailbox {
+                    imap_codec::imap_types::mailbox::Mailbox::Inbox => "INBOX".to_string(),
+                    imap_codec::imap_types::mailbox::Mailbox::Other(other) => {
+                        decode_mutf7(other.as_ref())
+                    }
+                };
+                let noselect = items.iter().any(|a| {
+                    let a = a.to_string().to_ascii_lowercase();
+                    a == "\\noselect" || a == "\\nonexistent"
+                });
+                ServerResponse::List {
+                    name,
+                    delimiter: delimiter.map(|d| d.inner()),
+                    noselect,
+                }
+            }
             Data::Expunge(n) => ServerResponse::Expunge(n.get()),
             Data::Fetch { seq, items } => {
                 let mut f = Fetched {
@@ -481,6 +509,95 @@ impl Commands {
     pub fn noop(&mut self) -> Command {
         self.tagged("NOOP")
     }
+
+    /// `IDLE` (RFC 2177); ended by [`IDLE_DONE`].
+    pub fn idle(&mut self) -> Command {
+        self.tagged("IDLE")
+    }
+
+    /// `LIST "" <pattern>`: the folders matching `pattern` (`*` and `%` wildcards).
+    pub fn list(&mut self, pattern: &str) -> Command {
+        let arg = quoted(&encode_mutf7(pattern)).unwrap_or_else(|| "\"\"".to_string());
+        self.tagged(&format!("LIST \"\" {arg}"))
+    }
+}
+
+/// Ends an IDLE command.
+pub const IDLE_DONE: &[u8] = b"DONE\r\n";
+
+/// Whether a `folders` entry is a LIST pattern rather than one folder's name.
+pub fn is_pattern(folder: &str) -> bool {
+    folder.contains('*') || folder.contains('%')
+}
+
+/// Decodes a modified UTF-7 mailbox name (RFC 3501 §5.1.3). Bytes that are not valid
+/// modified UTF-7 are kept as they are (lossy UTF-8), so a broken name still shows.
+pub fn decode_mutf7(raw: &[u8]) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    let mut out = String::new();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'&' {
+            let start = i;
+            while i < raw.len() && raw[i] != b'&' {
+                i += 1;
+            }
+            out.push_str(&String::from_utf8_lossy(&raw[start..i]));
+            continue;
+        }
+        let Some(end) = raw[i + 1..]
+            .iter()
+            .position(|b| *b == b'-')
+            .map(|p| i + 1 + p)
+        else {
+            out.push_str(&String::from_utf8_lossy(&raw[i..]));
+            break;
+        };
+        let inner = &raw[i + 1..end];
+        if inner.is_empty() {
+            out.push('&');
+        } else {
+            let b64: Vec<u8> = inner
+                .iter()
+                .map(|b| if *b == b',' { b'/' } else { *b })
+                .collect();
+            let decoded = STANDARD_NO_PAD.decode(&b64).ok().and_then(|bytes| {
+                if bytes.len() % 2 != 0 {
+                    return None;
+                }
+                let units: Vec<u16> = bytes
+                    .chunks(2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                    .collect();
+                String::from_utf16(&units).ok()
+            });
+            match decoded {
+                Some(text) => out.push_str(&text),
+                None => out.push_str(&String::from_utf8_lossy(&raw[i..=end])),
+            }
+        }
+        i = end + 1;
+    }
+    out
+}
+
+/// Whether `name` matches a LIST `pattern` (`*`: anything; `%`: anything but the hierarchy
+/// delimiter). Servers match for us; this re-checks their answer and decides `INBOX`'s case.
+pub fn pattern_matches(pattern: &str, name: &str, delimiter: Option<char>) -> bool {
+    fn go(p: &[char], n: &[char], delim: Option<char>) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len()).any(|k| go(&p[1..], &n[k..], delim)),
+            Some('%') => (0..=n.len())
+                .take_while(|k| *k == 0 || Some(n[k - 1]) != delim)
+                .any(|k| go(&p[1..], &n[k..], delim)),
+            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..], delim),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n, delimiter)
 }
 
 /// Compresses sorted UIDs into ranges: `1:3,7,9:10`.
@@ -708,6 +825,39 @@ mod tests {
             b"A0003 UID FETCH 5:* (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])\r\n"
         );
         assert_eq!(c.select("Support/Ärger", false).tag, "A0004");
+    }
+
+    #[test]
+    fn list_responses_and_patterns() {
+        let r =
+            parse_response(b"* LIST (\\HasNoChildren) \"/\" \"Support/&AOk-quipe\"\r\n").unwrap();
+        assert_eq!(
+            r,
+            ServerResponse::List {
+                name: "Support/\u{e9}quipe".into(),
+                delimiter: Some('/'),
+                noselect: false
+            }
+        );
+        let r = parse_response(b"* LIST (\\Noselect \\HasChildren) \".\" Support\r\n").unwrap();
+        assert!(matches!(r, ServerResponse::List { noselect: true, .. }));
+        let r = parse_response(b"* LIST () \"/\" INBOX\r\n").unwrap();
+        assert!(matches!(r, ServerResponse::List { ref name, .. } if name == "INBOX"));
+        for name in ["Support/\u{e9}quipe", "A&B", "plain", "\u{65e5}\u{672c}/x"] {
+            assert_eq!(decode_mutf7(encode_mutf7(name).as_bytes()), name);
+        }
+        assert_eq!(decode_mutf7(b"bad&zz"), "bad&zz");
+        assert!(pattern_matches("Support/*", "Support/a/b", Some('/')));
+        assert!(!pattern_matches("Support/%", "Support/a/b", Some('/')));
+        assert!(pattern_matches("Support/%", "Support/a", Some('/')));
+        assert!(!pattern_matches("Support/*", "Support", Some('/')));
+        assert!(is_pattern("A/*") && is_pattern("%") && !is_pattern("INBOX"));
+        let mut c = Commands::default();
+        assert_eq!(
+            c.list("Support/*").bytes,
+            b"A0001 LIST \"\" \"Support/*\"\r\n"
+        );
+        assert_eq!(c.idle().bytes, b"A0002 IDLE\r\n");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! and provider names, never from message content or error text.
 
 pub mod dashboards;
+pub mod progress;
 
 use std::sync::OnceLock;
 
@@ -292,6 +293,7 @@ pub fn register_provider(provider: &str) {
 }
 
 pub fn message_stored(source: &str, bytes: u64, parse_failed: bool) {
+    progress::stored(source, bytes);
     counter!("mailsluice_messages_ingested_total", "source" => source.to_string()).increment(1);
     counter!("mailsluice_bytes_ingested_total", "source" => source.to_string()).increment(bytes);
     if parse_failed {
@@ -347,6 +349,15 @@ pub fn state(source: &str, current: SourceState) {
     }
 }
 
+/// A source removed from the configuration: no state is current any more (the exporter
+/// keeps the series; every state reads 0).
+pub fn forget_source_state(source: &str) {
+    for s in SourceState::ALL {
+        gauge!("mailsluice_source_state", "source" => source.to_string(), "state" => s.as_str())
+            .set(0.0);
+    }
+}
+
 pub fn last_success(source: &str, unix: i64) {
     gauge!("mailsluice_last_success_timestamp_seconds", "source" => source.to_string())
         .set(unix as f64);
@@ -358,20 +369,45 @@ pub fn error(source: &str, kind: ErrorKind) {
 }
 
 pub fn backlog(source: &str, messages: u64) {
+    progress::backlog(source, messages);
     gauge!("mailsluice_backlog_messages", "source" => source.to_string()).set(messages as f64);
 }
 
-/// Sets up `tracing` output: text or JSON lines on stderr, level from `RUST_LOG`
-/// (default `info`).
+/// The variable that sets the log filter (`RUST_LOG` syntax, e.g. `info,mailsluice=debug`);
+/// `RUST_LOG` is read when it is unset.
+pub const LOG_ENV: &str = "MAILSLUICE_LOG";
+
+/// The log filter when none is set: INFO and up, without a parser library's chatter.
+pub const DEFAULT_LOG_FILTER: &str = "info,imap_codec=error";
+
+/// Sets up `tracing` output: text or JSON lines on stderr. Level from `MAILSLUICE_LOG`
+/// (else `RUST_LOG`, else [`DEFAULT_LOG_FILTER`]).
 pub fn init_logging(json: bool) {
+    init_logging_to(
+        json,
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    );
+}
+
+/// Like [`init_logging`], writing through `writer` (e.g. one that keeps progress bars
+/// intact).
+pub fn init_logging_to(json: bool, writer: tracing_subscriber::fmt::writer::BoxMakeWriter) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,imap_codec=error"));
+    let filter = std::env::var(LOG_ENV)
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = if json {
-        builder.json().try_init()
+        // Spans (source, session) ride along on every line.
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init()
     } else {
         builder.try_init()
     };
