@@ -233,11 +233,12 @@ struct ListQuery {
 
 async fn list_messages(state: web::Data<ApiState>, q: web::Query<ListQuery>) -> HttpResponse {
     let limit = q.limit.unwrap_or(1000).min(10_000);
-    let after = q.after.unwrap_or(0);
+    // Ids start at 0, so "no `after`" is not "after 0".
+    let after = q.after;
     let items: Result<Vec<MessageMeta>, _> = state
         .store
         .iter_meta(q.source.as_deref())
-        .filter(|m| m.as_ref().map_or(true, |m| m.id > after))
+        .filter(|m| m.as_ref().map_or(true, |m| after.is_none_or(|a| m.id > a)))
         .take(limit)
         .collect();
     match items {

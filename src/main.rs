@@ -179,6 +179,9 @@ fn main() -> ExitCode {
             for e in errors.iter() {
                 eprintln!("  {e}");
             }
+            if matches!(cli.command, Command::Reload) {
+                eprintln!("the running node was not asked to reload: it keeps running the old one");
+            }
             return ExitCode::from(2);
         }
     };
@@ -921,10 +924,14 @@ impl Reader {
                 }
             }
             Reader::Remote(api, rt) => {
-                let mut after = 0u64;
+                // Ids start at 0: the first page has no `after`.
+                let mut after: Option<u64> = None;
                 let mut seen = 0usize;
                 loop {
-                    let mut path = format!("/api/messages?after={after}&limit=1000");
+                    let mut path = match after {
+                        Some(a) => format!("/api/messages?after={a}&limit=1000"),
+                        None => "/api/messages?limit=1000".to_string(),
+                    };
                     if let Some(s) = source {
                         path.push_str(&format!("&source={s}"));
                     }
@@ -933,7 +940,7 @@ impl Reader {
                         break;
                     }
                     for m in page {
-                        after = m.id;
+                        after = Some(m.id);
                         if seen >= limit {
                             return Ok(());
                         }

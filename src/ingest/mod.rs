@@ -291,6 +291,7 @@ async fn run_imap(
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await?;
+        tracing::debug!(folder = %idle_folder, ?wake, "IDLE ended");
         if wake == IdleWake::Stopped {
             session.logout().await;
             return Ok(CycleReport::default());
@@ -364,6 +365,7 @@ async fn resolve_folders(
             continue;
         }
         let names = session.list(entry).await?;
+        tracing::debug!(source = %source.name, pattern = %entry, matches = ?names, "folder pattern resolved");
         if names.is_empty() {
             tracing::debug!(source = %source.name, pattern = %entry, "folder pattern matches no folder");
         }

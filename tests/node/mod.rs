@@ -186,6 +186,47 @@ impl Node {
         })
     }
 
+    /// Sends `signal` (e.g. `"HUP"`) to the running node.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("node not running");
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Replaces the config file's body (everything after `[tls]`) with `body`, keeping the
+    /// `[node]` and `[tls]` sections this node was created with.
+    pub fn rewrite_body(&self, body: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        let head_end = text
+            .find("\n\n[providers.")
+            .or_else(|| text.find("\n\n[sources."))
+            .unwrap_or(text.len());
+        std::fs::write(&self.config, format!("{}\n\n{body}", &text[..head_end]))
+            .expect("write config");
+    }
+
+    /// `POST path` on the node's API: (status, body).
+    pub fn post(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{}", self.http, path);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let r = reqwest::blocking::Client::new()
+                    .post(url)
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .expect("POST");
+                (r.status().as_u16(), r.text().unwrap_or_default())
+            })
+            .join()
+            .expect("POST thread")
+        })
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -35,6 +35,7 @@
 pub mod certs;
 pub mod dovecot;
 pub mod oidc;
+pub mod prometheus;
 pub mod wire;
 
 use std::path::Path;
