@@ -40,6 +40,9 @@ pub struct Proxy {
     queue: Arc<Mutex<VecDeque<Fault>>>,
     /// Connections accepted so far.
     pub accepted: Arc<Mutex<usize>>,
+    /// The verb of every command clients sent, in order (`IDLE`, `DONE`, `LOGOUT`, ...;
+    /// never arguments, so no credential is kept).
+    pub commands: Arc<Mutex<Vec<String>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -75,7 +78,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let queue: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
         let accepted: Arc<Mutex<usize>> = Arc::default();
-        let (q, a) = (queue.clone(), accepted.clone());
+        let commands: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (q, a, cmds) = (queue.clone(), accepted.clone(), commands.clone());
         runtime.spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -84,6 +88,7 @@ impl Proxy {
                 *a.lock().unwrap() += 1;
                 let fault = q.lock().unwrap().pop_front().unwrap_or(Fault::None);
                 let acceptor = acceptor.clone();
+                let cmds = cmds.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(client).await else {
                         return;
@@ -91,7 +96,7 @@ impl Proxy {
                     let Ok(server) = TcpStream::connect(("127.0.0.1", backend_port)).await else {
                         return;
                     };
-                    relay(tls, server, fault, imap).await;
+                    relay(tls, server, fault, imap, cmds).await;
                 });
             }
         });
@@ -99,6 +104,7 @@ impl Proxy {
             port,
             queue,
             accepted,
+            commands,
             _runtime: runtime,
         }
     }
@@ -109,6 +115,11 @@ impl Proxy {
 
     pub fn accepted(&self) -> usize {
         *self.accepted.lock().unwrap()
+    }
+
+    /// The verbs clients sent so far.
+    pub fn commands(&self) -> Vec<String> {
+        self.commands.lock().unwrap().clone()
     }
 }
 
@@ -141,6 +152,7 @@ async fn relay(
     server: TcpStream,
     fault: Fault,
     imap: bool,
+    commands: Arc<Mutex<Vec<String>>>,
 ) {
     let (client_r, mut client_w) = tokio::io::split(client);
     let (mut server_r, mut server_w) = server.into_split();
@@ -159,6 +171,12 @@ async fn relay(
                 return;
             }
             let tag = line.split_whitespace().next().unwrap_or("*").to_string();
+            let verb = if line.trim().eq_ignore_ascii_case("DONE") || !imap {
+                line.split_whitespace().next().unwrap_or("")
+            } else {
+                line.split_whitespace().nth(1).unwrap_or("")
+            };
+            commands.lock().unwrap().push(verb.to_ascii_uppercase());
             let answer: Option<(String, bool)> = match &fault_c {
                 Fault::Unavailable if is_login(&line, imap) => Some((
                     if imap {
