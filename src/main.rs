@@ -24,7 +24,8 @@ use mailsluice::telemetry;
 #[command(
     name = "mailsluice",
     version,
-    about = "Mail ingestion node: IMAP and POP3 sources with OAuth2 or passwords, exactly once into an embedded store"
+    about = "Mail ingestion node: IMAP and POP3 sources with OAuth2 or passwords, exactly once into an embedded store",
+    after_help = "Getting started:\n  1. describe sources in config/mailsluice.toml       mailsluice check-config\n  2. consent once per OAuth2 source                   mailsluice authorize SOURCE [--device]\n  3. prove a source end to end                        mailsluice test-login SOURCE\n  4. run                                              mailsluice run   (or run --once)\n  5. watch                                            mailsluice status; GET /metrics\n\nEvery command works beside a running node (it talks to the node's API when the store is\nin use). Exit codes: 0 success, 1 operational failure, 2 usage or configuration error.\nLog level: MAILSLUICE_LOG (e.g. info,mailsluice=debug)."
 )]
 struct Cli {
     /// Config file (default: $MAILSLUICE_CONFIG, else config/mailsluice.toml).
@@ -52,21 +53,19 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Ask the running node to re-read its config file (same as SIGHUP); prints what
-    /// changed, or every error when the new file is refused.
-    Reload,
-    /// Print a shell completion script, e.g. `mailsluice completions bash >
-    /// /etc/bash_completion.d/mailsluice`.
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
     /// Validate the configuration and print every error with its key path.
+    #[command(after_help = "Checks keys, values and that every *_env / *_file secret resolves.")]
     CheckConfig,
     /// Initial OAuth2 consent for a source: browser (PKCE, loopback redirect) or --device.
-    /// The account that signs in must be the source's username; the refresh token is stored
-    /// encrypted (or handed to the running node).
+    ///
+    /// The account that signs in must be the source's username (or, with shared_mailbox,
+    /// the delegate); anyone else is refused. The refresh token is stored encrypted, or
+    /// handed to the running node, which resumes the source at once.
+    #[command(
+        after_help = "Examples:\n  mailsluice authorize support                  # opens a browser on this machine\n  mailsluice authorize support --no-browser     # prints the link; forward the loopback port\n  mailsluice authorize support --device         # headless: enter a code on any device"
+    )]
     Authorize {
+        /// The source, as in [sources.NAME].
         source: String,
         /// Device authorization grant: show a code and a URL to open on any other device.
         #[arg(long)]
@@ -74,36 +73,57 @@ enum Command {
         /// Only print the authorization URL; do not try to open a browser.
         #[arg(long)]
         no_browser: bool,
-        /// Give up after this many seconds without an answer.
-        #[arg(long, default_value_t = 300)]
-        timeout_secs: u64,
+        /// Give up after this many seconds without an answer (default: 300 for the
+        /// browser; for --device, as long as the provider's code is valid, e.g. 15 minutes
+        /// at Microsoft).
+        #[arg(long)]
+        timeout_secs: Option<u64>,
     },
     /// OAuth2 tokens: import a refresh token, show token status.
     Tokens {
         #[command(subcommand)]
         command: TokensCommand,
     },
-    /// Per source: state, last success, last error, counts, backlog.
-    Status,
     /// Step-by-step check of one source (DNS, TCP, TLS, capabilities, token, SASL,
     /// mailbox, one header). Exit 0 only when a mailbox was opened.
-    TestLogin { source: String },
+    #[command(
+        after_help = "A failed step says why and what to do (e.g. a token for the wrong audience, or the wrong user)."
+    )]
+    TestLogin {
+        /// The source, as in [sources.NAME].
+        source: String,
+    },
+    /// Per source: state, last success, last error, counts, backlog.
+    Status,
+    /// Ask the running node to re-read its config file (same as SIGHUP); prints what
+    /// changed, or every error when the new file is refused.
+    Reload,
+    /// Read the store: list, show and export messages.
+    Messages {
+        #[command(subcommand)]
+        command: MessagesCommand,
+    },
     /// At-rest encryption of tokens.
     Secrets {
         #[command(subcommand)]
         command: SecretsCommand,
     },
-    /// Read the store.
-    Messages {
-        #[command(subcommand)]
-        command: MessagesCommand,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  mailsluice completions bash > /etc/bash_completion.d/mailsluice\n  mailsluice completions zsh > \"${fpath[1]}/_mailsluice\"\n  mailsluice completions fish > ~/.config/fish/completions/mailsluice.fish"
+    )]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
 #[derive(Subcommand, Debug)]
 enum TokensCommand {
-    /// Adopt a refresh token obtained elsewhere; proves it by one refresh.
+    /// Adopt a refresh token obtained elsewhere (migration); proves it by one refresh.
     Import {
+        /// The source, as in [sources.NAME].
         source: String,
         /// File holding the refresh token (trailing newline ignored).
         #[arg(long)]
@@ -123,23 +143,33 @@ enum SecretsCommand {
 enum MessagesCommand {
     /// List stored messages (id, source, location, size, subject).
     List {
+        /// Only this source's messages.
         #[arg(long)]
         source: Option<String>,
+        /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
     /// Show one message's stored fields as JSON (add --raw for the exact bytes).
     Show {
+        /// The message id (first column of `messages list`).
         id: u64,
+        /// Print the raw bytes exactly as received instead.
         #[arg(long)]
         raw: bool,
     },
     /// Export messages: eml (a directory of exact bytes), mbox (mboxrd) or jsonl (parsed fields).
+    #[command(
+        after_help = "Examples:\n  mailsluice messages export --out exported/             # one .eml per message, byte-exact\n  mailsluice messages export --format mbox --out all.mbox\n  mailsluice messages export --format jsonl --source support --out support.jsonl"
+    )]
     Export {
+        /// eml, mbox or jsonl.
         #[arg(long, value_enum, default_value_t = ExportFormat::Eml)]
         format: ExportFormat,
+        /// A directory (eml) or a file (mbox, jsonl).
         #[arg(long)]
         out: PathBuf,
+        /// Only this source's messages.
         #[arg(long)]
         source: Option<String>,
     },
@@ -780,7 +810,7 @@ fn authorize(
     source: &str,
     device: bool,
     open_browser: bool,
-    timeout_secs: u64,
+    timeout_secs: Option<u64>,
 ) -> anyhow::Result<()> {
     let Some(src) = settings.sources.get(source) else {
         return Err(UsageError(format!("no source named {source:?} in the configuration")).into());
@@ -802,7 +832,11 @@ fn authorize(
     let service = TokenService::new(settings_arc, Arc::new(store)).map_err(UsageError)?;
     let options = mailsluice::auth::ConsentOptions {
         open_browser,
-        timeout: std::time::Duration::from_secs(timeout_secs),
+        timeout: std::time::Duration::from_secs(timeout_secs.unwrap_or(if device {
+            24 * 3600
+        } else {
+            300
+        })),
     };
     let consent = rt.block_on(async {
         if device {
@@ -908,6 +942,23 @@ impl Reader {
             Some(s) => Reader::Local(s),
             None => Reader::Remote(NodeApi::new(settings), runtime()?),
         })
+    }
+
+    /// How many messages `source` (or all sources) has stored.
+    fn total(&self, source: Option<&str>) -> anyhow::Result<u64> {
+        let counts: Vec<(String, u64)> = match self {
+            Reader::Local(store) => store.counts()?.into_iter().collect(),
+            Reader::Remote(api, rt) => rt
+                .block_on(api.get_json::<Vec<SourceView>>("/api/sources"))?
+                .into_iter()
+                .map(|v| (v.name, v.stored_total))
+                .collect(),
+        };
+        Ok(counts
+            .into_iter()
+            .filter(|(name, _)| source.is_none_or(|s| s == name))
+            .map(|(_, n)| n)
+            .sum())
     }
 
     /// Calls `f` for every message (in storage order) of `source`, or all.
@@ -1043,6 +1094,18 @@ fn export(
     source: Option<&str>,
 ) -> anyhow::Result<u64> {
     let mut n = 0u64;
+    // A progress bar on a terminal; the total is what the store counts.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(reader.total(source).unwrap_or(0));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "exporting [{bar:40}] {pos}/{len} messages, {per_sec}, eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
     match format {
         ExportFormat::Eml => {
             std::fs::create_dir_all(path).with_context(|| format!("--out {}", path.display()))?;
@@ -1050,6 +1113,9 @@ fn export(
                 let raw = reader.raw(m.id)?;
                 std::fs::write(path.join(format!("{}.eml", m.id)), raw)?;
                 n += 1;
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
                 Ok(())
             })?;
         }
@@ -1061,6 +1127,9 @@ fn export(
                 let raw = reader.raw(m.id)?;
                 write_mboxrd(&mut f, &m, &raw)?;
                 n += 1;
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
                 Ok(())
             })?;
             f.flush()?;
@@ -1073,10 +1142,16 @@ fn export(
                 serde_json::to_writer(&mut f, &m)?;
                 f.write_all(b"\n")?;
                 n += 1;
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
                 Ok(())
             })?;
             f.flush()?;
         }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     Ok(n)
 }
@@ -1106,4 +1181,34 @@ fn write_mboxrd(w: &mut impl Write, m: &MessageMeta, raw: &[u8]) -> std::io::Res
         w.write_all(b"\n")?;
     }
     w.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command and every argument explains itself in `--help`.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        Cli::command().debug_assert();
+        fn walk(cmd: &clap::Command, path: &str) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                assert!(sub.get_about().is_some(), "`{name}` has no help text");
+                for arg in sub.get_arguments() {
+                    let id = arg.get_id().as_str();
+                    if ["help", "version"].contains(&id) {
+                        continue;
+                    }
+                    assert!(
+                        arg.get_help().is_some(),
+                        "`{name}` argument {id} has no help text"
+                    );
+                }
+                walk(sub, &name);
+            }
+        }
+        walk(&Cli::command(), "mailsluice");
+    }
 }

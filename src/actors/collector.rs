@@ -307,8 +307,13 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
                 }
                 let wait = retry_delay(failures);
                 if failures <= 3 || failures.is_power_of_two() {
-                    // Rate-limited: the first few, then every 2^n-th repeat.
-                    tracing::warn!(source = %name, kind = kind.as_str(), failures, retry_in_ms = wait.as_millis() as u64, error = %error, "session failed");
+                    // Rate-limited: the first few, then every 2^n-th repeat. A store that
+                    // cannot take mail (disk full, I/O) needs the operator: ERROR.
+                    if kind == ErrorKind::Store {
+                        tracing::error!(source = %name, kind = kind.as_str(), failures, retry_in_ms = wait.as_millis() as u64, error = %error, "session failed: nothing can be stored");
+                    } else {
+                        tracing::warn!(source = %name, kind = kind.as_str(), failures, retry_in_ms = wait.as_millis() as u64, error = %error, "session failed");
+                    }
                 }
                 wait
             }

@@ -59,7 +59,12 @@ pub fn default_scopes(provider: &ProviderSettings, source: Option<&SourceSetting
             "email".into(),
             "profile".into(),
         ],
-        (ProviderKind::Gmail, _) => vec!["https://mail.google.com/".into()],
+        // `openid email`: an ID token saying who consented (identity check at `authorize`).
+        (ProviderKind::Gmail, _) => vec![
+            "https://mail.google.com/".into(),
+            "openid".into(),
+            "email".into(),
+        ],
         // Client credentials at a generic provider: whatever the client is allowed; ask for
         // nothing specific unless configured.
         (ProviderKind::Oidc, Flow::AppOnly) => Vec::new(),

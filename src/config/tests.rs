@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::*;
 
 const EXAMPLE: &str = include_str!("../../config/mailsluice.toml");
+const CONTRIB_EXAMPLE: &str = include_str!("../../contrib/mailsluice.toml");
 
 /// A valid file with one provider and one source: tests add or break one thing at a time.
 const BASE: &str = r#"
@@ -69,6 +70,13 @@ fn assert_contains(haystack: &str, needle: &str) {
 
 fn source<'s>(s: &'s Settings, name: &str) -> &'s SourceSettings {
     &s.sources[name]
+}
+
+#[test]
+fn service_example_config_loads() {
+    let s = ok(CONTRIB_EXAMPLE);
+    assert!(!s.sources.is_empty());
+    assert!(s.node.data_dir.starts_with("/var/lib/mailsluice"));
 }
 
 #[test]
@@ -546,9 +554,15 @@ fn app_only_needs_a_client_secret() {
         &at(&errs, "providers.o365.flow").message,
         "client_secret_env",
     );
-    ok(&BASE.replace(
+    // One tenant, named: `common` and friends cannot issue an app-only token for a mailbox.
+    let errs = errors(&BASE.replace(
         "client_id = \"app-id\"",
         "client_id = \"app-id\"\nflow = \"app_only\"\nclient_secret_env = \"S\"",
+    ));
+    assert_contains(&at(&errs, "providers.o365.tenant").message, "tenant's id");
+    ok(&BASE.replace(
+        "client_id = \"app-id\"",
+        "client_id = \"app-id\"\nflow = \"app_only\"\nclient_secret_env = \"S\"\ntenant = \"contoso.com\"",
     ));
 }
 

@@ -591,6 +591,17 @@ fn provider(ctx: &mut Ctx, name: &str, t: &Table) -> Option<ProviderSettings> {
     });
 
     if flow == Some(Flow::AppOnly) {
+        if kind == Some(Office365)
+            && tenant.as_deref().is_none_or(|t| {
+                ["common", "organizations", "consumers"].contains(&t.to_ascii_lowercase().as_str())
+            })
+        {
+            ctx.error(
+                &t.key("tenant"),
+                "flow = \"app_only\" signs in as the application of one tenant: set tenant to \
+                 that tenant's id or domain (not common, organizations or consumers)",
+            );
+        }
         if kind == Some(Gmail) {
             ctx.error(
                 &t.key("flow"),
