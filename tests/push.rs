@@ -177,3 +177,33 @@ fn folder_patterns_collect_matching_folders_with_their_own_checkpoints() {
     assert_eq!(validities.len(), 5, "{folders:?}");
     node.stop();
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_source_and_session_spans() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    dovecot.seed(ALICE, &[message("json", 0)]);
+    let mut node = node(
+        &dovecot,
+        &source(dovecot.imaps_port, "idle = false\npoll_interval_secs = 1\n"),
+    );
+    node.env
+        .push(("MAILSLUICE__NODE__LOG_FORMAT".into(), "json".into()));
+    node.start();
+    node.wait_stored("mail", 1, Duration::from_secs(30));
+    node.stop();
+    let log = node.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let collected = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "collected")
+        .unwrap_or_else(|| panic!("no `collected` line:\n{log}"));
+    assert_eq!(collected["level"], "INFO");
+    let spans = collected["spans"].as_array().expect("span list");
+    assert_eq!(spans[0]["name"], "collector");
+    assert_eq!(spans[0]["source"], "mail");
+    assert_eq!(spans[1]["name"], "session");
+    assert_eq!(spans[1]["n"], 1);
+}

@@ -121,7 +121,7 @@ async fn credential(deps: &CollectorDeps) -> Result<(Credential, Option<ReopenAt
     }
 }
 
-async fn attempt(deps: &CollectorDeps, stop: watch::Receiver<bool>, session_no: u64) -> Attempt {
+async fn attempt(deps: &CollectorDeps, stop: watch::Receiver<bool>) -> Attempt {
     let Ok(permit) = deps.sessions.clone().acquire_owned().await else {
         return Attempt::Failed(ErrorKind::Connect, "session limiter closed".into());
     };
@@ -147,17 +147,13 @@ async fn attempt(deps: &CollectorDeps, stop: watch::Receiver<bool>, session_no: 
         permit: Some(permit),
         reissue: ingest::IDLE_REISSUE,
     });
-    let span = tracing::info_span!("session", n = session_no);
-    let result = tracing::Instrument::instrument(
-        ingest::run_session(
-            &deps.store,
-            &deps.connector,
-            &deps.source,
-            &cred,
-            reopen_at,
-            idle,
-        ),
-        span,
+    let result = ingest::run_session(
+        &deps.store,
+        &deps.connector,
+        &deps.source,
+        &cred,
+        reopen_at,
+        idle,
     )
     .await;
     let secs = started.elapsed().as_secs_f64();
@@ -243,8 +239,11 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
             return StopReason::Shutdown;
         }
         session_no += 1;
+        // Every line about this session, its outcome included, carries its number.
+        let span = tracing::info_span!("session", n = session_no);
         let outcome = {
-            let run = attempt(&deps, shutdown.clone(), session_no);
+            let run =
+                tracing::Instrument::instrument(attempt(&deps, shutdown.clone()), span.clone());
             tokio::pin!(run);
             tokio::select! {
                 a = &mut run => a,
@@ -254,6 +253,7 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
                 }
             }
         };
+        let in_session = span.enter();
         let wait = match outcome {
             Attempt::Done(report) => {
                 failures = 0;
@@ -318,6 +318,7 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
                 wait
             }
         };
+        drop(in_session);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return StopReason::Shutdown,
