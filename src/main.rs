@@ -647,6 +647,7 @@ fn status(settings: &Settings) -> anyhow::Result<()> {
         "{:<20} {:<6} {:<13} {:>8} {:>8}  {:<26} LAST ERROR",
         "SOURCE", "PROTO", "STATE", "STORED", "BACKLOG", "LAST SUCCESS"
     );
+    let mut warnings = Vec::new();
     for v in views {
         println!(
             "{:<20} {:<6} {:<13} {:>8} {:>8}  {:<26} {}",
@@ -658,6 +659,10 @@ fn status(settings: &Settings) -> anyhow::Result<()> {
             v.last_success.unwrap_or_else(|| "-".into()),
             v.last_error.unwrap_or_default()
         );
+        warnings.extend(v.warnings.iter().map(|w| format!("{}: {w}", v.name)));
+    }
+    for w in warnings {
+        println!("WARNING {w}");
     }
     Ok(())
 }

@@ -562,8 +562,22 @@ fn client_secret_expiry_is_warned_about_and_exported() {
         )),
         "{status}"
     );
+    let offline = node.cli_ok(&["status"]);
+    assert!(
+        offline.contains(&format!(
+            "WARNING mail: client secret of provider o365 expires on {soon}"
+        )),
+        "{offline}"
+    );
     node.start();
     let metrics = node.get("/metrics");
+    // The running node's /api/sources (what `status` reads then) carries it too.
+    let sources = node.sources();
+    let warnings = Node::source(&sources, "mail")["warnings"].to_string();
+    assert!(
+        warnings.contains("client secret of provider o365"),
+        "{sources}"
+    );
     let log = node.log();
     node.stop();
     assert!(
