@@ -541,10 +541,26 @@ async fn apply_pending(
     Ok(())
 }
 
+/// Bytes of fetched messages that may wait for the parse-and-store worker: the I/O side
+/// reads ahead this far while earlier messages are parsed and stored.
+const PIPELINE_BYTES: u32 = 32 * 1024 * 1024;
+
+/// A fetched message on its way to the parse-and-store worker.
+struct Fetched {
+    msg: NewMessage,
+    hold_checkpoint: bool,
+    /// Read-ahead budget this message holds until it is stored.
+    _budget: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// Fetches one batch and moves the checkpoint only over a contiguous prefix of handled
 /// UIDs (stored, already stored, skipped for size, or gone from the server).
+///
+/// Bodies stream in on this task while a blocking worker parses and stores them, in the
+/// order they came, so reading the network, parsing and writing the store overlap. The
+/// batch ends only when the worker has stored everything it was given.
 async fn fetch_batch(
-    store: &Store,
+    store: &Arc<Store>,
     session: &mut ImapSession,
     source: &SourceSettings,
     folder: &str,
@@ -565,37 +581,80 @@ async fn fetch_batch(
         .collect();
     let mut pending: BTreeSet<u32> = to_fetch.iter().copied().collect();
     if !to_fetch.is_empty() {
-        session.start_fetch(&to_fetch).await?;
-        while let Some(f) = session.next_fetched().await? {
-            let (Some(uid), Some(body)) = (f.uid, f.body) else {
-                continue;
-            };
-            if !pending.remove(&uid) {
-                // Not asked for (or a repeat): ignore rather than store it twice.
-                continue;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Fetched>(FETCH_BATCH);
+        let worker = {
+            let store = store.clone();
+            let source_name = source.name.clone();
+            let folder = folder.to_string();
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || {
+                let _entered = span.enter();
+                parse_and_store(&store, &source_name, &folder, rx)
+            })
+        };
+        let budget = Arc::new(tokio::sync::Semaphore::new(PIPELINE_BYTES as usize));
+        let fed = async {
+            session.start_fetch(&to_fetch).await?;
+            while let Some(f) = session.next_fetched().await? {
+                let (Some(uid), Some(body)) = (f.uid, f.body) else {
+                    continue;
+                };
+                if !pending.remove(&uid) {
+                    // Not asked for (or a repeat): ignore rather than store it twice.
+                    continue;
+                }
+                // The store's checkpoint rule (max of stored UIDs) is only right while
+                // messages arrive in UID order with nothing pending below; otherwise the
+                // checkpoint is held back until the batch's end moves it.
+                let hold_checkpoint = pending.first().is_some_and(|low| *low < uid);
+                let cost = u32::try_from(body.len())
+                    .unwrap_or(u32::MAX)
+                    .clamp(1, PIPELINE_BYTES);
+                let permit = budget
+                    .clone()
+                    .acquire_many_owned(cost)
+                    .await
+                    .map_err(|_| {
+                        CycleError::Store(StoreError::Corrupt("read-ahead budget closed".into()))
+                    })?;
+                let msg = NewMessage {
+                    source: source.name.clone(),
+                    location: Location::Imap {
+                        folder: folder.to_string(),
+                        uidvalidity,
+                        uid,
+                    },
+                    raw: body,
+                    internal_date: f.internal_date.map(|d| d.to_rfc3339()),
+                    parsed: Err(String::new()),
+                    post_action: source.after_ingest != AfterIngest::Keep,
+                };
+                if tx
+                    .send(Fetched {
+                        msg,
+                        hold_checkpoint,
+                        _budget: permit,
+                    })
+                    .await
+                    .is_err()
+                {
+                    // The worker stopped on a store error; it reports it below.
+                    break;
+                }
             }
-            let parsed = parse::parse(&body);
-            if let Err(e) = &parsed {
-                tracing::warn!(source = %source.name, folder, uid, error = %e, "message stored raw: parse failed");
-            }
-            let msg = NewMessage {
-                source: source.name.clone(),
-                location: Location::Imap {
-                    folder: folder.to_string(),
-                    uidvalidity,
-                    uid,
-                },
-                raw: body,
-                internal_date: f.internal_date.map(|d| d.to_rfc3339()),
-                parsed,
-                post_action: source.after_ingest != AfterIngest::Keep,
-            };
-            // The store's checkpoint rule (max of stored UIDs) is only right while
-            // messages arrive in UID order with nothing pending below; otherwise the
-            // checkpoint is held back until the batch's end moves it.
-            let hold = pending.first().is_some_and(|low| *low < uid);
-            store_one(store, msg, hold, report)?;
+            Ok::<(), CycleError>(())
         }
+        .await;
+        drop(tx);
+        let stored = worker
+            .await
+            .map_err(|e| CycleError::Store(StoreError::Corrupt(format!("store worker: {e}"))))?;
+        // A store error first: it is why the feeding stopped.
+        let done = stored?;
+        report.stored += done.stored;
+        report.already += done.already;
+        report.bytes += done.bytes;
+        fed?;
     }
     // Everything asked for has been answered. UIDs that never came were expunged meanwhile;
     // size-skipped ones were never asked for. The whole batch is now handled.
@@ -606,6 +665,34 @@ async fn fetch_batch(
         store.skip(&source.name, folder, uidvalidity, *last)?;
     }
     Ok(())
+}
+
+/// The worker side of [`fetch_batch`]: parses and stores messages in arrival order. Stops at
+/// the first store error (dropping the channel tells the feeder to stop).
+fn parse_and_store(
+    store: &Store,
+    source: &str,
+    folder: &str,
+    mut rx: tokio::sync::mpsc::Receiver<Fetched>,
+) -> Result<CycleReport, StoreError> {
+    let mut report = CycleReport::default();
+    while let Some(Fetched {
+        mut msg,
+        hold_checkpoint,
+        _budget,
+    }) = rx.blocking_recv()
+    {
+        msg.parsed = parse::parse(&msg.raw);
+        if let Err(e) = &msg.parsed {
+            let uid = match &msg.location {
+                Location::Imap { uid, .. } => *uid,
+                Location::Pop3 { .. } => 0,
+            };
+            tracing::warn!(source, folder, uid, error = %e, "message stored raw: parse failed");
+        }
+        store_one(store, msg, hold_checkpoint, &mut report)?;
+    }
+    Ok(report)
 }
 
 async fn run_pop3(
