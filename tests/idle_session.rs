@@ -35,8 +35,18 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-#[test]
-fn idle_is_reissued_wakes_on_new_mail_and_stops_cleanly() {
+/// A Dovecot with one message, the recording relay in front of it, and an IDLE source
+/// (polling hourly) reading through the relay.
+struct Setup {
+    dovecot: Dovecot,
+    proxy: Proxy,
+    _dir: tempfile::TempDir,
+    store: Arc<mailsluice::store::Store>,
+    connector: mailsluice::net::Connector,
+    source: mailsluice::config::SourceSettings,
+}
+
+fn setup() -> Setup {
     let dovecot = Dovecot::start(DovecotOptions::default());
     dovecot.seed(ALICE, &[message(0)]);
     let proxy = Proxy::start(
@@ -53,6 +63,26 @@ fn idle_is_reissued_wakes_on_new_mail_and_stops_cleanly() {
         proxy.port,
         "idle = true\npoll_interval_secs = 3600\n",
     );
+    Setup {
+        dovecot,
+        proxy,
+        _dir: dir,
+        store,
+        connector,
+        source,
+    }
+}
+
+#[test]
+fn idle_is_reissued_wakes_on_new_mail_and_stops_cleanly() {
+    let Setup {
+        dovecot,
+        proxy,
+        _dir,
+        store,
+        connector,
+        source,
+    } = setup();
     let cred = Credential::Password(Secret::new("alice-password"));
     let passes: Arc<Mutex<Vec<CycleReport>>> = Arc::default();
     let seen = passes.clone();
@@ -122,22 +152,14 @@ fn idle_is_reissued_wakes_on_new_mail_and_stops_cleanly() {
 
 #[test]
 fn an_idle_session_ends_before_its_token_is_due_and_asks_to_reopen() {
-    let dovecot = Dovecot::start(DovecotOptions::default());
-    dovecot.seed(ALICE, &[message(0)]);
-    let proxy = Proxy::start(
-        &dovecot.ca.cert_pem,
-        &dovecot.ca.key_pem,
-        dovecot.imap_port,
-        true,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let (store, connector, source) = node::direct_source(
-        &dovecot.ca_pem,
-        dir.path(),
-        "imap",
-        proxy.port,
-        "idle = true\npoll_interval_secs = 3600\n",
-    );
+    let Setup {
+        dovecot: _dovecot,
+        proxy,
+        _dir,
+        store,
+        connector,
+        source,
+    } = setup();
     let cred = Credential::Password(Secret::new("alice-password"));
     let mut on_pass = |_: &CycleReport, _: &[String]| {};
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
