@@ -610,13 +610,9 @@ async fn fetch_batch(
                 let cost = u32::try_from(body.len())
                     .unwrap_or(u32::MAX)
                     .clamp(1, PIPELINE_BYTES);
-                let permit = budget
-                    .clone()
-                    .acquire_many_owned(cost)
-                    .await
-                    .map_err(|_| {
-                        CycleError::Store(StoreError::Corrupt("read-ahead budget closed".into()))
-                    })?;
+                let permit = budget.clone().acquire_many_owned(cost).await.map_err(|_| {
+                    CycleError::Store(StoreError::Corrupt("read-ahead budget closed".into()))
+                })?;
                 let msg = NewMessage {
                     source: source.name.clone(),
                     location: Location::Imap {
