@@ -10,7 +10,9 @@ use actix_web::{App, HttpServer, web};
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use mailsluice::actors::supervisor::{Shutdown, Supervisor, WaitOnce, reload_from_file};
+use mailsluice::actors::supervisor::{
+    ReloadReport, Shutdown, Supervisor, WaitOnce, reload_from_file,
+};
 use mailsluice::actors::{Live, Registry};
 use mailsluice::api::{self, ApiState, SourceView, TokenView};
 use mailsluice::auth::TokenService;
@@ -457,7 +459,7 @@ fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result<()> {
             for (source, result) in &results {
                 let done = p.get(source).copied().unwrap_or_default();
                 match result {
-                    Ok(()) => tracing::info!(source = %source, stored = done.stored, bytes = done.bytes, "source collected"),
+                    Ok(()) => tracing::info!(source = %source, stored = done.total_stored, bytes = done.total_bytes, "source collected"),
                     Err(e) => tracing::warn!(source = %source, error = %e, "source not collected"),
                 }
             }
@@ -558,49 +560,38 @@ fn reload(settings: &Settings) -> anyhow::Result<()> {
         let status = r.status();
         Ok::<_, anyhow::Error>((status, r.text().await.unwrap_or_default()))
     })?;
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
     if status.is_success() {
-        for key in [
-            "added",
-            "removed",
-            "restarted",
-            "unchanged",
-            "needs_restart",
+        let report: ReloadReport = serde_json::from_str(&body)
+            .with_context(|| format!("{url}: unexpected answer: {body}"))?;
+        for (key, names) in [
+            ("added", &report.added),
+            ("removed", &report.removed),
+            ("restarted", &report.restarted),
+            ("unchanged", &report.unchanged),
+            ("needs_restart", &report.needs_restart),
         ] {
-            let names: Vec<String> = json[key]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            println!(
-                "{key:<13} {}",
-                if names.is_empty() {
-                    "-".to_string()
-                } else {
-                    names.join(", ")
-                }
-            );
+            let shown = if names.is_empty() {
+                "-".to_string()
+            } else {
+                names.join(", ")
+            };
+            println!("{key:<13} {shown}");
         }
-        Ok(())
-    } else {
-        let errors: Vec<String> = json["errors"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_else(|| vec![format!("HTTP {status}: {body}")]);
-        Err(UsageError(format!(
-            "the node refused the new configuration and keeps running the old one; {} error(s):\n  {}",
-            errors.len(),
-            errors.join("\n  ")
-        ))
-        .into())
+        return Ok(());
     }
+    #[derive(serde::Deserialize)]
+    struct Refused {
+        errors: Vec<String>,
+    }
+    let errors = serde_json::from_str::<Refused>(&body)
+        .map(|r| r.errors)
+        .unwrap_or_else(|_| vec![format!("HTTP {status}: {body}")]);
+    Err(UsageError(format!(
+        "the node refused the new configuration and keeps running the old one; {} error(s):\n  {}",
+        errors.len(),
+        errors.join("\n  ")
+    ))
+    .into())
 }
 
 /// Waits for SIGTERM or SIGINT. With a supervisor, SIGHUP reloads the configuration

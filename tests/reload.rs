@@ -212,6 +212,13 @@ fn run_once_collects_every_source_and_exits_with_its_verdict() {
     // IDLE is not waited on: the run ends as soon as both sources are collected.
     assert!(started.elapsed() < Duration::from_secs(20), "{stderr}");
     assert!(stderr.contains("source collected"), "{stderr}");
+    // The closing line per source counts what that source stored.
+    assert!(
+        stderr.lines().any(|l| l.contains("source collected")
+            && l.contains("source=imap")
+            && l.contains("stored=40")),
+        "{stderr}"
+    );
     assert_eq!(count(&node, "imap"), 40);
     assert_eq!(count(&node, "pop"), 15);
 

@@ -137,16 +137,24 @@ async fn attempt(deps: &CollectorDeps, stop: watch::Receiver<bool>) -> Attempt {
                 deps,
                 ErrorKind::Protocol,
                 &format!("folders not collected: {}", failed.join("; ")),
+                SourceState::Degraded,
             );
         }
     };
-    let idle = (deps.source.idle && !deps.once).then(|| ingest::IdleCtl {
-        stop,
-        on_pass: &mut on_pass,
-        sessions: deps.sessions.clone(),
-        permit: Some(permit),
-        reissue: ingest::IDLE_REISSUE,
-    });
+    // An IDLE session takes the session slot (and gives it back while idling); any other
+    // session holds it until it ends.
+    let (idle, _slot) = if deps.source.idle && !deps.once {
+        let ctl = ingest::IdleCtl {
+            stop,
+            on_pass: &mut on_pass,
+            sessions: deps.sessions.clone(),
+            permit: Some(permit),
+            reissue: ingest::IDLE_REISSUE,
+        };
+        (Some(ctl), None)
+    } else {
+        (None, Some(permit))
+    };
     let result = ingest::run_session(
         &deps.store,
         &deps.connector,
@@ -207,14 +215,15 @@ fn record_success(deps: &CollectorDeps, report: &ingest::CycleReport) {
     }
 }
 
-fn record_failure(deps: &CollectorDeps, kind: ErrorKind, error: &str) {
+/// A session or pass that failed: error metric, last error, and the state it leaves.
+fn record_failure(deps: &CollectorDeps, kind: ErrorKind, error: &str, state: SourceState) {
     let name = &deps.source.name;
     telemetry::error(name, kind);
     deps.registry.update(name, |s| {
         s.last_error = Some(error.to_string());
         s.sessions_failed += 1;
     });
-    deps.registry.set_state(name, SourceState::Degraded);
+    deps.registry.set_state(name, state);
 }
 
 /// How long a stopping collector lets its session finish the message in hand (and leave
@@ -257,7 +266,9 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
         let wait = match outcome {
             Attempt::Done(report) => {
                 failures = 0;
-                record_success(&deps, &report);
+                if !report.passes_reported {
+                    record_success(&deps, &report);
+                }
                 if report.idle_unsupported && !told_no_idle {
                     told_no_idle = true;
                     tracing::warn!(source = %name, poll_interval_secs = deps.source.poll_interval.as_secs(), "idle = true but the server does not offer IDLE; polling instead");
@@ -274,22 +285,12 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
                 }
             }
             Attempt::NeedsReauth(reason) => {
-                telemetry::error(&name, ErrorKind::Token);
-                deps.registry.update(&name, |s| {
-                    s.last_error = Some(reason.clone());
-                    s.sessions_failed += 1;
-                });
-                deps.registry.set_state(&name, SourceState::NeedsReauth);
+                record_failure(&deps, ErrorKind::Token, &reason, SourceState::NeedsReauth);
                 tracing::error!(source = %name, error = %reason, "source needs re-authorization; collection paused until `mailsluice authorize` or `tokens import`");
                 return StopReason::NeedsReauth(reason);
             }
             Attempt::Throttled(backoff, reply) => {
-                telemetry::error(&name, ErrorKind::Throttled);
-                deps.registry.update(&name, |s| {
-                    s.last_error = Some(reply.clone());
-                    s.sessions_failed += 1;
-                });
-                deps.registry.set_state(&name, SourceState::Throttled);
+                record_failure(&deps, ErrorKind::Throttled, &reply, SourceState::Throttled);
                 if deps.once {
                     tracing::warn!(source = %name, reply = %reply, "server throttled us");
                     return StopReason::Once(Err(reply));
@@ -300,7 +301,7 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
             }
             Attempt::Failed(kind, error) => {
                 failures += 1;
-                record_failure(&deps, kind, &error);
+                record_failure(&deps, kind, &error, SourceState::Degraded);
                 if deps.once {
                     tracing::warn!(source = %name, kind = kind.as_str(), error = %error, "session failed");
                     return StopReason::Once(Err(error));

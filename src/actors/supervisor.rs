@@ -11,7 +11,7 @@ use actix::prelude::*;
 use tokio::sync::Semaphore;
 
 use crate::auth::TokenService;
-use crate::config::{Settings, SourceAuth, SourceSettings};
+use crate::config::{Settings, SourceAuth};
 use crate::net::Connector;
 use crate::store::Store;
 use crate::telemetry::{self, SourceState};
@@ -26,10 +26,9 @@ use super::token_manager::{
 };
 
 pub struct Supervisor {
-    settings: Arc<Settings>,
-    store: Arc<Store>,
-    connector: Connector,
+    /// The configuration and connector in force (replaced by reloads).
     live: Live,
+    store: Arc<Store>,
     registry: Registry,
     sessions: Arc<Semaphore>,
     tokens: Addr<TokenManager>,
@@ -56,15 +55,9 @@ impl Supervisor {
         token_service: Arc<TokenService>,
     ) -> Self {
         let tokens = TokenManager::new(token_service).start();
-        let Current {
-            settings,
-            connector,
-        } = live.get();
         Supervisor {
-            sessions: Arc::new(Semaphore::new(settings.node.max_sessions)),
-            settings,
+            sessions: Arc::new(Semaphore::new(live.settings().node.max_sessions)),
             store,
-            connector,
             live,
             registry,
             tokens,
@@ -98,11 +91,12 @@ impl Supervisor {
     /// Logs every expiry horizon coming up (client secrets, idle refresh tokens).
     fn warn_horizons(&self) {
         let now = chrono::Utc::now().timestamp();
-        for (name, source) in &self.settings.sources {
+        let settings = self.live.settings();
+        for (name, source) in &settings.sources {
             let crate::config::SourceAuth::OAuth2 { provider, .. } = &source.auth else {
                 continue;
             };
-            let Some(p) = self.settings.providers.get(provider) else {
+            let Some(p) = settings.providers.get(provider) else {
                 continue;
             };
             let record = self.store.token(name).ok().flatten();
@@ -113,18 +107,22 @@ impl Supervisor {
     }
 
     fn start_collector(&mut self, name: &str, ctx: &mut Context<Self>) {
-        let Some(source) = self.settings.sources.get(name).cloned() else {
+        let Current {
+            settings,
+            connector,
+        } = self.live.get();
+        let Some(source) = settings.sources.get(name).cloned() else {
             return;
         };
         let deps = CollectorDeps {
             source,
             store: self.store.clone(),
-            connector: self.connector.clone(),
+            connector,
             tokens: self.tokens.clone().recipient::<GetAccessToken>(),
             invalidate: self.tokens.clone().recipient::<InvalidateAccessToken>(),
             sessions: self.sessions.clone(),
             registry: self.registry.clone(),
-            token_margin: self.settings.node.token_refresh_margin,
+            token_margin: settings.node.token_refresh_margin,
             once: self.once,
         };
         let addr = Collector::new(deps, ctx.address().recipient()).start();
@@ -136,26 +134,31 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        for (name, provider) in &self.settings.providers {
-            telemetry::register_provider(name);
-            if let Some(exp) = crate::auth::horizons::client_secret_expiry(provider) {
-                telemetry::client_secret_expiry(name, exp);
-            }
-        }
+        let settings = self.live.settings();
+        register_providers(&settings);
         self.warn_horizons();
         // Horizons move with time: look again every day.
         ctx.run_interval(Duration::from_secs(24 * 3600), |act, _| act.warn_horizons());
-        let names: Vec<String> = self.settings.sources.keys().cloned().collect();
-        for name in names {
-            if self.settings.sources[&name].enabled {
-                self.start_collector(&name, ctx);
+        for (name, source) in &settings.sources {
+            if source.enabled {
+                self.start_collector(name, ctx);
             } else {
-                telemetry::register_source(&name);
-                self.registry.set_state(&name, SourceState::Disabled);
+                telemetry::register_source(name);
+                self.registry.set_state(name, SourceState::Disabled);
             }
         }
         tracing::info!(sources = self.collectors.len(), "supervisor started");
         self.once_finished();
+    }
+}
+
+/// Registers every provider's metrics, with its client secret's expiry when configured.
+fn register_providers(settings: &Settings) {
+    for (name, provider) in &settings.providers {
+        telemetry::register_provider(name);
+        if let Some(exp) = crate::auth::horizons::client_secret_expiry(provider) {
+            telemetry::client_secret_expiry(name, exp);
+        }
     }
 }
 
@@ -216,21 +219,26 @@ fn source_changed(old: &Settings, new: &Settings, name: &str) -> bool {
 }
 
 fn enabled(settings: &Settings, name: &str) -> bool {
-    settings
-        .sources
-        .get(name)
-        .is_some_and(|s: &SourceSettings| s.enabled)
+    settings.sources.get(name).is_some_and(|s| s.enabled)
 }
 
 impl Handler<Reload> for Supervisor {
     type Result = Result<ReloadReport, Vec<String>>;
 
     fn handle(&mut self, msg: Reload, ctx: &mut Context<Self>) -> Self::Result {
-        if self.stopping || self.once {
+        if self.stopping {
             return Err(vec!["the node is stopping; reload not applied".into()]);
         }
+        if self.once {
+            return Err(vec![
+                "`run --once` does not reload; the next run reads the file".into(),
+            ]);
+        }
         let new = Arc::new(msg.settings);
-        let old = self.settings.clone();
+        let Current {
+            settings: old,
+            connector,
+        } = self.live.get();
         let mut report = ReloadReport::default();
         let (on, nn) = (&old.node, &new.node);
         for (key, changed) in [
@@ -246,13 +254,13 @@ impl Handler<Reload> for Supervisor {
                 report.needs_restart.push(key.to_string());
             }
         }
-        let tls_changed = format!("{:?}", old.tls) != format!("{:?}", new.tls)
+        let tls_changed = old.tls != new.tls
             || on.connect_timeout != nn.connect_timeout
             || on.read_timeout != nn.read_timeout;
         let connector = if tls_changed {
             Connector::new(&new.tls, nn.connect_timeout, nn.read_timeout).map_err(|e| vec![e])?
         } else {
-            self.connector.clone()
+            connector
         };
         let service = TokenService::new(new.clone(), self.store.clone()).map_err(|e| vec![e])?;
         // From here on nothing fails: apply.
@@ -264,14 +272,7 @@ impl Handler<Reload> for Supervisor {
         }
         self.store.set_min_free_bytes(nn.min_free_disk_bytes);
         self.tokens.do_send(SetTokenService(Arc::new(service)));
-        for (name, provider) in &new.providers {
-            telemetry::register_provider(name);
-            if let Some(exp) = crate::auth::horizons::client_secret_expiry(provider) {
-                telemetry::client_secret_expiry(name, exp);
-            }
-        }
-        self.connector = connector.clone();
-        self.settings = new.clone();
+        register_providers(&new);
         self.live.set(Current {
             settings: new.clone(),
             connector,
@@ -379,13 +380,7 @@ impl Handler<CollectorStopped> for Supervisor {
             return;
         }
         if self.restart_after_stop.remove(&msg.source) {
-            if !self.stopping
-                && self
-                    .settings
-                    .sources
-                    .get(&msg.source)
-                    .is_some_and(|s| s.enabled)
-            {
+            if !self.stopping && enabled(&self.live.settings(), &msg.source) {
                 self.restarts.remove(&msg.source);
                 self.start_collector(&msg.source, ctx);
             }
@@ -433,11 +428,7 @@ impl Handler<ReauthorizedSource> for Supervisor {
     fn handle(&mut self, msg: ReauthorizedSource, ctx: &mut Context<Self>) {
         if !self.stopping
             && !self.collectors.contains_key(&msg.source)
-            && self
-                .settings
-                .sources
-                .get(&msg.source)
-                .is_some_and(|s| s.enabled)
+            && enabled(&self.live.settings(), &msg.source)
         {
             tracing::info!(source = %msg.source, "source re-authorized; collection resumes");
             self.start_collector(&msg.source, ctx);

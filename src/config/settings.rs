@@ -61,7 +61,7 @@ pub enum TlsBackend {
     Native,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     /// `tls.min_version`.
     pub min_version: TlsVersion,

@@ -76,6 +76,9 @@ pub struct CycleReport {
     pub more: bool,
     /// IDLE was asked for but the server does not offer it: the source is polled.
     pub idle_unsupported: bool,
+    /// An IDLE session: every pass was already reported through `IdleCtl::on_pass`, so this
+    /// report carries nothing to count.
+    pub passes_reported: bool,
 }
 
 /// When a session must end so that it never runs on an expired access token: Unix seconds,
@@ -173,6 +176,7 @@ pub async fn run_session(
     reopen_at: Option<ReopenAt>,
     idle: Option<IdleCtl<'_>>,
 ) -> Result<CycleReport, CycleError> {
+    telemetry::progress::session_started(&source.name);
     match source.protocol {
         Protocol::Imap => {
             let idle = idle.filter(|_| source.idle);
@@ -266,6 +270,7 @@ async fn run_imap(
             session.logout().await;
             return Ok(CycleReport {
                 more: true,
+                passes_reported: true,
                 ..CycleReport::default()
             });
         }
@@ -294,7 +299,10 @@ async fn run_imap(
         tracing::debug!(folder = %idle_folder, ?wake, "IDLE ended");
         if wake == IdleWake::Stopped {
             session.logout().await;
-            return Ok(CycleReport::default());
+            return Ok(CycleReport {
+                passes_reported: true,
+                ..CycleReport::default()
+            });
         }
         let poll_due = tokio::time::Instant::now() >= next_poll;
         if wake == IdleWake::Timeout && !poll_due {
@@ -303,39 +311,35 @@ async fn run_imap(
         ctl.permit = ctl.sessions.clone().acquire_owned().await.ok();
         let mut pass = CycleReport::default();
         let mut first_batch = true;
-        let failed = if poll_due {
+        // New mail in the idle folder: that folder; the poll timer: every folder.
+        if poll_due {
             folders = resolve_folders(&mut session, source).await?;
             next_poll = tokio::time::Instant::now() + source.poll_interval;
-            selected_idle_folder = folders.len() == 1 && folders[0] == idle_folder;
-            collect_folders(
-                store,
-                &mut session,
-                source,
-                &folders,
-                reopen_at,
-                &mut first_batch,
-                &mut pass,
-            )
-            .await?
+        }
+        let these = if poll_due {
+            &folders[..]
         } else {
-            selected_idle_folder = true;
-            collect_folders(
-                store,
-                &mut session,
-                source,
-                std::slice::from_ref(&idle_folder),
-                reopen_at,
-                &mut first_batch,
-                &mut pass,
-            )
-            .await?
+            std::slice::from_ref(&idle_folder)
         };
+        let failed = collect_folders(
+            store,
+            &mut session,
+            source,
+            these,
+            reopen_at,
+            &mut first_batch,
+            &mut pass,
+        )
+        .await?;
+        // Still selected only if it was opened last (a refused folder leaves none selected).
+        selected_idle_folder = these.last() == Some(&idle_folder) && failed.is_empty();
         store.flush().await?;
         (ctl.on_pass)(&pass, &failed);
         if pass.more {
             session.logout().await;
             return Ok(CycleReport {
                 more: true,
+                passes_reported: true,
                 ..CycleReport::default()
             });
         }
@@ -366,9 +370,6 @@ async fn resolve_folders(
         }
         let names = session.list(entry).await?;
         tracing::debug!(source = %source.name, pattern = %entry, matches = ?names, "folder pattern resolved");
-        if names.is_empty() {
-            tracing::debug!(source = %source.name, pattern = %entry, "folder pattern matches no folder");
-        }
         for name in names {
             let is_target = source.after_ingest == AfterIngest::Move
                 && source.move_to.as_deref().unwrap_or("Processed") == name;
@@ -547,7 +548,9 @@ const PIPELINE_BYTES: u32 = 32 * 1024 * 1024;
 
 /// A fetched message on its way to the parse-and-store worker.
 struct Fetched {
-    msg: NewMessage,
+    uid: u32,
+    raw: Vec<u8>,
+    internal_date: Option<String>,
     hold_checkpoint: bool,
     /// Read-ahead budget this message holds until it is stored.
     _budget: tokio::sync::OwnedSemaphorePermit,
@@ -584,12 +587,16 @@ async fn fetch_batch(
         let (tx, rx) = tokio::sync::mpsc::channel::<Fetched>(FETCH_BATCH);
         let worker = {
             let store = store.clone();
-            let source_name = source.name.clone();
-            let folder = folder.to_string();
+            let into = Destination {
+                source: source.name.clone(),
+                folder: folder.to_string(),
+                uidvalidity,
+                post_action: source.after_ingest != AfterIngest::Keep,
+            };
             let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
                 let _entered = span.enter();
-                parse_and_store(&store, &source_name, &folder, rx)
+                parse_and_store(&store, &into, rx)
             })
         };
         let budget = Arc::new(tokio::sync::Semaphore::new(PIPELINE_BYTES as usize));
@@ -613,21 +620,11 @@ async fn fetch_batch(
                 let permit = budget.clone().acquire_many_owned(cost).await.map_err(|_| {
                     CycleError::Store(StoreError::Corrupt("read-ahead budget closed".into()))
                 })?;
-                let msg = NewMessage {
-                    source: source.name.clone(),
-                    location: Location::Imap {
-                        folder: folder.to_string(),
-                        uidvalidity,
-                        uid,
-                    },
-                    raw: body,
-                    internal_date: f.internal_date.map(|d| d.to_rfc3339()),
-                    parsed: Err(String::new()),
-                    post_action: source.after_ingest != AfterIngest::Keep,
-                };
                 if tx
                     .send(Fetched {
-                        msg,
+                        uid,
+                        raw: body,
+                        internal_date: f.internal_date.map(|d| d.to_rfc3339()),
                         hold_checkpoint,
                         _budget: permit,
                     })
@@ -663,30 +660,40 @@ async fn fetch_batch(
     Ok(())
 }
 
+/// Where the worker of [`fetch_batch`] stores what it is given.
+struct Destination {
+    source: String,
+    folder: String,
+    uidvalidity: u32,
+    post_action: bool,
+}
+
 /// The worker side of [`fetch_batch`]: parses and stores messages in arrival order. Stops at
 /// the first store error (dropping the channel tells the feeder to stop).
 fn parse_and_store(
     store: &Store,
-    source: &str,
-    folder: &str,
+    into: &Destination,
     mut rx: tokio::sync::mpsc::Receiver<Fetched>,
 ) -> Result<CycleReport, StoreError> {
     let mut report = CycleReport::default();
-    while let Some(Fetched {
-        mut msg,
-        hold_checkpoint,
-        _budget,
-    }) = rx.blocking_recv()
-    {
-        msg.parsed = parse::parse(&msg.raw);
-        if let Err(e) = &msg.parsed {
-            let uid = match &msg.location {
-                Location::Imap { uid, .. } => *uid,
-                Location::Pop3 { .. } => 0,
-            };
-            tracing::warn!(source, folder, uid, error = %e, "message stored raw: parse failed");
+    while let Some(f) = rx.blocking_recv() {
+        let parsed = parse::parse(&f.raw);
+        if let Err(e) = &parsed {
+            tracing::warn!(source = %into.source, folder = %into.folder, uid = f.uid, error = %e, "message stored raw: parse failed");
         }
-        store_one(store, msg, hold_checkpoint, &mut report)?;
+        let msg = NewMessage {
+            source: into.source.clone(),
+            location: Location::Imap {
+                folder: into.folder.clone(),
+                uidvalidity: into.uidvalidity,
+                uid: f.uid,
+            },
+            raw: f.raw,
+            internal_date: f.internal_date,
+            parsed,
+            post_action: into.post_action,
+        };
+        store_one(store, msg, f.hold_checkpoint, &mut report)?;
     }
     Ok(report)
 }

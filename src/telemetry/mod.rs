@@ -400,6 +400,8 @@ pub fn init_logging_to(json: bool, writer: tracing_subscriber::fmt::writer::BoxM
         .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, never into a journal or file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
     let _ = if json {
         // Spans (source, session) ride along on every line.

@@ -13,6 +13,9 @@ pub struct Progress {
     /// Messages stored in this session.
     pub stored: u64,
     pub bytes: u64,
+    /// Messages and bytes stored since the process started.
+    pub total_stored: u64,
+    pub total_bytes: u64,
 }
 
 static PROGRESS: Mutex<BTreeMap<String, Progress>> = Mutex::new(BTreeMap::new());
@@ -21,16 +24,18 @@ fn with<R>(f: impl FnOnce(&mut BTreeMap<String, Progress>) -> R) -> R {
     f(&mut PROGRESS.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-pub(crate) fn backlog(source: &str, messages: u64) {
+/// A session of `source` begins: its counts start again.
+pub fn session_started(source: &str) {
     with(|m| {
         let p = m.entry(source.to_string()).or_default();
-        p.backlog = messages;
-        if messages == 0 {
-            // A new session (or a finished one): counts start again.
-            p.stored = 0;
-            p.bytes = 0;
-        }
+        p.backlog = 0;
+        p.stored = 0;
+        p.bytes = 0;
     });
+}
+
+pub(crate) fn backlog(source: &str, messages: u64) {
+    with(|m| m.entry(source.to_string()).or_default().backlog = messages);
 }
 
 pub(crate) fn stored(source: &str, bytes: u64) {
@@ -38,6 +43,8 @@ pub(crate) fn stored(source: &str, bytes: u64) {
         let p = m.entry(source.to_string()).or_default();
         p.stored += 1;
         p.bytes += bytes;
+        p.total_stored += 1;
+        p.total_bytes += bytes;
     });
 }
 
