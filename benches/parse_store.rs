@@ -52,9 +52,13 @@ fn main() {
     let store = Store::open(&dir.path().join("data"), &dir.path().join("secret.key"))
         .expect("open a store in the temporary directory");
 
-    // Parse + store as `ingest::fetch_batch` does it: parse, build the message, store it with
-    // its checkpoint, one message after the other; one flush at the end.
+    // Parse + store as `ingest::fetch_batch` does it when mail arrives faster than it is
+    // stored: parse, build the message, store up to 64 messages (4 MiB) with their
+    // checkpoints in one transaction; one flush at the end.
+    let written_before = disk_writes();
     let started = Instant::now();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
     for (uid, raw) in mail.into_iter().enumerate() {
         let parsed = mailsluice::parse::parse(&raw);
         let msg = NewMessage {
@@ -69,12 +73,25 @@ fn main() {
             parsed,
             post_action: false,
         };
-        store.store(msg, true).expect("store a message");
+        batch_bytes += msg.raw.len();
+        batch.push((msg, true));
+        if batch.len() == 64 || batch_bytes >= 4 * 1024 * 1024 {
+            store
+                .store_batch(std::mem::take(&mut batch), true)
+                .expect("store a batch");
+            batch_bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        store.store_batch(batch, true).expect("store a batch");
     }
     let stored_time = started.elapsed();
     let started = Instant::now();
     store.flush_sync().expect("flush the store");
     let flush_time = started.elapsed();
+    let written = disk_writes()
+        .zip(written_before)
+        .map(|(after, before)| after - before);
 
     println!("parse failures: {failures}");
     report("parse", parse_time, messages, total_bytes);
@@ -86,6 +103,21 @@ fn main() {
         messages,
         total_bytes,
     );
+    if let Some(written) = written {
+        println!(
+            "written to disk         {:>9.1} MB ({:.2}x the mail)",
+            written as f64 / 1e6,
+            written as f64 / total_bytes.max(1) as f64
+        );
+    }
+}
+
+/// Bytes this process has caused to be written to storage so far (Linux `/proc/self/io`).
+fn disk_writes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn report(what: &str, took: Duration, messages: usize, bytes: u64) {

@@ -194,23 +194,32 @@ fn store_one(
     hold_checkpoint: bool,
     report: &mut CycleReport,
 ) -> Result<(), StoreError> {
-    let size = msg.raw.len() as u64;
-    let parse_failed = msg.parsed.is_err();
-    let source = msg.source.clone();
+    store_batch(store, vec![(msg, !hold_checkpoint)], report)
+}
+
+/// Stores messages in one transaction ([`Store::store_batch`], content re-matching on) and
+/// counts the outcomes.
+fn store_batch(
+    store: &Store,
+    msgs: Vec<(NewMessage, bool)>,
+    report: &mut CycleReport,
+) -> Result<(), StoreError> {
+    let facts: Vec<(u64, bool, String)> = msgs
+        .iter()
+        .map(|(m, _)| (m.raw.len() as u64, m.parsed.is_err(), m.source.clone()))
+        .collect();
     let started = Instant::now();
-    let outcome = if hold_checkpoint {
-        store.store_without_checkpoint(msg)?
-    } else {
-        store.store(msg, true)?
-    };
+    let outcomes = store.store_batch(msgs, true)?;
     telemetry::store_write(started.elapsed().as_secs_f64());
-    match outcome {
-        StoreOutcome::Stored(_) => {
-            report.stored += 1;
-            report.bytes += size;
-            telemetry::message_stored(&source, size, parse_failed);
+    for (outcome, (size, parse_failed, source)) in outcomes.into_iter().zip(facts) {
+        match outcome {
+            StoreOutcome::Stored(_) => {
+                report.stored += 1;
+                report.bytes += size;
+                telemetry::message_stored(&source, size, parse_failed);
+            }
+            StoreOutcome::AlreadyStored(_) => report.already += 1,
         }
-        StoreOutcome::AlreadyStored(_) => report.already += 1,
     }
     Ok(())
 }
@@ -542,9 +551,19 @@ async fn apply_pending(
     Ok(())
 }
 
-/// Bytes of fetched messages that may wait for the parse-and-store worker: the I/O side
-/// reads ahead this far while earlier messages are parsed and stored.
-const PIPELINE_BYTES: u32 = 32 * 1024 * 1024;
+/// Bytes of fetched messages that may wait for parse-and-store workers, node-wide: each
+/// session's I/O side reads ahead while earlier messages are parsed and stored, and all of
+/// them together hold at most this much (plus the message each is reading). Node-wide
+/// because hundreds of concurrent sessions with a budget each would multiply it.
+const PIPELINE_BYTES: u32 = 48 * 1024 * 1024;
+
+/// The node-wide read-ahead budget ([`PIPELINE_BYTES`]).
+fn read_ahead_budget() -> Arc<tokio::sync::Semaphore> {
+    static BUDGET: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    BUDGET
+        .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(PIPELINE_BYTES as usize)))
+        .clone()
+}
 
 /// A fetched message on its way to the parse-and-store worker.
 struct Fetched {
@@ -599,7 +618,7 @@ async fn fetch_batch(
                 parse_and_store(&store, &into, rx)
             })
         };
-        let budget = Arc::new(tokio::sync::Semaphore::new(PIPELINE_BYTES as usize));
+        let budget = read_ahead_budget();
         let fed = async {
             session.start_fetch(&to_fetch).await?;
             while let Some(f) = session.next_fetched().await? {
@@ -668,7 +687,13 @@ struct Destination {
     post_action: bool,
 }
 
-/// The worker side of [`fetch_batch`]: parses and stores messages in arrival order. Stops at
+/// At most this many messages, or [`STORE_BATCH_BYTES`] of them, go into one store
+/// transaction. A batch only takes what has already arrived, so it never waits for mail.
+const STORE_BATCH_MESSAGES: usize = 64;
+const STORE_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// The worker side of [`fetch_batch`]: parses and stores messages in arrival order, the ones
+/// that arrived together in one transaction (sled's per-transaction cost is high). Stops at
 /// the first store error (dropping the channel tells the feeder to stop).
 fn parse_and_store(
     store: &Store,
@@ -676,26 +701,46 @@ fn parse_and_store(
     mut rx: tokio::sync::mpsc::Receiver<Fetched>,
 ) -> Result<CycleReport, StoreError> {
     let mut report = CycleReport::default();
-    while let Some(f) = rx.blocking_recv() {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut bytes = first.raw.len();
+        batch.push(into.message(first));
+        while batch.len() < STORE_BATCH_MESSAGES && bytes < STORE_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(f) => {
+                    bytes += f.raw.len();
+                    batch.push(into.message(f));
+                }
+                Err(_) => break,
+            }
+        }
+        store_batch(store, std::mem::take(&mut batch), &mut report)?;
+    }
+    Ok(report)
+}
+
+impl Destination {
+    /// Parses a fetched message into what the store takes, with whether it moves the
+    /// folder checkpoint.
+    fn message(&self, f: Fetched) -> (NewMessage, bool) {
         let parsed = parse::parse(&f.raw);
         if let Err(e) = &parsed {
-            tracing::warn!(source = %into.source, folder = %into.folder, uid = f.uid, error = %e, "message stored raw: parse failed");
+            tracing::warn!(source = %self.source, folder = %self.folder, uid = f.uid, error = %e, "message stored raw: parse failed");
         }
         let msg = NewMessage {
-            source: into.source.clone(),
+            source: self.source.clone(),
             location: Location::Imap {
-                folder: into.folder.clone(),
-                uidvalidity: into.uidvalidity,
+                folder: self.folder.clone(),
+                uidvalidity: self.uidvalidity,
                 uid: f.uid,
             },
             raw: f.raw,
             internal_date: f.internal_date,
             parsed,
-            post_action: into.post_action,
+            post_action: self.post_action,
         };
-        store_one(store, msg, f.hold_checkpoint, &mut report)?;
+        (msg, !f.hold_checkpoint)
     }
-    Ok(report)
 }
 
 async fn run_pop3(

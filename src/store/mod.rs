@@ -2,17 +2,30 @@
 //!
 //! ## Trees and keys
 //! - `messages`: id (u64 BE) → [`MessageMeta`] (JSON): where the message came from, sha256,
-//!   size, dates, parsed fields or the parse-error mark.
-//! - `raw`: id → the message bytes exactly as received.
+//!   size, dates, parsed fields or the parse-error mark. Chunked (below).
+//! - `raw`: id → the message bytes exactly as received. Chunked (below).
 //! - `index`: location key → id. IMAP `i\0source\0folder\0` + UIDVALIDITY (BE) + UID (BE);
 //!   POP3 `p\0source\0` + UIDL. This is what makes ingestion exactly-once.
 //! - `content`: `source\0folder\0` + sha256 → id, used to re-match after a UIDVALIDITY change.
 //! - `checkpoints`: `source\0folder` → [`Checkpoint`] (JSON).
 //! - `tokens`: credential key → encrypted [`StoredToken`].
 //!
+//! ## Chunked values, and why
+//! sled 0.34 keeps values inside its B-tree leaves (up to 17 entries) and writes any leaf or
+//! update larger than a quarter of a log segment to a file of its own (a "blob"), which it
+//! never fsyncs: a power cut after [`Store::flush`] could lose it. So `messages` and `raw`
+//! values are cut into [`CHUNK`]-byte pieces under `id ‖ chunk number (u32 BE)`, and new
+//! stores use [`SEGMENT_SIZE`] segments: the largest leaf (17 chunks) stays well under the
+//! blob threshold and everything is in the log that sled does fsync. Stores written before
+//! this have 8-byte keys holding the whole value and 512 KiB segments; both are still read,
+//! and their flush also syncs the blob files (see [`Store::flush`]).
+//!
 //! ## Invariants
 //! - A message, its index entries and its folder checkpoint are written in one sled
-//!   transaction: after a crash either all are there or none.
+//!   transaction: after a crash either all are there or none. [`Store::store_batch`] puts
+//!   several messages in one transaction (each with its own checkpoint step), which is the
+//!   same guarantee for each of them: sled's per-transaction cost is high (it seals and writes
+//!   its log buffer twice per transaction).
 //! - Callers [`Store::flush`] before changing anything on a server, so "stored" means on disk.
 
 mod crypto;
@@ -176,6 +189,171 @@ pub struct Store {
     dir: std::path::PathBuf,
     /// Free bytes to keep in `dir` (`node.min_free_disk_bytes`).
     min_free: std::sync::atomic::AtomicU64,
+    /// A store created before chunking (small segments): its flush also syncs sled's blob
+    /// files, which sled itself never does.
+    sync_blobs: bool,
+    /// The blob files (sled names them by log sequence number) already synced.
+    blobs_synced: std::sync::Arc<std::sync::Mutex<HashSet<u64>>>,
+}
+
+/// What [`sync_new_blobs`] needs, movable to a blocking thread.
+struct BlobSync {
+    dir: std::path::PathBuf,
+    synced: std::sync::Arc<std::sync::Mutex<HashSet<u64>>>,
+}
+
+/// fsyncs the blob files sled wrote since the last call, then their directory. sled 0.34
+/// writes a blob before the log entry that points to it but never syncs it, so without this a
+/// power cut after a flush could leave the log pointing at a blob that never reached the disk.
+/// Only stores created before chunking write blobs (see the module docs).
+fn sync_new_blobs(state: &BlobSync) -> Result<(), StoreError> {
+    let mut synced = state
+        .synced
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let entries = match std::fs::read_dir(&state.dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::Sled(sled::Error::Io(e))),
+    };
+    // Only names still listed are kept: sled removes blobs it no longer needs.
+    let mut present = HashSet::new();
+    let mut any = false;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let Some(lsn) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if synced.contains(&lsn) {
+            present.insert(lsn);
+            continue;
+        }
+        match std::fs::File::open(entry.path()) {
+            Ok(f) => f
+                .sync_all()
+                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?,
+            // Replaced and removed by sled since it was listed: nothing points to it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::Sled(sled::Error::Io(e))),
+        }
+        present.insert(lsn);
+        any = true;
+    }
+    if any {
+        std::fs::File::open(&state.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+    }
+    *synced = present;
+    Ok(())
+}
+
+/// A message prepared for [`Store::store_batch`]: everything computed outside the
+/// transaction, so a retried transaction only repeats the tree operations.
+struct Prepared {
+    id: u64,
+    index_key: Vec<u8>,
+    checkpoint: Option<(Vec<u8>, Checkpoint)>,
+    content: Option<Vec<u8>>,
+    needs_pending: bool,
+    source_key: Vec<u8>,
+    meta_bytes: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+/// Size of the pieces `messages` and `raw` values are stored in (see the module docs).
+pub const CHUNK: usize = 16 * 1024;
+
+/// sled log segment size for new stores: blobs start at a quarter of it (512 KiB), far
+/// above the largest leaf of [`CHUNK`]-sized values.
+pub const SEGMENT_SIZE: usize = 2 * 1024 * 1024;
+
+/// sled's default segment size, which stores created before chunking use.
+const LEGACY_SEGMENT_SIZE: usize = 512 * 1024;
+
+/// The segment size an existing store was created with (sled refuses to open it with
+/// another), read from the `conf` file sled writes beside its log; `None` for a new store.
+fn existing_segment_size(dir: &Path) -> Option<usize> {
+    // Text lines followed by a binary checksum.
+    let conf = std::fs::read(dir.join("conf")).ok()?;
+    let conf = String::from_utf8_lossy(&conf);
+    Some(
+        conf.lines()
+            .find_map(|l| l.strip_prefix("segment_size:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(LEGACY_SEGMENT_SIZE),
+    )
+}
+
+fn chunk_key(id: u64, n: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[8..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// Writes `value` under `id` as [`CHUNK`]-sized pieces (one empty piece for an empty value).
+fn put_chunked(
+    tree: &sled::transaction::TransactionalTree,
+    id: u64,
+    value: &[u8],
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    if value.is_empty() {
+        tree.insert(&chunk_key(id, 0), &[] as &[u8])?;
+    }
+    for (n, piece) in value.chunks(CHUNK).enumerate() {
+        tree.insert(&chunk_key(id, n as u32), piece)?;
+    }
+    Ok(())
+}
+
+/// The value under `id`: its pieces joined, or a whole value under the 8-byte key of a store
+/// written before chunking.
+fn get_chunked(tree: &sled::Tree, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    let prefix = id.to_be_bytes();
+    let mut out: Option<Vec<u8>> = None;
+    for item in tree.scan_prefix(prefix) {
+        let (_, v) = item?;
+        out.get_or_insert_with(Vec::new).extend_from_slice(&v);
+    }
+    Ok(out)
+}
+
+/// Every value of `tree` in id order, pieces joined (see [`get_chunked`]).
+fn iter_chunked(tree: &sled::Tree) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> {
+    let mut items = tree.iter().peekable();
+    std::iter::from_fn(move || {
+        let (k, v) = match items.next()? {
+            Ok(kv) => kv,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let Some(id) = k
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+        else {
+            return Some(Err(StoreError::Corrupt(format!(
+                "key of {} bytes",
+                k.len()
+            ))));
+        };
+        let mut value = v.to_vec();
+        while let Some(Ok((next, _))) = items.peek() {
+            if next.get(..8) != Some(&k[..8]) {
+                break;
+            }
+            match items.next() {
+                Some(Ok((_, v))) => value.extend_from_slice(&v),
+                Some(Err(e)) => return Some(Err(e.into())),
+                None => break,
+            }
+        }
+        Some(Ok((id, value)))
+    })
 }
 
 fn imap_key(source: &str, folder: &str, uidvalidity: u32, uid: u32) -> Vec<u8> {
@@ -236,11 +414,13 @@ impl Store {
     pub fn open(dir: &Path, key_file: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         restrict_dir(dir);
+        let segment_size = existing_segment_size(dir).unwrap_or(SEGMENT_SIZE);
         let db = match sled::Config::new()
             .path(dir)
             // sled caches up to 1 GiB by default; a collector mostly writes, so a small
             // cache keeps memory bounded whatever the store size.
             .cache_capacity(16 * 1024 * 1024)
+            .segment_size(segment_size)
             .open()
         {
             Ok(db) => db,
@@ -267,6 +447,8 @@ impl Store {
             key_file: key_file.to_path_buf(),
             dir: dir.to_path_buf(),
             min_free: std::sync::atomic::AtomicU64::new(0),
+            sync_blobs: segment_size < SEGMENT_SIZE,
+            blobs_synced: Default::default(),
         })
     }
 
@@ -325,21 +507,103 @@ impl Store {
     /// UIDVALIDITY change) a message whose bytes are already stored for this folder is
     /// mapped to the existing copy instead of stored twice.
     pub fn store(&self, msg: NewMessage, rematch: bool) -> Result<StoreOutcome, StoreError> {
-        self.store_inner(msg, rematch, true)
+        let mut out = self.store_batch(vec![(msg, true)], rematch)?;
+        Ok(out.pop().expect("one outcome per message"))
     }
 
     /// Stores a message (with content re-matching) but leaves the folder checkpoint alone:
     /// for a message that arrived before a lower UID still pending.
     pub fn store_without_checkpoint(&self, msg: NewMessage) -> Result<StoreOutcome, StoreError> {
-        self.store_inner(msg, true, false)
+        let mut out = self.store_batch(vec![(msg, false)], true)?;
+        Ok(out.pop().expect("one outcome per message"))
     }
 
-    fn store_inner(
+    /// Stores messages in one transaction, in order; each with its checkpoint step when its
+    /// flag is true (as [`Store::store`]) or without (as [`Store::store_without_checkpoint`]).
+    /// Returns one outcome per message.
+    pub fn store_batch(
         &self,
-        msg: NewMessage,
+        msgs: Vec<(NewMessage, bool)>,
         rematch: bool,
-        move_checkpoint: bool,
-    ) -> Result<StoreOutcome, StoreError> {
+    ) -> Result<Vec<StoreOutcome>, StoreError> {
+        let prepared = msgs
+            .into_iter()
+            .map(|(msg, move_checkpoint)| self.prepare(msg, move_checkpoint))
+            .collect::<Result<Vec<_>, _>>()?;
+        let result = (
+            &self.messages,
+            &self.raw,
+            &self.index,
+            &self.content,
+            &self.checkpoints,
+            &self.pending,
+            &self.counts,
+        )
+            .transaction(|(messages, raw, index, content_t, checkpoints, pending, counts)| {
+                let mut outcomes = Vec::with_capacity(prepared.len());
+                for p in &prepared {
+                    let mark_pending = |pending: &sled::transaction::TransactionalTree| -> Result<(), ConflictableTransactionError<StoreError>> {
+                        if p.needs_pending {
+                            pending.insert(p.index_key.as_slice(), &[] as &[u8])?;
+                        }
+                        Ok(())
+                    };
+                    if let Some(existing) = index.get(&p.index_key)? {
+                        outcomes.push(StoreOutcome::AlreadyStored(id_of(&existing).map_err(abort)?));
+                        continue;
+                    }
+                    let advance = |checkpoints: &sled::transaction::TransactionalTree| -> Result<(), ConflictableTransactionError<StoreError>> {
+                        if let Some((key, cp)) = &p.checkpoint {
+                            let current: Option<Checkpoint> = match checkpoints.get(key)? {
+                                Some(v) => serde_json::from_slice(&v).ok(),
+                                None => None,
+                            };
+                            let next = match current {
+                                Some(c) if c.uidvalidity == cp.uidvalidity && c.last_uid >= cp.last_uid => c,
+                                _ => *cp,
+                            };
+                            let bytes = serde_json::to_vec(&next)
+                                .map_err(|e| abort(StoreError::Corrupt(e.to_string())))?;
+                            checkpoints.insert(key.as_slice(), bytes)?;
+                        }
+                        Ok(())
+                    };
+                    if rematch
+                        && let Some(ck) = &p.content
+                            && let Some(existing) = content_t.get(ck)? {
+                                index.insert(p.index_key.as_slice(), existing.clone())?;
+                                advance(checkpoints)?;
+                                mark_pending(pending)?;
+                                outcomes.push(StoreOutcome::AlreadyStored(id_of(&existing).map_err(abort)?));
+                                continue;
+                            }
+                    let id_bytes = p.id.to_be_bytes();
+                    put_chunked(messages, p.id, &p.meta_bytes)?;
+                    put_chunked(raw, p.id, &p.raw)?;
+                    index.insert(p.index_key.as_slice(), &id_bytes)?;
+                    if let Some(ck) = &p.content {
+                        content_t.insert(ck.as_slice(), &id_bytes)?;
+                    }
+                    advance(checkpoints)?;
+                    mark_pending(pending)?;
+                    let n = match counts.get(p.source_key.as_slice())? {
+                        Some(v) => id_of(&v).map_err(abort)?,
+                        None => 0,
+                    };
+                    counts.insert(p.source_key.as_slice(), &(n + 1).to_be_bytes())?;
+                    outcomes.push(StoreOutcome::Stored(p.id));
+                }
+                Ok(outcomes)
+            });
+        match result {
+            Ok(outcomes) => Ok(outcomes),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    /// Keys, id, checksum and serialized metadata of a message about to be stored.
+    fn prepare(&self, msg: NewMessage, move_checkpoint: bool) -> Result<Prepared, StoreError> {
         let sha = Sha256::digest(&msg.raw);
         let (index_key, checkpoint, content) = match &msg.location {
             Location::Imap {
@@ -381,70 +645,16 @@ impl Store {
         };
         let meta_bytes =
             serde_json::to_vec(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let id_bytes = id.to_be_bytes();
-        let result = (
-            &self.messages,
-            &self.raw,
-            &self.index,
-            &self.content,
-            &self.checkpoints,
-            &self.pending,
-            &self.counts,
-        )
-            .transaction(|(messages, raw, index, content_t, checkpoints, pending, counts)| {
-                let mark_pending = |pending: &sled::transaction::TransactionalTree| -> Result<(), ConflictableTransactionError<StoreError>> {
-                    if needs_pending {
-                        pending.insert(index_key.as_slice(), &[] as &[u8])?;
-                    }
-                    Ok(())
-                };
-                if let Some(existing) = index.get(&index_key)? {
-                    return Ok(StoreOutcome::AlreadyStored(id_of(&existing).map_err(abort)?));
-                }
-                let advance = |checkpoints: &sled::transaction::TransactionalTree| -> Result<(), ConflictableTransactionError<StoreError>> {
-                    if let Some((key, cp)) = &checkpoint {
-                        let current: Option<Checkpoint> = match checkpoints.get(key)? {
-                            Some(v) => serde_json::from_slice(&v).ok(),
-                            None => None,
-                        };
-                        let next = match current {
-                            Some(c) if c.uidvalidity == cp.uidvalidity && c.last_uid >= cp.last_uid => c,
-                            _ => *cp,
-                        };
-                        let bytes = serde_json::to_vec(&next)
-                            .map_err(|e| abort(StoreError::Corrupt(e.to_string())))?;
-                        checkpoints.insert(key.as_slice(), bytes)?;
-                    }
-                    Ok(())
-                };
-                if rematch
-                    && let Some(ck) = &content
-                        && let Some(existing) = content_t.get(ck)? {
-                            index.insert(index_key.as_slice(), existing.clone())?;
-                            advance(checkpoints)?;
-                            mark_pending(pending)?;
-                            return Ok(StoreOutcome::AlreadyStored(id_of(&existing).map_err(abort)?));
-                        }
-                messages.insert(&id_bytes, meta_bytes.as_slice())?;
-                raw.insert(&id_bytes, msg.raw.as_slice())?;
-                index.insert(index_key.as_slice(), &id_bytes)?;
-                if let Some(ck) = &content {
-                    content_t.insert(ck.as_slice(), &id_bytes)?;
-                }
-                advance(checkpoints)?;
-                mark_pending(pending)?;
-                let n = match counts.get(source_key.as_slice())? {
-                    Some(v) => id_of(&v).map_err(abort)?,
-                    None => 0,
-                };
-                counts.insert(source_key.as_slice(), &(n + 1).to_be_bytes())?;
-                Ok(StoreOutcome::Stored(id))
-            });
-        match result {
-            Ok(outcome) => Ok(outcome),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
-        }
+        Ok(Prepared {
+            id,
+            index_key,
+            checkpoint,
+            content,
+            needs_pending,
+            source_key,
+            meta_bytes,
+            raw: msg.raw,
+        })
     }
 
     /// Advances an IMAP checkpoint past a message that is deliberately not stored
@@ -551,6 +761,14 @@ impl Store {
         {
             Ok(r) => {
                 r?;
+                if self.sync_blobs {
+                    let store = self.blob_sync_state();
+                    tokio::task::spawn_blocking(move || sync_new_blobs(&store))
+                        .await
+                        .map_err(|e| {
+                            StoreError::Sled(sled::Error::Io(std::io::Error::other(e)))
+                        })??;
+                }
                 Ok(())
             }
             Err(_) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::new(
@@ -562,11 +780,21 @@ impl Store {
 
     pub fn flush_sync(&self) -> Result<(), StoreError> {
         self.db.flush()?;
+        if self.sync_blobs {
+            sync_new_blobs(&self.blob_sync_state())?;
+        }
         Ok(())
     }
 
+    fn blob_sync_state(&self) -> BlobSync {
+        BlobSync {
+            dir: self.dir.join("blobs"),
+            synced: self.blobs_synced.clone(),
+        }
+    }
+
     pub fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
-        match self.messages.get(id.to_be_bytes())? {
+        match get_chunked(&self.messages, id)? {
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
                 .map_err(|e| StoreError::Corrupt(format!("message {id}: {e}"))),
@@ -575,7 +803,7 @@ impl Store {
     }
 
     pub fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.raw.get(id.to_be_bytes())?.map(|v| v.to_vec()))
+        get_chunked(&self.raw, id)
     }
 
     /// Messages in storage order, optionally of one source.
@@ -583,12 +811,11 @@ impl Store {
         &'a self,
         source: Option<&'a str>,
     ) -> impl Iterator<Item = Result<MessageMeta, StoreError>> + 'a {
-        self.messages
-            .iter()
+        iter_chunked(&self.messages)
             .map(|item| {
-                let (_, v) = item?;
+                let (id, v) = item?;
                 serde_json::from_slice::<MessageMeta>(&v)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+                    .map_err(|e| StoreError::Corrupt(format!("message {id}: {e}")))
             })
             .filter(move |m| match (m, source) {
                 (Ok(m), Some(s)) => m.source == s,
@@ -797,6 +1024,104 @@ mod tests {
         let meta = s.meta(id).unwrap().unwrap();
         assert!(meta.parse_error.is_some() && meta.parsed.is_none());
         assert_eq!(s.raw(id).unwrap().unwrap(), junk);
+    }
+
+    /// Large messages and metadata come back whole, in order, with nothing written outside
+    /// sled's fsynced log: no blob files (see the module docs on chunked values).
+    #[test]
+    fn large_values_are_chunked_and_no_blob_files_are_written() {
+        let (d, s) = store();
+        let mut big = b"Subject: big\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+        while big.len() < 3 * 1024 * 1024 {
+            big.extend_from_slice(
+                b"0123456789abcdefghijklmnopqrstuvwxyz 0123456789abcdefghijklmn\r\n",
+            );
+        }
+        let mut msgs = Vec::new();
+        for uid in 1..=40u32 {
+            let raw = if uid == 7 {
+                big.clone()
+            } else {
+                let mut m = format!("Subject: m{uid}\r\n\r\n").into_bytes();
+                m.resize(30_000 + uid as usize, b'x');
+                m
+            };
+            msgs.push((imap_msg(uid, 1, &raw), true));
+        }
+        let expected: Vec<Vec<u8>> = msgs.iter().map(|(m, _)| m.raw.clone()).collect();
+        let outcomes = s.store_batch(msgs, true).unwrap();
+        s.flush_sync().unwrap();
+        assert_eq!(outcomes.len(), 40);
+        for (outcome, raw) in outcomes.iter().zip(&expected) {
+            let StoreOutcome::Stored(id) = outcome else {
+                panic!("{outcome:?}")
+            };
+            assert_eq!(s.raw(*id).unwrap().as_ref(), Some(raw));
+            assert_eq!(s.meta(*id).unwrap().unwrap().size, raw.len() as u64);
+        }
+        let listed: Vec<MessageMeta> = s.iter_meta(None).map(Result::unwrap).collect();
+        assert_eq!(listed.len(), 40);
+        assert!(listed.windows(2).all(|w| w[0].id < w[1].id));
+        assert_eq!(s.checkpoint("s", "INBOX").unwrap().unwrap().last_uid, 40);
+        let blobs = std::fs::read_dir(d.path().join("db").join("blobs"))
+            .map(|entries| entries.count())
+            .unwrap_or(0);
+        assert_eq!(blobs, 0, "sled wrote blob files, which it does not fsync");
+    }
+
+    /// A store written before chunking (whole values under 8-byte keys, 512 KiB segments)
+    /// still opens and reads, and new messages land beside the old ones.
+    #[test]
+    fn stores_written_before_chunking_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_dir = dir.path().join("db");
+        let old_raw = vec![b'y'; 200_000];
+        {
+            let db = sled::Config::new().path(&db_dir).open().unwrap();
+            let meta = MessageMeta {
+                id: 5,
+                source: "s".into(),
+                location: Location::Imap {
+                    folder: "INBOX".into(),
+                    uidvalidity: 1,
+                    uid: 1,
+                },
+                sha256: String::new(),
+                size: old_raw.len() as u64,
+                internal_date: None,
+                stored_at: String::new(),
+                parsed: None,
+                parse_error: Some("old".into()),
+            };
+            db.open_tree("messages")
+                .unwrap()
+                .insert(5u64.to_be_bytes(), serde_json::to_vec(&meta).unwrap())
+                .unwrap();
+            db.open_tree("raw")
+                .unwrap()
+                .insert(5u64.to_be_bytes(), old_raw.as_slice())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = reopen(&db_dir, &dir.path().join("key"));
+        assert!(
+            s.sync_blobs,
+            "a 512 KiB-segment store must sync its blob files"
+        );
+        assert_eq!(s.raw(5).unwrap().unwrap(), old_raw);
+        assert_eq!(
+            s.meta(5).unwrap().unwrap().parse_error.as_deref(),
+            Some("old")
+        );
+        let StoreOutcome::Stored(id) = s.store(imap_msg(2, 1, &vec![b'z'; 50_000]), false).unwrap()
+        else {
+            panic!()
+        };
+        s.flush_sync().unwrap();
+        let ids: Vec<u64> = s.iter_meta(None).map(|m| m.unwrap().id).collect();
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains(&5) && ids.contains(&id));
+        assert_eq!(s.raw(id).unwrap().unwrap(), vec![b'z'; 50_000]);
     }
 
     /// Opens a store just dropped in this process: sled's flusher thread lets go of the
