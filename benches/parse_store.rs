@@ -53,7 +53,7 @@ fn main() {
         .expect("open a store in the temporary directory");
 
     // Parse + store as `ingest::fetch_batch` does it when mail arrives faster than it is
-    // stored: parse, build the message, store up to 64 messages (4 MiB) with their
+    // stored: parse, build the message, store up to 8 messages (4 MiB) with their
     // checkpoints in one transaction; one flush at the end.
     let written_before = disk_writes();
     let started = Instant::now();
@@ -75,7 +75,7 @@ fn main() {
         };
         batch_bytes += msg.raw.len();
         batch.push((msg, true));
-        if batch.len() == 64 || batch_bytes >= 4 * 1024 * 1024 {
+        if batch.len() == 8 || batch_bytes >= 4 * 1024 * 1024 {
             store
                 .store_batch(std::mem::take(&mut batch), true)
                 .expect("store a batch");

@@ -158,7 +158,7 @@ pub const CATALOG: &[MetricDef] = &[
         "store_write_duration_seconds",
         Histogram,
         [],
-        "Time to commit one store transaction: a message, or the messages that arrived together (at most 64), with their checkpoints."
+        "Time to commit one store transaction: a message, or the messages that arrived together (at most 8), with their checkpoints."
     ),
     m!(
         "token_refreshes_total",
