@@ -45,8 +45,6 @@ pub struct CollectorDeps {
     pub tokens: Recipient<GetAccessToken>,
     /// Told when the server refuses an access token, so the next session refreshes.
     pub invalidate: Recipient<InvalidateAccessToken>,
-    /// `node.token_refresh_margin_secs`: sessions end this long before their token expires.
-    pub token_margin: Duration,
     /// Global `node.max_sessions` limit.
     pub sessions: Arc<Semaphore>,
     pub registry: Registry,
@@ -91,11 +89,12 @@ async fn credential(deps: &CollectorDeps) -> Result<(Credential, Option<ReopenAt
                 })
                 .await;
             match asked {
+                // The session ends when the TokenManager would stop handing this token out
+                // (its expiry less the refresh margin that applies to it), so the next one
+                // signs in with a fresh token and none runs on an expired one.
                 Ok(Ok(tok)) => Ok((
                     Credential::AccessToken(tok.token),
-                    Some(ReopenAt(
-                        tok.expires_at - deps.token_margin.as_secs() as i64,
-                    )),
+                    Some(ReopenAt(tok.renew_at)),
                 )),
                 Ok(Err(e)) if e.needs_reauth() => Err(Attempt::NeedsReauth(e.to_string())),
                 Ok(Err(TokenError::Transient {

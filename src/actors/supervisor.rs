@@ -122,7 +122,6 @@ impl Supervisor {
             invalidate: self.tokens.clone().recipient::<InvalidateAccessToken>(),
             sessions: self.sessions.clone(),
             registry: self.registry.clone(),
-            token_margin: settings.node.token_refresh_margin,
             once: self.once,
         };
         let addr = Collector::new(deps, ctx.address().recipient()).start();

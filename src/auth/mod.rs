@@ -30,6 +30,10 @@ pub struct AccessToken {
     pub token: Secret,
     /// Unix seconds.
     pub expires_at: i64,
+    /// Unix seconds from which this token is no longer handed out (a new one is obtained
+    /// instead): `expires_at` less the refresh margin that applies to it
+    /// ([`refresh_margin_secs`]). A session signed in with it ends by then.
+    pub renew_at: i64,
     /// True when this call got it from the provider, false when it was the stored one.
     pub refreshed: bool,
 }
@@ -37,6 +41,41 @@ pub struct AccessToken {
 /// Used when a token response carries no `expires_in`: short, so a token of unknown
 /// lifetime is replaced early rather than used after it died.
 const DEFAULT_EXPIRES_IN: i64 = 600;
+
+/// The refresh margin takes at most this fraction (1/n) of a token's lifetime. A margin
+/// longer than the lifetime (the default 120 s against a 30 s token) would make every ask a
+/// refresh and end every session as soon as it started; a quarter keeps three quarters of
+/// each token in use and still leaves its last seconds for getting through connect, TLS and
+/// the server's login.
+const MARGIN_LIFETIME_DIVISOR: i64 = 4;
+
+/// How many seconds before its expiry an access token is replaced: the configured margin
+/// (`node.token_refresh_margin_secs`), but no more than a quarter of the token's lifetime
+/// (and at least a second of it) when that is known. Unknown (a token stored by an earlier
+/// process whose lifetime the record does not tell): the configured margin.
+pub fn refresh_margin_secs(configured: Duration, lifetime_secs: Option<i64>) -> i64 {
+    let configured = i64::try_from(configured.as_secs()).unwrap_or(i64::MAX);
+    match lifetime_secs {
+        Some(lifetime) => configured.min((lifetime / MARGIN_LIFETIME_DIVISOR).max(1)),
+        None => configured,
+    }
+}
+
+/// Whether a token expiring at `expires_at` (Unix seconds) is still handed out at `now_ms`
+/// (Unix milliseconds) under `margin_secs`. Milliseconds: with whole seconds a token could
+/// go out with up to a second less than the margin left.
+fn still_good(expires_at: i64, margin_secs: i64, now_ms: i64) -> bool {
+    expires_at.saturating_mul(1000) - now_ms > margin_secs.saturating_mul(1000)
+}
+
+/// The lifetime of a stored access token, as far as the record tells: a delegated token is
+/// obtained with the refresh (or consent) that sets `refresh_token_last_used`.
+fn stored_lifetime(record: &StoredToken) -> Option<i64> {
+    match (record.access_expires_at, record.refresh_token_last_used) {
+        (Some(expires), Some(obtained)) if expires > obtained => Some(expires - obtained),
+        _ => None,
+    }
+}
 
 /// Default delegated scopes by provider kind and protocol (PROTOCOLS §1.2, §2.2).
 pub fn default_scopes(provider: &ProviderSettings, source: Option<&SourceSettings>) -> Vec<String> {
@@ -91,6 +130,11 @@ pub struct TokenService {
     discovered: Mutex<BTreeMap<String, serde_json::Value>>,
     /// Per credential: no provider request before this instant (after a transient error).
     backoff_until: Mutex<BTreeMap<String, (Instant, TokenError)>>,
+    /// Per credential: the lifetime in seconds (`expires_in`) of the access token this
+    /// process last obtained, which caps the refresh margin. In memory only: for a token
+    /// stored by an earlier process the record is asked ([`stored_lifetime`]).
+    lifetimes: Mutex<BTreeMap<String, i64>>,
+    /// `node.token_refresh_margin_secs`.
     margin: Duration,
 }
 
@@ -142,7 +186,17 @@ impl TokenService {
             http,
             discovered: Mutex::new(BTreeMap::new()),
             backoff_until: Mutex::new(BTreeMap::new()),
+            lifetimes: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The refresh margin of the access token stored for `source_name`.
+    fn margin_secs(&self, source_name: &str, record: &StoredToken) -> i64 {
+        let lifetime = lock(&self.lifetimes)
+            .get(source_name)
+            .copied()
+            .or_else(|| stored_lifetime(record));
+        refresh_margin_secs(self.margin, lifetime)
     }
 
     pub fn settings(&self) -> &Settings {
@@ -271,8 +325,9 @@ impl TokenService {
     }
 
     /// A valid access token for `source`: the stored one while it is valid beyond the
-    /// margin, otherwise a new one from the provider (persisted before it is returned).
-    /// Not serialized here: callers go through the TokenManager, which is.
+    /// margin ([`refresh_margin_secs`]), otherwise a new one from the provider (persisted
+    /// before it is returned). Not serialized here: callers go through the TokenManager,
+    /// which is.
     pub async fn access_token(&self, source_name: &str) -> Result<AccessToken, TokenError> {
         let (source, provider) = self.source(source_name)?;
         let mut record = self.store.token(source_name)?.unwrap_or_default();
@@ -282,8 +337,9 @@ impl TokenService {
                 reason: reason.clone(),
             });
         }
+        let margin = self.margin_secs(source_name, &record);
         if let (Some(tok), Some(exp)) = (&record.access_token, record.access_expires_at)
-            && exp - now() > self.margin.as_secs() as i64
+            && still_good(exp, margin, chrono::Utc::now().timestamp_millis())
         {
             telemetry::access_token_expiry(source_name, exp);
             if let Some(used) = record.refresh_token_last_used {
@@ -292,6 +348,7 @@ impl TokenService {
             return Ok(AccessToken {
                 token: Secret::new(tok.clone()),
                 expires_at: exp,
+                renew_at: exp - margin,
                 refreshed: false,
             });
         }
@@ -300,6 +357,10 @@ impl TokenService {
         {
             return Err(err.clone());
         }
+        // `expires_in` counts from when the provider issued the token, somewhere between
+        // request and answer: counting from the request never places the expiry after the
+        // provider's.
+        let requested = now();
         let result = match provider.flow {
             Flow::AppOnly => self.client_credentials(source, provider).await,
             Flow::Delegated => {
@@ -313,8 +374,10 @@ impl TokenService {
             }
         };
         match result {
-            Ok((access, expires_at, rotated)) => {
+            Ok((access, expires_in, rotated)) => {
                 lock(&self.backoff_until).remove(source_name);
+                lock(&self.lifetimes).insert(source_name.to_string(), expires_in);
+                let expires_at = requested.saturating_add(expires_in);
                 let t = now();
                 record.access_token = Some(access.expose().to_string());
                 record.access_expires_at = Some(expires_at);
@@ -332,6 +395,7 @@ impl TokenService {
                 Ok(AccessToken {
                     token: access,
                     expires_at,
+                    renew_at: expires_at - refresh_margin_secs(self.margin, Some(expires_in)),
                     refreshed: true,
                 })
             }
@@ -546,14 +610,15 @@ type HttpFuture = std::pin::Pin<
 #[error("{0}")]
 pub struct HttpError(String);
 
+/// The access token, its lifetime in seconds and the rotated refresh token, if any.
 fn token_parts(resp: &oauth2::basic::BasicTokenResponse) -> (Secret, i64, Option<Secret>) {
     let expires_in = resp
         .expires_in()
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(DEFAULT_EXPIRES_IN);
     (
         Secret::new(resp.access_token().secret().clone()),
-        now() + expires_in,
+        expires_in,
         resp.refresh_token()
             .map(|r| Secret::new(r.secret().clone())),
     )
@@ -591,9 +656,188 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     #[test]
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
         assert!(parse_retry_after("soon").is_none());
+    }
+
+    #[test]
+    fn margin_is_capped_by_a_quarter_of_the_lifetime() {
+        let default = Duration::from_secs(120);
+        assert_eq!(refresh_margin_secs(default, Some(30)), 7);
+        assert_eq!(refresh_margin_secs(default, Some(10)), 2);
+        // Real providers' tokens (an hour or more) keep the configured margin.
+        assert_eq!(refresh_margin_secs(default, Some(3600)), 120);
+        assert_eq!(refresh_margin_secs(default, Some(480)), 120);
+        assert_eq!(refresh_margin_secs(Duration::from_secs(1), Some(30)), 1);
+        assert_eq!(refresh_margin_secs(default, None), 120);
+        // A token of a few seconds still goes out with at least a second left.
+        assert_eq!(refresh_margin_secs(default, Some(2)), 1);
+        assert_eq!(refresh_margin_secs(default, Some(-5)), 1);
+        assert_eq!(refresh_margin_secs(Duration::ZERO, Some(30)), 0);
+    }
+
+    #[test]
+    fn still_good_counts_milliseconds() {
+        let exp = 1_000_030;
+        assert!(still_good(exp, 7, 1_000_022_999));
+        assert!(!still_good(exp, 7, 1_000_023_000));
+        assert!(!still_good(exp, 7, 1_000_023_900));
+        assert!(!still_good(exp, 0, 1_000_030_000));
+    }
+
+    /// A token endpoint on loopback that answers every request with a new access token of
+    /// `lifetime_secs` (and a rotated refresh token), counting the requests.
+    async fn token_endpoint(lifetime_secs: u64) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then the body by Content-Length.
+                loop {
+                    let read = conn.read(&mut buf).await.unwrap_or(0);
+                    if read == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..read]);
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let body = format!(
+                    r#"{{"access_token":"access-{n}","token_type":"Bearer","expires_in":{lifetime_secs},"refresh_token":"refresh-{n}"}}"#
+                );
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, count)
+    }
+
+    /// A service with the default `node.token_refresh_margin_secs` (120) and one OAuth2
+    /// source `mail` whose provider's token endpoint is `token_url`.
+    fn service(dir: &std::path::Path, token_url: &str, app_only: bool) -> TokenService {
+        let secret = dir.join("client-secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let flow = if app_only {
+            format!(
+                "flow = \"app_only\"\nclient_secret_file = \"{}\"\n",
+                secret.display()
+            )
+        } else {
+            String::new()
+        };
+        let toml = format!(
+            "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\n\n\
+             [providers.local]\nkind = \"oidc\"\ntoken_url = \"{token_url}\"\nclient_id = \"collector\"\n{flow}\n\
+             [sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nusername = \"alice@example.test\"\nauth = \"oauth2\"\nprovider = \"local\"\n",
+            d = dir.display()
+        );
+        let settings = crate::config::load_str(&toml, &std::collections::HashMap::new()).unwrap();
+        assert_eq!(settings.node.token_refresh_margin, Duration::from_secs(120));
+        let store = Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap();
+        TokenService::new(Arc::new(settings), Arc::new(store)).unwrap()
+    }
+
+    async fn import(service: &TokenService) -> AccessToken {
+        service
+            .import("mail", Secret::new("refresh-0"), None)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_token_shorter_than_the_margin_is_used_for_three_quarters_of_its_life() {
+        let (url, requests) = token_endpoint(30).await;
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path(), &url, false);
+        let first = import(&service).await;
+        assert!(first.refreshed);
+        assert_eq!(first.renew_at, first.expires_at - 7);
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+
+        // The 30 s token is reused, not refreshed at every ask (a 120 s margin would).
+        let again = service.access_token("mail").await.unwrap();
+        assert!(!again.refreshed);
+        assert_eq!(again.token, first.token);
+        assert_eq!(again.renew_at, first.renew_at);
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+
+        // In its last quarter it is replaced.
+        let mut record = service.store.token("mail").unwrap().unwrap();
+        record.access_expires_at = Some(now() + 6);
+        service.store.put_token("mail", &record).await.unwrap();
+        let renewed = service.access_token("mail").await.unwrap();
+        assert!(renewed.refreshed);
+        assert_ne!(renewed.token, first.token);
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_lifetime_of_a_token_stored_by_an_earlier_process_comes_from_its_record() {
+        let (url, requests) = token_endpoint(30).await;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let service = service(dir.path(), &url, false);
+            import(&service).await;
+            // Obtained 5 s ago: 25 s left.
+            let mut record = service.store.token("mail").unwrap().unwrap();
+            let t = now();
+            record.refresh_token_last_used = Some(t - 5);
+            record.access_expires_at = Some(t + 25);
+            service.store.put_token("mail", &record).await.unwrap();
+        }
+        let restarted = service(dir.path(), &url, false);
+        let token = restarted.access_token("mail").await.unwrap();
+        assert!(!token.refreshed);
+        assert_eq!(token.renew_at, token.expires_at - 7);
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn client_credentials_tokens_are_reused_too() {
+        let (url, requests) = token_endpoint(30).await;
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path(), &url, true);
+        let first = service.access_token("mail").await.unwrap();
+        assert!(first.refreshed);
+        let again = service.access_token("mail").await.unwrap();
+        assert!(!again.refreshed);
+        assert_eq!(again.token, first.token);
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_hour_long_token_keeps_the_configured_margin() {
+        let (url, requests) = token_endpoint(3600).await;
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path(), &url, false);
+        let first = import(&service).await;
+        assert_eq!(first.renew_at, first.expires_at - 120);
+        let mut record = service.store.token("mail").unwrap().unwrap();
+        record.access_expires_at = Some(now() + 119);
+        service.store.put_token("mail", &record).await.unwrap();
+        assert!(service.access_token("mail").await.unwrap().refreshed);
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
     }
 }

@@ -754,22 +754,26 @@ impl Store {
     }
 
     /// Makes everything written so far durable.
+    ///
+    /// On a blocking thread of ours, not with sled's `flush_async`: that one runs the flush
+    /// on sled's own small thread pool, which also writes the log buffers a flush waits for,
+    /// so a few concurrent flushes (hundreds of sources finishing together) took every pool
+    /// thread and waited forever for writes queued behind them.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        let blobs = self.sync_blobs.then(|| self.blob_sync_state());
+        let flushing = tokio::task::spawn_blocking(move || {
+            db.flush()?;
+            match blobs {
+                Some(state) => sync_new_blobs(&state),
+                None => Ok(()),
+            }
+        });
         // After a failed disk write sled may never complete a flush; a collector must not
         // hang on it (the data is not durable, so the server is left alone).
-        match tokio::time::timeout(std::time::Duration::from_secs(60), self.db.flush_async()).await
-        {
-            Ok(r) => {
-                r?;
-                if self.sync_blobs {
-                    let store = self.blob_sync_state();
-                    tokio::task::spawn_blocking(move || sync_new_blobs(&store))
-                        .await
-                        .map_err(|e| {
-                            StoreError::Sled(sled::Error::Io(std::io::Error::other(e)))
-                        })??;
-                }
-                Ok(())
+        match tokio::time::timeout(std::time::Duration::from_secs(60), flushing).await {
+            Ok(joined) => {
+                joined.map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e))))?
             }
             Err(_) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -861,7 +865,11 @@ impl Store {
             .seal(&plain)
             .map_err(StoreError::Key)?;
         self.tokens.insert(key.as_bytes(), sealed)?;
-        self.tokens.flush_async().await?;
+        // On a blocking thread of ours, not sled's `flush_async` (see [`Store::flush`]).
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e))))??;
         Ok(())
     }
 
@@ -1067,6 +1075,46 @@ mod tests {
             .map(|entries| entries.count())
             .unwrap_or(0);
         assert_eq!(blobs, 0, "sled wrote blob files, which it does not fsync");
+    }
+
+    /// Many sources storing and flushing at once (a fan-out node's normal day) must never
+    /// hang the store. sled's own `flush_async` did: its flushes took every thread of the
+    /// pool that also writes the log buffers they wait for.
+    #[test]
+    fn concurrent_flushes_complete() {
+        let (_d, s) = store();
+        let s = std::sync::Arc::new(s);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for t in 0..48u32 {
+            let s = s.clone();
+            let done_tx = done_tx.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                for uid in 1..=12u32 {
+                    let mut raw = format!("Subject: {t}-{uid}\r\n\r\n").into_bytes();
+                    raw.resize(20_000 + ((t * 7919 + uid * 104_729) % 200_000) as usize, b'q');
+                    let mut msg = imap_msg(uid, 1, &raw);
+                    msg.source = format!("s{t}");
+                    s.store(msg, true).unwrap();
+                    if uid % 3 == 0 {
+                        rt.block_on(s.flush()).unwrap();
+                    }
+                }
+                done_tx.send(()).unwrap();
+            });
+        }
+        drop(done_tx);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        for n in 0..48 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            done_rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("store hung: {n} of 48 writers finished in 60 s"));
+        }
+        assert_eq!(s.counts().unwrap().values().sum::<u64>(), 48 * 12);
     }
 
     /// A store written before chunking (whole values under 8-byte keys, 512 KiB segments)
