@@ -1095,7 +1095,10 @@ mod tests {
                     .unwrap();
                 for uid in 1..=12u32 {
                     let mut raw = format!("Subject: {t}-{uid}\r\n\r\n").into_bytes();
-                    raw.resize(20_000 + ((t * 7919 + uid * 104_729) % 200_000) as usize, b'q');
+                    raw.resize(
+                        20_000 + ((t * 7919 + uid * 104_729) % 200_000) as usize,
+                        b'q',
+                    );
                     let mut msg = imap_msg(uid, 1, &raw);
                     msg.source = format!("s{t}");
                     s.store(msg, true).unwrap();
