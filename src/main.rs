@@ -388,6 +388,7 @@ fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result<()> {
         }
         None => telemetry::init_logging(settings.node.log_format == LogFormat::Json),
     }
+    raise_open_files_limit();
     let store = Arc::new(Store::open(
         &settings.node.data_dir,
         &settings.node.secret_key_file,
@@ -482,6 +483,41 @@ fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit. Every IMAP source holds a
+/// connection while it idles, so a node with a thousand sources needs more descriptors than
+/// the 1,024 soft limit service managers commonly start processes with (systemd: soft 1,024,
+/// hard 524,288); the hard limit is what the operator granted. Without the raise, sessions
+/// past the limit fail to connect and retry forever.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // Linux never grants an unlimited number of descriptors; an unset value leaves nothing
+    // to do.
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
+        return;
+    };
+    if hard <= soft {
+        return;
+    }
+    let raised = Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = soft,
+            to = hard,
+            "open-files limit raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(
+            soft,
+            hard,
+            error = %e,
+            "cannot raise the open-files limit: every source holds a connection, so a node with more sources than the limit allows fails to connect some of them"
+        ),
+    }
 }
 
 /// Writes log lines above `run --once`'s progress bars.

@@ -228,3 +228,69 @@ fn browser_authorize_times_out_cleanly_and_asks_gmail_for_offline_access() {
         "secret in the URL"
     );
 }
+
+/// The soft and hard "Max open files" of process `pid`, from /proc.
+#[cfg(target_os = "linux")]
+fn open_files_limits(pid: &str) -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut values = line["Max open files".len()..].split_whitespace();
+    Some((values.next()?.parse().ok()?, values.next()?.parse().ok()?))
+}
+
+/// Every idling source holds a connection, so `run` raises its soft open-files limit to the
+/// hard one: started with a soft limit of 256 (as a service manager might), it ends up with
+/// the hard limit it inherited.
+#[cfg(target_os = "linux")]
+#[test]
+fn run_raises_the_open_files_limit_to_the_hard_limit() {
+    let (_, hard) = open_files_limits("self").expect("our own limits");
+    if hard <= 256 {
+        eprintln!("hard open-files limit {hard}: nothing to raise to; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\nsecret_key_file = \"{}\"\nhttp_listen = \"127.0.0.1:{port}\"\n",
+            dir.path().join("d").display(),
+            dir.path().join("k").display()
+        ),
+    )
+    .unwrap();
+    // The shell lowers the soft limit only, then becomes the node (same pid).
+    let mut node = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -S -n 256 && exec "$0" "$@""#)
+        .arg(BIN)
+        .args(["-c", cfg.to_str().unwrap(), "run"])
+        .current_dir(dir.path())
+        .env_remove("MAILSLUICE_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the node");
+    let pid = node.id().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = None;
+    while std::time::Instant::now() < deadline {
+        seen = open_files_limits(&pid);
+        if seen.is_some_and(|(soft, _)| soft == hard) || node.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = node.kill();
+    let _ = node.wait();
+    assert_eq!(
+        seen,
+        Some((hard, hard)),
+        "the node's (soft, hard) open-files limits"
+    );
+}

@@ -259,3 +259,69 @@ fn completions_need_no_config() {
         }
     }
 }
+
+/// Forwards the connections accepted on `listener` to `target` (plain TCP both ways), except
+/// the first `stall_first`, which are accepted and never answered (a server too busy to
+/// talk).
+fn forward(listener: std::net::TcpListener, target: u16, stall_first: usize) {
+    std::thread::spawn(move || {
+        let mut stalled = Vec::new();
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { return };
+            if n < stall_first {
+                stalled.push(client);
+                continue;
+            }
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                return;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+}
+
+/// A server that does not answer the first connection (busy) does not fail `run --once`:
+/// the source tries again and is collected. Two drops in a row still succeed; a server that
+/// never answers fails the run after three tries.
+#[test]
+fn run_once_tries_again_when_the_server_cannot_be_reached() {
+    let dovecot = servers();
+    let inbox: Vec<Vec<u8>> = (0..5).map(|i| message("retry", i)).collect();
+    dovecot.seed(ALICE, &inbox);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    forward(listener, dovecot.imaps_port, 2);
+    let body = source("late", "imap", port, ALICE, "");
+    let mut node = node(&dovecot, &body);
+    node.env
+        .push(("MAILSLUICE__NODE__CONNECT_TIMEOUT_SECS".into(), "1".into()));
+    let out = node.cli(&["run", "--once"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("session failed").count(),
+        2,
+        "the first two tries fail: {stderr}"
+    );
+    assert_eq!(count(&node, "late"), 5, "{stderr}");
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    forward(listener, dovecot.imaps_port, usize::MAX);
+    let mut node = self::node(&dovecot, &source("never", "imap", port, ALICE, ""));
+    node.env
+        .push(("MAILSLUICE__NODE__CONNECT_TIMEOUT_SECS".into(), "1".into()));
+    let out = node.cli(&["run", "--once"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("session failed").count(), 3, "{stderr}");
+    assert!(stderr.contains("1 source(s) not collected"), "{stderr}");
+}

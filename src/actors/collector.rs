@@ -231,6 +231,9 @@ fn record_failure(deps: &CollectorDeps, kind: ErrorKind, error: &str, state: Sou
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// The collector's life: sessions until shutdown or until the source needs re-authorization.
+/// Connection attempts a source gets in `run --once` before it counts as not collected.
+const ONCE_CONNECT_ATTEMPTS: u32 = 3;
+
 /// With `deps.once`, one session and then [`StopReason::Once`].
 pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<bool>) -> StopReason {
     let name = deps.source.name.clone();
@@ -301,7 +304,10 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
             Attempt::Failed(kind, error) => {
                 failures += 1;
                 record_failure(&deps, kind, &error, SourceState::Degraded);
-                if deps.once {
+                // `run --once` gives a source that could not reach its server (refused, reset,
+                // no answer: a busy or restarting server) a few more tries before it is
+                // reported as not collected; anything else is final at once.
+                if deps.once && (kind != ErrorKind::Connect || failures >= ONCE_CONNECT_ATTEMPTS) {
                     tracing::warn!(source = %name, kind = kind.as_str(), error = %error, "session failed");
                     return StopReason::Once(Err(error));
                 }

@@ -573,7 +573,10 @@ struct Fetched {
     internal_date: Option<String>,
     hold_checkpoint: bool,
     /// Read-ahead budget this message holds until it is stored.
-    _budget: tokio::sync::OwnedSemaphorePermit,
+    /// Held until the message is stored, so the budget bounds every message between the
+    /// socket and the store (queued, parsed, or waiting for sled's transaction lock, which
+    /// hundreds of concurrent sessions take one at a time).
+    budget: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Fetches one batch and moves the checkpoint only over a contiguous prefix of handled
@@ -620,9 +623,33 @@ async fn fetch_batch(
             })
         };
         let budget = read_ahead_budget();
+        let sizes: std::collections::HashMap<u32, u32> =
+            batch.iter().map(|(uid, size, _)| (*uid, *size)).collect();
+        let reserve = |bytes: u64| {
+            u32::try_from(bytes)
+                .unwrap_or(u32::MAX)
+                .clamp(1, PIPELINE_BYTES)
+        };
         let fed = async {
             session.start_fetch(&to_fetch).await?;
-            while let Some(f) = session.next_fetched().await? {
+            loop {
+                // The next message's listed size is taken from the budget before it is read,
+                // so a session waiting for room holds no message in memory (hundreds of
+                // sessions each holding one were most of a fan-out node's heap).
+                let expected = pending
+                    .first()
+                    .and_then(|uid| sizes.get(uid))
+                    .map_or(64 * 1024, |s| u64::from(*s));
+                let mut permit = budget
+                    .clone()
+                    .acquire_many_owned(reserve(expected))
+                    .await
+                    .map_err(|_| {
+                        CycleError::Store(StoreError::Corrupt("read-ahead budget closed".into()))
+                    })?;
+                let Some(f) = session.next_fetched().await? else {
+                    break;
+                };
                 let (Some(uid), Some(body)) = (f.uid, f.body) else {
                     continue;
                 };
@@ -634,19 +661,24 @@ async fn fetch_batch(
                 // messages arrive in UID order with nothing pending below; otherwise the
                 // checkpoint is held back until the batch's end moves it.
                 let hold_checkpoint = pending.first().is_some_and(|low| *low < uid);
-                let cost = u32::try_from(body.len())
-                    .unwrap_or(u32::MAX)
-                    .clamp(1, PIPELINE_BYTES);
-                let permit = budget.clone().acquire_many_owned(cost).await.map_err(|_| {
-                    CycleError::Store(StoreError::Corrupt("read-ahead budget closed".into()))
-                })?;
+                let held = permit.num_permits() as u32;
+                let cost = reserve(body.len() as u64);
+                if cost > held {
+                    // Larger than listed (or out of order): its full size before it goes on,
+                    // waited for holding nothing (sessions holding part of the budget while
+                    // waiting for more could wait for each other forever).
+                    drop(permit);
+                    permit = budget.clone().acquire_many_owned(cost).await.map_err(|_| {
+                        CycleError::Store(StoreError::Corrupt("read-ahead budget closed".into()))
+                    })?;
+                }
                 if tx
                     .send(Fetched {
                         uid,
                         raw: body,
                         internal_date: f.internal_date.map(|d| d.to_rfc3339()),
                         hold_checkpoint,
-                        _budget: permit,
+                        budget: permit,
                     })
                     .await
                     .is_err()
@@ -706,27 +738,82 @@ fn parse_and_store(
 ) -> Result<CycleReport, StoreError> {
     let mut report = CycleReport::default();
     let mut batch = Vec::new();
+    let mut permits = Vec::new();
     while let Some(first) = rx.blocking_recv() {
+        let _slot = store_slot();
         let mut bytes = first.raw.len();
-        batch.push(into.message(first));
+        let (msg, permit) = into.message(first);
+        batch.push(msg);
+        permits.push(permit);
         while batch.len() < STORE_BATCH_MESSAGES && bytes < STORE_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(f) => {
                     bytes += f.raw.len();
-                    batch.push(into.message(f));
+                    let (msg, permit) = into.message(f);
+                    batch.push(msg);
+                    permits.push(permit);
                 }
                 Err(_) => break,
             }
         }
         store_batch(store, std::mem::take(&mut batch), &mut report)?;
+        permits.clear();
     }
     Ok(report)
+}
+
+/// Parse-and-store workers that may run at once, node-wide: one per core. Hundreds of
+/// sessions fetch concurrently, but parsing is CPU work and sled takes one transaction at a
+/// time; a worker per session working at once only held memory. Measured on 300 mailboxes
+/// of 20 messages with 256 sessions: peak RSS 1.5 GB, and 465 MB with 8 sessions, which were
+/// also faster (13.9 s against 18.6 s). sled frees what a transaction replaced only once no
+/// thread is inside it, so threads waiting in it also keep garbage alive.
+struct StoreSlots {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// A held [`StoreSlots`] slot; given back on drop.
+struct StoreSlot(&'static StoreSlots);
+
+impl Drop for StoreSlot {
+    fn drop(&mut self) {
+        *self
+            .0
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// Waits (blocking the calling worker thread) for a parse-and-store slot.
+fn store_slot() -> StoreSlot {
+    static SLOTS: std::sync::OnceLock<StoreSlots> = std::sync::OnceLock::new();
+    let slots = SLOTS.get_or_init(|| StoreSlots {
+        free: std::sync::Mutex::new(
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+        ),
+        freed: std::sync::Condvar::new(),
+    });
+    let mut free = slots
+        .free
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    while *free == 0 {
+        free = slots
+            .freed
+            .wait(free)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    *free -= 1;
+    StoreSlot(slots)
 }
 
 impl Destination {
     /// Parses a fetched message into what the store takes, with whether it moves the
     /// folder checkpoint.
-    fn message(&self, f: Fetched) -> (NewMessage, bool) {
+    fn message(&self, f: Fetched) -> ((NewMessage, bool), tokio::sync::OwnedSemaphorePermit) {
         let parsed = parse::parse(&f.raw);
         if let Err(e) = &parsed {
             tracing::warn!(source = %self.source, folder = %self.folder, uid = f.uid, error = %e, "message stored raw: parse failed");
@@ -743,7 +830,7 @@ impl Destination {
             parsed,
             post_action: self.post_action,
         };
-        (msg, !f.hold_checkpoint)
+        ((msg, !f.hold_checkpoint), f.budget)
     }
 }
 

@@ -412,6 +412,10 @@ impl AsyncWrite for MailStream {
     }
 }
 
+/// Read buffer of a connection that waits in IDLE: enough for the lines a server sends then
+/// (`* 12 EXISTS`, `* OK Still here`); a larger burst is read in several pieces.
+const IDLE_BUFFER_BYTES: usize = 4 * 1024;
+
 /// One connection to a mail server with its read buffer.
 pub struct Conn {
     stream: MailStream,
@@ -427,7 +431,13 @@ pub struct Conn {
 impl Conn {
     /// Reads more bytes into `buf`. End of stream is an error naming the last thing the
     /// server said.
+    ///
+    /// A buffer a large message grew is given back once it is empty, so hundreds of
+    /// concurrent sessions do not each keep the size of the largest message they have seen.
     pub async fn fill(&mut self, during: &'static str) -> Result<(), SessionError> {
+        if self.buf.is_empty() && self.buf.capacity() > 1024 * 1024 {
+            self.buf = Vec::with_capacity(64 * 1024);
+        }
         if self.buf.capacity() - self.buf.len() < 16 * 1024 {
             self.buf.reserve(64 * 1024);
         }
@@ -455,9 +465,17 @@ impl Conn {
 
     /// Like [`Conn::fill`] with no read timeout: for IDLE, where silence is the normal state
     /// and the caller bounds the wait. Cancel-safe (no byte is lost if the future is dropped).
+    ///
+    /// An idle session hears a few short lines an hour, but its buffer grew to fit the
+    /// largest message of the last pass and would keep that size for as long as it idles:
+    /// a node with a thousand idling sources would hold a thousand such buffers. An empty
+    /// buffer is given back here and a small one taken; the next pass grows it again.
     pub async fn fill_untimed(&mut self) -> Result<(), SessionError> {
-        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-            self.buf.reserve(64 * 1024);
+        if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER_BYTES {
+            self.buf = Vec::with_capacity(IDLE_BUFFER_BYTES);
+        }
+        if self.buf.capacity() - self.buf.len() < IDLE_BUFFER_BYTES / 4 {
+            self.buf.reserve(IDLE_BUFFER_BYTES);
         }
         match self.stream.read_buf(&mut self.buf).await {
             Ok(0) => Err(SessionError::Closed {
@@ -515,5 +533,53 @@ pub(crate) fn imap_placeholder() -> Conn {
         read_timeout: Duration::from_secs(1),
         server: String::new(),
         tls: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    async fn plain_pair() -> (Conn, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let conn = Conn {
+            stream: MailStream::Plain(client),
+            buf: Vec::new(),
+            read_timeout: Duration::from_secs(5),
+            server: addr.to_string(),
+            tls: None,
+        };
+        (conn, server)
+    }
+
+    /// The buffer a large message made is given back once an idle read finds it empty;
+    /// bytes not yet consumed are never dropped for it.
+    #[tokio::test]
+    async fn an_idle_read_gives_back_the_buffer_a_large_message_grew() {
+        let (mut conn, mut server) = plain_pair().await;
+        conn.buf = Vec::with_capacity(4 * 1024 * 1024);
+        conn.buf.extend_from_slice(b"* 3 EX");
+        server.write_all(b"ISTS\r\n").await.unwrap();
+        conn.fill_untimed().await.unwrap();
+        assert_eq!(conn.buf, b"* 3 EXISTS\r\n");
+        assert!(
+            conn.buf.capacity() >= 4 * 1024 * 1024,
+            "kept while holding bytes"
+        );
+
+        conn.buf.clear();
+        server.write_all(b"* OK Still here\r\n").await.unwrap();
+        conn.fill_untimed().await.unwrap();
+        assert_eq!(conn.buf, b"* OK Still here\r\n");
+        assert!(
+            conn.buf.capacity() <= 2 * IDLE_BUFFER_BYTES,
+            "idle buffer of {} bytes",
+            conn.buf.capacity()
+        );
     }
 }
