@@ -51,12 +51,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::contenders::PASSWORD;
+use crate::contenders::{self, PASSWORD};
 use crate::support::{self, Dovecot, DovecotOptions, Oidc, OidcOptions};
 use crate::{LiveArgs, LiveReport};
-
-/// Scopes asked for at the OIDC server; `offline_access` brings a refresh token.
-const SCOPE: &str = "openid offline_access email mail";
 
 /// Churn length without `--duration`.
 const DEFAULT_DURATION: Duration = Duration::from_secs(300);
@@ -289,8 +286,7 @@ fn message(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A fresh grant per source (a few logins at a time), imported with the CLI one by one (the
-/// store takes one process at a time).
+/// A fresh grant per source, imported with the CLI ([`contenders::grant_and_import`]).
 fn import_tokens(
     plan: &Plan,
     oidc: &Oidc,
@@ -298,55 +294,8 @@ fn import_tokens(
     config: &Path,
     dir: &Path,
 ) -> Result<(), String> {
-    let workers = 4.min(plan.sources).max(1);
-    let chunk = plan.sources.div_ceil(workers);
-    let indices: Vec<usize> = (0..plan.sources).collect();
-    let tokens: Vec<Result<String, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = indices
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|&i| {
-                            let user = Plan::user(i);
-                            oidc.try_login_auth_code("collector", &user, PASSWORD, SCOPE)
-                                .and_then(|t| t.refresh_token.ok_or("no refresh token".into()))
-                                .map_err(|e| format!("OAuth2 login of {user}: {e}"))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("login thread"))
-            .collect()
-    });
-    for (i, token) in tokens.into_iter().enumerate() {
-        let name = Plan::source(i);
-        let file = dir.join(format!("{name}.token"));
-        std::fs::write(&file, token? + "\n")
-            .map_err(|e| format!("write {}: {e}", file.display()))?;
-        let out = Command::new(mailsluice)
-            .arg("-c")
-            .arg(config)
-            .args(["tokens", "import", &name, "--refresh-token-file"])
-            .arg(&file)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("run mailsluice tokens import: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mailsluice tokens import {name} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let _ = std::fs::remove_file(&file);
-    }
-    Ok(())
+    let users: Vec<String> = (0..plan.sources).map(Plan::user).collect();
+    contenders::grant_and_import(oidc, &users, Plan::source, mailsluice, config, dir)
 }
 
 /// Runs `mailsluice run` for the plan's duration, reads its figures, stops it with SIGTERM.

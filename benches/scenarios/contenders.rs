@@ -390,20 +390,39 @@ fn mailsluice(ctx: &Ctx<'_>, dir: &Path, oauth: bool) -> Result<Prepared, String
 /// A fresh grant per source (refresh tokens rotate, and the OIDC server revokes a grant
 /// whose spent refresh token is presented again), imported with the CLI.
 fn import_tokens(ctx: &Ctx<'_>, dir: &Path, config: &Path) -> Result<(), String> {
+    grant_and_import(
+        ctx.oidc,
+        ctx.users,
+        source_name,
+        ctx.mailsluice,
+        config,
+        dir,
+    )
+}
+
+/// Gets a grant for each of `users` at the OIDC server (a few logins at a time) and imports
+/// its refresh token into source `source_of(k)` of `config` with `mailsluice tokens import`,
+/// one after the other (the store takes one process at a time). Scenarios 1-3 and 5.
+pub fn grant_and_import(
+    oidc: &Oidc,
+    users: &[String],
+    source_of: impl Fn(usize) -> String,
+    mailsluice: &Path,
+    config: &Path,
+    dir: &Path,
+) -> Result<(), String> {
     // The logins are HTTP round trips to the OIDC server; a few at a time.
-    let workers = 4.min(ctx.users.len()).max(1);
-    let chunk = ctx.users.len().div_ceil(workers);
+    let workers = 4.min(users.len()).max(1);
+    let chunk = users.len().div_ceil(workers);
     let tokens: Vec<Result<String, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ctx
-            .users
+        let handles: Vec<_> = users
             .chunks(chunk)
             .map(|users| {
                 s.spawn(move || {
                     users
                         .iter()
                         .map(|user| {
-                            ctx.oidc
-                                .try_login_auth_code("collector", user, PASSWORD, SCOPE)
+                            oidc.try_login_auth_code("collector", user, PASSWORD, SCOPE)
                                 .and_then(|t| {
                                     t.refresh_token
                                         .ok_or_else(|| "no refresh token".to_string())
@@ -420,10 +439,10 @@ fn import_tokens(ctx: &Ctx<'_>, dir: &Path, config: &Path) -> Result<(), String>
             .collect()
     });
     for (k, token) in tokens.into_iter().enumerate() {
-        let name = source_name(k);
+        let name = source_of(k);
         let file = dir.join(format!("{name}.token"));
         write(&file, &(token? + "\n"), 0o600)?;
-        let out = Command::new(ctx.mailsluice)
+        let out = Command::new(mailsluice)
             .arg("-c")
             .arg(config)
             .args(["tokens", "import", &name, "--refresh-token-file"])
