@@ -22,6 +22,8 @@ use crate::secret::Secret;
 use crate::store::{Location, NewMessage, Store, StoreError, StoreOutcome};
 use crate::telemetry::{self, ErrorKind};
 
+mod workers;
+
 /// UIDs per `UID FETCH` command: large enough to stream, small enough that a dropped
 /// session loses little work.
 const FETCH_BATCH: usize = 256;
@@ -184,17 +186,6 @@ pub async fn run_session(
         }
         Protocol::Pop3 => run_pop3(store, connector, source, cred, reopen_at).await,
     }
-}
-
-/// Stores one message (re-matching by content), counting it. With `hold_checkpoint` the
-/// folder checkpoint is left alone: the message arrived ahead of a lower UID still pending.
-fn store_one(
-    store: &Store,
-    msg: NewMessage,
-    hold_checkpoint: bool,
-    report: &mut CycleReport,
-) -> Result<(), StoreError> {
-    store_batch(store, vec![(msg, !hold_checkpoint)], report)
 }
 
 /// Stores messages in one transaction ([`Store::store_batch`], content re-matching on) and
@@ -608,20 +599,13 @@ async fn fetch_batch(
     let mut pending: BTreeSet<u32> = to_fetch.iter().copied().collect();
     if !to_fetch.is_empty() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Fetched>(FETCH_BATCH);
-        let worker = {
-            let store = store.clone();
-            let into = Destination {
-                source: source.name.clone(),
-                folder: folder.to_string(),
-                uidvalidity,
-                post_action: source.after_ingest != AfterIngest::Keep,
-            };
-            let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || {
-                let _entered = span.enter();
-                parse_and_store(&store, &into, rx)
-            })
-        };
+        let into = Arc::new(Destination {
+            source: source.name.clone(),
+            folder: folder.to_string(),
+            uidvalidity,
+            post_action: source.after_ingest != AfterIngest::Keep,
+        });
+        let worker = parse_and_store(store.clone(), into, rx);
         let budget = read_ahead_budget();
         let sizes: std::collections::HashMap<u32, u32> =
             batch.iter().map(|(uid, size, _)| (*uid, *size)).collect();
@@ -631,6 +615,8 @@ async fn fetch_batch(
                 .clamp(1, PIPELINE_BYTES)
         };
         let fed = async {
+            // Owned by this block: the worker sees the end of the batch when it ends.
+            let tx = tx;
             session.start_fetch(&to_fetch).await?;
             loop {
                 // The next message's listed size is taken from the budget before it is read,
@@ -688,12 +674,8 @@ async fn fetch_batch(
                 }
             }
             Ok::<(), CycleError>(())
-        }
-        .await;
-        drop(tx);
-        let stored = worker
-            .await
-            .map_err(|e| CycleError::Store(StoreError::Corrupt(format!("store worker: {e}"))))?;
+        };
+        let (fed, stored) = tokio::join!(fed, worker);
         // A store error first: it is why the feeding stopped.
         let done = stored?;
         report.stored += done.stored;
@@ -728,86 +710,48 @@ struct Destination {
 const STORE_BATCH_MESSAGES: usize = 8;
 const STORE_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-/// The worker side of [`fetch_batch`]: parses and stores messages in arrival order, the ones
-/// that arrived together in one transaction (sled's per-transaction cost is high). Stops at
-/// the first store error (dropping the channel tells the feeder to stop).
-fn parse_and_store(
-    store: &Store,
-    into: &Destination,
+/// The store side of [`fetch_batch`]: hands the messages to the parse-and-store workers
+/// ([`workers`]) in arrival order, the ones that arrived together as one job and one
+/// transaction (sled's per-transaction cost is high), one job at a time. Stops at the first
+/// store error (dropping the channel tells the feeder to stop).
+async fn parse_and_store(
+    store: Arc<Store>,
+    into: Arc<Destination>,
     mut rx: tokio::sync::mpsc::Receiver<Fetched>,
 ) -> Result<CycleReport, StoreError> {
     let mut report = CycleReport::default();
-    let mut batch = Vec::new();
-    let mut permits = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        let _slot = store_slot();
+    while let Some(first) = rx.recv().await {
         let mut bytes = first.raw.len();
-        let (msg, permit) = into.message(first);
-        batch.push(msg);
-        permits.push(permit);
+        let mut batch = vec![first];
         while batch.len() < STORE_BATCH_MESSAGES && bytes < STORE_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(f) => {
                     bytes += f.raw.len();
-                    let (msg, permit) = into.message(f);
-                    batch.push(msg);
-                    permits.push(permit);
+                    batch.push(f);
                 }
                 Err(_) => break,
             }
         }
-        store_batch(store, std::mem::take(&mut batch), &mut report)?;
-        permits.clear();
+        let store = store.clone();
+        let into = into.clone();
+        let span = tracing::Span::current();
+        let (stored, part) = workers::run(move || {
+            let _entered = span.enter();
+            let mut part = CycleReport::default();
+            // The read-ahead budget each message holds is given back once it is stored.
+            let (msgs, _budget): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|f| into.message(f)).unzip();
+            let stored = store_batch(&store, msgs, &mut part);
+            (stored, part)
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        report.stored += part.stored;
+        report.already += part.already;
+        report.bytes += part.bytes;
+        stored?;
     }
     Ok(report)
-}
-
-/// Parse-and-store workers that may run at once, node-wide: one per core. Hundreds of
-/// sessions fetch concurrently, but parsing is CPU work and sled takes one transaction at a
-/// time; a worker per session working at once only held memory. Measured on 300 mailboxes
-/// of 20 messages with 256 sessions: peak RSS 1.5 GB, and 465 MB with 8 sessions, which were
-/// also faster (13.9 s against 18.6 s). sled frees what a transaction replaced only once no
-/// thread is inside it, so threads waiting in it also keep garbage alive.
-struct StoreSlots {
-    free: std::sync::Mutex<usize>,
-    freed: std::sync::Condvar,
-}
-
-/// A held [`StoreSlots`] slot; given back on drop.
-struct StoreSlot(&'static StoreSlots);
-
-impl Drop for StoreSlot {
-    fn drop(&mut self) {
-        *self
-            .0
-            .free
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
-        self.0.freed.notify_one();
-    }
-}
-
-/// Waits (blocking the calling worker thread) for a parse-and-store slot.
-fn store_slot() -> StoreSlot {
-    static SLOTS: std::sync::OnceLock<StoreSlots> = std::sync::OnceLock::new();
-    let slots = SLOTS.get_or_init(|| StoreSlots {
-        free: std::sync::Mutex::new(
-            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
-        ),
-        freed: std::sync::Condvar::new(),
-    });
-    let mut free = slots
-        .free
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    while *free == 0 {
-        free = slots
-            .freed
-            .wait(free)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-    }
-    *free -= 1;
-    StoreSlot(slots)
 }
 
 impl Destination {
@@ -871,23 +815,35 @@ async fn run_pop3(
         let body = session
             .retr(n, source.max_message_bytes.saturating_add(64 * 1024))
             .await?;
-        let parsed = parse::parse(&body);
-        if let Err(e) = &parsed {
-            tracing::warn!(source = %source.name, uidl = %uid, error = %e, "message stored raw: parse failed");
-        }
-        store_one(
-            store,
-            NewMessage {
-                source: source.name.clone(),
-                location: Location::Pop3 { uidl: uid },
-                raw: body,
-                internal_date: None,
-                parsed,
-                post_action: false,
-            },
-            false,
-            &mut report,
-        )?;
+        let (stored, part) = {
+            let store = store.clone();
+            let name = source.name.clone();
+            let span = tracing::Span::current();
+            workers::run(move || {
+                let _entered = span.enter();
+                let parsed = parse::parse(&body);
+                if let Err(e) = &parsed {
+                    tracing::warn!(source = %name, uidl = %uid, error = %e, "message stored raw: parse failed");
+                }
+                let mut part = CycleReport::default();
+                let msg = NewMessage {
+                    source: name,
+                    location: Location::Pop3 { uidl: uid },
+                    raw: body,
+                    internal_date: None,
+                    parsed,
+                    post_action: false,
+                };
+                let stored = store_batch(&store, vec![(msg, true)], &mut part);
+                (stored, part)
+            })
+            .await
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        };
+        report.stored += part.stored;
+        report.already += part.already;
+        report.bytes += part.bytes;
+        stored?;
     }
     store.flush().await?;
     if source.after_ingest == AfterIngest::Delete {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::{AfterIngest, Security};
 use crate::protocol::imap::{
     Command, Commands, Completion, DEFAULT_MAX_LINE, Fetched, Framer, ResponseCode, ServerResponse,
-    parse_greeting, parse_response,
+    parse_greeting, parse_response, parse_response_owned,
 };
 use crate::protocol::{ProtocolError, sasl};
 use crate::secret::Secret;
@@ -149,7 +149,7 @@ impl ImapSession {
     async fn read_frame_bytes(&mut self, during: &'static str) -> Result<Vec<u8>, SessionError> {
         loop {
             match self.framer.next_frame(&self.conn.buf) {
-                Ok(Some(n)) => return Ok(self.conn.buf.drain(..n).collect()),
+                Ok(Some(n)) => return Ok(self.conn.take_front(n)),
                 Ok(None) => self.conn.fill(during).await?,
                 Err(e) => return Err(self.conn.protocol_error(e)),
             }
@@ -465,7 +465,10 @@ impl ImapSession {
             return Ok(None);
         };
         loop {
-            match self.read_response("fetching messages").await? {
+            // The frame's allocation becomes the message's: no copy of the body is made.
+            let frame = self.read_frame_bytes("fetching messages").await?;
+            let response = parse_response_owned(frame).map_err(|e| self.conn.protocol_error(e))?;
+            match response {
                 ServerResponse::Fetch(f) if f.body.is_some() && f.uid.is_some() => {
                     return Ok(Some(f));
                 }

@@ -434,6 +434,21 @@ impl Conn {
     ///
     /// A buffer a large message grew is given back once it is empty, so hundreds of
     /// concurrent sessions do not each keep the size of the largest message they have seen.
+    /// Takes the first `n` buffered bytes out. A frame that is most of the buffer (a message
+    /// literal) takes the buffer's allocation with it and leaves the few bytes after it in a
+    /// new one: nothing large is copied, and a session does not keep a buffer the size of
+    /// its largest message.
+    pub fn take_front(&mut self, n: usize) -> Vec<u8> {
+        let rest = self.buf.len() - n;
+        if n >= 64 * 1024 && rest <= n / 4 {
+            let tail = self.buf[n..].to_vec();
+            self.buf.truncate(n);
+            std::mem::replace(&mut self.buf, tail)
+        } else {
+            self.buf.drain(..n).collect()
+        }
+    }
+
     pub async fn fill(&mut self, during: &'static str) -> Result<(), SessionError> {
         if self.buf.is_empty() && self.buf.capacity() > 1024 * 1024 {
             self.buf = Vec::with_capacity(64 * 1024);
@@ -555,6 +570,28 @@ mod tests {
             tls: None,
         };
         (conn, server)
+    }
+
+    /// A large frame leaves with the buffer's allocation (no copy, and the session keeps no
+    /// message-sized buffer); what follows it stays, in order. Small frames are copied out.
+    #[tokio::test]
+    async fn a_large_frame_takes_the_buffer_with_it() {
+        let (mut conn, _server) = plain_pair().await;
+        let frame: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        conn.buf = Vec::with_capacity(512 * 1024);
+        conn.buf.extend_from_slice(&frame);
+        conn.buf.extend_from_slice(b"* 9 FETCH");
+        let at = conn.buf.as_ptr();
+        let taken = conn.take_front(frame.len());
+        assert_eq!(taken, frame);
+        assert_eq!(taken.as_ptr(), at, "the frame was copied");
+        assert_eq!(conn.buf, b"* 9 FETCH");
+        assert!(conn.buf.capacity() < 64 * 1024, "{}", conn.buf.capacity());
+
+        conn.buf.extend_from_slice(b" (UID 1)\r\n* 10 FETCH");
+        let small = conn.take_front(b"* 9 FETCH (UID 1)\r\n".len());
+        assert_eq!(small, b"* 9 FETCH (UID 1)\r\n");
+        assert_eq!(conn.buf, b"* 10 FETCH");
     }
 
     /// The buffer a large message made is given back once an idle read finds it empty;

@@ -231,12 +231,44 @@ pub fn parse_greeting(frame: &[u8]) -> Result<(bool, Option<BTreeSet<String>>), 
 /// Parses one complete frame (as delimited by [`Framer`]).
 pub fn parse_response(frame: &[u8]) -> Result<ServerResponse, ProtocolError> {
     match ResponseCodec::default().decode(frame) {
-        Ok((_, response)) => Ok(convert(response, frame)),
+        Ok((_, response)) => Ok(convert(response, frame, None)),
         Err(ResponseDecodeError::Incomplete) | Err(ResponseDecodeError::LiteralFound { .. }) => {
             Err(ProtocolError::Malformed(first_line(frame)))
         }
         Err(ResponseDecodeError::Failed) => fallback(frame),
     }
+}
+
+/// Like [`parse_response`], taking the frame: a FETCH's message body (nearly all of the
+/// frame) is moved to the front of the frame's own allocation and handed back in it, not
+/// copied into a new one.
+pub fn parse_response_owned(mut frame: Vec<u8>) -> Result<ServerResponse, ProtocolError> {
+    let mut body_at = None;
+    let mut parsed = match ResponseCodec::default().decode(&frame) {
+        Ok((_, response)) => convert(response, &frame, Some(&mut body_at)),
+        Err(ResponseDecodeError::Incomplete) | Err(ResponseDecodeError::LiteralFound { .. }) => {
+            return Err(ProtocolError::Malformed(first_line(&frame)));
+        }
+        Err(ResponseDecodeError::Failed) => return fallback(&frame),
+    };
+    if let (ServerResponse::Fetch(f), Some(range)) = (&mut parsed, body_at) {
+        let len = range.len();
+        frame.copy_within(range, 0);
+        frame.truncate(len);
+        // The read buffer grew by doubling; glibc shrinks an allocation in place.
+        if frame.capacity() > len + len / 8 {
+            frame.shrink_to_fit();
+        }
+        f.body = Some(frame);
+    }
+    Ok(parsed)
+}
+
+/// Where `bytes` lies within `frame`, if it borrows from it.
+fn range_within(frame: &[u8], bytes: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (bytes.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
+    let end = start.checked_add(bytes.len())?;
+    (end <= frame.len()).then_some(start..end)
 }
 
 /// imap-codec is strict; real servers are not. A tagged completion or an untagged line we
@@ -279,7 +311,13 @@ fn nstring_bytes(n: &NString<'_>) -> Option<Vec<u8>> {
     n.0.as_ref().map(|s: &IString<'_>| s.as_ref().to_vec())
 }
 
-fn convert(response: Response<'_>, frame: &[u8]) -> ServerResponse {
+/// With `body_at`, a FETCH body that borrows from `frame` is not copied: its place in the
+/// frame is put there instead (and `body` left empty for the caller to fill).
+fn convert(
+    response: Response<'_>,
+    frame: &[u8],
+    mut body_at: Option<&mut Option<std::ops::Range<usize>>>,
+) -> ServerResponse {
     match response {
         Response::CommandContinuationRequest(_) => {
             let line = first_line(frame);
@@ -347,6 +385,24 @@ fn convert(response: Response<'_>, frame: &[u8]) -> ServerResponse {
                     seq: seq.get(),
                     ..Fetched::default()
                 };
+                let mut body = |data: &NString<'_>, f: &mut Fetched| {
+                    let place = match (&mut body_at, &data.0) {
+                        (Some(_), Some(s)) => range_within(frame, s.as_ref()),
+                        _ => None,
+                    };
+                    match (place, &mut body_at) {
+                        (Some(range), Some(at)) => {
+                            **at = Some(range);
+                            f.body = None;
+                        }
+                        _ => {
+                            if let Some(at) = &mut body_at {
+                                **at = None;
+                            }
+                            f.body = nstring_bytes(data);
+                        }
+                    }
+                };
                 for item in items.into_inner() {
                     match item {
                         MessageDataItem::Uid(u) => f.uid = Some(u.get()),
@@ -356,8 +412,8 @@ fn convert(response: Response<'_>, frame: &[u8]) -> ServerResponse {
                             section: None,
                             origin: None,
                             data,
-                        } => f.body = nstring_bytes(&data),
-                        MessageDataItem::Rfc822(data) => f.body = nstring_bytes(&data),
+                        } => body(&data, &mut f),
+                        MessageDataItem::Rfc822(data) => body(&data, &mut f),
                         MessageDataItem::BodyExt {
                             section: Some(Section::Header(None)),
                             data,
@@ -719,6 +775,47 @@ mod tests {
             ServerResponse::Fetch(m) => assert_eq!(m.body.unwrap(), b"ab{5}\r\n"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn owned_parse_hands_the_body_back_in_the_frames_allocation() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| b"abc\r\n{5}"[(i % 8) as usize]).collect();
+        let mut frame = format!(
+            "* 3 FETCH (UID 41 RFC822.SIZE {n} INTERNALDATE \"01-Jan-2024 10:00:00 +0000\" BODY[] {{{n}}}\r\n",
+            n = body.len()
+        )
+        .into_bytes();
+        frame.extend_from_slice(&body);
+        frame.extend_from_slice(b")\r\n");
+        let borrowed = parse_response(&frame).unwrap();
+        let at = frame.as_ptr();
+        let owned = parse_response_owned(frame).unwrap();
+        // The same answer as the borrowing parse, body and all...
+        assert_eq!(owned, borrowed);
+        let ServerResponse::Fetch(m) = owned else {
+            panic!("{owned:?}")
+        };
+        assert_eq!((m.uid, m.rfc822_size), (Some(41), Some(200_000)));
+        let got = m.body.unwrap();
+        assert_eq!(got, body);
+        // ...in the frame's own memory, not a copy.
+        assert_eq!(got.as_ptr(), at);
+        // Responses without a body are unchanged.
+        assert_eq!(
+            parse_response_owned(b"* 4 FETCH (UID 9 RFC822.SIZE 10)\r\n".to_vec()).unwrap(),
+            parse_response(b"* 4 FETCH (UID 9 RFC822.SIZE 10)\r\n").unwrap()
+        );
+        assert_eq!(
+            parse_response_owned(b"a1 OK done\r\n".to_vec()).unwrap(),
+            parse_response(b"a1 OK done\r\n").unwrap()
+        );
+        // A quoted body (copied by the parser) still comes back whole.
+        let ServerResponse::Fetch(q) =
+            parse_response_owned(b"* 5 FETCH (UID 2 BODY[] \"hi\")\r\n".to_vec()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(q.body.as_deref(), Some(&b"hi"[..]));
     }
 
     #[test]

@@ -33,6 +33,7 @@
 //! - Callers [`Store::flush`] before changing anything on a server, so "stored" means on disk.
 
 mod crypto;
+mod flusher;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -196,8 +197,8 @@ pub struct Store {
     /// A store created before chunking (small segments): its flush also syncs sled's blob
     /// files, which sled itself never does.
     sync_blobs: bool,
-    /// Held by the flush in progress (see [`Store::flush`]).
-    flushing: tokio::sync::Mutex<()>,
+    /// Makes the store durable for everyone waiting (see [`Store::flush`]).
+    flusher: flusher::Flusher,
     /// The blob files (sled names them by log sequence number) already synced.
     blobs_synced: std::sync::Arc<std::sync::Mutex<HashSet<u64>>>,
 }
@@ -439,6 +440,26 @@ impl Store {
         };
         let tokens = db.open_tree("tokens")?;
         let secret_box = open_key(key_file, &tokens)?;
+        let sync_blobs = segment_size < SEGMENT_SIZE;
+        let blobs_synced: std::sync::Arc<std::sync::Mutex<HashSet<u64>>> = Default::default();
+        let flusher = {
+            let db = db.clone();
+            let blobs = sync_blobs.then(|| BlobSync {
+                dir: dir.join("blobs"),
+                synced: blobs_synced.clone(),
+            });
+            flusher::Flusher::start(move || {
+                db.flush()?;
+                match &blobs {
+                    Some(state) => sync_new_blobs(state).map_err(|e| match e {
+                        StoreError::Sled(e) => e,
+                        other => sled::Error::Io(std::io::Error::other(other.to_string())),
+                    }),
+                    None => Ok(()),
+                }
+            })
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
+        };
         Ok(Store {
             messages: db.open_tree("messages")?,
             raw: db.open_tree("raw")?,
@@ -453,9 +474,9 @@ impl Store {
             key_file: key_file.to_path_buf(),
             dir: dir.to_path_buf(),
             min_free: std::sync::atomic::AtomicU64::new(0),
-            sync_blobs: segment_size < SEGMENT_SIZE,
-            flushing: tokio::sync::Mutex::new(()),
-            blobs_synced: Default::default(),
+            sync_blobs,
+            flusher,
+            blobs_synced,
         })
     }
 
@@ -760,33 +781,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Makes everything written so far durable.
-    ///
-    /// On a blocking thread of ours, not with sled's `flush_async`: that one runs the flush
-    /// on sled's own small thread pool, which also writes the log buffers a flush waits for,
-    /// so a few concurrent flushes (hundreds of sources finishing together) took every pool
-    /// thread and waited forever for writes queued behind them.
-    ///
-    /// One flush at a time: each seals sled's current log buffer (a fresh segment-sized
-    /// buffer follows), so hundreds of sessions flushing at once held hundreds of buffers;
-    /// queued flushes find little left to write.
+    /// Makes everything written so far durable. Flushes run on the store's flusher thread,
+    /// one at a time, each for every caller waiting when it starts (see `flusher`).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let _one = self.flushing.lock().await;
-        let db = self.db.clone();
-        let blobs = self.sync_blobs.then(|| self.blob_sync_state());
-        let flushing = tokio::task::spawn_blocking(move || {
-            db.flush()?;
-            match blobs {
-                Some(state) => sync_new_blobs(&state),
-                None => Ok(()),
-            }
-        });
         // After a failed disk write sled may never complete a flush; a collector must not
         // hang on it (the data is not durable, so the server is left alone).
-        match tokio::time::timeout(std::time::Duration::from_secs(60), flushing).await {
-            Ok(joined) => {
-                joined.map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e))))?
-            }
+        match tokio::time::timeout(std::time::Duration::from_secs(60), self.flusher.flush()).await {
+            Ok(flushed) => Ok(flushed?),
             Err(_) => Err(StoreError::Sled(sled::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "flush did not complete within 60s",
@@ -797,16 +798,12 @@ impl Store {
     pub fn flush_sync(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         if self.sync_blobs {
-            sync_new_blobs(&self.blob_sync_state())?;
+            sync_new_blobs(&BlobSync {
+                dir: self.dir.join("blobs"),
+                synced: self.blobs_synced.clone(),
+            })?;
         }
         Ok(())
-    }
-
-    fn blob_sync_state(&self) -> BlobSync {
-        BlobSync {
-            dir: self.dir.join("blobs"),
-            synced: self.blobs_synced.clone(),
-        }
     }
 
     pub fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
@@ -877,12 +874,7 @@ impl Store {
             .seal(&plain)
             .map_err(StoreError::Key)?;
         self.tokens.insert(key.as_bytes(), sealed)?;
-        // On a blocking thread of ours, not sled's `flush_async` (see [`Store::flush`]).
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e))))??;
-        Ok(())
+        self.flush().await
     }
 
     /// Replaces the at-rest key: a new key is written beside the old one (`<key>.new`),
