@@ -68,7 +68,13 @@ pub fn parse(raw: &[u8]) -> Result<ParsedFields, String> {
         subject: msg.subject().map(str::to_string),
         date: msg.date().map(|d| d.to_rfc3339()),
         text_body: msg.body_text(0).map(|t| t.into_owned()),
-        html_body: msg.body_html(0).map(|t| t.into_owned()),
+        // Only an HTML part the message has: mail-parser would otherwise make one up from
+        // the text body (escaped, with <br>), which stores the text a second time, larger.
+        html_body: msg
+            .html_part(0)
+            .filter(|p| matches!(p.body, mail_parser::PartType::Html(_)))
+            .and_then(|_| msg.body_html(0))
+            .map(|t| t.into_owned()),
         attachments,
     })
 }
@@ -94,6 +100,38 @@ mod tests {
             Some("application/pdf")
         );
         assert_eq!(p.attachments[0].size, 5);
+    }
+
+    #[test]
+    fn html_body_is_the_messages_own_html_part_only() {
+        let text_only = b"From: a@example.test\r\nSubject: t\r\nContent-Type: text/plain\r\n\r\nplain <words> here\r\n";
+        let p = parse(text_only).unwrap();
+        assert_eq!(
+            p.text_body.as_deref().map(str::trim),
+            Some("plain <words> here")
+        );
+        assert_eq!(p.html_body, None, "no HTML made up from the text");
+
+        let alternative = b"From: a@example.test\r\nContent-Type: multipart/alternative; boundary=B\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nhello\r\n--B\r\nContent-Type: text/html\r\n\r\n<p>hello</p>\r\n--B--\r\n";
+        let p = parse(alternative).unwrap();
+        assert_eq!(p.text_body.as_deref().map(str::trim), Some("hello"));
+        assert_eq!(p.html_body.as_deref().map(str::trim), Some("<p>hello</p>"));
+
+        // An HTML-only message keeps its HTML, and gets a text rendering of it.
+        let html_only =
+            b"From: a@example.test\r\nContent-Type: text/html\r\n\r\n<p>only <b>html</b></p>\r\n";
+        let p = parse(html_only).unwrap();
+        assert_eq!(
+            p.html_body.as_deref().map(str::trim),
+            Some("<p>only <b>html</b></p>")
+        );
+        assert!(
+            p.text_body
+                .as_deref()
+                .is_some_and(|t| t.contains("only html")),
+            "{:?}",
+            p.text_body
+        );
     }
 
     #[test]

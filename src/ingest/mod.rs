@@ -19,7 +19,7 @@ use crate::net::{Connector, SessionError};
 use crate::parse;
 use crate::protocol::imap::is_pattern;
 use crate::secret::Secret;
-use crate::store::{Location, NewMessage, Store, StoreError, StoreOutcome};
+use crate::store::{Location, NewMessage, Prepared, Store, StoreError, StoreOutcome};
 use crate::telemetry::{self, ErrorKind};
 
 mod workers;
@@ -195,12 +195,33 @@ fn store_batch(
     msgs: Vec<(NewMessage, bool)>,
     report: &mut CycleReport,
 ) -> Result<(), StoreError> {
-    let facts: Vec<(u64, bool, String)> = msgs
+    let prepared = prepare(store, msgs)?;
+    commit(store, prepared, report)
+}
+
+/// What is counted for a message once stored: size, whether it failed to parse, source.
+type Facts = Vec<(u64, bool, String)>;
+
+/// The part of [`store_batch`] done outside the transaction ([`Store::prepare_batch`]).
+fn prepare(
+    store: &Store,
+    msgs: Vec<(NewMessage, bool)>,
+) -> Result<(Vec<Prepared>, Facts), StoreError> {
+    let facts = msgs
         .iter()
         .map(|(m, _)| (m.raw.len() as u64, m.parsed.is_err(), m.source.clone()))
         .collect();
+    Ok((store.prepare_batch(msgs)?, facts))
+}
+
+/// The transaction of [`store_batch`] ([`Store::commit_batch`]), timed and counted.
+fn commit(
+    store: &Store,
+    (prepared, facts): (Vec<Prepared>, Facts),
+    report: &mut CycleReport,
+) -> Result<(), StoreError> {
     let started = Instant::now();
-    let outcomes = store.store_batch(msgs, true)?;
+    let outcomes = store.commit_batch(&prepared, true)?;
     telemetry::store_write(started.elapsed().as_secs_f64());
     for (outcome, (size, parse_failed, source)) in outcomes.into_iter().zip(facts) {
         match outcome {
@@ -711,15 +732,29 @@ const STORE_BATCH_MESSAGES: usize = 8;
 const STORE_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// The store side of [`fetch_batch`]: hands the messages to the parse-and-store workers
-/// ([`workers`]) in arrival order, the ones that arrived together as one job and one
-/// transaction (sled's per-transaction cost is high), one job at a time. Stops at the first
-/// store error (dropping the channel tells the feeder to stop).
+/// ([`workers`]) in arrival order, the ones that arrived together as one batch and one
+/// transaction (sled's per-transaction cost is high). Each batch is two jobs: parsing (with
+/// checksums and serialization), then its transaction. A batch is parsed while the one
+/// before it commits, so one busy mailbox keeps two cores working; transactions still run
+/// one at a time and in order (a checkpoint must never pass an uncommitted message). Stops
+/// at the first store error (dropping the channel tells the feeder to stop).
 async fn parse_and_store(
     store: Arc<Store>,
     into: Arc<Destination>,
     mut rx: tokio::sync::mpsc::Receiver<Fetched>,
 ) -> Result<CycleReport, StoreError> {
+    type Committed = Result<(Result<(), StoreError>, CycleReport), workers::WorkerFailed>;
     let mut report = CycleReport::default();
+    let mut committing: Option<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Committed> + Send>>,
+    > = None;
+    let finish = |report: &mut CycleReport, done: Committed| -> Result<(), StoreError> {
+        let (stored, part) = done.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        report.stored += part.stored;
+        report.already += part.already;
+        report.bytes += part.bytes;
+        stored
+    };
     while let Some(first) = rx.recv().await {
         let mut bytes = first.raw.len();
         let mut batch = vec![first];
@@ -732,24 +767,36 @@ async fn parse_and_store(
                 Err(_) => break,
             }
         }
+        let parsed = {
+            let store = store.clone();
+            let into = into.clone();
+            let span = tracing::Span::current();
+            workers::run(move || {
+                let _entered = span.enter();
+                // The read-ahead budget each message holds goes along until it is stored.
+                let (msgs, budget): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|f| into.message(f)).unzip();
+                prepare(&store, msgs).map(|p| (p, budget))
+            })
+        };
+        let parsed = parsed.await.map_err(|e| StoreError::Corrupt(e.to_string()));
+        // The batch before this one is committed before this one goes in.
+        if let Some(previous) = committing.take() {
+            finish(&mut report, previous.await)?;
+        }
+        let (prepared, budget) = parsed??;
         let store = store.clone();
-        let into = into.clone();
         let span = tracing::Span::current();
-        let (stored, part) = workers::run(move || {
+        committing = Some(Box::pin(workers::submit(move || {
             let _entered = span.enter();
             let mut part = CycleReport::default();
-            // The read-ahead budget each message holds is given back once it is stored.
-            let (msgs, _budget): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|f| into.message(f)).unzip();
-            let stored = store_batch(&store, msgs, &mut part);
+            let stored = commit(&store, prepared, &mut part);
+            drop(budget);
             (stored, part)
-        })
-        .await
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        report.stored += part.stored;
-        report.already += part.already;
-        report.bytes += part.bytes;
-        stored?;
+        })));
+    }
+    if let Some(last) = committing {
+        finish(&mut report, last.await)?;
     }
     Ok(report)
 }

@@ -61,20 +61,35 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
+    submit(f).await
+}
+
+/// Hands `f` to the workers now (not when the returned future is first polled), so the
+/// caller can do other work, including handing in more jobs, while it runs.
+pub fn submit<R, F>(f: F) -> impl std::future::Future<Output = Result<R, WorkerFailed>> + use<R, F>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
     let (reply, result) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         let r = f();
         let _ = reply.send(r);
     });
-    pool()
+    let sent = pool()
         .queue
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .send(job)
-        .map_err(|_| WorkerFailed("the workers have stopped".into()))?;
-    result
-        .await
-        .map_err(|_| WorkerFailed("the job panicked".into()))
+        .is_ok();
+    async move {
+        if !sent {
+            return Err(WorkerFailed("the workers have stopped".into()));
+        }
+        result
+            .await
+            .map_err(|_| WorkerFailed("the job panicked".into()))
+    }
 }
 
 /// How many workers there are (one per core).
@@ -129,6 +144,15 @@ mod tests {
             "{most} at once with {} workers",
             count()
         );
+    }
+
+    #[tokio::test]
+    async fn a_submitted_job_runs_before_its_future_is_polled() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pending = submit(move || tx.send(()).unwrap());
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the job ran without being awaited");
+        pending.await.unwrap();
     }
 
     #[tokio::test]

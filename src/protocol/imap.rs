@@ -779,7 +779,9 @@ mod tests {
 
     #[test]
     fn owned_parse_hands_the_body_back_in_the_frames_allocation() {
-        let body: Vec<u8> = (0..200_000u32).map(|i| b"abc\r\n{5}"[(i % 8) as usize]).collect();
+        let body: Vec<u8> = (0..200_000u32)
+            .map(|i| b"abc\r\n{5}"[(i % 8) as usize])
+            .collect();
         let mut frame = format!(
             "* 3 FETCH (UID 41 RFC822.SIZE {n} INTERNALDATE \"01-Jan-2024 10:00:00 +0000\" BODY[] {{{n}}}\r\n",
             n = body.len()

@@ -261,7 +261,7 @@ fn sync_new_blobs(state: &BlobSync) -> Result<(), StoreError> {
 
 /// A message prepared for [`Store::store_batch`]: everything computed outside the
 /// transaction, so a retried transaction only repeats the tree operations.
-struct Prepared {
+pub struct Prepared {
     id: u64,
     index_key: Vec<u8>,
     checkpoint: Option<(Vec<u8>, Checkpoint)>,
@@ -554,10 +554,29 @@ impl Store {
         msgs: Vec<(NewMessage, bool)>,
         rematch: bool,
     ) -> Result<Vec<StoreOutcome>, StoreError> {
-        let prepared = msgs
-            .into_iter()
+        let prepared = self.prepare_batch(msgs)?;
+        self.commit_batch(&prepared, rematch)
+    }
+
+    /// The first half of [`Store::store_batch`]: checksums, keys, ids and serialized
+    /// metadata, all the work done outside the transaction. It may run on another thread
+    /// while an earlier batch commits; batches must then be committed in the order they
+    /// were prepared.
+    pub fn prepare_batch(
+        &self,
+        msgs: Vec<(NewMessage, bool)>,
+    ) -> Result<Vec<Prepared>, StoreError> {
+        msgs.into_iter()
             .map(|(msg, move_checkpoint)| self.prepare(msg, move_checkpoint))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
+
+    /// The second half of [`Store::store_batch`]: one transaction for the prepared messages.
+    pub fn commit_batch(
+        &self,
+        prepared: &[Prepared],
+        rematch: bool,
+    ) -> Result<Vec<StoreOutcome>, StoreError> {
         let result = (
             &self.messages,
             &self.raw,
@@ -569,7 +588,7 @@ impl Store {
         )
             .transaction(|(messages, raw, index, content_t, checkpoints, pending, counts)| {
                 let mut outcomes = Vec::with_capacity(prepared.len());
-                for p in &prepared {
+                for p in prepared {
                     let mark_pending = |pending: &sled::transaction::TransactionalTree| -> Result<(), ConflictableTransactionError<StoreError>> {
                         if p.needs_pending {
                             pending.insert(p.index_key.as_slice(), &[] as &[u8])?;
