@@ -893,7 +893,8 @@ impl Store {
             .seal(&plain)
             .map_err(StoreError::Key)?;
         self.tokens.insert(key.as_bytes(), sealed)?;
-        self.flush().await
+        // No deadline here (callers' runtimes need not have timers): a token write is small.
+        Ok(self.flusher.flush().await?)
     }
 
     /// Replaces the at-rest key: a new key is written beside the old one (`<key>.new`),
