@@ -1,5 +1,7 @@
 //! `mailsluice`: command line, wiring and signals. The only place `anyhow` is used.
 
+mod memory;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -188,6 +190,7 @@ enum ExportFormat {
 struct UsageError(String);
 
 fn main() -> ExitCode {
+    memory::limit_arenas();
     let cli = Cli::parse();
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
@@ -389,6 +392,7 @@ fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result<()> {
         None => telemetry::init_logging(settings.node.log_format == LogFormat::Json),
     }
     raise_open_files_limit();
+    memory::spawn_trimmer();
     let store = Arc::new(Store::open(
         &settings.node.data_dir,
         &settings.node.secret_key_file,
