@@ -15,14 +15,17 @@
 //! update larger than a quarter of a log segment to a file of its own (a "blob"), which it
 //! never fsyncs: a power cut after [`Store::flush`] could lose it. So `messages` and `raw`
 //! values are cut into [`CHUNK`]-byte pieces under `id ‖ chunk number (u32 BE)`, and new
-//! stores use [`SEGMENT_SIZE`] segments: the largest leaf (17 chunks) stays well under the
-//! blob threshold and everything is in the log that sled does fsync. (With sled's default
+//! stores use [`SEGMENT_SIZE`] segments: the largest leaf (17 chunks, 204 KiB) stays under
+//! the blob threshold (256 KiB) and everything is in the log that sled does fsync. The
+//! segment size is also the size of each log buffer sled holds in memory (a fan-out node
+//! had about 35 alive at its peak), so it is no larger than that needs. (With sled's default
 //! 512 KiB segments and blob files synced on flush, a fan-out of 300 mailboxes peaked at
 //! 1.3 GB instead of 1.8 GB: sled seals a segment-sized log buffer twice per transaction.
 //! But sled also writes blobs in the background, while relocating pages, which no flush of
 //! ours would have synced; no blobs at all is the safe layout.) Stores written before
 //! this have 8-byte keys holding the whole value and 512 KiB segments; both are still read,
-//! and their flush also syncs the blob files (see [`Store::flush`]).
+//! and their flush also syncs the blob files (see [`Store::flush`]). Stores made with
+//! 2 MiB segments keep them (sled opens a store only with its own segment size).
 //!
 //! ## Invariants
 //! - A message, its index entries and its folder checkpoint are written in one sled
@@ -273,11 +276,11 @@ pub struct Prepared {
 }
 
 /// Size of the pieces `messages` and `raw` values are stored in (see the module docs).
-pub const CHUNK: usize = 16 * 1024;
+pub const CHUNK: usize = 12 * 1024;
 
-/// sled log segment size for new stores: blobs start at a quarter of it (512 KiB), far
-/// above the largest leaf of [`CHUNK`]-sized values.
-pub const SEGMENT_SIZE: usize = 2 * 1024 * 1024;
+/// sled log segment size for new stores: blobs start at a quarter of it (256 KiB), above
+/// the largest leaf of [`CHUNK`]-sized values (17 of them, with keys and headers).
+pub const SEGMENT_SIZE: usize = 1024 * 1024;
 
 /// sled's default segment size, which stores created before chunking use.
 const LEGACY_SEGMENT_SIZE: usize = 512 * 1024;
@@ -440,7 +443,7 @@ impl Store {
         };
         let tokens = db.open_tree("tokens")?;
         let secret_box = open_key(key_file, &tokens)?;
-        let sync_blobs = segment_size < SEGMENT_SIZE;
+        let sync_blobs = segment_size <= LEGACY_SEGMENT_SIZE;
         let blobs_synced: std::sync::Arc<std::sync::Mutex<HashSet<u64>>> = Default::default();
         let flusher = {
             let db = db.clone();
