@@ -416,6 +416,9 @@ impl AsyncWrite for MailStream {
 /// (`* 12 EXISTS`, `* OK Still here`); a larger burst is read in several pieces.
 const IDLE_BUFFER_BYTES: usize = 4 * 1024;
 
+/// Room a timed read asks for: a TLS record holds at most 16 KiB of data.
+const READ_BYTES: usize = 16 * 1024;
+
 /// One connection to a mail server with its read buffer.
 pub struct Conn {
     stream: MailStream,
@@ -451,10 +454,13 @@ impl Conn {
 
     pub async fn fill(&mut self, during: &'static str) -> Result<(), SessionError> {
         if self.buf.is_empty() && self.buf.capacity() > 1024 * 1024 {
-            self.buf = Vec::with_capacity(64 * 1024);
+            self.buf = Vec::with_capacity(READ_BYTES);
         }
-        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-            self.buf.reserve(64 * 1024);
+        // A read takes at most one TLS record's worth here; a long literal still grows the
+        // buffer by doubling (`reserve`), and leaves with it (`take_front`). Hundreds of
+        // sessions between messages each hold only this much.
+        if self.buf.capacity() - self.buf.len() < READ_BYTES / 2 {
+            self.buf.reserve(READ_BYTES);
         }
         match tokio::time::timeout(self.read_timeout, self.stream.read_buf(&mut self.buf)).await {
             Ok(Ok(0)) => Err(SessionError::Closed {
