@@ -108,7 +108,7 @@ mod tests {
     }
 
     #[test]
-    fn trims_only_once_enough_new_free_memory_has_piled_up() {
+    fn trims_only_once_the_resident_size_has_grown_enough() {
         let base = 40 * 1024 * 1024;
         assert!(!worth_trimming(base, base));
         assert!(!worth_trimming(base + TRIM_AFTER_BYTES - 1, base));

@@ -83,6 +83,15 @@ pub struct CycleReport {
     pub passes_reported: bool,
 }
 
+impl CycleReport {
+    /// Adds what `part` stored (stored, already stored, bytes) to this report.
+    fn add_stored(&mut self, part: &CycleReport) {
+        self.stored += part.stored;
+        self.already += part.already;
+        self.bytes += part.bytes;
+    }
+}
+
 /// When a session must end so that it never runs on an expired access token: Unix seconds,
 /// checked between batches (at least one batch always runs, so every cycle makes progress).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -698,10 +707,7 @@ async fn fetch_batch(
         };
         let (fed, stored) = tokio::join!(fed, worker);
         // A store error first: it is why the feeding stopped.
-        let done = stored?;
-        report.stored += done.stored;
-        report.already += done.already;
-        report.bytes += done.bytes;
+        report.add_stored(&stored?);
         fed?;
     }
     // Everything asked for has been answered. UIDs that never came were expunged meanwhile;
@@ -750,9 +756,7 @@ async fn parse_and_store(
     > = None;
     let finish = |report: &mut CycleReport, done: Committed| -> Result<(), StoreError> {
         let (stored, part) = done.map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        report.stored += part.stored;
-        report.already += part.already;
-        report.bytes += part.bytes;
+        report.add_stored(&part);
         stored
     };
     while let Some(first) = rx.recv().await {
@@ -887,9 +891,7 @@ async fn run_pop3(
             .await
             .map_err(|e| StoreError::Corrupt(e.to_string()))?
         };
-        report.stored += part.stored;
-        report.already += part.already;
-        report.bytes += part.bytes;
+        report.add_stored(&part);
         stored?;
     }
     store.flush().await?;

@@ -15,7 +15,7 @@ use std::sync::{Mutex, OnceLock, mpsc};
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
 struct Pool {
-    queue: Mutex<mpsc::Sender<Job>>,
+    queue: mpsc::Sender<Job>,
 }
 
 fn pool() -> &'static Pool {
@@ -43,9 +43,7 @@ fn pool() -> &'static Pool {
                 })
                 .expect("spawn a store worker thread");
         }
-        Pool {
-            queue: Mutex::new(tx),
-        }
+        Pool { queue: tx }
     })
 }
 
@@ -76,12 +74,7 @@ where
         let r = f();
         let _ = reply.send(r);
     });
-    let sent = pool()
-        .queue
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .send(job)
-        .is_ok();
+    let sent = pool().queue.send(job).is_ok();
     async move {
         if !sent {
             return Err(WorkerFailed("the workers have stopped".into()));

@@ -432,11 +432,6 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Reads more bytes into `buf`. End of stream is an error naming the last thing the
-    /// server said.
-    ///
-    /// A buffer a large message grew is given back once it is empty, so hundreds of
-    /// concurrent sessions do not each keep the size of the largest message they have seen.
     /// Takes the first `n` buffered bytes out. A frame that is most of the buffer (a message
     /// literal) takes the buffer's allocation with it and leaves the few bytes after it in a
     /// new one: nothing large is copied, and a session does not keep a buffer the size of
@@ -452,6 +447,11 @@ impl Conn {
         }
     }
 
+    /// Reads more bytes into `buf`. End of stream is an error naming the last thing the
+    /// server said.
+    ///
+    /// A buffer a large message grew is given back once it is empty, so hundreds of
+    /// concurrent sessions do not each keep the size of the largest message they have seen.
     pub async fn fill(&mut self, during: &'static str) -> Result<(), SessionError> {
         if self.buf.is_empty() && self.buf.capacity() > 1024 * 1024 {
             self.buf = Vec::with_capacity(READ_BYTES);

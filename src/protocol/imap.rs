@@ -386,21 +386,17 @@ fn convert(
                     ..Fetched::default()
                 };
                 let mut body = |data: &NString<'_>, f: &mut Fetched| {
-                    let place = match (&mut body_at, &data.0) {
-                        (Some(_), Some(s)) => range_within(frame, s.as_ref()),
-                        _ => None,
+                    let place = body_at
+                        .as_ref()
+                        .and(data.0.as_ref())
+                        .and_then(|s| range_within(frame, s.as_ref()));
+                    f.body = if place.is_some() {
+                        None
+                    } else {
+                        nstring_bytes(data)
                     };
-                    match (place, &mut body_at) {
-                        (Some(range), Some(at)) => {
-                            **at = Some(range);
-                            f.body = None;
-                        }
-                        _ => {
-                            if let Some(at) = &mut body_at {
-                                **at = None;
-                            }
-                            f.body = nstring_bytes(data);
-                        }
+                    if let Some(at) = &mut body_at {
+                        **at = place;
                     }
                 };
                 for item in items.into_inner() {

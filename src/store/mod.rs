@@ -198,18 +198,17 @@ pub struct Store {
     /// Free bytes to keep in `dir` (`node.min_free_disk_bytes`).
     min_free: std::sync::atomic::AtomicU64,
     /// A store created before chunking (small segments): its flush also syncs sled's blob
-    /// files, which sled itself never does.
-    sync_blobs: bool,
+    /// files, which sled itself never does. Shared with the flusher thread.
+    blob_sync: Option<std::sync::Arc<BlobSync>>,
     /// Makes the store durable for everyone waiting (see [`Store::flush`]).
     flusher: flusher::Flusher,
-    /// The blob files (sled names them by log sequence number) already synced.
-    blobs_synced: std::sync::Arc<std::sync::Mutex<HashSet<u64>>>,
 }
 
-/// What [`sync_new_blobs`] needs, movable to a blocking thread.
+/// What [`sync_new_blobs`] needs: the blobs directory and the blob files (sled names them
+/// by log sequence number) already synced.
 struct BlobSync {
     dir: std::path::PathBuf,
-    synced: std::sync::Arc<std::sync::Mutex<HashSet<u64>>>,
+    synced: std::sync::Mutex<HashSet<u64>>,
 }
 
 /// fsyncs the blob files sled wrote since the last call, then their directory. sled 0.34
@@ -443,14 +442,15 @@ impl Store {
         };
         let tokens = db.open_tree("tokens")?;
         let secret_box = open_key(key_file, &tokens)?;
-        let sync_blobs = segment_size <= LEGACY_SEGMENT_SIZE;
-        let blobs_synced: std::sync::Arc<std::sync::Mutex<HashSet<u64>>> = Default::default();
+        let blob_sync = (segment_size <= LEGACY_SEGMENT_SIZE).then(|| {
+            std::sync::Arc::new(BlobSync {
+                dir: dir.join("blobs"),
+                synced: Default::default(),
+            })
+        });
         let flusher = {
             let db = db.clone();
-            let blobs = sync_blobs.then(|| BlobSync {
-                dir: dir.join("blobs"),
-                synced: blobs_synced.clone(),
-            });
+            let blobs = blob_sync.clone();
             flusher::Flusher::start(move || {
                 db.flush()?;
                 match &blobs {
@@ -477,9 +477,8 @@ impl Store {
             key_file: key_file.to_path_buf(),
             dir: dir.to_path_buf(),
             min_free: std::sync::atomic::AtomicU64::new(0),
-            sync_blobs,
+            blob_sync,
             flusher,
-            blobs_synced,
         })
     }
 
@@ -819,11 +818,8 @@ impl Store {
 
     pub fn flush_sync(&self) -> Result<(), StoreError> {
         self.db.flush()?;
-        if self.sync_blobs {
-            sync_new_blobs(&BlobSync {
-                dir: self.dir.join("blobs"),
-                synced: self.blobs_synced.clone(),
-            })?;
+        if let Some(state) = &self.blob_sync {
+            sync_new_blobs(state)?;
         }
         Ok(())
     }
@@ -1183,7 +1179,7 @@ mod tests {
         }
         let s = reopen(&db_dir, &dir.path().join("key"));
         assert!(
-            s.sync_blobs,
+            s.blob_sync.is_some(),
             "a 512 KiB-segment store must sync its blob files"
         );
         assert_eq!(s.raw(5).unwrap().unwrap(), old_raw);
