@@ -398,6 +398,7 @@ fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result<()> {
         &settings.node.secret_key_file,
     )?);
     store.set_min_free_bytes(settings.node.min_free_disk_bytes);
+    store.set_compression(settings.node.store_compression);
     let metrics = telemetry::install().map_err(|e| anyhow!("metrics: {e}"))?;
     let connector = Connector::new(
         &settings.tls,

@@ -270,6 +270,7 @@ impl Handler<Reload> for Supervisor {
             self.sessions = Arc::new(Semaphore::new(nn.max_sessions));
         }
         self.store.set_min_free_bytes(nn.min_free_disk_bytes);
+        self.store.set_compression(nn.store_compression);
         self.tokens.do_send(SetTokenService(Arc::new(service)));
         register_providers(&new);
         self.live.set(Current {

@@ -41,6 +41,9 @@ pub struct NodeSettings {
     /// `node.min_free_disk_bytes`: below this much free space in `data_dir` no message is
     /// taken (the source goes `degraded`); the store never runs into a full disk.
     pub min_free_disk_bytes: u64,
+    /// `node.store_compression`: how message bytes and parsed fields are written to the
+    /// store (`zstd`, the default, or `none`). Either kind is always read.
+    pub store_compression: crate::store::Compression,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -160,6 +160,7 @@ password_env = \"PW\"
     assert_eq!(n.http_listen, "127.0.0.1:9898".parse().unwrap());
     assert_eq!(n.max_sessions, 256);
     assert_eq!(n.log_format, LogFormat::Text);
+    assert_eq!(n.store_compression, crate::store::Compression::Zstd);
     assert_eq!(n.secret_key_file, PathBuf::from("data/secret.key"));
     assert_eq!(n.token_refresh_margin, Duration::from_secs(120));
     assert_eq!(n.connect_timeout, Duration::from_secs(15));
@@ -265,6 +266,7 @@ fn every_error_is_reported_at_once() {
 http_listen = "localhost:9898"
 max_sessions = 0
 log_format = "yaml"
+store_compression = "lz4"
 
 [tls]
 min_version = "1.0"
@@ -286,6 +288,7 @@ poll_interval_secs = 0
         "node.http_listen",
         "node.max_sessions",
         "node.log_format",
+        "node.store_compression",
         "tls.min_version",
         "providers.o365.client_id",
         "sources.support.port",
@@ -294,7 +297,11 @@ poll_interval_secs = 0
     ] {
         at(&errs, path);
     }
-    assert_eq!(errs.len(), 8, "{}", ConfigErrors(errs.clone()));
+    assert_eq!(errs.len(), 9, "{}", ConfigErrors(errs.clone()));
+    assert_contains(
+        &at(&errs, "node.store_compression").message,
+        "expected \"zstd\" or \"none\"",
+    );
     assert_contains(
         &at(&errs, "node.log_format").message,
         "expected \"text\" or \"json\"",
@@ -305,7 +312,7 @@ poll_interval_secs = 0
     );
     // Display: one "path: message" line per error, in key order.
     let shown = ConfigErrors(errs.clone()).to_string();
-    assert_eq!(shown.lines().count(), 8);
+    assert_eq!(shown.lines().count(), 9);
     assert!(
         shown
             .lines()

@@ -13,6 +13,7 @@ use ::config::{Map, Value, ValueKind};
 use super::settings::*;
 use super::tree::{self, Ctx, Table, choice, closest, quoted_list};
 use super::{ENV_PREFIX, ENV_SEPARATOR};
+use crate::store::Compression;
 
 const TOP_KEYS: &[&str] = &["node", "tls", "providers", "sources"];
 
@@ -26,6 +27,7 @@ const NODE_KEYS: &[&str] = &[
     "connect_timeout_secs",
     "read_timeout_secs",
     "min_free_disk_bytes",
+    "store_compression",
 ];
 
 const TLS_KEYS: &[&str] = &["min_version", "extra_ca_file", "backend"];
@@ -134,6 +136,17 @@ fn node(ctx: &mut Ctx, t: &Table) -> NodeSettings {
             )
         })
         .unwrap_or(LogFormat::Text);
+    let store_compression = t
+        .string(ctx, "store_compression")
+        .and_then(|s| {
+            choice(
+                ctx,
+                &t.key("store_compression"),
+                &s,
+                &[("zstd", Compression::Zstd), ("none", Compression::None)],
+            )
+        })
+        .unwrap_or_default();
     let secret_key_file = t
         .non_empty(ctx, "secret_key_file")
         .unwrap_or_else(|| "data/secret.key".into());
@@ -147,6 +160,7 @@ fn node(ctx: &mut Ctx, t: &Table) -> NodeSettings {
         connect_timeout: secs(ctx, t, "connect_timeout_secs", 15),
         read_timeout: secs(ctx, t, "read_timeout_secs", 120),
         min_free_disk_bytes: t.uint(ctx, "min_free_disk_bytes", 0, u64::MAX, 64 * 1024 * 1024),
+        store_compression,
     }
 }
 

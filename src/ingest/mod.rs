@@ -740,67 +740,105 @@ const STORE_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// The store side of [`fetch_batch`]: hands the messages to the parse-and-store workers
 /// ([`workers`]) in arrival order, the ones that arrived together as one batch and one
 /// transaction (sled's per-transaction cost is high). Each batch is two jobs: parsing (with
-/// checksums and serialization), then its transaction. A batch is parsed while the one
-/// before it commits, so one busy mailbox keeps two cores working; transactions still run
-/// one at a time and in order (a checkpoint must never pass an uncommitted message). Stops
-/// at the first store error (dropping the channel tells the feeder to stop).
+/// checksums, compression and serialization), then its transaction. Up to one parse per
+/// worker is in flight while the batch before them commits, so one busy mailbox keeps every
+/// core working; transactions still run one at a time and in order (a checkpoint must never
+/// pass an uncommitted message). Stops at the first store error (dropping the channel tells
+/// the feeder to stop), after the transaction already running has ended.
 async fn parse_and_store(
     store: Arc<Store>,
     into: Arc<Destination>,
     mut rx: tokio::sync::mpsc::Receiver<Fetched>,
 ) -> Result<CycleReport, StoreError> {
     type Committed = Result<(Result<(), StoreError>, CycleReport), workers::WorkerFailed>;
+    type Parsed = Result<
+        Result<
+            (
+                (Vec<Prepared>, Facts),
+                Vec<tokio::sync::OwnedSemaphorePermit>,
+            ),
+            StoreError,
+        >,
+        workers::WorkerFailed,
+    >;
+    type Job<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
     let mut report = CycleReport::default();
-    let mut committing: Option<
-        std::pin::Pin<Box<dyn std::future::Future<Output = Committed> + Send>>,
-    > = None;
+    // Batches being parsed, oldest first, and the transaction running (at most one).
+    let mut parsing: std::collections::VecDeque<Job<Parsed>> = Default::default();
+    let mut committing: Option<Job<Committed>> = None;
+    let depth = workers::count();
+    let mut more = true;
     let finish = |report: &mut CycleReport, done: Committed| -> Result<(), StoreError> {
         let (stored, part) = done.map_err(|e| StoreError::Corrupt(e.to_string()))?;
         report.add_stored(&part);
         stored
     };
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.raw.len();
-        let mut batch = vec![first];
-        while batch.len() < STORE_BATCH_MESSAGES && bytes < STORE_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(f) => {
-                    bytes += f.raw.len();
-                    batch.push(f);
+    let outcome = loop {
+        if !more && parsing.is_empty() {
+            break Ok(());
+        }
+        tokio::select! {
+            biased;
+            done = async { committing.as_mut().expect("guarded").await }, if committing.is_some() => {
+                committing = None;
+                if let Err(e) = finish(&mut report, done) {
+                    break Err(e);
                 }
-                Err(_) => break,
+            }
+            parsed = async { parsing.front_mut().expect("guarded").await },
+                if committing.is_none() && !parsing.is_empty() =>
+            {
+                parsing.pop_front();
+                let (prepared, budget) = match parsed {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => break Err(e),
+                    Err(e) => break Err(StoreError::Corrupt(e.to_string())),
+                };
+                let store = store.clone();
+                let span = tracing::Span::current();
+                committing = Some(Box::pin(workers::submit(move || {
+                    let _entered = span.enter();
+                    let mut part = CycleReport::default();
+                    let stored = commit(&store, prepared, &mut part);
+                    drop(budget);
+                    (stored, part)
+                })));
+            }
+            first = rx.recv(), if more && parsing.len() < depth => {
+                let Some(first) = first else {
+                    more = false;
+                    continue;
+                };
+                let mut bytes = first.raw.len();
+                let mut batch = vec![first];
+                while batch.len() < STORE_BATCH_MESSAGES && bytes < STORE_BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(f) => {
+                            bytes += f.raw.len();
+                            batch.push(f);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let store = store.clone();
+                let into = into.clone();
+                let span = tracing::Span::current();
+                parsing.push_back(Box::pin(workers::submit(move || {
+                    let _entered = span.enter();
+                    // The read-ahead budget each message holds goes along until it is stored.
+                    let (msgs, budget): (Vec<_>, Vec<_>) =
+                        batch.into_iter().map(|f| into.message(f)).unzip();
+                    prepare(&store, msgs).map(|p| (p, budget))
+                })));
             }
         }
-        let parsed = {
-            let store = store.clone();
-            let into = into.clone();
-            let span = tracing::Span::current();
-            workers::run(move || {
-                let _entered = span.enter();
-                // The read-ahead budget each message holds goes along until it is stored.
-                let (msgs, budget): (Vec<_>, Vec<_>) =
-                    batch.into_iter().map(|f| into.message(f)).unzip();
-                prepare(&store, msgs).map(|p| (p, budget))
-            })
-        };
-        let parsed = parsed.await.map_err(|e| StoreError::Corrupt(e.to_string()));
-        // The batch before this one is committed before this one goes in.
-        if let Some(previous) = committing.take() {
-            finish(&mut report, previous.await)?;
-        }
-        let (prepared, budget) = parsed??;
-        let store = store.clone();
-        let span = tracing::Span::current();
-        committing = Some(Box::pin(workers::submit(move || {
-            let _entered = span.enter();
-            let mut part = CycleReport::default();
-            let stored = commit(&store, prepared, &mut part);
-            drop(budget);
-            (stored, part)
-        })));
-    }
+    };
+    // What is already in a transaction is counted, also when something after it failed.
     if let Some(last) = committing {
-        finish(&mut report, last.await)?;
+        let done = finish(&mut report, last.await);
+        outcome.and(done)?;
+    } else {
+        outcome?;
     }
     Ok(report)
 }

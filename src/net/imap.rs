@@ -161,7 +161,7 @@ impl ImapSession {
         during: &'static str,
     ) -> Result<ServerResponse, SessionError> {
         let frame = self.read_frame_bytes(during).await?;
-        parse_response(&frame).map_err(|e| self.conn.protocol_error(e))
+        parse_response_owned(frame).map_err(|e| self.conn.protocol_error(e))
     }
 
     /// Sends a command and collects responses until its tagged completion. A BYE ends the
