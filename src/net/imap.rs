@@ -150,7 +150,12 @@ impl ImapSession {
         loop {
             match self.framer.next_frame(&self.conn.buf) {
                 Ok(Some(n)) => return Ok(self.conn.take_front(n)),
-                Ok(None) => self.conn.fill(during).await?,
+                Ok(None) => {
+                    if let Some(end) = self.framer.literal_end(self.conn.buf.len()) {
+                        self.conn.make_room_for(end);
+                    }
+                    self.conn.fill(during).await?
+                }
                 Err(e) => return Err(self.conn.protocol_error(e)),
             }
         }

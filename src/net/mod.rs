@@ -447,6 +447,16 @@ impl Conn {
         }
     }
 
+    /// Makes `buf` able to hold `len` bytes and a read beyond them without growing again: a
+    /// literal whose length is known is read into one allocation, not one doubled (and
+    /// copied) a dozen times on its way to a few MB.
+    pub fn make_room_for(&mut self, len: usize) {
+        let want = len.saturating_add(READ_BYTES);
+        if self.buf.capacity() < want {
+            self.buf.reserve_exact(want - self.buf.len());
+        }
+    }
+
     /// Reads more bytes into `buf`. End of stream is an error naming the last thing the
     /// server said.
     ///
@@ -598,6 +608,45 @@ mod tests {
         let small = conn.take_front(b"* 9 FETCH (UID 1)\r\n".len());
         assert_eq!(small, b"* 9 FETCH (UID 1)\r\n");
         assert_eq!(conn.buf, b"* 10 FETCH");
+    }
+
+    /// A literal of known length is read into the one allocation made for it when its
+    /// announcement arrived: the buffer never grows (nor copies what it holds) on the way.
+    #[tokio::test]
+    async fn a_literal_is_read_into_one_allocation() {
+        let (mut conn, mut server) = plain_pair().await;
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut frame = format!("* 1 FETCH (UID 7 BODY[] {{{}}}\r\n", body.len()).into_bytes();
+        frame.extend_from_slice(&body);
+        frame.extend_from_slice(b")\r\n");
+        let sent = frame.clone();
+        let writer = tokio::spawn(async move {
+            for piece in sent.chunks(7000) {
+                server.write_all(piece).await.unwrap();
+            }
+            server
+        });
+        let mut framer = crate::protocol::imap::Framer::new(64 * 1024, 1 << 30);
+        let mut allocations = std::collections::HashSet::new();
+        let n = loop {
+            match framer.next_frame(&conn.buf).unwrap() {
+                Some(n) => break n,
+                None => {
+                    if let Some(end) = framer.literal_end(conn.buf.len()) {
+                        conn.make_room_for(end);
+                        allocations.insert(conn.buf.as_ptr() as usize);
+                    }
+                    conn.fill("test").await.unwrap();
+                }
+            }
+        };
+        let _server = writer.await.unwrap();
+        assert_eq!(conn.take_front(n), frame);
+        assert_eq!(
+            allocations.len(),
+            1,
+            "the buffer was reallocated while the literal arrived"
+        );
     }
 
     /// The buffer a large message made is given back once an idle read finds it empty;

@@ -92,6 +92,15 @@ impl Framer {
     }
 }
 
+impl Framer {
+    /// While a literal is arriving: the buffer length at which it will have arrived (the
+    /// frame needs at least that much), so the reader can make room for it at once instead
+    /// of growing the buffer, and copying it, again and again.
+    pub fn literal_end(&self, buf_len: usize) -> Option<usize> {
+        (self.line_start > buf_len).then_some(self.line_start)
+    }
+}
+
 fn memchr_lf(hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == b'\n')
 }

@@ -815,8 +815,14 @@ impl Store {
             parsed,
             parse_error,
         };
-        let meta_bytes =
-            serde_json::to_vec(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Sized for the bodies up front: growing by doubling copied them several times.
+        let bodies = meta.parsed.as_ref().map_or(0, |p| {
+            p.text_body.as_ref().map_or(0, String::len)
+                + p.html_body.as_ref().map_or(0, String::len)
+        });
+        let mut meta_bytes = Vec::with_capacity(bodies + bodies / 8 + 1024);
+        serde_json::to_writer(&mut meta_bytes, &meta)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let compression = self.compression();
         Ok(Prepared {
             id,
