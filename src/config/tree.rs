@@ -422,6 +422,13 @@ impl<'v> Table<'v> {
         as_string(ctx, &self.key(key), v)
     }
 
+    /// One of `options` by name, `None` when absent, of the wrong type or not one of them
+    /// (recorded, with the choices).
+    pub fn choice<T: Copy>(&self, ctx: &mut Ctx, key: &str, options: &[(&str, T)]) -> Option<T> {
+        let s = self.string(ctx, key)?;
+        choice(ctx, &self.key(key), &s, options)
+    }
+
     /// A string that is not blank; a blank one is recorded as an error.
     pub fn non_empty(&self, ctx: &mut Ctx, key: &str) -> Option<String> {
         let s = self.string(ctx, key)?;

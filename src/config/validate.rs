@@ -126,26 +126,18 @@ fn node(ctx: &mut Ctx, t: &Table) -> NodeSettings {
     };
     let max_sessions = t.uint(ctx, "max_sessions", 1, u64::from(u32::MAX), 256);
     let log_format = t
-        .string(ctx, "log_format")
-        .and_then(|s| {
-            choice(
-                ctx,
-                &t.key("log_format"),
-                &s,
-                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
-            )
-        })
+        .choice(
+            ctx,
+            "log_format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )
         .unwrap_or(LogFormat::Text);
     let store_compression = t
-        .string(ctx, "store_compression")
-        .and_then(|s| {
-            choice(
-                ctx,
-                &t.key("store_compression"),
-                &s,
-                &[("zstd", Compression::Zstd), ("none", Compression::None)],
-            )
-        })
+        .choice(
+            ctx,
+            "store_compression",
+            &[("zstd", Compression::Zstd), ("none", Compression::None)],
+        )
         .unwrap_or_default();
     let secret_key_file = t
         .non_empty(ctx, "secret_key_file")
@@ -191,18 +183,14 @@ fn tls(ctx: &mut Ctx, t: &Table) -> TlsSettings {
         .filter(|s| !s.trim().is_empty())
         .map(PathBuf::from);
     let backend = t
-        .string(ctx, "backend")
-        .and_then(|s| {
-            choice(
-                ctx,
-                &t.key("backend"),
-                &s,
-                &[
-                    ("rustls", TlsBackend::Rustls),
-                    ("native", TlsBackend::Native),
-                ],
-            )
-        })
+        .choice(
+            ctx,
+            "backend",
+            &[
+                ("rustls", TlsBackend::Rustls),
+                ("native", TlsBackend::Native),
+            ],
+        )
         .unwrap_or(TlsBackend::Rustls);
     if backend == TlsBackend::Native && !cfg!(feature = "native-tls") {
         ctx.error(

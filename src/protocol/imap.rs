@@ -258,7 +258,7 @@ pub fn parse_response(frame: &[u8]) -> Result<ServerResponse, ProtocolError> {
 /// does contain: such a message could not be fetched) and that check was the largest cost
 /// of reading a mailbox after TLS. When the literal cut out turns out not to be the body,
 /// the whole frame is parsed as it is.
-pub fn parse_response_owned(mut frame: Vec<u8>) -> Result<ServerResponse, ProtocolError> {
+pub fn parse_response_owned(frame: Vec<u8>) -> Result<ServerResponse, ProtocolError> {
     if let Some(skeleton) = Skeleton::of(&frame)
         && let Ok((_, response)) = ResponseCodec::default().decode(&skeleton.frame)
     {
@@ -267,14 +267,7 @@ pub fn parse_response_owned(mut frame: Vec<u8>) -> Result<ServerResponse, Protoc
         if let ServerResponse::Fetch(f) = &mut parsed
             && body_at == Some(skeleton.placeholder.clone())
         {
-            let range = skeleton.literal;
-            let len = range.len();
-            frame.copy_within(range, 0);
-            frame.truncate(len);
-            if frame.capacity() > len + len / 8 {
-                frame.shrink_to_fit();
-            }
-            f.body = Some(frame);
+            f.body = Some(body_in_place(frame, skeleton.literal));
             return Ok(parsed);
         }
     }
@@ -287,16 +280,21 @@ pub fn parse_response_owned(mut frame: Vec<u8>) -> Result<ServerResponse, Protoc
         Err(ResponseDecodeError::Failed) => return fallback(&frame),
     };
     if let (ServerResponse::Fetch(f), Some(range)) = (&mut parsed, body_at) {
-        let len = range.len();
-        frame.copy_within(range, 0);
-        frame.truncate(len);
-        // The read buffer grew by doubling; glibc shrinks an allocation in place.
-        if frame.capacity() > len + len / 8 {
-            frame.shrink_to_fit();
-        }
-        f.body = Some(frame);
+        f.body = Some(body_in_place(frame, range));
     }
     Ok(parsed)
+}
+
+/// The body at `range` of `frame`, moved to the front of the frame's own allocation.
+fn body_in_place(mut frame: Vec<u8>, range: std::ops::Range<usize>) -> Vec<u8> {
+    let len = range.len();
+    frame.copy_within(range, 0);
+    frame.truncate(len);
+    // The frame's header and the read-ahead room are spare; glibc shrinks in place.
+    if frame.capacity() > len + len / 8 {
+        frame.shrink_to_fit();
+    }
+    frame
 }
 
 /// A frame with its largest literal replaced by a one-byte literal: what
