@@ -117,7 +117,7 @@ fn ingest_and_verify(node: &mut Node, dovecot: &Dovecot, source: &str, tag: &str
         expected,
         "exported bytes differ from what was seeded"
     );
-    // The unparseable message is stored raw with a mark, and nothing else is marked.
+    // The unparseable messages are stored raw with a mark, and nothing else is marked.
     let jsonl = node.dir.path().join("all.jsonl");
     node.cli_ok(&[
         "messages",
@@ -133,14 +133,23 @@ fn ingest_and_verify(node: &mut Node, dovecot: &Dovecot, source: &str, tag: &str
         .filter(|l| l.contains("\"parse_error\":\""))
         .count();
     assert_eq!(
-        marked, 1,
-        "exactly one message should carry a parse-error mark:\n{text}"
+        marked, 2,
+        "exactly two messages should carry a parse-error mark:\n{text}"
+    );
+    assert!(
+        text.contains("mail-parser failed on it"),
+        "the message mail-parser panics on is marked as such:\n{text}"
     );
     assert!(
         text.contains("Rechnung Üäö"),
         "decoded subject missing:\n{text}"
     );
     assert!(text.contains("data.bin"), "attachment name missing");
+    // Its size is counted from the base64 body, which mail-parser does not decode.
+    assert!(
+        text.contains("\"size\":3000"),
+        "attachment size missing:\n{text}"
+    );
 }
 
 #[test]
