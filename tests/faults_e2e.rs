@@ -26,6 +26,25 @@ fn error_count(metrics: &str, kind: &str) -> u64 {
 }
 
 fn run_with_faults(imap: bool, faults: &[Fault]) -> (String, Vec<String>) {
+    let run = run_behind_proxy(imap, faults);
+    assert!(
+        run.accepted > faults.len(),
+        "every fault got its own connection"
+    );
+    (run.metrics, run.states)
+}
+
+/// What a node collecting all 400 messages through the proxy saw.
+struct ProxiedRun {
+    metrics: String,
+    states: Vec<String>,
+    /// Connections the proxy accepted.
+    accepted: usize,
+    /// The verbs the node sent ahead of their reply ([`Proxy::sent_ahead`]).
+    sent_ahead: Vec<String>,
+}
+
+fn run_behind_proxy(imap: bool, faults: &[Fault]) -> ProxiedRun {
     let dovecot = Dovecot::start(DovecotOptions::default());
     let messages: Vec<Vec<u8>> = (0..400)
         .map(|i| format!("Subject: f{i}\r\n\r\n{}\r\n", "z".repeat(2000 + i)).into_bytes())
@@ -63,10 +82,6 @@ fn run_with_faults(imap: bool, faults: &[Fault]) -> (String, Vec<String>) {
     });
     let metrics = node.get("/metrics");
     node.stop();
-    assert!(
-        proxy.accepted() > faults.len(),
-        "every fault got its own connection"
-    );
     let stored = node.stored_hashes();
     let mut expected: Vec<String> = messages.iter().map(|m| sha256(m)).collect();
     expected.sort();
@@ -77,7 +92,12 @@ fn run_with_faults(imap: bool, faults: &[Fault]) -> (String, Vec<String>) {
         "{protocol}: recovered in {:?}; states seen: {states:?}",
         started.elapsed()
     );
-    (metrics, states)
+    ProxiedRun {
+        metrics,
+        states,
+        accepted: proxy.accepted(),
+        sent_ahead: proxy.sent_ahead(),
+    }
 }
 
 #[test]
@@ -118,6 +138,17 @@ fn pop3_recovers_from_every_fault_without_loss_or_duplicates() {
     assert!(error_count(&metrics, "connect") >= 3, "{metrics}");
     assert!(error_count(&metrics, "throttled") >= 1, "{metrics}");
     assert_eq!(error_count(&metrics, "auth"), 0, "{metrics}");
+}
+
+#[test]
+fn pop3_retrs_are_pipelined_only_when_the_server_announces_it() {
+    // Dovecot's CAPA has PIPELINING: RETRs go out ahead of their replies.
+    let ahead = run_behind_proxy(false, &[]).sent_ahead;
+    let retrs = ahead.iter().filter(|v| *v == "RETR").count();
+    assert!(retrs >= 100, "RETRs sent ahead: {retrs} of 400");
+    // Without it (Exchange Online's CAPA), one RETR at a time, and still every message.
+    let ahead = run_behind_proxy(false, &[Fault::NoPipelining]).sent_ahead;
+    assert!(!ahead.iter().any(|v| v == "RETR"), "{ahead:?}");
 }
 
 #[test]

@@ -197,21 +197,10 @@ pub async fn run_session(
     }
 }
 
-/// Stores messages in one transaction ([`Store::store_batch`], content re-matching on) and
-/// counts the outcomes.
-fn store_batch(
-    store: &Store,
-    msgs: Vec<(NewMessage, bool)>,
-    report: &mut CycleReport,
-) -> Result<(), StoreError> {
-    let prepared = prepare(store, msgs)?;
-    commit(store, prepared, report)
-}
-
 /// What is counted for a message once stored: size, whether it failed to parse, source.
 type Facts = Vec<(u64, bool, String)>;
 
-/// The part of [`store_batch`] done outside the transaction ([`Store::prepare_batch`]).
+/// The part of storing a batch done outside its transaction ([`Store::prepare_batch`]).
 fn prepare(
     store: &Store,
     msgs: Vec<(NewMessage, bool)>,
@@ -223,7 +212,8 @@ fn prepare(
     Ok((store.prepare_batch(msgs)?, facts))
 }
 
-/// The transaction of [`store_batch`] ([`Store::commit_batch`]), timed and counted.
+/// The transaction storing a batch ([`Store::commit_batch`], content re-matching on), timed
+/// and counted.
 fn commit(
     store: &Store,
     (prepared, facts): (Vec<Prepared>, Facts),
@@ -579,6 +569,10 @@ async fn apply_pending(
 /// slower than fetching over any network, so a few MB keep the store busy; more is memory.
 const PIPELINE_BYTES: u32 = 16 * 1024 * 1024;
 
+/// How many POP3 `RETR`s are sent ahead of the reply being read, when the server announces
+/// `PIPELINING` (RFC 2449).
+const POP3_PIPELINE: usize = 32;
+
 /// The node-wide read-ahead budget ([`PIPELINE_BYTES`]).
 fn read_ahead_budget() -> Arc<tokio::sync::Semaphore> {
     static BUDGET: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
@@ -587,9 +581,41 @@ fn read_ahead_budget() -> Arc<tokio::sync::Semaphore> {
         .clone()
 }
 
+/// A message's share of the read-ahead budget.
+fn budget_cost(bytes: u64) -> u32 {
+    u32::try_from(bytes)
+        .unwrap_or(u32::MAX)
+        .clamp(1, PIPELINE_BYTES)
+}
+
+/// Takes a message's listed size from the read-ahead budget, before it is read, so a
+/// session waiting for room holds no message in memory (hundreds of sessions each holding
+/// one were most of a fan-out node's heap).
+async fn take_budget(listed: u64) -> Result<tokio::sync::OwnedSemaphorePermit, CycleError> {
+    read_ahead_budget()
+        .acquire_many_owned(budget_cost(listed))
+        .await
+        .map_err(|_| CycleError::Store(StoreError::Corrupt("read-ahead budget closed".into())))
+}
+
+/// The budget for a message of `len` bytes read with `permit`: the same permit when it is
+/// large enough. A message larger than listed takes its full size before it goes on, waited
+/// for holding nothing (sessions holding part of the budget while waiting for more could
+/// wait for each other forever).
+async fn budget_for(
+    permit: tokio::sync::OwnedSemaphorePermit,
+    len: usize,
+) -> Result<tokio::sync::OwnedSemaphorePermit, CycleError> {
+    if budget_cost(len as u64) as usize <= permit.num_permits() {
+        return Ok(permit);
+    }
+    drop(permit);
+    take_budget(len as u64).await
+}
+
 /// A fetched message on its way to the parse-and-store worker.
 struct Fetched {
-    uid: u32,
+    location: Location,
     raw: Vec<u8>,
     internal_date: Option<String>,
     hold_checkpoint: bool,
@@ -631,38 +657,22 @@ async fn fetch_batch(
         let (tx, rx) = tokio::sync::mpsc::channel::<Fetched>(FETCH_BATCH);
         let into = Arc::new(Destination {
             source: source.name.clone(),
-            folder: folder.to_string(),
-            uidvalidity,
             post_action: source.after_ingest != AfterIngest::Keep,
         });
         let worker = parse_and_store(store.clone(), into, rx);
-        let budget = read_ahead_budget();
         let sizes: std::collections::HashMap<u32, u32> =
             batch.iter().map(|(uid, size, _)| (*uid, *size)).collect();
-        let reserve = |bytes: u64| {
-            u32::try_from(bytes)
-                .unwrap_or(u32::MAX)
-                .clamp(1, PIPELINE_BYTES)
-        };
         let fed = async {
             // Owned by this block: the worker sees the end of the batch when it ends.
             let tx = tx;
             session.start_fetch(&to_fetch).await?;
             loop {
-                // The next message's listed size is taken from the budget before it is read,
-                // so a session waiting for room holds no message in memory (hundreds of
-                // sessions each holding one were most of a fan-out node's heap).
+                // Budget for the next message's listed size before it is read.
                 let expected = pending
                     .first()
                     .and_then(|uid| sizes.get(uid))
                     .map_or(64 * 1024, |s| u64::from(*s));
-                let mut permit = budget
-                    .clone()
-                    .acquire_many_owned(reserve(expected))
-                    .await
-                    .map_err(|_| {
-                        CycleError::Store(StoreError::Corrupt("read-ahead budget closed".into()))
-                    })?;
+                let permit = take_budget(expected).await?;
                 let Some(f) = session.next_fetched().await? else {
                     break;
                 };
@@ -677,20 +687,14 @@ async fn fetch_batch(
                 // messages arrive in UID order with nothing pending below; otherwise the
                 // checkpoint is held back until the batch's end moves it.
                 let hold_checkpoint = pending.first().is_some_and(|low| *low < uid);
-                let held = permit.num_permits() as u32;
-                let cost = reserve(body.len() as u64);
-                if cost > held {
-                    // Larger than listed (or out of order): its full size before it goes on,
-                    // waited for holding nothing (sessions holding part of the budget while
-                    // waiting for more could wait for each other forever).
-                    drop(permit);
-                    permit = budget.clone().acquire_many_owned(cost).await.map_err(|_| {
-                        CycleError::Store(StoreError::Corrupt("read-ahead budget closed".into()))
-                    })?;
-                }
+                let permit = budget_for(permit, body.len()).await?;
                 if tx
                     .send(Fetched {
-                        uid,
+                        location: Location::Imap {
+                            folder: folder.to_string(),
+                            uidvalidity,
+                            uid,
+                        },
                         raw: body,
                         internal_date: f.internal_date.map(|d| d.to_rfc3339()),
                         hold_checkpoint,
@@ -724,8 +728,6 @@ async fn fetch_batch(
 /// Where the worker of [`fetch_batch`] stores what it is given.
 struct Destination {
     source: String,
-    folder: String,
-    uidvalidity: u32,
     post_action: bool,
 }
 
@@ -849,15 +851,18 @@ impl Destination {
     fn message(&self, f: Fetched) -> ((NewMessage, bool), tokio::sync::OwnedSemaphorePermit) {
         let parsed = parse::parse(&f.raw);
         if let Err(e) = &parsed {
-            tracing::warn!(source = %self.source, folder = %self.folder, uid = f.uid, error = %e, "message stored raw: parse failed");
+            match &f.location {
+                Location::Imap { folder, uid, .. } => {
+                    tracing::warn!(source = %self.source, folder = %folder, uid, error = %e, "message stored raw: parse failed");
+                }
+                Location::Pop3 { uidl } => {
+                    tracing::warn!(source = %self.source, uidl = %uidl, error = %e, "message stored raw: parse failed");
+                }
+            }
         }
         let msg = NewMessage {
             source: self.source.clone(),
-            location: Location::Imap {
-                folder: self.folder.clone(),
-                uidvalidity: self.uidvalidity,
-                uid: f.uid,
-            },
+            location: f.location,
             raw: f.raw,
             internal_date: f.internal_date,
             parsed,
@@ -888,50 +893,82 @@ async fn run_pop3(
         .collect();
     report.backlog = todo.len() as u64;
     telemetry::backlog(&source.name, report.backlog);
-    for (i, (n, uid)) in todo.into_iter().enumerate() {
-        if i > 0 && i % FETCH_BATCH == 0 && ReopenAt::reached(reopen_at) {
-            report.more = true;
-            break;
-        }
-        let size = sizes.get(&n).copied().unwrap_or(0);
-        if size > source.max_message_bytes {
-            tracing::warn!(source = %source.name, uidl = %uid, size, limit = source.max_message_bytes, "message over max_message_bytes skipped");
-            report.skipped += 1;
-            telemetry::message_skipped(&source.name);
-            continue;
-        }
-        store.ensure_room(size)?;
-        let body = session
-            .retr(n, source.max_message_bytes.saturating_add(64 * 1024))
-            .await?;
-        let (stored, part) = {
-            let store = store.clone();
-            let name = source.name.clone();
-            let span = tracing::Span::current();
-            workers::run(move || {
-                let _entered = span.enter();
-                let parsed = parse::parse(&body);
-                if let Err(e) = &parsed {
-                    tracing::warn!(source = %name, uidl = %uid, error = %e, "message stored raw: parse failed");
+    // RETRs are sent up to this many ahead of the reply being read, when the server allows
+    // it, so the round trip between messages is not waited out; the replies then come one
+    // after another and go to the parse-and-store workers as they arrive (as IMAP's FETCH
+    // bodies do), one store transaction for those that arrived together.
+    let window = if session.pipelining() {
+        POP3_PIPELINE
+    } else {
+        1
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Fetched>(FETCH_BATCH);
+    let into = Arc::new(Destination {
+        source: source.name.clone(),
+        post_action: false,
+    });
+    let worker = parse_and_store(store.clone(), into, rx);
+    let limit = source.max_message_bytes.saturating_add(64 * 1024);
+    let fed = async {
+        // Owned by this block: the worker sees the end when it ends.
+        let tx = tx;
+        let (mut skipped, mut more) = (0u64, false);
+        let mut todo = todo.into_iter().enumerate();
+        // Sent, not yet read: (number, UIDL, listed size).
+        let mut sent: std::collections::VecDeque<(u32, String, u64)> = Default::default();
+        loop {
+            if sent.len() <= window / 2 && !more {
+                let mut next = Vec::new();
+                while sent.len() + next.len() < window {
+                    let Some((i, (n, uid))) = todo.next() else {
+                        break;
+                    };
+                    if i > 0 && i % FETCH_BATCH == 0 && ReopenAt::reached(reopen_at) {
+                        more = true;
+                        break;
+                    }
+                    let size = sizes.get(&n).copied().unwrap_or(0);
+                    if size > source.max_message_bytes {
+                        tracing::warn!(source = %source.name, uidl = %uid, size, limit = source.max_message_bytes, "message over max_message_bytes skipped");
+                        skipped += 1;
+                        telemetry::message_skipped(&source.name);
+                        continue;
+                    }
+                    store.ensure_room(size)?;
+                    next.push((n, uid, size));
                 }
-                let mut part = CycleReport::default();
-                let msg = NewMessage {
-                    source: name,
-                    location: Location::Pop3 { uidl: uid },
-                    raw: body,
-                    internal_date: None,
-                    parsed,
-                    post_action: false,
-                };
-                let stored = store_batch(&store, vec![(msg, true)], &mut part);
-                (stored, part)
-            })
-            .await
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?
-        };
-        report.add_stored(&part);
-        stored?;
-    }
+                if !next.is_empty() {
+                    let numbers: Vec<u32> = next.iter().map(|(n, _, _)| *n).collect();
+                    session.send_retrs(&numbers).await?;
+                    sent.extend(next);
+                }
+            }
+            let Some((_, uid, size)) = sent.pop_front() else {
+                break;
+            };
+            let permit = take_budget(size).await?;
+            let body = session.retr_reply(size, limit).await?;
+            let permit = budget_for(permit, body.len()).await?;
+            let fetched = Fetched {
+                location: Location::Pop3 { uidl: uid },
+                raw: body,
+                internal_date: None,
+                hold_checkpoint: false,
+                budget: permit,
+            };
+            if tx.send(fetched).await.is_err() {
+                // The worker stopped on a store error; it reports it below.
+                break;
+            }
+        }
+        Ok::<_, CycleError>((skipped, more))
+    };
+    let (fed, stored) = tokio::join!(fed, worker);
+    // A store error first: it is why the feeding stopped.
+    report.add_stored(&stored?);
+    let (skipped, more) = fed?;
+    report.skipped += skipped;
+    report.more |= more;
     store.flush().await?;
     if source.after_ingest == AfterIngest::Delete {
         // Only messages durably stored (just flushed, or in an earlier session) are deleted;

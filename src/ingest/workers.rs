@@ -52,16 +52,6 @@ fn pool() -> &'static Pool {
 #[error("a parse-and-store worker failed: {0}")]
 pub struct WorkerFailed(pub String);
 
-/// Runs `f` on one of the workers and waits for its result without blocking the caller's
-/// thread. Jobs run in the order they were handed in, as workers come free.
-pub async fn run<R, F>(f: F) -> Result<R, WorkerFailed>
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    submit(f).await
-}
-
 /// Hands `f` to the workers now (not when the returned future is first polled), so the
 /// caller can do other work, including handing in more jobs, while it runs.
 pub fn submit<R, F>(f: F) -> impl std::future::Future<Output = Result<R, WorkerFailed>> + use<R, F>
@@ -101,9 +91,10 @@ mod tests {
     async fn jobs_run_on_the_fixed_workers_and_return_their_results() {
         let mut names = HashSet::new();
         for i in 0..50u32 {
-            let (n, name) = run(move || (i * 2, std::thread::current().name().map(str::to_owned)))
-                .await
-                .unwrap();
+            let (n, name) =
+                submit(move || (i * 2, std::thread::current().name().map(str::to_owned)))
+                    .await
+                    .unwrap();
             assert_eq!(n, i * 2);
             names.insert(name.expect("workers are named"));
         }
@@ -121,7 +112,7 @@ mod tests {
         let jobs = (0..40).map(|_| {
             let running = running.clone();
             let most = most.clone();
-            run(move || {
+            submit(move || {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                 most.fetch_max(now, Ordering::SeqCst);
                 std::thread::sleep(std::time::Duration::from_millis(5));
@@ -150,10 +141,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_job_is_an_error_and_the_workers_carry_on() {
-        let failed = run(|| -> u32 { panic!("boom") }).await;
+        let failed = submit(|| -> u32 { panic!("boom") }).await;
         assert!(failed.is_err());
         for _ in 0..count() * 2 {
-            assert_eq!(run(|| 7).await.unwrap(), 7);
+            assert_eq!(submit(|| 7).await.unwrap(), 7);
         }
     }
 }

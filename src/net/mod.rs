@@ -457,6 +457,16 @@ impl Conn {
         }
     }
 
+    /// Drops the first `used` bytes of `buf` (a reply read). A buffer a large message grew is
+    /// given back when what is left is small, also when it is not empty (the start of the
+    /// next pipelined reply).
+    pub fn consume(&mut self, used: usize) {
+        self.buf.drain(..used);
+        if self.buf.capacity() > 1024 * 1024 && self.buf.len() < READ_BYTES {
+            self.buf.shrink_to(READ_BYTES);
+        }
+    }
+
     /// Reads more bytes into `buf`. End of stream is an error naming the last thing the
     /// server said.
     ///

@@ -98,7 +98,7 @@ impl Pop3Session {
         loop {
             match self.reader.multiline(&self.conn.buf, limit) {
                 Ok(Some((body, used))) => {
-                    self.conn.buf.drain(..used);
+                    self.conn.consume(used);
                     return Ok(body);
                 }
                 Ok(None) => self.conn.fill(during).await?,
@@ -257,6 +257,35 @@ impl Pop3Session {
     /// The message, dot-unstuffed, exactly as the server sent it otherwise.
     pub async fn retr(&mut self, n: u32, limit: u64) -> Result<Vec<u8>, SessionError> {
         self.listing(&pop3::retr(n), "RETR", limit).await
+    }
+
+    /// Whether the server takes commands before it has answered the ones before them
+    /// (RFC 2449 `PIPELINING`).
+    pub fn pipelining(&self) -> bool {
+        self.capabilities.contains("PIPELINING")
+    }
+
+    /// Sends `RETR` for each of `numbers` in one write, without reading a reply: each is
+    /// then read, in order, with [`Pop3Session::retr_reply`]. Only with
+    /// [`Pop3Session::pipelining`], or one at a time.
+    pub async fn send_retrs(&mut self, numbers: &[u32]) -> Result<(), SessionError> {
+        let commands: Vec<u8> = numbers.iter().flat_map(|n| pop3::retr(*n)).collect();
+        self.conn.send(&commands).await
+    }
+
+    /// The reply to the oldest `RETR` sent with [`Pop3Session::send_retrs`] and not yet read,
+    /// for a message LIST gave as `listed` bytes (read into one allocation of about that).
+    pub async fn retr_reply(&mut self, listed: u64, limit: u64) -> Result<Vec<u8>, SessionError> {
+        match self.reply("RETR").await? {
+            Reply::Ok(_) => {
+                // Dot-stuffing makes the reply a little longer than the listed size.
+                let expected = listed.min(limit).saturating_add(listed / 64 + 1024);
+                self.conn
+                    .make_room_for(usize::try_from(expected).unwrap_or(usize::MAX));
+                self.multiline(limit, "RETR").await
+            }
+            other => Err(self.refused(other)),
+        }
     }
 
     /// `DELE n`: marks a message; the server deletes it at QUIT (a dropped session deletes

@@ -43,10 +43,7 @@ pub struct Reader {
 }
 
 fn line_end(buf: &[u8], from: usize) -> Option<usize> {
-    buf[from..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|p| from + p + 1)
+    memchr::memchr(b'\n', &buf[from..]).map(|p| from + p + 1)
 }
 
 fn text_of(bytes: &[u8]) -> String {
@@ -115,16 +112,13 @@ impl Reader {
 /// Removes the leading `.` that RFC 1939 §3 adds to lines starting with `.`.
 fn unstuff(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
-    let mut at_line_start = true;
-    let mut i = 0;
-    while i < data.len() {
-        let b = data[i];
-        if !(at_line_start && b == b'.') {
-            out.push(b);
-        }
-        at_line_start = b == b'\n';
-        i += 1;
+    let mut from = usize::from(data.first() == Some(&b'.'));
+    for at in memchr::memmem::find_iter(data, b"\n.") {
+        // `at` is the newline; the dot after it goes.
+        out.extend_from_slice(&data[from..=at]);
+        from = at + 2;
     }
+    out.extend_from_slice(&data[from..]);
     out
 }
 
@@ -249,6 +243,37 @@ mod tests {
         );
         assert_eq!(r.reply(b"+OK partial").unwrap(), None);
         assert!(r.reply(b"HELLO\r\n").is_err());
+    }
+
+    #[test]
+    fn unstuffing_removes_exactly_the_dot_after_each_line_start() {
+        fn by_byte(data: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut at_line_start = true;
+            for &b in data {
+                if !(at_line_start && b == b'.') {
+                    out.push(b);
+                }
+                at_line_start = b == b'\n';
+            }
+            out
+        }
+        for data in [
+            &b""[..],
+            b".",
+            b"..",
+            b".a\r\n..b\r\n.\r\n",
+            b"\n.\n.\n..\n",
+            b"x\r\n.",
+            b"no dots\r\nhere.\r\n",
+        ] {
+            assert_eq!(
+                unstuff(data),
+                by_byte(data),
+                "{:?}",
+                String::from_utf8_lossy(data)
+            );
+        }
     }
 
     #[test]

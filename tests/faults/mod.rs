@@ -33,6 +33,8 @@ pub enum Fault {
     /// Another client expunges these messages (their maildir files vanish) just before the
     /// server sees the first request for bodies.
     ExpungeBeforeBodies(Vec<std::path::PathBuf>),
+    /// Relay the POP3 CAPA listing without `PIPELINING` (as Exchange Online's lacks it).
+    NoPipelining,
 }
 
 pub struct Proxy {
@@ -43,6 +45,10 @@ pub struct Proxy {
     /// The verb of every command clients sent, in order (`IDLE`, `DONE`, `LOGOUT`, ...;
     /// never arguments, so no credential is kept).
     pub commands: Arc<Mutex<Vec<String>>>,
+    /// The verbs of commands the next command had already arrived behind when they were read:
+    /// sent before the client could have had their reply (this one was not yet relayed to
+    /// the server). That is pipelining.
+    pub sent_ahead: Arc<Mutex<Vec<String>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -79,7 +85,13 @@ impl Proxy {
         let queue: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
         let accepted: Arc<Mutex<usize>> = Arc::default();
         let commands: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (q, a, cmds) = (queue.clone(), accepted.clone(), commands.clone());
+        let sent_ahead: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (q, a, cmds, ahead) = (
+            queue.clone(),
+            accepted.clone(),
+            commands.clone(),
+            sent_ahead.clone(),
+        );
         runtime.spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -89,6 +101,7 @@ impl Proxy {
                 let fault = q.lock().unwrap().pop_front().unwrap_or(Fault::None);
                 let acceptor = acceptor.clone();
                 let cmds = cmds.clone();
+                let ahead = ahead.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(client).await else {
                         return;
@@ -96,7 +109,7 @@ impl Proxy {
                     let Ok(server) = TcpStream::connect(("127.0.0.1", backend_port)).await else {
                         return;
                     };
-                    relay(tls, server, fault, imap, cmds).await;
+                    relay(tls, server, fault, imap, cmds, ahead).await;
                 });
             }
         });
@@ -105,6 +118,7 @@ impl Proxy {
             queue,
             accepted,
             commands,
+            sent_ahead,
             _runtime: runtime,
         }
     }
@@ -120,6 +134,11 @@ impl Proxy {
     /// The verbs clients sent so far.
     pub fn commands(&self) -> Vec<String> {
         self.commands.lock().unwrap().clone()
+    }
+
+    /// The verbs of commands sent ahead of their reply ([`Proxy::sent_ahead`]).
+    pub fn sent_ahead(&self) -> Vec<String> {
+        self.sent_ahead.lock().unwrap().clone()
     }
 }
 
@@ -153,6 +172,7 @@ async fn relay(
     fault: Fault,
     imap: bool,
     commands: Arc<Mutex<Vec<String>>>,
+    sent_ahead: Arc<Mutex<Vec<String>>>,
 ) {
     let (client_r, mut client_w) = tokio::io::split(client);
     let (mut server_r, mut server_w) = server.into_split();
@@ -177,6 +197,9 @@ async fn relay(
                 line.split_whitespace().nth(1).unwrap_or("")
             };
             commands.lock().unwrap().push(verb.to_ascii_uppercase());
+            if !lines.buffer().is_empty() {
+                sent_ahead.lock().unwrap().push(verb.to_ascii_uppercase());
+            }
             let answer: Option<(String, bool)> = match &fault_c {
                 Fault::Unavailable if is_login(&line, imap) => Some((
                     if imap {
@@ -254,6 +277,13 @@ async fn relay(
                         let keep = n.saturating_sub(c - limit);
                         let _ = client_w.write_all(&chunk[..keep]).await;
                         break;
+                    }
+                    (Fault::NoPipelining, None) if !imap => {
+                        // CAPA listings are a few short lines, read in one piece.
+                        let text = String::from_utf8_lossy(chunk).replace("PIPELINING\r\n", "");
+                        if client_w.write_all(text.as_bytes()).await.is_err() {
+                            break;
+                        }
                     }
                     (Fault::Stall, Some(_)) => {
                         tokio::time::sleep(Duration::from_secs(3600)).await;

@@ -1,7 +1,7 @@
 //! Messages the end-to-end tests seed: CRLF line endings (what IMAP and POP3 servers send),
 //! covering plain text, multipart with a binary attachment, non-ASCII headers (encoded words
-//! and raw UTF-8), 8-bit junk, dot-leading lines (POP3 byte-stuffing) and two messages that
-//! mail-parser cannot parse (one it panics on).
+//! and raw UTF-8), 8-bit junk, dot-leading lines (POP3 byte-stuffing) and one message that
+//! mail-parser cannot parse; [`panics_mail_parser`] is one mail-parser panics on.
 
 pub fn corpus(tag: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -34,11 +34,6 @@ pub fn corpus(tag: &str) -> Vec<Vec<u8>> {
     out.push(junk);
     // No header at all: mail-parser finds nothing to parse; stored raw with a mark.
     out.push(b"\r\n".to_vec());
-    // An attached message nested in a way mail-parser panics on: stored raw with a mark.
-    out.push(
-        format!("Message-ID: <nest-{tag}@example.test>\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: message/rfc822\r\n\r\nFrom\r\nContent-Type: message/rfc822\r\n\r\n\r\npU\r\n--o--\r\n")
-            .into_bytes(),
-    );
     out.push(
         format!("Message-ID: <from-{tag}@example.test>\r\nFrom: desk@example.test\r\nSubject: mbox quoting {tag}\r\n\r\nFrom the desk of the CFO\r\n>From an earlier quote\r\n>>From deeper\r\n")
             .into_bytes(),
@@ -48,6 +43,12 @@ pub fn corpus(tag: &str) -> Vec<Vec<u8>> {
             .into_bytes(),
     );
     out
+}
+
+/// An attached message nested in a way mail-parser panics on; stored raw with a mark.
+pub fn panics_mail_parser(tag: &str) -> Vec<u8> {
+    format!("Message-ID: <nest-{tag}@example.test>\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: message/rfc822\r\n\r\nFrom\r\nContent-Type: message/rfc822\r\n\r\n\r\npU\r\n--o--\r\n")
+        .into_bytes()
 }
 
 /// `n` small generated messages for volume tests.
