@@ -191,6 +191,7 @@ struct UsageError(String);
 
 fn main() -> ExitCode {
     memory::limit_arenas();
+    mailsluice::parse::quiet_mail_parser_panics();
     let cli = Cli::parse();
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;

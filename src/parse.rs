@@ -81,6 +81,22 @@ fn guarded(raw: &[u8], placed: &[(u32, u64)]) -> Option<Result<ParsedFields, Str
     })
 }
 
+/// Keeps the panics [`guarded`] turns into parse errors out of the process's panic output:
+/// a panic raised in mail-parser's own code skips the panic hook installed before this one
+/// (which prints it, and under a fuzzer aborts); every other panic still goes to it. The
+/// message is logged anyway, as the reason of its parse-error mark.
+pub fn quiet_mail_parser_panics() {
+    let before = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_mail_parser = info
+            .location()
+            .is_some_and(|l| l.file().contains("/mail-parser-"));
+        if !in_mail_parser {
+            before(info);
+        }
+    }));
+}
+
 /// [`parse`] cutting base64 bodies of at least `min_cut` bytes (small ones too, to fuzz).
 #[doc(hidden)]
 pub fn parse_cutting(raw: &[u8], min_cut: usize) -> Result<ParsedFields, String> {

@@ -140,6 +140,12 @@ fn ingest_and_verify(node: &mut Node, dovecot: &Dovecot, source: &str, tag: &str
         text.contains("mail-parser failed on it"),
         "the message mail-parser panics on is marked as such:\n{text}"
     );
+    // A panic mail-parser raises is handled, not printed as a crash.
+    let log = node.log();
+    assert!(
+        log.contains("mail-parser failed on it") && !log.contains("panicked at"),
+        "{log}"
+    );
     assert!(
         text.contains("Rechnung Üäö"),
         "decoded subject missing:\n{text}"
