@@ -771,7 +771,7 @@ async fn parse_and_store(
     let depth = workers::count();
     let mut more = true;
     let finish = |report: &mut CycleReport, done: Committed| -> Result<(), StoreError> {
-        let (stored, part) = done.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (stored, part) = done.map_err(|e| StoreError::Worker(e.to_string()))?;
         report.add_stored(&part);
         stored
     };
@@ -794,7 +794,7 @@ async fn parse_and_store(
                 let (prepared, budget) = match parsed {
                     Ok(Ok(p)) => p,
                     Ok(Err(e)) => break Err(e),
-                    Err(e) => break Err(StoreError::Corrupt(e.to_string())),
+                    Err(e) => break Err(StoreError::Worker(e.to_string())),
                 };
                 let store = store.clone();
                 let span = tracing::Span::current();

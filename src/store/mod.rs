@@ -73,6 +73,10 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("store: corrupt record: {0}")]
     Corrupt(String),
+    /// A parse-and-store worker job ended without its result (it panicked): a bug, not the
+    /// data on disk.
+    #[error("store: {0}")]
+    Worker(String),
     #[error("store: secret key: {0}")]
     Key(String),
     #[error(
