@@ -616,3 +616,61 @@ fn client_secret_expiry_is_warned_about_and_exported() {
     );
     assert!(!log.contains("s3cr3t-value") && !metrics.contains("s3cr3t-value"));
 }
+
+/// `mailsluice_tls_handshakes_total{source="mail",kind}` from the node's metrics.
+fn handshakes(metrics: &str, kind: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("mailsluice_tls_handshakes_total{"))
+        .filter(|l| l.contains("source=\"mail\"") && l.contains(&format!("kind=\"{kind}\"")))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Polls an IMAPS mailbox every second through `sessions` sessions against a Dovecot with
+/// `extra_config`; returns the node's (full, resumed) handshake counts.
+fn handshakes_over_sessions(extra_config: &str, sessions: u64) -> (u64, u64) {
+    let dovecot = Dovecot::start(DovecotOptions {
+        extra_config: extra_config.to_string(),
+        ..DovecotOptions::default()
+    });
+    let mut node = Node::new(
+        &dovecot.ca_pem,
+        &password_source("mail", "imap", dovecot.imaps_port, "tls").replace(
+            "folders = [\"INBOX\"]\n",
+            "folders = [\"INBOX\"]\nidle = false\n",
+        ),
+    );
+    node.env.push(("ALICE_PASSWORD".into(), ALICE_PW.into()));
+    node.start();
+    node.wait("sessions", Duration::from_secs(60), |n| {
+        let s = n.sources();
+        let done = Node::source(&s, "mail")["sessions_ok"].as_u64()?;
+        (done >= sessions).then_some(())
+    });
+    let metrics = node.get("/metrics");
+    node.stop();
+    (
+        handshakes(&metrics, "full"),
+        handshakes(&metrics, "resumed"),
+    )
+}
+
+#[test]
+fn tls_sessions_resume_when_the_server_keeps_its_ticket_key() {
+    // Dovecot's high-performance login mode: one imap-login process serves every
+    // connection, so the tickets it issues are good for the next session.
+    let (full, resumed) = handshakes_over_sessions(
+        "service imap-login {\n  service_count = 0\n  process_min_avail = 1\n}\n",
+        4,
+    );
+    assert_eq!(
+        full, 1,
+        "only the first handshake is full (resumed: {resumed})"
+    );
+    assert!(resumed >= 3, "full {full}, resumed {resumed}");
+    // Its default (a login process per connection, each with its own ticket key): every
+    // handshake is full, and is counted as such.
+    let (full, resumed) = handshakes_over_sessions("", 3);
+    assert!(full >= 3 && resumed == 0, "full {full}, resumed {resumed}");
+}

@@ -252,6 +252,9 @@ async fn run_imap(
         max_literal,
     )
     .await?;
+    if let Some(tls) = session.tls_info() {
+        telemetry::tls_handshake(&source.name, tls.resumed);
+    }
     session.login(&login(source, cred)?).await?;
     // Refused before anything is stored: a post-action this server cannot do safely.
     session.check_post_action(source.after_ingest)?;
@@ -881,6 +884,9 @@ async fn run_pop3(
 ) -> Result<CycleReport, CycleError> {
     let mut session =
         Pop3Session::open(connector, &source.host, source.port, source.security).await?;
+    if let Some(tls) = session.tls_info() {
+        telemetry::tls_handshake(&source.name, tls.resumed);
+    }
     session.login(&login(source, cred)?).await?;
     let mut report = CycleReport::default();
     let uidl = session.uidl().await?;

@@ -268,6 +268,7 @@ impl Connector {
                     };
                 let (_, session) = tls.get_ref();
                 let info = TlsInfo {
+                    resumed: session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
                     version: session
                         .protocol_version()
                         .map(|v| format!("{v:?}"))
@@ -310,6 +311,7 @@ impl Connector {
                     TlsInfo {
                         version: "native".into(),
                         cipher: String::new(),
+                        resumed: false,
                     },
                 )
             }
@@ -349,6 +351,9 @@ fn describe_tls_error(e: &io::Error) -> String {
 pub struct TlsInfo {
     pub version: String,
     pub cipher: String,
+    /// The handshake resumed an earlier session (a TLS 1.3 ticket from the same server,
+    /// kept in the connector's session cache): no certificate chain sent or checked again.
+    pub resumed: bool,
 }
 
 enum MailStream {

@@ -203,6 +203,12 @@ pub const CATALOG: &[MetricDef] = &[
         "Messages left on the server unfetched because they exceed max_message_bytes."
     ),
     m!(
+        "tls_handshakes_total",
+        Counter,
+        ["source", "kind"],
+        "TLS handshakes by source and kind: full, or resumed from a session ticket the server gave before."
+    ),
+    m!(
         "source_state",
         Gauge,
         ["source", "state"],
@@ -273,6 +279,10 @@ pub fn register_source(source: &str) {
     counter!("mailsluice_parse_failures_total", "source" => s.clone()).absolute(0);
     counter!("mailsluice_uidvalidity_changes_total", "source" => s.clone()).absolute(0);
     counter!("mailsluice_messages_skipped_total", "source" => s.clone()).absolute(0);
+    for kind in ["full", "resumed"] {
+        counter!("mailsluice_tls_handshakes_total", "source" => s.clone(), "kind" => kind)
+            .absolute(0);
+    }
     for kind in ErrorKind::ALL {
         counter!("mailsluice_errors_total", "source" => s.clone(), "kind" => kind.as_str())
             .absolute(0);
@@ -303,6 +313,13 @@ pub fn message_stored(source: &str, bytes: u64, parse_failed: bool) {
 
 pub fn uidvalidity_change(source: &str) {
     counter!("mailsluice_uidvalidity_changes_total", "source" => source.to_string()).increment(1);
+}
+
+/// A TLS handshake of a session of `source`: resumed or full.
+pub fn tls_handshake(source: &str, resumed: bool) {
+    let kind = if resumed { "resumed" } else { "full" };
+    counter!("mailsluice_tls_handshakes_total", "source" => source.to_string(), "kind" => kind)
+        .increment(1);
 }
 
 pub fn message_skipped(source: &str) {
