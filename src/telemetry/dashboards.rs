@@ -219,6 +219,16 @@ pub const OVERVIEW: &[Row] = &[
                 ],
                 ..PANEL
             },
+            Panel {
+                title: "TLS handshakes / s by kind",
+                description: "TLS handshakes per second: full, or resumed from a session ticket the server gave before (no certificate exchange). Servers that run a process per connection, each with its own ticket key, never resume.",
+                unit: "ops",
+                targets: &[(
+                    "sum by (kind) (rate(mailsluice_tls_handshakes_total[$__rate_interval]))",
+                    "{{kind}}",
+                )],
+                ..PANEL
+            },
         ],
     },
     Row {
