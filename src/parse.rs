@@ -240,11 +240,10 @@ fn base64_bodies(raw: &[u8], min_cut: usize) -> Vec<Cut> {
             if let Some(value) = header_value(line, b"content-transfer-encoding:") {
                 base64 = value.eq_ignore_ascii_case(b"base64");
             } else if let Some(value) = header_value(line, b"content-type:") {
-                let value = value.to_ascii_lowercase();
                 binary = !value.is_empty()
-                    && !value.starts_with(b"text/")
-                    && !value.starts_with(b"message/")
-                    && !value.starts_with(b"multipart/");
+                    && ![&b"text/"[..], b"message/", b"multipart/"]
+                        .iter()
+                        .any(|t| starts_with_ignore_case(value, t));
             }
             line_start = next;
         }
@@ -254,9 +253,13 @@ fn base64_bodies(raw: &[u8], min_cut: usize) -> Vec<Cut> {
 
 /// The value of a header line named `name` (lowercase, with its colon), trimmed.
 fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let head = line.get(..name.len())?;
-    head.eq_ignore_ascii_case(name)
-        .then(|| line[name.len()..].trim_ascii())
+    starts_with_ignore_case(line, name).then(|| line[name.len()..].trim_ascii())
+}
+
+fn starts_with_ignore_case(bytes: &[u8], prefix: &[u8]) -> bool {
+    bytes
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 /// The end of the base64 body starting at `start` (the start of the next line beginning with

@@ -254,11 +254,6 @@ impl Pop3Session {
         pop3::parse_list(&listing).map_err(|e| self.conn.protocol_error(e))
     }
 
-    /// The message, dot-unstuffed, exactly as the server sent it otherwise.
-    pub async fn retr(&mut self, n: u32, limit: u64) -> Result<Vec<u8>, SessionError> {
-        self.listing(&pop3::retr(n), "RETR", limit).await
-    }
-
     /// Whether the server takes commands before it has answered the ones before them
     /// (RFC 2449 `PIPELINING`).
     pub fn pipelining(&self) -> bool {
@@ -273,8 +268,9 @@ impl Pop3Session {
         self.conn.send(&commands).await
     }
 
-    /// The reply to the oldest `RETR` sent with [`Pop3Session::send_retrs`] and not yet read,
-    /// for a message LIST gave as `listed` bytes (read into one allocation of about that).
+    /// The reply to the oldest `RETR` sent with [`Pop3Session::send_retrs`] and not yet read:
+    /// the message, dot-unstuffed, exactly as the server sent it otherwise. `listed` is its
+    /// size from LIST (the reply is read into one allocation of about that).
     pub async fn retr_reply(&mut self, listed: u64, limit: u64) -> Result<Vec<u8>, SessionError> {
         match self.reply("RETR").await? {
             Reply::Ok(_) => {
