@@ -266,6 +266,9 @@ fn main() {
         .to_string();
     let mut env = Environment::probe(&mailsluice, command);
     env.rss_floor_bytes = rss_floor();
+    if !args.smoke {
+        env.disk_write_rate = measure::disk_write_rate(&std::env::temp_dir(), 1 << 30).ok();
+    }
     println!("mailsluice benchmark, {}", env.date);
     println!(
         "machine: {} cores ({}), {} memory",
@@ -279,6 +282,13 @@ fn main() {
         println!(
             "peak RSS floor of the measurement (`true`): {:.1} MB",
             floor as f64 / 1e6
+        );
+    }
+    if let Some(rate) = env.disk_write_rate {
+        println!(
+            "disk: {:.0} MB/s sequential write (1 GiB, then fsync, in {})",
+            rate / 1e6,
+            std::env::temp_dir().display()
         );
     }
 
@@ -343,7 +353,7 @@ fn rss_floor() -> Option<u64> {
 }
 
 /// Runs where mailsluice did not store exactly the seeded messages, or the reference did not
-/// see them all.
+/// see them all, or the server's CPU time was not measured.
 fn ours_wrong(results: &[ScenarioResult]) -> Vec<String> {
     let mut wrong = Vec::new();
     for s in results {
@@ -368,6 +378,17 @@ fn ours_wrong(results: &[ScenarioResult]) -> Vec<String> {
                         r + 1,
                         run.verdict,
                         run.failure.as_deref().unwrap_or("")
+                    ));
+                }
+                // Serving every message over TLS costs Dovecot some CPU time: a reading of
+                // none means its processes were not found.
+                if run.failure.is_none() && run.server_cpu.is_none_or(|c| c.is_zero()) {
+                    wrong.push(format!(
+                        "{}: {} run {}: Dovecot's CPU time was not measured ({:?})",
+                        s.title,
+                        c.name,
+                        r + 1,
+                        run.server_cpu
                     ));
                 }
             }
@@ -550,6 +571,7 @@ fn run_scenario(number: u8, args: &Args, mailsluice: &Path) -> ScenarioResult {
         oidc: &oidc,
         mailsluice,
         max_sessions: plan.max_sessions,
+        server_group: dovecot.process_group(),
     };
 
     // Warm-up: Dovecot indexes the Maildirs (and POP3 its UIDL list) on first access, and the
@@ -613,13 +635,16 @@ fn run_scenario(number: u8, args: &Args, mailsluice: &Path) -> ScenarioResult {
             let dir = work.path().join(format!("{}-{}", idx, run + 1));
             let (result, how) = run_one(&ctx, contender, &dir, &expected, mailsluice, args);
             eprintln!(
-                "run {}/{} {:<32} {:>8.2} s  {:>7.1} MB RSS  {:>7.2} s CPU  {}",
+                "run {}/{} {:<32} {:>8.2} s  {:>7.1} MB RSS  {:>7.2} s CPU  {:>6} s server CPU  {}",
                 run + 1,
                 args.runs,
                 results[idx].name,
                 result.measured.wall.as_secs_f64(),
                 result.measured.peak_rss_bytes as f64 / 1e6,
                 result.measured.cpu.as_secs_f64(),
+                result
+                    .server_cpu
+                    .map_or_else(|| "?".into(), |c| format!("{:.2}", c.as_secs_f64())),
                 match &result.failure {
                     Some(f) => format!(
                         "FAILED ({}); {}",
@@ -698,6 +723,8 @@ fn run_one(
             peak_rss_bytes: 0,
             exit: measure::Exit::Code(-1),
         },
+        server_cpu: None,
+        disk_written: None,
         verdict: Verdict::Failed(e.clone()),
         failure: Some(e),
     };
@@ -733,6 +760,8 @@ fn run_one(
         Ok(f) => f,
         Err(e) => return (failed(format!("create the log files: {e}")), Some(how)),
     };
+    let server_before = measure::group_cpu(ctx.server_group);
+    let disk_before = measure::disk_written();
     let measured =
         match measure::run_wrapped(&command, stdout, stderr, limit, &dir.join("measured")) {
             Ok(m) => m,
@@ -741,6 +770,13 @@ fn run_one(
                 return (failed(format!("spawn: {e}")), Some(how));
             }
         };
+    let server_cpu = server_before
+        .zip(measure::group_cpu(ctx.server_group))
+        .map(|(before, after)| after.saturating_sub(before));
+    // Read at exit, before the output is judged (which exports mailsluice's store to files).
+    let disk_written = disk_before
+        .zip(measure::disk_written())
+        .map(|(before, after)| after.saturating_sub(before));
     let failure = (!measured.exit.success()).then(|| {
         // getmail warns once per rc file that read_all without delete fetches everything
         // again each time: hundreds of lines that would hide the actual error.
@@ -795,6 +831,8 @@ fn run_one(
     (
         RunResult {
             measured,
+            server_cpu,
+            disk_written,
             verdict,
             failure,
         },

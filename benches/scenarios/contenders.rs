@@ -63,6 +63,8 @@ pub struct Ctx<'a> {
     pub mailsluice: &'a Path,
     /// `node.max_sessions` when set by the scenario (else mailsluice's default).
     pub max_sessions: Option<usize>,
+    /// Dovecot's process group, whose CPU time each run also measures.
+    pub server_group: u32,
 }
 
 /// A contender ready to be started, and how to read its output afterwards.

@@ -256,3 +256,107 @@ fn timeval(t: libc::timeval) -> Duration {
     Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
         + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
 }
+
+/// CPU time (user + system) of every process in process group `pgid` so far, including the
+/// children each of them has reaped (`cutime`/`cstime`): a server that forks a process per
+/// connection counts that process while it lives and, once the master reaps it, in the
+/// master's children's time. The difference of two readings is what the group used in
+/// between. `None` when `/proc` cannot be read (not Linux) or no process is in the group.
+pub fn group_cpu(pgid: u32) -> Option<Duration> {
+    let pgid = pgid.to_string();
+    let mut ticks: u64 = 0;
+    let mut members = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        // A process may exit between the listing and this read: it is then counted in its
+        // parent's children's time instead, at the next reading.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name, which is in parentheses and may hold anything:
+        // state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+        // cutime cstime ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2) != Some(&pgid.as_str()) {
+            continue;
+        }
+        members += 1;
+        ticks += fields
+            .get(11..15)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second).ok().filter(|&t| t > 0)?;
+    if members == 0 {
+        return None;
+    }
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
+}
+
+/// Bytes written to the machine's block devices so far (`/sys/block/*/stat`, sectors of 512
+/// bytes; whole devices only, so partitions are not counted twice; loop, RAM and zram
+/// devices left out). The difference of two readings counts every process' writes, the
+/// server's included.
+pub fn disk_written() -> Option<u64> {
+    let mut sectors = 0;
+    let mut any = false;
+    for entry in std::fs::read_dir("/sys/block").ok()?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if ["loop", "ram", "zram"].iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // read I/Os, read merges, read sectors, read ticks, write I/Os, write merges,
+        // write sectors, ...
+        if let Some(written) = stat
+            .split_whitespace()
+            .nth(6)
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            sectors += written;
+            any = true;
+        }
+    }
+    any.then_some(sectors * 512)
+}
+
+/// The disk's sequential write rate in `dir`, bytes per second: `bytes` written in 1 MiB
+/// pieces, then `fsync`, timed together (what `dd conv=fdatasync` measures).
+pub fn disk_write_rate(dir: &Path, bytes: usize) -> std::io::Result<f64> {
+    use std::io::Write as _;
+    let path = dir.join("mailsluice-bench-disk-probe");
+    let piece: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let started = Instant::now();
+    let result = (|| {
+        let mut file = File::create(&path)?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(piece.len());
+            file.write_all(&piece[..n])?;
+            left -= n;
+        }
+        file.sync_all()
+    })();
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&path);
+    result?;
+    Ok(bytes as f64 / took.as_secs_f64().max(1e-9))
+}

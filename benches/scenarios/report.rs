@@ -13,6 +13,10 @@ use super::measure::Measured;
 /// What one run of one contender gave.
 pub struct RunResult {
     pub measured: Measured,
+    /// CPU time of the server's processes (Dovecot's process group) during the run.
+    pub server_cpu: Option<Duration>,
+    /// Bytes written to the block devices from spawn to exit.
+    pub disk_written: Option<u64>,
     pub verdict: Verdict,
     /// Why the run failed (its exit status and last output lines); its time is then not
     /// counted, but its output is still judged.
@@ -61,6 +65,10 @@ pub struct ScenarioResult {
 pub struct Summary {
     pub wall: Duration,
     pub cpu: Duration,
+    /// The server's CPU time, when every timed run measured it.
+    pub server_cpu: Option<Duration>,
+    /// Bytes written to disk, when every timed run measured it.
+    pub disk_written: Option<u64>,
     pub peak_rss_bytes: u64,
     pub ok_runs: usize,
     pub failures: Vec<String>,
@@ -112,6 +120,16 @@ impl ContenderResult {
         Summary {
             wall: median(timed.iter().map(|r| r.measured.wall).collect()).unwrap_or_default(),
             cpu: median(timed.iter().map(|r| r.measured.cpu).collect()).unwrap_or_default(),
+            server_cpu: timed
+                .iter()
+                .map(|r| r.server_cpu)
+                .collect::<Option<Vec<_>>>()
+                .and_then(median),
+            disk_written: timed
+                .iter()
+                .map(|r| r.disk_written)
+                .collect::<Option<Vec<_>>>()
+                .and_then(median),
             peak_rss_bytes: median(timed.iter().map(|r| r.measured.peak_rss_bytes).collect())
                 .unwrap_or_default(),
             ok_runs: timed.len(),
@@ -122,13 +140,15 @@ impl ContenderResult {
     }
 }
 
-const HEADERS: [&str; 10] = [
+const HEADERS: [&str; 12] = [
     "contender",
     "median wall s",
     "msg/s",
     "MB/s",
     "peak RSS MB",
     "CPU s",
+    "server CPU s",
+    "disk written MB",
     "ratio vs mailsluice (password)",
     "missing",
     "duplicated",
@@ -136,7 +156,7 @@ const HEADERS: [&str; 10] = [
 ];
 
 /// The table rows of a scenario (cells as text).
-fn rows(s: &ScenarioResult) -> Vec<[String; 10]> {
+fn rows(s: &ScenarioResult) -> Vec<[String; 12]> {
     let baseline = s
         .contenders
         .iter()
@@ -151,6 +171,8 @@ fn rows(s: &ScenarioResult) -> Vec<[String; 10]> {
             out.push([
                 c.name.clone(),
                 format!("not run: {why}"),
+                dash(),
+                dash(),
                 dash(),
                 dash(),
                 dash(),
@@ -185,6 +207,8 @@ fn rows(s: &ScenarioResult) -> Vec<[String; 10]> {
                 dash(),
                 dash(),
                 dash(),
+                dash(),
+                dash(),
                 missing,
                 duplicated,
                 altered,
@@ -209,6 +233,10 @@ fn rows(s: &ScenarioResult) -> Vec<[String; 10]> {
             format!("{:.1}", s.total_bytes as f64 / 1e6 / secs),
             format!("{:.1}", sum.peak_rss_bytes as f64 / 1e6),
             format!("{:.2}", sum.cpu.as_secs_f64()),
+            sum.server_cpu
+                .map_or_else(dash, |c| format!("{:.2}", c.as_secs_f64())),
+            sum.disk_written
+                .map_or_else(dash, |b| format!("{:.0}", b as f64 / 1e6)),
             ratio,
             missing,
             duplicated,
@@ -335,6 +363,8 @@ pub struct Environment {
     pub command: String,
     /// Peak RSS the measurement shows for `true`: the floor every contender starts from.
     pub rss_floor_bytes: Option<u64>,
+    /// The disk's sequential write rate in the temp dir, bytes/s (not probed in smoke runs).
+    pub disk_write_rate: Option<f64>,
 }
 
 impl Environment {
@@ -393,6 +423,7 @@ impl Environment {
             versions,
             command,
             rss_floor_bytes: None,
+            disk_write_rate: None,
         }
     }
 }
@@ -424,8 +455,14 @@ pub fn markdown(env: &Environment, scenarios: &[ScenarioResult]) -> String {
     let _ = writeln!(m, "## Benchmark results, {}\n", env.date);
     let _ = writeln!(
         m,
-        "- Machine: {} cores ({}), {} memory",
-        env.cores, env.cpu, env.memory
+        "- Machine: {} cores ({}), {} memory{}",
+        env.cores,
+        env.cpu,
+        env.memory,
+        env.disk_write_rate.map_or_else(String::new, |r| format!(
+            "; disk {:.0} MB/s sequential write (1 GiB then fsync, in the temp dir)",
+            r / 1e6
+        ))
     );
     let versions: Vec<String> = env
         .versions
@@ -441,7 +478,12 @@ pub fn markdown(env: &Environment, scenarios: &[ScenarioResult]) -> String {
          in rotation (run r starts with the contender after the one that started run r-1), so \
          none always goes first. Wall time is spawn to exit of the contender's process; peak \
          RSS and CPU (user + system) come from `wait4` and include every child it reaped (e.g. \
-         fetchmail's MDA){floor}. `sync` runs between runs, untimed. Figures are medians over runs; \
+         fetchmail's MDA){floor}. Server CPU is what Dovecot's processes (its process group: \
+         master, login, auth and mail processes, and those the master reaped) used from spawn \
+         to exit, from `/proc`; on a machine whose cores the server shares, it is the part of \
+         them the contender could not have. Disk written is what the block devices took from spawn \
+         to exit (`/sys/block/*/stat`, every process'), so a contender's writes still in the \
+         page cache at exit are not in it. `sync` runs between runs, untimed. Figures are medians over runs; \
          msg/s and MB/s are the seeded messages and bytes over the median wall time; the ratio \
          is wall time over mailsluice's (password), so above 1 is slower. The judgement reads \
          each run's output afterwards (mailsluice: `messages export --format eml`) and matches \

@@ -261,6 +261,12 @@ impl Dovecot {
         );
     }
 
+    /// The master's pid, which is also the process group of every Dovecot process (login,
+    /// auth, mail): how a benchmark finds the server's processes to count their CPU time.
+    pub fn process_group(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The log so far (`log_path`, plus anything the master printed on stderr).
     pub fn log(&self) -> String {
         let stderr = read_log(&self.stderr_path);
