@@ -15,6 +15,10 @@
 //! --duration S           seconds of appends (scenario 4, default 120) or of token churn
 //!                        (scenario 5, default 300)
 //! --token-ttl S          scenario 5: access-token lifetime at the OIDC server (default 30)
+//! --login-mode M         scenario 5: Dovecot's imap-login mode, high-security (its default:
+//!                        a process per connection, each with its own TLS ticket key, so no
+//!                        session resumes) or high-performance (one process for every
+//!                        connection, so the node's TLS sessions resume)
 //! --smoke                a few hundred messages, one run, mailsluice and the reference only
 //! --out FILE             also write the results as a Markdown section to FILE
 //! --only LIST            only these contenders, comma-separated: mailsluice,
@@ -83,7 +87,7 @@ use report::{ContenderResult, Environment, RunResult, ScenarioResult, Verdict};
 use support::{Dovecot, DovecotOptions, Oidc, OidcOptions};
 
 const USAGE: &str = "usage: scenarios [--scenario 1|2|3|4|5|all] [--messages N] [--mailboxes M] \
-                     [--per-mailbox K] [--max-sessions S] [--runs R] [--sources N] [--rate R] [--duration S] [--token-ttl S] [--smoke] [--out FILE] [--only LIST] [--keep]";
+                     [--per-mailbox K] [--max-sessions S] [--runs R] [--sources N] [--rate R] [--duration S] [--token-ttl S] [--login-mode high-security|high-performance] [--smoke] [--out FILE] [--only LIST] [--keep]";
 
 /// The command line, validated.
 struct Args {
@@ -116,6 +120,9 @@ pub struct LiveArgs {
     pub duration: Option<Duration>,
     /// Scenario 5: the access-token lifetime the OIDC server hands out.
     pub token_ttl: Duration,
+    /// Scenario 5: Dovecot's imap-login in high-performance mode (one process, one TLS
+    /// ticket key, so sessions resume) instead of its default.
+    pub high_performance_login: bool,
     pub smoke: bool,
     pub keep: bool,
 }
@@ -135,6 +142,7 @@ impl Args {
         let (mut sources, mut rate, mut duration, mut token_ttl) = (None, None, None, None);
         let mut smoke = false;
         let mut keep = false;
+        let mut high_performance_login = false;
         let mut only = Vec::new();
         let mut out = None;
         let mut it = argv.iter();
@@ -172,6 +180,17 @@ impl Args {
                 "--rate" => rate = Some(number(arg, it.next())?),
                 "--duration" => duration = Some(number(arg, it.next())?),
                 "--token-ttl" => token_ttl = Some(number(arg, it.next())?),
+                "--login-mode" => {
+                    high_performance_login = match it.next().map(String::as_str) {
+                        Some("high-security") => false,
+                        Some("high-performance") => true,
+                        other => {
+                            return Err(format!(
+                                "--login-mode {other:?}: expected high-security or high-performance"
+                            ));
+                        }
+                    }
+                }
                 "--only" => {
                     let value = it.next().ok_or("--only needs a list of contenders")?;
                     for key in value.split(',').filter(|k| !k.is_empty()) {
@@ -210,6 +229,9 @@ impl Args {
                 shown.push(format!("{flag} {v}"));
             }
         }
+        if high_performance_login {
+            shown.push("--login-mode high-performance".into());
+        }
         if smoke {
             shown.push("--smoke".into());
         }
@@ -236,6 +258,7 @@ impl Args {
                 rate: rate.unwrap_or(10) as f64,
                 duration: duration.map(|s| Duration::from_secs(s as u64)),
                 token_ttl: Duration::from_secs(token_ttl.unwrap_or(30) as u64),
+                high_performance_login,
                 smoke,
                 keep,
             },

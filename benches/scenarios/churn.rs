@@ -72,6 +72,8 @@ struct Plan {
     poll: Duration,
     /// `node.max_sessions` of the node (its default).
     max_sessions: usize,
+    /// Dovecot's imap-login in high-performance mode (`--login-mode`).
+    high_performance_login: bool,
 }
 
 impl Plan {
@@ -92,6 +94,7 @@ impl Plan {
             }),
             poll: Duration::from_secs((ttl.as_secs() / 2).max(1)),
             max_sessions: 256,
+            high_performance_login: args.high_performance_login,
         }
     }
 
@@ -119,9 +122,21 @@ impl Plan {
              # process; the defaults (100 processes per service, 1000 clients) would throttle\n\
              # the node's {sessions} concurrent sessions (node.max_sessions).\n\
              default_process_limit = {}\n\
-             default_client_limit = {}\n",
+             default_client_limit = {}\n{}",
             (2 * self.max_sessions + 100).max(1100),
             (4 * self.max_sessions).max(5000),
+            if self.high_performance_login {
+                format!(
+                    "# --login-mode high-performance: one imap-login process proxies every TLS\n\
+                     # session and keeps one ticket key, so a ticket is good for the next\n\
+                     # connection and the node's sessions resume.\n\
+                     service imap-login {{\n  service_count = 0\n  process_min_avail = 1\n  \
+                     client_limit = {}\n  vsz_limit = 1G\n}}\n",
+                    (4 * self.max_sessions).max(5000)
+                )
+            } else {
+                String::new()
+            },
             sessions = self.max_sessions,
         )
     }
@@ -207,6 +222,10 @@ struct NodeFigures {
     last_errors: Vec<String>,
     cpu: Duration,
     peak_rss_bytes: u64,
+    /// `mailsluice_tls_handshakes_total` by kind: (full, resumed).
+    handshakes: (u64, u64),
+    /// CPU time of Dovecot's processes over the node's run, when it could be read.
+    server_cpu: Option<Duration>,
     /// How the node ended after SIGTERM, and its last log lines when it did not end well.
     exit: Result<(), String>,
 }
@@ -255,7 +274,15 @@ fn churn(plan: &Plan, keep: bool, mailsluice: &Path) -> Result<Outcome, String> 
 
     let before = oidc.token_counts("refresh_token");
     let started = Instant::now();
-    let node = run_node(plan, mailsluice, &config, dir, http, &oidc)?;
+    let node = run_node(
+        plan,
+        mailsluice,
+        &config,
+        dir,
+        http,
+        &oidc,
+        dovecot.process_group(),
+    )?;
     let ran = started.elapsed();
     let after = oidc.token_counts("refresh_token");
     let logins = Logins::read(&dovecot, plan.ttl);
@@ -306,7 +333,9 @@ fn run_node(
     dir: &Path,
     http: u16,
     oidc: &Oidc,
+    server_group: u32,
 ) -> Result<NodeFigures, String> {
+    let server_before = crate::measure::group_cpu(server_group);
     let log_path = dir.join("node.log");
     let log = std::fs::File::create(&log_path).map_err(|e| format!("create node.log: {e}"))?;
     let err = log.try_clone().map_err(|e| format!("dup node.log: {e}"))?;
@@ -352,6 +381,9 @@ fn run_node(
     let metrics = get(&client, &format!("{base}/metrics"));
     let sources = get(&client, &format!("{base}/api/sources"));
     let (cpu, peak_rss_bytes) = proc_figures(child.id());
+    let server_cpu = server_before
+        .zip(crate::measure::group_cpu(server_group))
+        .map(|(before, after)| after.saturating_sub(before));
     let exit =
         stop(&mut child).inspect_err(|e| eprintln!("{e}; the node's last lines:\n{}", tail()));
     let metrics = metrics?;
@@ -379,6 +411,15 @@ fn run_node(
         last_errors: Vec::new(),
         cpu,
         peak_rss_bytes,
+        handshakes: (
+            metric_sum(&metrics, "mailsluice_tls_handshakes_total", "kind=\"full\""),
+            metric_sum(
+                &metrics,
+                "mailsluice_tls_handshakes_total",
+                "kind=\"resumed\"",
+            ),
+        ),
+        server_cpu,
         exit,
     };
     for s in sources.as_array().into_iter().flatten() {
@@ -785,6 +826,24 @@ impl Outcome {
                     self.node.cpu.as_secs_f64(),
                     100.0 * self.node.cpu.as_secs_f64() / run_secs.max(1e-9)
                 ),
+            ),
+            (
+                "node CPU per session".into(),
+                format!(
+                    "{:.2} ms",
+                    1e3 * self.node.cpu.as_secs_f64()
+                        / (self.node.sessions_ok + self.node.sessions_failed).max(1) as f64
+                ),
+            ),
+            (
+                "TLS handshakes full / resumed (`tls_handshakes_total`)".into(),
+                format!("{} / {}", self.node.handshakes.0, self.node.handshakes.1),
+            ),
+            (
+                "Dovecot CPU over the run (all its processes)".into(),
+                self.node
+                    .server_cpu
+                    .map_or("-".into(), |c| format!("{:.1} s", c.as_secs_f64())),
             ),
             (
                 "node peak RSS (`VmHWM`)".into(),
