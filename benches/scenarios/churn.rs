@@ -194,6 +194,9 @@ pub fn run(args: &LiveArgs, mailsluice: &Path) -> LiveReport {
 /// Everything a run yields.
 struct Outcome {
     dovecot_config: String,
+    /// Dovecot ran one imap-login process (`--login-mode high-performance`): the node's TLS
+    /// sessions should resume.
+    resumption_expected: bool,
     /// Untimed preparation: grants and imports.
     prepared: Duration,
     /// The node's run, spawn to SIGTERM.
@@ -294,6 +297,7 @@ fn churn(plan: &Plan, keep: bool, mailsluice: &Path) -> Result<Outcome, String> 
     }
     Ok(Outcome {
         dovecot_config,
+        resumption_expected: plan.high_performance_login,
         prepared,
         ran,
         refreshes: (after.0 - before.0, after.1 - before.1),
@@ -678,6 +682,19 @@ impl Outcome {
             out.push(format!(
                 "{what}: {} of {sources} mailboxes' messages stored",
                 self.node.stored
+            ));
+        }
+        let (full, resumed) = self.node.handshakes;
+        if self.node.sessions_ok > 0 && full + resumed == 0 {
+            out.push(format!(
+                "{what}: {} sessions, and no TLS handshake counted (mailsluice_tls_handshakes_total)",
+                self.node.sessions_ok
+            ));
+        }
+        if self.resumption_expected && self.node.sessions_ok > sources && resumed == 0 {
+            out.push(format!(
+                "{what}: no TLS session resumed ({full} full handshakes) though one imap-login \
+                 process kept one ticket key"
             ));
         }
         if let Err(e) = &self.node.exit {
