@@ -482,20 +482,7 @@ fn stop(child: &mut Child) -> Result<(), String> {
 /// CPU time (user + system) and peak RSS (`VmHWM`) of a running process. A process the
 /// benchmark spawns starts with a fresh address space at `execve`, so `VmHWM` is its own.
 fn proc_figures(pid: u32) -> (Duration, u64) {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // Fields after the command name (which may hold spaces), from field 3 (state):
-            // utime and stime are fields 14 and 15.
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(Duration::from_secs_f64((utime + stime) as f64 / ticks))
-        })
-        .unwrap_or_default();
+    let cpu = crate::measure::proc_stat(pid).map_or(Duration::ZERO, |s| s.cpu);
     let peak = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {

@@ -257,53 +257,60 @@ fn timeval(t: libc::timeval) -> Duration {
         + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
 }
 
+/// What the benchmark reads of a process' `/proc/PID/stat`.
+pub struct ProcStat {
+    pub pgrp: u32,
+    /// User + system time of the process, all its threads.
+    pub cpu: Duration,
+    /// User + system time of the children it has reaped (`cutime` + `cstime`).
+    pub children_cpu: Duration,
+}
+
+/// Reads `/proc/PID/stat` (`None` when the process is gone or this is not Linux).
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(stat: &str) -> Option<ProcStat> {
+    // The command name (field 2) is in parentheses and may hold anything; from the last ')'
+    // on: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+    // cutime cstime ...
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&t| t > 0)
+        .unwrap_or(100);
+    let ticks = |t: u64| Duration::from_nanos(t * 1_000_000_000 / per_second);
+    Some(ProcStat {
+        pgrp: u32::try_from(field(2)?).ok()?,
+        cpu: ticks(field(11)? + field(12)?),
+        children_cpu: ticks(field(13)? + field(14)?),
+    })
+}
+
 /// CPU time (user + system) of every process in process group `pgid` so far, including the
-/// children each of them has reaped (`cutime`/`cstime`): a server that forks a process per
-/// connection counts that process while it lives and, once the master reaps it, in the
-/// master's children's time. The difference of two readings is what the group used in
-/// between. `None` when `/proc` cannot be read (not Linux) or no process is in the group.
+/// children each of them has reaped: a server that forks a process per connection counts
+/// that process while it lives and, once the master reaps it, in the master's children's
+/// time. The difference of two readings is what the group used in between. `None` when
+/// `/proc` cannot be read (not Linux) or no process is in the group.
 pub fn group_cpu(pgid: u32) -> Option<Duration> {
-    let pgid = pgid.to_string();
-    let mut ticks: u64 = 0;
+    let mut total = Duration::ZERO;
     let mut members = 0;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name();
-        if !name
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
-        }
+        };
         // A process may exit between the listing and this read: it is then counted in its
         // parent's children's time instead, at the next reading.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+        let Some(stat) = proc_stat(pid).filter(|s| s.pgrp == pgid) else {
             continue;
         };
-        // Fields after the command name, which is in parentheses and may hold anything:
-        // state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-        // cutime cstime ...
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(2) != Some(&pgid.as_str()) {
-            continue;
-        }
         members += 1;
-        ticks += fields
-            .get(11..15)
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f.parse::<u64>().ok())
-            .sum::<u64>();
+        total += stat.cpu + stat.children_cpu;
     }
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let per_second = u64::try_from(per_second).ok().filter(|&t| t > 0)?;
-    if members == 0 {
-        return None;
-    }
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
+    (members > 0).then_some(total)
 }
 
 /// Bytes written to the machine's block devices so far (`/sys/block/*/stat`, sectors of 512

@@ -288,13 +288,7 @@ impl NodeProcess {
 
     /// CPU time (user + system, all threads) so far, from `/proc/PID/stat`.
     fn cpu(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        // The command name (field 2) is in parentheses and may hold spaces; fields from the
-        // third on follow the last ')'. utime and stime are fields 14 and 15.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+        crate::measure::proc_stat(self.pid()).map(|s| s.cpu)
     }
 
     /// `(VmRSS, VmHWM)` in bytes, from `/proc/PID/status`.
@@ -361,13 +355,6 @@ impl Drop for NodeProcess {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Clock ticks per second, the unit of utime and stime in `/proc/PID/stat`.
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 /// Per-source totals from `/api/sources`: (sources with a finished pass and at least
