@@ -114,7 +114,7 @@ fn main() {
     let mut store_batch = |batch: Vec<(NewMessage, bool)>| {
         let (prepared, t) = timed(|| store.prepare_batch(batch).expect("prepare a batch"));
         prepare += t;
-        let (_, t) = timed(|| store.commit_batch(&prepared, true).expect("commit a batch"));
+        let (_, t) = timed(|| store.commit_batch(&prepared).expect("commit a batch"));
         commit += t;
     };
     for (uid, (raw, parsed)) in mail.into_iter().zip(parsed).enumerate() {
@@ -129,6 +129,7 @@ fn main() {
             internal_date: None,
             parsed,
             post_action: false,
+            rematch: false,
         };
         batch_bytes += msg.raw.len();
         batch.push((msg, true));

@@ -78,21 +78,19 @@ async fn imap_seen_flags_after_storing_and_redoes_an_interrupted_action() {
     dovecot.seed(ALICE, &extra);
     let uidvalidity = store.checkpoint("s", "INBOX").unwrap().unwrap().uidvalidity;
     store
-        .store(
-            NewMessage {
-                source: "s".into(),
-                location: Location::Imap {
-                    folder: "INBOX".into(),
-                    uidvalidity,
-                    uid: 6,
-                },
-                raw: extra[0].clone(),
-                internal_date: None,
-                parsed: Err("test".into()),
-                post_action: true,
+        .store(NewMessage {
+            source: "s".into(),
+            location: Location::Imap {
+                folder: "INBOX".into(),
+                uidvalidity,
+                uid: 6,
             },
-            true,
-        )
+            raw: extra[0].clone(),
+            internal_date: None,
+            parsed: Err("test".into()),
+            post_action: true,
+            rematch: false,
+        })
         .unwrap();
     store.flush().await.unwrap();
     assert_eq!(
@@ -239,7 +237,9 @@ async fn malformed_mail_is_stored_raw_and_never_blocks_the_folder() {
 #[tokio::test]
 async fn uidvalidity_change_rematches_by_content_and_ingests_only_what_is_new() {
     let dovecot = Dovecot::start(DovecotOptions::default());
-    let first = node::corpus::many("uv", 5);
+    let mut first = node::corpus::many("uv", 5);
+    // Two byte-identical messages: two UIDs, two stored messages.
+    first.push(first[0].clone());
     dovecot.seed_folder(ALICE, "Support", &first);
     let dir = tempfile::tempdir().unwrap();
     let (store, connector, mut source) =
@@ -248,13 +248,15 @@ async fn uidvalidity_change_rematches_by_content_and_ingests_only_what_is_new() 
     let r = run_cycle(&store, &connector, &source, &cred(), None)
         .await
         .unwrap();
-    assert_eq!(r.stored, 5);
+    assert_eq!((r.stored, r.already), (6, 0));
     let before = store.checkpoint("s", "Support").unwrap().unwrap();
     // Recreate the folder with the same messages plus two new ones.
     std::fs::remove_dir_all(dovecot.folder_dir(ALICE, "Support")).unwrap();
     std::thread::sleep(Duration::from_millis(1100)); // Dovecot derives UIDVALIDITY from the clock
     let mut again = first.clone();
     again.extend(node::corpus::many("uv-new", 2));
+    // A third copy: the two stored copies answer for two of the three UIDs.
+    again.push(first[0].clone());
     dovecot.seed_folder(ALICE, "Support", &again);
     let r = run_cycle(&store, &connector, &source, &cred(), None)
         .await
@@ -266,11 +268,52 @@ async fn uidvalidity_change_rematches_by_content_and_ingests_only_what_is_new() 
     );
     assert_eq!(
         (r.stored, r.already),
-        (2, 5),
-        "re-matched 5 by content, stored 2 new"
+        (3, 6),
+        "re-matched 6 by content, stored 2 new and the third identical copy"
     );
-    assert_eq!(store.counts().unwrap()["s"], 7);
+    assert_eq!(store.counts().unwrap()["s"], 9);
     assert_eq!(r.uidvalidity_changes, 1);
+    // Mail arriving after the re-match with the same bytes is a message of its own.
+    dovecot.seed_folder(ALICE, "Support", &first[..1]);
+    let r = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .unwrap();
+    assert_eq!((r.stored, r.already), (1, 0));
+}
+
+/// Each UID is one message: two byte-identical messages in a folder are both stored, and
+/// with `after_ingest = "delete"` neither leaves the server before both are stored.
+#[tokio::test]
+async fn identical_messages_are_each_stored_before_either_is_deleted() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let one = node::corpus::many("twin", 1).remove(0);
+    dovecot.seed(ALICE, &[one.clone(), one.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let (store, connector, source) = setup(
+        &dovecot,
+        dir.path(),
+        "after_ingest = \"delete\"",
+        "imap",
+        dovecot.imaps_port,
+    );
+    let r = run_cycle(&store, &connector, &source, &cred(), None)
+        .await
+        .unwrap();
+    assert_eq!((r.stored, r.already, r.acted), (2, 0, 2));
+    assert!(dovecot.message_files(ALICE, "INBOX").is_empty());
+    let stored: Vec<_> = store.iter_meta(Some("s")).map(Result::unwrap).collect();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    let uids: std::collections::BTreeSet<u32> = stored
+        .iter()
+        .map(|m| match &m.location {
+            Location::Imap { uid, .. } => *uid,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(uids.len(), 2, "one stored message per UID");
+    for m in &stored {
+        assert_eq!(store.raw(m.id).unwrap().unwrap(), one);
+    }
 }
 
 #[tokio::test]

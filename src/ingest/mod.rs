@@ -212,15 +212,14 @@ fn prepare(
     Ok((store.prepare_batch(msgs)?, facts))
 }
 
-/// The transaction storing a batch ([`Store::commit_batch`], content re-matching on), timed
-/// and counted.
+/// The transaction storing a batch ([`Store::commit_batch`]), timed and counted.
 fn commit(
     store: &Store,
     (prepared, facts): (Vec<Prepared>, Facts),
     report: &mut CycleReport,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
-    let outcomes = store.commit_batch(&prepared, true)?;
+    let outcomes = store.commit_batch(&prepared)?;
     telemetry::store_write(started.elapsed().as_secs_f64());
     for (outcome, (size, parse_failed, source)) in outcomes.into_iter().zip(facts) {
         match outcome {
@@ -455,8 +454,10 @@ async fn collect_folder(
         Err(e) => return Err(e.into()),
     };
     let checkpoint = store.checkpoint(&source.name, folder)?;
-    let from = match checkpoint {
-        Some(cp) if cp.uidvalidity == selected.uidvalidity => cp.last_uid + 1,
+    // Below `rematch_below` (the UIDNEXT when a UIDVALIDITY change was found) messages are
+    // matched by content against the copies stored under the old UIDVALIDITY first.
+    let (from, rematch_below) = match checkpoint {
+        Some(cp) if cp.uidvalidity == selected.uidvalidity => (cp.last_uid + 1, cp.rematch_below),
         Some(cp) => {
             tracing::warn!(
                 source = %source.name,
@@ -465,12 +466,17 @@ async fn collect_folder(
                 new = selected.uidvalidity,
                 "UIDVALIDITY changed; re-matching stored messages by content"
             );
-            store.reset_checkpoint(&source.name, folder, selected.uidvalidity)?;
+            let reset = store.reset_checkpoint(
+                &source.name,
+                folder,
+                selected.uidvalidity,
+                selected.uidnext,
+            )?;
             report.uidvalidity_changes += 1;
             telemetry::uidvalidity_change(&source.name);
-            1
+            (1, reset.rematch_below)
         }
-        None => 1,
+        None => (1, None),
     };
     if selected.exists == 0 || selected.uidnext.is_some_and(|next| next <= from) {
         // Nothing new, but an earlier session may have stored messages and died before
@@ -515,8 +521,11 @@ async fn collect_folder(
                 store,
                 session,
                 source,
-                folder,
-                selected.uidvalidity,
+                FolderAt {
+                    folder,
+                    uidvalidity: selected.uidvalidity,
+                    rematch_below,
+                },
                 batch,
                 report,
             )
@@ -639,11 +648,15 @@ async fn fetch_batch(
     store: &Arc<Store>,
     session: &mut ImapSession,
     source: &SourceSettings,
-    folder: &str,
-    uidvalidity: u32,
+    at: FolderAt<'_>,
     batch: &[(u32, u32, bool)],
     report: &mut CycleReport,
 ) -> Result<(), CycleError> {
+    let FolderAt {
+        folder,
+        uidvalidity,
+        rematch_below,
+    } = at;
     let incoming: u64 = batch
         .iter()
         .filter(|(_, _, skip)| !skip)
@@ -661,6 +674,7 @@ async fn fetch_batch(
         let into = Arc::new(Destination {
             source: source.name.clone(),
             post_action: source.after_ingest != AfterIngest::Keep,
+            rematch_below,
         });
         let worker = parse_and_store(store.clone(), into, rx);
         let sizes: std::collections::HashMap<u32, u32> =
@@ -728,10 +742,20 @@ async fn fetch_batch(
     Ok(())
 }
 
+/// The folder a batch is fetched from, as selected.
+struct FolderAt<'a> {
+    folder: &'a str,
+    uidvalidity: u32,
+    /// UIDs below this are re-matched by content ([`crate::store::Checkpoint::rematches`]).
+    rematch_below: Option<u32>,
+}
+
 /// Where the worker of [`fetch_batch`] stores what it is given.
 struct Destination {
     source: String,
     post_action: bool,
+    /// See [`FolderAt::rematch_below`].
+    rematch_below: Option<u32>,
 }
 
 /// At most this many messages, or [`STORE_BATCH_BYTES`] of them, go into one store
@@ -863,7 +887,12 @@ impl Destination {
                 }
             }
         }
+        let rematch = match &f.location {
+            Location::Imap { uid, .. } => self.rematch_below.is_some_and(|below| *uid < below),
+            Location::Pop3 { .. } => false,
+        };
         let msg = NewMessage {
+            rematch,
             source: self.source.clone(),
             location: f.location,
             raw: f.raw,
@@ -912,6 +941,7 @@ async fn run_pop3(
     let into = Arc::new(Destination {
         source: source.name.clone(),
         post_action: false,
+        rematch_below: None,
     });
     let worker = parse_and_store(store.clone(), into, rx);
     let limit = source.max_message_bytes.saturating_add(64 * 1024);

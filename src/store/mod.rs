@@ -6,7 +6,9 @@
 //! - `raw`: id → the message bytes exactly as received. Chunked (below).
 //! - `index`: location key → id. IMAP `i\0source\0folder\0` + UIDVALIDITY (BE) + UID (BE);
 //!   POP3 `p\0source\0` + UIDL. This is what makes ingestion exactly-once.
-//! - `content`: `source\0folder\0` + sha256 → id, used to re-match after a UIDVALIDITY change.
+//! - `content`: `source\0folder\0` + sha256 + UIDVALIDITY (BE) + id (BE) → nothing: every
+//!   stored IMAP copy, used to re-match after a UIDVALIDITY change (each copy answers for one
+//!   UID). Stores written before hold `source\0folder\0` + sha256 → id; both are read.
 //! - `checkpoints`: `source\0folder` → [`Checkpoint`] (JSON).
 //! - `tokens`: credential key → encrypted [`StoredToken`].
 //!
@@ -112,6 +114,10 @@ pub enum Location {
 /// Everything stored about a message except its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageMeta {
+    /// The message's key in the store, given in commit order (see [`Store::commit_batch`]).
+    /// Records keep it in their key only (it is not known until the commit); records written
+    /// before that also carry it here. Always present in what the API serves.
+    #[serde(default, skip_serializing_if = "is_unset")]
     pub id: u64,
     pub source: String,
     pub location: Location,
@@ -138,6 +144,11 @@ pub struct NewMessage {
     /// IMAP: the source changes the server after storing (seen, move, delete). Recorded in
     /// the same transaction, so a crash before the change leaves it to be redone.
     pub post_action: bool,
+    /// IMAP: first look for a copy stored under an earlier UIDVALIDITY of this folder with the
+    /// same bytes, and map this UID to it instead of storing it again
+    /// ([`Checkpoint::rematches`]). Each stored copy answers for one UID: two identical old
+    /// messages answer for two new UIDs.
+    pub rematch: bool,
 }
 
 /// IMAP progress for one folder: every UID up to `last_uid` under `uidvalidity` is stored
@@ -146,6 +157,35 @@ pub struct NewMessage {
 pub struct Checkpoint {
     pub uidvalidity: u32,
     pub last_uid: u32,
+    /// Set when the folder's UIDVALIDITY changed: the UIDNEXT the server gave then. The
+    /// messages below it were on the server before the change, so each is first matched by
+    /// content against the copies stored under the old UIDVALIDITY; messages from it on are
+    /// new and always stored, even when their bytes equal a stored message's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rematch_below: Option<u32>,
+}
+
+impl Checkpoint {
+    /// Whether `uid` (under this checkpoint's UIDVALIDITY) is matched by content first.
+    pub fn rematches(&self, uid: u32) -> bool {
+        self.rematch_below.is_some_and(|below| uid < below)
+    }
+
+    /// This checkpoint moved on to `last_uid` when that is further (same UIDVALIDITY), or
+    /// replaced by `next` under another one.
+    fn advanced(current: Option<Checkpoint>, next: Checkpoint) -> Checkpoint {
+        match current {
+            Some(c) if c.uidvalidity == next.uidvalidity => Checkpoint {
+                last_uid: c.last_uid.max(next.last_uid),
+                ..c
+            },
+            _ => next,
+        }
+    }
+}
+
+fn is_unset(id: &u64) -> bool {
+    *id == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +259,10 @@ pub struct Store {
     blob_sync: Option<std::sync::Arc<BlobSync>>,
     /// Makes the store durable for everyone waiting (see [`Store::flush`]).
     flusher: flusher::Flusher,
+    /// The next message id, locked for the whole of each commit: ids are given in commit
+    /// order, so a reader paging by id (`/api/messages?after=`) never sees a larger id
+    /// before a smaller one is visible. (sled runs transactions one at a time anyway.)
+    commits: std::sync::Mutex<u64>,
 }
 
 /// What [`sync_new_blobs`] needs: the blobs directory and the blob files (sled names them
@@ -281,14 +325,53 @@ fn sync_new_blobs(state: &BlobSync) -> Result<(), StoreError> {
 /// A message prepared for [`Store::store_batch`]: everything computed outside the
 /// transaction, so a retried transaction only repeats the tree operations.
 pub struct Prepared {
-    id: u64,
     index_key: Vec<u8>,
     checkpoint: Option<(Vec<u8>, Checkpoint)>,
-    content: Option<Vec<u8>>,
+    /// IMAP: where the content index lists this copy.
+    content: Option<ContentKey>,
+    /// Match by content before storing ([`NewMessage::rematch`]).
+    rematch: bool,
     needs_pending: bool,
     source_key: Vec<u8>,
     meta: StoredValue,
     raw: StoredValue,
+}
+
+/// A stored IMAP copy's entry in the `content` tree: `source\0folder\0sha256` (the prefix
+/// every copy of the same bytes in that folder shares), then the UIDVALIDITY its UID is under
+/// and its id.
+struct ContentKey {
+    prefix: Vec<u8>,
+    uidvalidity: u32,
+}
+
+impl ContentKey {
+    fn key(&self, id: u64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + 12);
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(&self.uidvalidity.to_be_bytes());
+        k.extend_from_slice(&id.to_be_bytes());
+        k
+    }
+}
+
+/// What a prepared message becomes in its commit.
+enum Step {
+    /// Its location is stored already, under this id.
+    Already(u64),
+    /// Mapped to a copy stored under an earlier UIDVALIDITY; that copy's content key moves
+    /// to the current one.
+    Rematch { id: u64, claimed: Vec<u8> },
+    /// Stored under this new id.
+    Store(u64),
+}
+
+impl Step {
+    fn id(&self) -> u64 {
+        match self {
+            Step::Already(id) | Step::Rematch { id, .. } | Step::Store(id) => *id,
+        }
+    }
 }
 
 /// A `messages` or `raw` value as it goes into its tree: as it is, or a zstd frame of it.
@@ -515,6 +598,14 @@ fn content_key(source: &str, folder: &str, sha: &[u8]) -> Vec<u8> {
     k
 }
 
+/// A message record read back; its id is its key.
+fn decode_meta(id: u64, value: &[u8]) -> Result<MessageMeta, StoreError> {
+    let mut meta: MessageMeta = serde_json::from_slice(value)
+        .map_err(|e| StoreError::Corrupt(format!("message {id}: {e}")))?;
+    meta.id = id;
+    Ok(meta)
+}
+
 fn id_of(v: &[u8]) -> Result<u64, StoreError> {
     let arr: [u8; 8] = v
         .try_into()
@@ -572,8 +663,19 @@ impl Store {
             })
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
         };
+        let messages = db.open_tree("messages")?;
+        // Messages are never removed, so one past the largest key is an id never given.
+        let next_id = match messages.last()? {
+            Some((k, _)) => k
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt(format!("message key of {} bytes", k.len())))?
+                .saturating_add(1),
+            None => 1,
+        };
         Ok(Store {
-            messages: db.open_tree("messages")?,
+            messages,
             raw: db.open_tree("raw")?,
             index: db.open_tree("index")?,
             content: db.open_tree("content")?,
@@ -589,6 +691,7 @@ impl Store {
             zstd: std::sync::atomic::AtomicBool::new(Compression::default() == Compression::Zstd),
             blob_sync,
             flusher,
+            commits: std::sync::Mutex::new(next_id),
         })
     }
 
@@ -642,36 +745,38 @@ impl Store {
         }
     }
 
-    /// Starts a folder over under a new UIDVALIDITY (the old UIDs mean nothing now).
+    /// Starts a folder over under a new UIDVALIDITY (the old UIDs mean nothing now). The
+    /// messages below `uidnext` were there at the change and are re-matched by content
+    /// ([`Checkpoint::rematches`]); without a UIDNEXT every UID is.
     pub fn reset_checkpoint(
         &self,
         source: &str,
         folder: &str,
         uidvalidity: u32,
-    ) -> Result<(), StoreError> {
+        uidnext: Option<u32>,
+    ) -> Result<Checkpoint, StoreError> {
         let cp = Checkpoint {
             uidvalidity,
             last_uid: 0,
+            rematch_below: Some(uidnext.unwrap_or(u32::MAX)),
         };
         self.checkpoints.insert(
             folder_key(source, folder),
             serde_json::to_vec(&cp).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         )?;
-        Ok(())
+        Ok(cp)
     }
 
-    /// Stores a message and advances the checkpoint, atomically. With `rematch` (after a
-    /// UIDVALIDITY change) a message whose bytes are already stored for this folder is
-    /// mapped to the existing copy instead of stored twice.
-    pub fn store(&self, msg: NewMessage, rematch: bool) -> Result<StoreOutcome, StoreError> {
-        let mut out = self.store_batch(vec![(msg, true)], rematch)?;
+    /// Stores a message and advances the checkpoint, atomically.
+    pub fn store(&self, msg: NewMessage) -> Result<StoreOutcome, StoreError> {
+        let mut out = self.store_batch(vec![(msg, true)])?;
         Ok(out.pop().expect("one outcome per message"))
     }
 
-    /// Stores a message (with content re-matching) but leaves the folder checkpoint alone:
-    /// for a message that arrived before a lower UID still pending.
+    /// Stores a message but leaves the folder checkpoint alone: for a message that arrived
+    /// before a lower UID still pending.
     pub fn store_without_checkpoint(&self, msg: NewMessage) -> Result<StoreOutcome, StoreError> {
-        let mut out = self.store_batch(vec![(msg, false)], true)?;
+        let mut out = self.store_batch(vec![(msg, false)])?;
         Ok(out.pop().expect("one outcome per message"))
     }
 
@@ -681,16 +786,14 @@ impl Store {
     pub fn store_batch(
         &self,
         msgs: Vec<(NewMessage, bool)>,
-        rematch: bool,
     ) -> Result<Vec<StoreOutcome>, StoreError> {
         let prepared = self.prepare_batch(msgs)?;
-        self.commit_batch(&prepared, rematch)
+        self.commit_batch(&prepared)
     }
 
-    /// The first half of [`Store::store_batch`]: checksums, keys, ids and serialized
-    /// metadata, all the work done outside the transaction. It may run on another thread
-    /// while an earlier batch commits; batches must then be committed in the order they
-    /// were prepared.
+    /// The first half of [`Store::store_batch`]: checksums, keys and serialized metadata,
+    /// all the work done outside the transaction. It may run on another thread while an
+    /// earlier batch commits; batches must then be committed in the order they were prepared.
     pub fn prepare_batch(
         &self,
         msgs: Vec<(NewMessage, bool)>,
@@ -701,11 +804,17 @@ impl Store {
     }
 
     /// The second half of [`Store::store_batch`]: one transaction for the prepared messages.
-    pub fn commit_batch(
-        &self,
-        prepared: &[Prepared],
-        rematch: bool,
-    ) -> Result<Vec<StoreOutcome>, StoreError> {
+    ///
+    /// Ids are given here, in commit order, under the commit lock. What each message becomes
+    /// (already stored, re-matched to a stored copy, or stored) is decided under the same
+    /// lock before the transaction: only commits write the index and content trees, so what
+    /// is read then stays true until the transaction has run.
+    pub fn commit_batch(&self, prepared: &[Prepared]) -> Result<Vec<StoreOutcome>, StoreError> {
+        let mut next_id = self
+            .commits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let plan = self.plan(prepared, *next_id)?;
         let result = (
             &self.messages,
             &self.raw,
@@ -715,70 +824,146 @@ impl Store {
             &self.pending,
             &self.counts,
         )
-            .transaction(|(messages, raw, index, content_t, checkpoints, pending, counts)| {
-                let mut outcomes = Vec::with_capacity(prepared.len());
-                for p in prepared {
-                    let mark_pending = |pending: &sled::transaction::TransactionalTree| -> Result<(), ConflictableTransactionError<StoreError>> {
-                        if p.needs_pending {
-                            pending.insert(p.index_key.as_slice(), &[] as &[u8])?;
+            .transaction(
+                |(messages, raw, index, content, checkpoints, pending, counts)| {
+                    let mut stored_per_source: Vec<(&[u8], u64)> = Vec::new();
+                    for (p, step) in prepared.iter().zip(&plan) {
+                        let id = match step {
+                            Step::Already(_) => continue,
+                            Step::Rematch { id, claimed } => {
+                                content.remove(claimed.as_slice())?;
+                                *id
+                            }
+                            Step::Store(id) => {
+                                put_chunked(messages, *id, &p.meta)?;
+                                put_chunked(raw, *id, &p.raw)?;
+                                match stored_per_source
+                                    .iter_mut()
+                                    .find(|(s, _)| *s == p.source_key.as_slice())
+                                {
+                                    Some((_, n)) => *n += 1,
+                                    None => stored_per_source.push((&p.source_key, 1)),
+                                }
+                                *id
+                            }
+                        };
+                        let id_bytes = id.to_be_bytes();
+                        index.insert(p.index_key.as_slice(), &id_bytes)?;
+                        if let Some(c) = &p.content {
+                            content.insert(c.key(id), &[] as &[u8])?;
                         }
-                        Ok(())
-                    };
-                    if let Some(existing) = index.get(&p.index_key)? {
-                        outcomes.push(StoreOutcome::AlreadyStored(id_of(&existing).map_err(abort)?));
-                        continue;
-                    }
-                    let advance = |checkpoints: &sled::transaction::TransactionalTree| -> Result<(), ConflictableTransactionError<StoreError>> {
                         if let Some((key, cp)) = &p.checkpoint {
                             let current: Option<Checkpoint> = match checkpoints.get(key)? {
                                 Some(v) => serde_json::from_slice(&v).ok(),
                                 None => None,
                             };
-                            let next = match current {
-                                Some(c) if c.uidvalidity == cp.uidvalidity && c.last_uid >= cp.last_uid => c,
-                                _ => *cp,
-                            };
-                            let bytes = serde_json::to_vec(&next)
+                            let bytes = serde_json::to_vec(&Checkpoint::advanced(current, *cp))
                                 .map_err(|e| abort(StoreError::Corrupt(e.to_string())))?;
                             checkpoints.insert(key.as_slice(), bytes)?;
                         }
-                        Ok(())
-                    };
-                    if rematch
-                        && let Some(ck) = &p.content
-                            && let Some(existing) = content_t.get(ck)? {
-                                index.insert(p.index_key.as_slice(), existing.clone())?;
-                                advance(checkpoints)?;
-                                mark_pending(pending)?;
-                                outcomes.push(StoreOutcome::AlreadyStored(id_of(&existing).map_err(abort)?));
-                                continue;
-                            }
-                    let id_bytes = p.id.to_be_bytes();
-                    put_chunked(messages, p.id, &p.meta)?;
-                    put_chunked(raw, p.id, &p.raw)?;
-                    index.insert(p.index_key.as_slice(), &id_bytes)?;
-                    if let Some(ck) = &p.content {
-                        content_t.insert(ck.as_slice(), &id_bytes)?;
+                        if p.needs_pending {
+                            pending.insert(p.index_key.as_slice(), &[] as &[u8])?;
+                        }
                     }
-                    advance(checkpoints)?;
-                    mark_pending(pending)?;
-                    let n = match counts.get(p.source_key.as_slice())? {
-                        Some(v) => id_of(&v).map_err(abort)?,
-                        None => 0,
-                    };
-                    counts.insert(p.source_key.as_slice(), &(n + 1).to_be_bytes())?;
-                    outcomes.push(StoreOutcome::Stored(p.id));
-                }
-                Ok(outcomes)
-            });
+                    for (source, stored) in &stored_per_source {
+                        let n = match counts.get(source)? {
+                            Some(v) => id_of(&v).map_err(abort)?,
+                            None => 0,
+                        };
+                        counts.insert(*source, &(n + stored).to_be_bytes())?;
+                    }
+                    Ok(())
+                },
+            );
         match result {
-            Ok(outcomes) => Ok(outcomes),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
         }
+        let mut outcomes = Vec::with_capacity(plan.len());
+        for step in plan {
+            outcomes.push(match step {
+                Step::Already(id) | Step::Rematch { id, .. } => StoreOutcome::AlreadyStored(id),
+                Step::Store(id) => {
+                    *next_id = id + 1;
+                    StoreOutcome::Stored(id)
+                }
+            });
+        }
+        Ok(outcomes)
     }
 
-    /// Keys, id, checksum and serialized metadata of a message about to be stored.
+    /// What each prepared message becomes, read under the commit lock (see
+    /// [`Store::commit_batch`]); new messages get ids from `next_id` on.
+    fn plan(&self, prepared: &[Prepared], mut next_id: u64) -> Result<Vec<Step>, StoreError> {
+        let mut plan = Vec::with_capacity(prepared.len());
+        // Within one batch: locations taken and stored copies claimed by earlier messages.
+        let mut taken: Vec<(&[u8], u64)> = Vec::new();
+        let mut claimed: Vec<Vec<u8>> = Vec::new();
+        for p in prepared {
+            if let Some((_, id)) = taken.iter().find(|(k, _)| *k == p.index_key.as_slice()) {
+                plan.push(Step::Already(*id));
+                continue;
+            }
+            if let Some(existing) = self.index.get(&p.index_key)? {
+                plan.push(Step::Already(id_of(&existing)?));
+                continue;
+            }
+            let rematched = match (&p.content, p.rematch) {
+                (Some(c), true) => self.claimable_copy(c, &claimed)?,
+                _ => None,
+            };
+            let step = match rematched {
+                Some((id, key)) => {
+                    claimed.push(key.clone());
+                    Step::Rematch { id, claimed: key }
+                }
+                None => {
+                    next_id += 1;
+                    Step::Store(next_id - 1)
+                }
+            };
+            taken.push((&p.index_key, step.id()));
+            plan.push(step);
+        }
+        Ok(plan)
+    }
+
+    /// A stored copy of `c`'s bytes in its folder that no UID under the current UIDVALIDITY
+    /// answers for yet: its id and content key.
+    fn claimable_copy(
+        &self,
+        c: &ContentKey,
+        claimed: &[Vec<u8>],
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        for item in self.content.scan_prefix(&c.prefix) {
+            let (k, v) = item?;
+            if claimed.iter().any(|x| x.as_slice() == &k[..]) {
+                continue;
+            }
+            let rest = &k[c.prefix.len()..];
+            let id = match rest.len() {
+                // Written before each copy had a key of its own: prefix → id.
+                0 => id_of(&v)?,
+                12 => {
+                    let uidvalidity = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                    if uidvalidity == c.uidvalidity {
+                        continue; // answers for a UID under the current UIDVALIDITY
+                    }
+                    id_of(&rest[4..])?
+                }
+                n => {
+                    return Err(StoreError::Corrupt(format!(
+                        "content key with {n} extra bytes"
+                    )));
+                }
+            };
+            return Ok(Some((id, k.to_vec())));
+        }
+        Ok(None)
+    }
+
+    /// Keys, checksum and serialized metadata of a message about to be stored.
     fn prepare(&self, msg: NewMessage, move_checkpoint: bool) -> Result<Prepared, StoreError> {
         let sha = Sha256::digest(&msg.raw);
         let (index_key, checkpoint, content) = match &msg.location {
@@ -794,22 +979,27 @@ impl Store {
                         Checkpoint {
                             uidvalidity: *uidvalidity,
                             last_uid: *uid,
+                            rematch_below: None,
                         },
                     )
                 }),
-                Some(content_key(&msg.source, folder, &sha)),
+                Some(ContentKey {
+                    prefix: content_key(&msg.source, folder, &sha),
+                    uidvalidity: *uidvalidity,
+                }),
             ),
             Location::Pop3 { uidl } => (pop3_key(&msg.source, uidl), None, None),
         };
         let needs_pending = msg.post_action && matches!(msg.location, Location::Imap { .. });
+        let rematch = msg.rematch;
         let source_key = msg.source.as_bytes().to_vec();
-        let id = self.db.generate_id()?;
         let (parsed, parse_error) = match msg.parsed {
             Ok(p) => (Some(p), None),
             Err(e) => (None, Some(e)),
         };
         let meta = MessageMeta {
-            id,
+            // Given at commit; the key holds it.
+            id: 0,
             source: msg.source,
             location: msg.location,
             sha256: hex::encode(sha),
@@ -829,10 +1019,10 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let compression = self.compression();
         Ok(Prepared {
-            id,
             index_key,
             checkpoint,
             content,
+            rematch,
             needs_pending,
             source_key,
             meta: StoredValue::new(meta_bytes, compression),
@@ -857,10 +1047,14 @@ impl Store {
         {
             return Ok(());
         }
-        let cp = Checkpoint {
-            uidvalidity,
-            last_uid: uid,
-        };
+        let cp = Checkpoint::advanced(
+            current,
+            Checkpoint {
+                uidvalidity,
+                last_uid: uid,
+                rematch_below: None,
+            },
+        );
         self.checkpoints.insert(
             key,
             serde_json::to_vec(&cp).map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -959,12 +1153,9 @@ impl Store {
     }
 
     pub fn meta(&self, id: u64) -> Result<Option<MessageMeta>, StoreError> {
-        match get_chunked(&self.messages, id)? {
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(format!("message {id}: {e}"))),
-            None => Ok(None),
-        }
+        get_chunked(&self.messages, id)?
+            .map(|v| decode_meta(id, &v))
+            .transpose()
     }
 
     pub fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -979,8 +1170,7 @@ impl Store {
         iter_chunked(&self.messages)
             .map(|item| {
                 let (id, v) = item?;
-                serde_json::from_slice::<MessageMeta>(&v)
-                    .map_err(|e| StoreError::Corrupt(format!("message {id}: {e}")))
+                decode_meta(id, &v)
             })
             .filter(move |m| match (m, source) {
                 (Ok(m), Some(s)) => m.source == s,
@@ -1127,30 +1317,35 @@ mod tests {
             internal_date: None,
             parsed: crate::parse::parse(raw),
             post_action: false,
+            rematch: false,
+        }
+    }
+
+    /// `msg` as the re-matching after a UIDVALIDITY change stores it.
+    fn rematching(msg: NewMessage) -> NewMessage {
+        NewMessage {
+            rematch: true,
+            ..msg
         }
     }
 
     #[test]
     fn stores_once_and_advances_checkpoint() {
         let (_d, s) = store();
-        let a = s
-            .store(imap_msg(3, 7, b"Subject: a\r\n\r\nx\r\n"), false)
-            .unwrap();
+        let a = s.store(imap_msg(3, 7, b"Subject: a\r\n\r\nx\r\n")).unwrap();
         assert!(matches!(a, StoreOutcome::Stored(_)));
-        let again = s
-            .store(imap_msg(3, 7, b"Subject: a\r\n\r\nx\r\n"), false)
-            .unwrap();
+        let again = s.store(imap_msg(3, 7, b"Subject: a\r\n\r\nx\r\n")).unwrap();
         assert!(matches!(again, StoreOutcome::AlreadyStored(_)));
         assert_eq!(
             s.checkpoint("s", "INBOX").unwrap(),
             Some(Checkpoint {
                 uidvalidity: 7,
-                last_uid: 3
+                last_uid: 3,
+                rematch_below: None,
             })
         );
         // An older UID never moves the checkpoint back.
-        s.store(imap_msg(2, 7, b"Subject: b\r\n\r\ny\r\n"), false)
-            .unwrap();
+        s.store(imap_msg(2, 7, b"Subject: b\r\n\r\ny\r\n")).unwrap();
         assert_eq!(s.checkpoint("s", "INBOX").unwrap().unwrap().last_uid, 3);
         assert_eq!(s.counts().unwrap()["s"], 2);
     }
@@ -1158,15 +1353,14 @@ mod tests {
     #[test]
     fn rematch_after_uidvalidity_change_maps_to_existing_copy() {
         let (_d, s) = store();
-        s.store(imap_msg(1, 7, b"Subject: a\r\n\r\nx\r\n"), false)
-            .unwrap();
-        s.reset_checkpoint("s", "INBOX", 8).unwrap();
-        let out = s
-            .store(imap_msg(1, 8, b"Subject: a\r\n\r\nx\r\n"), true)
-            .unwrap();
+        let a = b"Subject: a\r\n\r\nx\r\n";
+        s.store(imap_msg(1, 7, a)).unwrap();
+        let cp = s.reset_checkpoint("s", "INBOX", 8, Some(3)).unwrap();
+        assert!(cp.rematches(2) && !cp.rematches(3));
+        let out = s.store(rematching(imap_msg(1, 8, a))).unwrap();
         assert!(matches!(out, StoreOutcome::AlreadyStored(_)));
         let new = s
-            .store(imap_msg(2, 8, b"Subject: new\r\n\r\nz\r\n"), true)
+            .store(rematching(imap_msg(2, 8, b"Subject: new\r\n\r\nz\r\n")))
             .unwrap();
         assert!(matches!(new, StoreOutcome::Stored(_)));
         assert_eq!(s.counts().unwrap()["s"], 2);
@@ -1174,8 +1368,136 @@ mod tests {
             s.checkpoint("s", "INBOX").unwrap().unwrap(),
             Checkpoint {
                 uidvalidity: 8,
-                last_uid: 2
+                last_uid: 2,
+                rematch_below: Some(3),
+            },
+            "storing keeps the re-match bound"
+        );
+        // Arrived after the change with the same bytes: a message of its own.
+        let later = s.store(imap_msg(3, 8, a)).unwrap();
+        assert!(matches!(later, StoreOutcome::Stored(_)), "{later:?}");
+        assert_eq!(s.counts().unwrap()["s"], 3);
+    }
+
+    /// Each UID is one message: byte-identical messages in one folder are each stored, and
+    /// after a UIDVALIDITY change two identical old copies answer for two new UIDs, while a
+    /// third identical new UID is stored.
+    #[test]
+    fn identical_messages_are_one_message_per_uid() {
+        let (_d, s) = store();
+        let same = b"Subject: same\r\n\r\nbody\r\n";
+        let first = s
+            .store_batch(vec![
+                (imap_msg(1, 7, same), true),
+                (imap_msg(2, 7, same), true),
+            ])
+            .unwrap();
+        let [StoreOutcome::Stored(a), StoreOutcome::Stored(b)] = first[..] else {
+            panic!("{first:?}")
+        };
+        assert_ne!(a, b);
+        assert_eq!(s.counts().unwrap()["s"], 2);
+        s.reset_checkpoint("s", "INBOX", 9, None).unwrap();
+        // One batch and then one more: claims within a batch and across commits.
+        let again = s
+            .store_batch(vec![
+                (rematching(imap_msg(5, 9, same)), true),
+                (rematching(imap_msg(6, 9, same)), true),
+            ])
+            .unwrap();
+        let mut ids: Vec<u64> = again
+            .iter()
+            .map(|o| match o {
+                StoreOutcome::AlreadyStored(id) => *id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![a, b]);
+        let third = s.store(rematching(imap_msg(7, 9, same))).unwrap();
+        assert!(matches!(third, StoreOutcome::Stored(_)), "{third:?}");
+        assert_eq!(s.counts().unwrap()["s"], 3);
+        // Re-running the re-match (a crash before the checkpoint was read) finds each UID
+        // where it was put.
+        assert_eq!(s.store(rematching(imap_msg(5, 9, same))).unwrap(), again[0]);
+    }
+
+    /// A store written before each copy had a content key of its own (`prefix → id`) still
+    /// re-matches, and the claimed copy moves to a key of the new kind.
+    #[test]
+    fn content_keys_of_older_stores_still_rematch() {
+        let (_d, s) = store();
+        let raw = b"Subject: old\r\n\r\nx\r\n";
+        let StoreOutcome::Stored(id) = s.store(imap_msg(1, 7, raw)).unwrap() else {
+            panic!()
+        };
+        let prefix = content_key("s", "INBOX", &Sha256::digest(raw));
+        let keys: Vec<_> = s
+            .content
+            .scan_prefix(&prefix)
+            .keys()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(keys.len(), 1);
+        s.content.remove(&keys[0]).unwrap();
+        s.content.insert(&prefix, &id.to_be_bytes()).unwrap();
+        s.reset_checkpoint("s", "INBOX", 8, None).unwrap();
+        let out = s.store(rematching(imap_msg(4, 8, raw))).unwrap();
+        assert_eq!(out, StoreOutcome::AlreadyStored(id));
+        assert!(s.content.get(&prefix).unwrap().is_none());
+        assert_eq!(s.content.scan_prefix(&prefix).count(), 1);
+    }
+
+    /// Ids are given in commit order: a reader paging by id while several threads commit
+    /// never finds a smaller id appear after it has seen a larger one.
+    #[test]
+    fn ids_are_given_in_commit_order() {
+        let (_d, s) = store();
+        let s = std::sync::Arc::new(s);
+        let writers: Vec<_> = (0..4u32)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for uid in 1..=50u32 {
+                        let batch = (0..3u32)
+                            .map(|k| {
+                                let raw = format!("Subject: {t}-{uid}-{k}\r\n\r\nx\r\n");
+                                let mut m = imap_msg(uid * 3 + k, 1, raw.as_bytes());
+                                m.source = format!("s{t}");
+                                (m, true)
+                            })
+                            .collect();
+                        // Prepared on this thread, as the workers do.
+                        let prepared = s.prepare_batch(batch).unwrap();
+                        s.commit_batch(&prepared).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut after = 0u64;
+        let total = 4 * 50 * 3;
+        while seen.len() < total {
+            for m in s.iter_meta(None) {
+                let id = m.unwrap().id;
+                if id > after {
+                    seen.insert(id);
+                    after = id;
+                }
             }
+            // Every id up to the largest seen is known: none appears behind the reader.
+            assert_eq!(
+                seen.len() as u64,
+                after,
+                "a smaller id appeared after {after}"
+            );
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(
+            seen.iter().copied().collect::<Vec<_>>(),
+            (1..=total as u64).collect::<Vec<_>>()
         );
     }
 
@@ -1183,7 +1505,7 @@ mod tests {
     fn raw_bytes_and_parse_errors_are_kept() {
         let (_d, s) = store();
         let junk = b"\r\n";
-        let StoreOutcome::Stored(id) = s.store(imap_msg(1, 1, junk), false).unwrap() else {
+        let StoreOutcome::Stored(id) = s.store(imap_msg(1, 1, junk)).unwrap() else {
             panic!()
         };
         let meta = s.meta(id).unwrap().unwrap();
@@ -1216,7 +1538,7 @@ mod tests {
             msgs.push((imap_msg(uid, 1, &raw), true));
         }
         let expected: Vec<Vec<u8>> = msgs.iter().map(|(m, _)| m.raw.clone()).collect();
-        let outcomes = s.store_batch(msgs, true).unwrap();
+        let outcomes = s.store_batch(msgs).unwrap();
         s.flush_sync().unwrap();
         assert_eq!(outcomes.len(), 40);
         for (outcome, raw) in outcomes.iter().zip(&expected) {
@@ -1277,13 +1599,10 @@ mod tests {
         }
         let noisy = noise(100_000);
         let out = s
-            .store_batch(
-                vec![
-                    (imap_msg(1, 1, &text), true),
-                    (imap_msg(2, 1, &noisy), true),
-                ],
-                true,
-            )
+            .store_batch(vec![
+                (imap_msg(1, 1, &text), true),
+                (imap_msg(2, 1, &noisy), true),
+            ])
             .unwrap();
         let (t, n) = (stored_id(&out[0]), stored_id(&out[1]));
         // Text: a zstd frame of a fraction of the size, every piece marked.
@@ -1325,12 +1644,12 @@ mod tests {
             m
         };
         let first = stored_id(
-            &s.store_batch(vec![(imap_msg(1, 1, &body(1)), true)], true)
+            &s.store_batch(vec![(imap_msg(1, 1, &body(1)), true)])
                 .unwrap()[0],
         );
         s.set_compression(Compression::None);
         let second = stored_id(
-            &s.store_batch(vec![(imap_msg(2, 1, &body(2)), true)], true)
+            &s.store_batch(vec![(imap_msg(2, 1, &body(2)), true)])
                 .unwrap()[0],
         );
         assert!(pieces(&s.raw, first).1.iter().all(|f| *f));
@@ -1383,7 +1702,7 @@ mod tests {
                     );
                     let mut msg = imap_msg(uid, 1, &raw);
                     msg.source = format!("s{t}");
-                    s.store(msg, true).unwrap();
+                    s.store(msg).unwrap();
                     if uid % 3 == 0 {
                         rt.block_on(s.flush()).unwrap();
                     }
@@ -1446,8 +1765,7 @@ mod tests {
             s.meta(5).unwrap().unwrap().parse_error.as_deref(),
             Some("old")
         );
-        let StoreOutcome::Stored(id) = s.store(imap_msg(2, 1, &vec![b'z'; 50_000]), false).unwrap()
-        else {
+        let StoreOutcome::Stored(id) = s.store(imap_msg(2, 1, &vec![b'z'; 50_000])).unwrap() else {
             panic!()
         };
         s.flush_sync().unwrap();
@@ -1524,8 +1842,9 @@ mod tests {
             internal_date: None,
             parsed: Err("x".into()),
             post_action: false,
+            rematch: false,
         };
-        s.store(msg, false).unwrap();
+        s.store(msg).unwrap();
         assert!(s.stored_uidls("p").unwrap().contains("abc"));
         assert!(s.stored_uidls("pp").unwrap().is_empty());
         let tok = StoredToken {
