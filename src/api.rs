@@ -9,18 +9,17 @@ use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 
-use crate::actors::Registry;
 use crate::actors::supervisor::{Supervisor, import_and_resume};
 use crate::config::Settings;
 use crate::secret::Secret;
 use crate::store::{MessageMeta, Store};
+use crate::telemetry::status;
 
 #[derive(Clone)]
 pub struct ApiState {
     /// The configuration now (replaced by reloads).
     pub live: crate::actors::Live,
     pub store: Arc<Store>,
-    pub registry: Registry,
     pub metrics: PrometheusHandle,
     pub supervisor: Addr<Supervisor>,
 }
@@ -80,12 +79,9 @@ fn ts(unix: Option<i64>) -> Option<String> {
         .map(|d| d.to_rfc3339())
 }
 
-/// Token views for every OAuth2 source (shared by the API and the offline CLI).
-pub fn token_views(
-    settings: &Settings,
-    store: &Store,
-    registry: Option<&Registry>,
-) -> Result<Vec<TokenView>, String> {
+/// Token views for every OAuth2 source (shared by the API and the offline CLI, where no
+/// source has a live status).
+pub fn token_views(settings: &Settings, store: &Store) -> Result<Vec<TokenView>, String> {
     let mut out = Vec::new();
     for (name, src) in &settings.sources {
         let crate::config::SourceAuth::OAuth2 { provider, .. } = &src.auth else {
@@ -111,22 +107,16 @@ pub fn token_views(
                     crate::auth::horizons::warnings(p, Some(&rec), chrono::Utc::now().timestamp())
                 })
                 .unwrap_or_default(),
-            state: registry
-                .and_then(|r| r.state(name))
-                .map(|s| s.as_str().to_string()),
+            state: status::get(name).map(|s| s.state.as_str().to_string()),
         });
     }
     Ok(out)
 }
 
-/// Source views (shared by the API and the offline CLI).
-pub fn source_views(
-    settings: &Settings,
-    store: &Store,
-    registry: Option<&Registry>,
-) -> Result<Vec<SourceView>, String> {
+/// Source views (shared by the API and the offline CLI, where no source has a live status).
+pub fn source_views(settings: &Settings, store: &Store) -> Result<Vec<SourceView>, String> {
     let counts = store.counts().map_err(|e| e.to_string())?;
-    let live = registry.map(|r| r.snapshot()).unwrap_or_default();
+    let live = status::snapshot();
     let now = chrono::Utc::now().timestamp();
     Ok(settings
         .sources
@@ -161,7 +151,7 @@ pub fn source_views(
                 last_error: st.and_then(|s| s.last_error.clone()),
                 stored_total: counts.get(name).copied().unwrap_or(0),
                 stored_since_start: st.map_or(0, |s| s.stored_since_start),
-                backlog: st.map_or(0, |s| s.backlog),
+                backlog: st.map_or(0, |s| s.backlog()),
                 sessions_ok: st.map_or(0, |s| s.sessions_ok),
                 sessions_failed: st.map_or(0, |s| s.sessions_failed),
                 running_since: st.and_then(|s| s.running_since.clone()),
@@ -174,6 +164,7 @@ pub fn source_views(
 }
 
 async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
+    status::publish_gauges();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
@@ -211,14 +202,14 @@ async fn reload(state: web::Data<ApiState>) -> HttpResponse {
 }
 
 async fn sources(state: web::Data<ApiState>) -> HttpResponse {
-    match source_views(&state.live.settings(), &state.store, Some(&state.registry)) {
+    match source_views(&state.live.settings(), &state.store) {
         Ok(v) => HttpResponse::Ok().json(v),
         Err(e) => HttpResponse::InternalServerError().body(e),
     }
 }
 
 async fn tokens(state: web::Data<ApiState>) -> HttpResponse {
-    match token_views(&state.live.settings(), &state.store, Some(&state.registry)) {
+    match token_views(&state.live.settings(), &state.store) {
         Ok(v) => HttpResponse::Ok().json(v),
         Err(e) => HttpResponse::InternalServerError().body(e),
     }

@@ -12,10 +12,10 @@ use actix_web::{App, HttpServer, web};
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use mailsluice::actors::Live;
 use mailsluice::actors::supervisor::{
     ReloadReport, Shutdown, Supervisor, WaitOnce, reload_from_file,
 };
-use mailsluice::actors::{Live, Registry};
 use mailsluice::api::{self, ApiState, SourceView, TokenView};
 use mailsluice::auth::TokenService;
 use mailsluice::config::{self, LogFormat, Settings};
@@ -413,12 +413,11 @@ fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(settings.node.http_listen)
         .with_context(|| format!("node.http_listen {}", settings.node.http_listen))?;
     let addr = listener.local_addr()?;
-    let registry = Registry::default();
     let live = Live::new(settings.clone(), connector, Some(path.to_path_buf()));
     let system = actix_rt::System::new();
     let store_for_end = store.clone();
     let failed = system.block_on(async move {
-        let mut supervisor = Supervisor::new(live.clone(), store.clone(), registry.clone(), token_service);
+        let mut supervisor = Supervisor::new(live.clone(), store.clone(), token_service);
         if once {
             supervisor = supervisor.once();
         }
@@ -426,7 +425,6 @@ fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result<()> {
         let state = ApiState {
             live: live.clone(),
             store: store.clone(),
-            registry,
             metrics,
             supervisor: supervisor.clone(),
         };
@@ -673,7 +671,7 @@ async fn wait_for_signal(reload: Option<(&actix::Addr<Supervisor>, &Live)>) {
 
 fn status(settings: &Settings) -> anyhow::Result<()> {
     let views: Vec<SourceView> = match open_store(settings)? {
-        Some(store) => api::source_views(settings, &store, None).map_err(|e| anyhow!(e))?,
+        Some(store) => api::source_views(settings, &store).map_err(|e| anyhow!(e))?,
         None => runtime()?.block_on(NodeApi::new(settings).get_json("/api/sources"))?,
     };
     println!(
@@ -702,7 +700,7 @@ fn status(settings: &Settings) -> anyhow::Result<()> {
 
 fn tokens_status(settings: &Settings) -> anyhow::Result<()> {
     let views: Vec<TokenView> = match open_store(settings)? {
-        Some(store) => api::token_views(settings, &store, None).map_err(|e| anyhow!(e))?,
+        Some(store) => api::token_views(settings, &store).map_err(|e| anyhow!(e))?,
         None => runtime()?.block_on(NodeApi::new(settings).get_json("/api/tokens"))?,
     };
     if views.is_empty() {

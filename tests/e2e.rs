@@ -733,3 +733,96 @@ fn paging_by_id_during_a_parallel_backfill_misses_nothing() {
         "the backfill was over before paging began ({pages} pages)"
     );
 }
+
+/// After an import whose proving refresh the provider refused, `tokens status` says the
+/// same thing everywhere: the state is needs_reauth, never `healthy` beside
+/// NEEDS RE-AUTHORIZATION.
+#[test]
+fn a_refused_import_shows_one_state_in_tokens_status() {
+    let (oidc, dovecot, mut node) = imap_xoauth2_node(3600, ALICE);
+    import_token(&node, &oidc, "mail");
+    dovecot.seed(ALICE, &corpus::many("ri", 2));
+    node.start();
+    node.wait_stored("mail", 2, Duration::from_secs(30));
+    node.wait_state("mail", "healthy", Duration::from_secs(30));
+    let garbage = node.file("garbage.token", "not-a-refresh-token\n");
+    let out = node.cli(&[
+        "tokens",
+        "import",
+        "mail",
+        "--refresh-token-file",
+        garbage.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "a refused import must fail");
+    let printed = node.cli_ok(&["tokens", "status"]);
+    assert!(printed.contains("NEEDS RE-AUTHORIZATION"), "{printed}");
+    assert!(
+        printed.contains("state:                needs_reauth"),
+        "state and grant disagree:\n{printed}"
+    );
+    let sources = node.sources();
+    assert_eq!(Node::source(&sources, "mail")["state"], "needs_reauth");
+    node.stop();
+}
+
+/// During a backfill the backlog that `status` and `/api/sources` show is the one the
+/// `backlog_messages` metric has (it was 0 in the status while the metric counted).
+#[test]
+fn backlog_in_status_and_metrics_agree_during_a_backfill() {
+    let dovecot = Dovecot::start(DovecotOptions::default());
+    let total = 3000u64;
+    dovecot.seed(ALICE, &corpus::many("bl", total as usize));
+    let mut node = Node::new(
+        &dovecot.ca_pem,
+        &password_source("mail", "imap", dovecot.imaps_port, "tls"),
+    );
+    node.env.push(("ALICE_PASSWORD".into(), ALICE_PW.into()));
+    node.start();
+    let gauge = |node: &Node| -> Option<u64> {
+        node.get("/metrics")
+            .lines()
+            .find(|l| l.starts_with("mailsluice_backlog_messages{source=\"mail\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut seen_during = 0;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backfill never finished"
+        );
+        let before = gauge(&node);
+        let sources = node.sources();
+        let s = Node::source(&sources, "mail");
+        let shown = s["backlog"].as_u64().unwrap();
+        let after = gauge(&node);
+        let stored = s["stored_total"].as_u64().unwrap();
+        if let (Some(before), Some(after)) = (before, after) {
+            // One folder, listed once: the backlog only falls during the session.
+            assert!(
+                before >= shown && shown >= after,
+                "status shows {shown}, metric {before} then {after}"
+            );
+        }
+        if shown > 0 && stored > 0 && stored < total {
+            seen_during += 1;
+            assert!(
+                shown <= total - stored + 256,
+                "backlog {shown} with {stored} stored"
+            );
+        }
+        if stored == total && s["state"] == "healthy" {
+            assert_eq!(shown, 0, "{s}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        seen_during > 0,
+        "the status never showed the backlog of a running backfill"
+    );
+    let status = node.cli_ok(&["status"]);
+    node.stop();
+    assert!(status.contains("BACKLOG"), "{status}");
+}

@@ -17,9 +17,8 @@ use crate::ingest::{self, Credential, CycleError, ReopenAt};
 use crate::net::{Connector, SessionError};
 use crate::secret::Secret;
 use crate::store::Store;
-use crate::telemetry::{self, ErrorKind, Outcome, SourceState};
+use crate::telemetry::{self, ErrorKind, Outcome, SourceState, status};
 
-use super::registry::Registry;
 use super::token_manager::{GetAccessToken, InvalidateAccessToken};
 
 /// Why a collector stopped.
@@ -47,7 +46,6 @@ pub struct CollectorDeps {
     pub invalidate: Recipient<InvalidateAccessToken>,
     /// Global `node.max_sessions` limit.
     pub sessions: Arc<Semaphore>,
-    pub registry: Registry,
     /// `run --once`: one session (no IDLE), then stop.
     pub once: bool,
 }
@@ -201,14 +199,15 @@ fn record_success(deps: &CollectorDeps, report: &ingest::CycleReport) {
     let name = &deps.source.name;
     let now = chrono::Utc::now();
     telemetry::last_success(name, now.timestamp());
-    telemetry::backlog(name, 0);
-    deps.registry.update(name, |s| {
+    if !report.more {
+        // All listed is dealt with; a session ended early for its token leaves the rest.
+        status::session_caught_up(name);
+    }
+    status::update(name, |s| {
         s.last_success = Some(now.to_rfc3339());
-        s.stored_since_start += report.stored;
-        s.backlog = 0;
         s.sessions_ok += 1;
     });
-    deps.registry.set_state(name, SourceState::Healthy);
+    status::set_state(name, SourceState::Healthy);
     if report.stored > 0 || report.skipped > 0 {
         tracing::info!(source = %name, stored = report.stored, bytes = report.bytes, skipped = report.skipped, already = report.already, "collected");
     }
@@ -218,11 +217,11 @@ fn record_success(deps: &CollectorDeps, report: &ingest::CycleReport) {
 fn record_failure(deps: &CollectorDeps, kind: ErrorKind, error: &str, state: SourceState) {
     let name = &deps.source.name;
     telemetry::error(name, kind);
-    deps.registry.update(name, |s| {
+    status::update(name, |s| {
         s.last_error = Some(error.to_string());
         s.sessions_failed += 1;
     });
-    deps.registry.set_state(name, state);
+    status::set_state(name, state);
 }
 
 /// How long a stopping collector lets its session finish the message in hand (and leave
@@ -238,8 +237,8 @@ const ONCE_CONNECT_ATTEMPTS: u32 = 3;
 pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<bool>) -> StopReason {
     let name = deps.source.name.clone();
     telemetry::register_source(&name);
-    deps.registry.set_state(&name, SourceState::Starting);
-    deps.registry.update(&name, |s| {
+    status::set_state(&name, SourceState::Starting);
+    status::update(&name, |s| {
         s.running_since = Some(chrono::Utc::now().to_rfc3339());
     });
     let mut failures: u32 = 0;

@@ -5,9 +5,7 @@
 
 pub mod collector;
 pub mod live;
-pub mod registry;
 pub mod supervisor;
 pub mod token_manager;
 
 pub use live::Live;
-pub use registry::{Registry, SourceStatus};

@@ -14,13 +14,12 @@ use crate::auth::TokenService;
 use crate::config::{Settings, SourceAuth};
 use crate::net::Connector;
 use crate::store::Store;
-use crate::telemetry::{self, SourceState};
+use crate::telemetry::{self, SourceState, status};
 
 use super::collector::{
     Collector, CollectorDeps, CollectorStopped, StopCollector, StopReason, retry_delay,
 };
 use super::live::{Current, Live};
-use super::registry::Registry;
 use super::token_manager::{
     GetAccessToken, ImportRefreshToken, InvalidateAccessToken, SetTokenService, TokenManager,
 };
@@ -29,7 +28,6 @@ pub struct Supervisor {
     /// The configuration and connector in force (replaced by reloads).
     live: Live,
     store: Arc<Store>,
-    registry: Registry,
     sessions: Arc<Semaphore>,
     tokens: Addr<TokenManager>,
     collectors: HashMap<String, Addr<Collector>>,
@@ -48,18 +46,12 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(
-        live: Live,
-        store: Arc<Store>,
-        registry: Registry,
-        token_service: Arc<TokenService>,
-    ) -> Self {
+    pub fn new(live: Live, store: Arc<Store>, token_service: Arc<TokenService>) -> Self {
         let tokens = TokenManager::new(token_service).start();
         Supervisor {
             sessions: Arc::new(Semaphore::new(live.settings().node.max_sessions)),
             store,
             live,
-            registry,
             tokens,
             collectors: HashMap::new(),
             restarts: HashMap::new(),
@@ -121,7 +113,6 @@ impl Supervisor {
             tokens: self.tokens.clone().recipient::<GetAccessToken>(),
             invalidate: self.tokens.clone().recipient::<InvalidateAccessToken>(),
             sessions: self.sessions.clone(),
-            registry: self.registry.clone(),
             once: self.once,
         };
         let addr = Collector::new(deps, ctx.address().recipient()).start();
@@ -143,7 +134,7 @@ impl Actor for Supervisor {
                 self.start_collector(name, ctx);
             } else {
                 telemetry::register_source(name);
-                self.registry.set_state(name, SourceState::Disabled);
+                status::set_state(name, SourceState::Disabled);
             }
         }
         tracing::info!(sources = self.collectors.len(), "supervisor started");
@@ -297,9 +288,9 @@ impl Handler<Reload> for Supervisor {
                 }
                 if new.sources.contains_key(&name) {
                     telemetry::register_source(&name);
-                    self.registry.set_state(&name, SourceState::Disabled);
+                    status::set_state(&name, SourceState::Disabled);
                 } else {
-                    self.registry.remove(&name);
+                    status::remove(&name);
                 }
                 continue;
             }

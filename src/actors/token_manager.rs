@@ -11,6 +11,7 @@ use futures_util::future::{LocalBoxFuture, Shared};
 
 use crate::auth::{AccessToken, TokenError, TokenService};
 use crate::secret::Secret;
+use crate::telemetry::{SourceState, status};
 
 /// Asks for a valid access token for a source (sent by a collector before each session).
 #[derive(Message, Debug, Clone)]
@@ -54,6 +55,18 @@ impl Handler<SetTokenService> for TokenManager {
 
 type InFlight = Shared<LocalBoxFuture<'static, Result<AccessToken, TokenError>>>;
 
+/// A refresh the provider refused for good (an import's proving refresh included): the
+/// source's status says so at once, not only after its collector's next session, so every
+/// view of it agrees with the stored grant.
+fn record_refusal(source: &str, result: &Result<AccessToken, TokenError>) {
+    if let Err(e) = result
+        && e.needs_reauth()
+    {
+        status::update(source, |s| s.last_error = Some(e.to_string()));
+        status::set_state(source, SourceState::NeedsReauth);
+    }
+}
+
 pub struct TokenManager {
     service: Arc<TokenService>,
     /// One shared future per credential while a request is running.
@@ -92,7 +105,12 @@ impl Handler<GetAccessToken> for TokenManager {
         let service = self.service.clone();
         let source = msg.source.clone();
         let fut = self.join_or_start(msg.source, move || {
-            async move { service.access_token(&source).await }.boxed_local()
+            async move {
+                let result = service.access_token(&source).await;
+                record_refusal(&source, &result);
+                result
+            }
+            .boxed_local()
         });
         Box::pin(fut)
     }
@@ -108,9 +126,11 @@ impl Handler<ImportRefreshToken> for TokenManager {
         let source = msg.source.clone();
         let fut = self.join_or_start(msg.source, move || {
             async move {
-                service
+                let result = service
                     .import(&source, msg.refresh_token, msg.identity)
-                    .await
+                    .await;
+                record_refusal(&source, &result);
+                result
             }
             .boxed_local()
         });

@@ -187,7 +187,7 @@ pub async fn run_session(
     reopen_at: Option<ReopenAt>,
     idle: Option<IdleCtl<'_>>,
 ) -> Result<CycleReport, CycleError> {
-    telemetry::progress::session_started(&source.name);
+    telemetry::status::session_started(&source.name);
     match source.protocol {
         Protocol::Imap => {
             let idle = idle.filter(|_| source.idle);
@@ -228,7 +228,10 @@ fn commit(
                 report.bytes += size;
                 telemetry::message_stored(&source, size, parse_failed);
             }
-            StoreOutcome::AlreadyStored(_) => report.already += 1,
+            StoreOutcome::AlreadyStored(_) => {
+                report.already += 1;
+                telemetry::message_already_stored(&source);
+            }
         }
     }
     Ok(())
@@ -495,7 +498,7 @@ async fn collect_folder(
         };
         let listed = session.uids_between(window_start, window_end).await?;
         report.backlog += listed.len() as u64;
-        telemetry::backlog(&source.name, report.backlog);
+        telemetry::listed(&source.name, listed.len() as u64);
         let mut wanted = Vec::with_capacity(listed.len());
         for (uid, size) in listed {
             let skip = u64::from(size) > source.max_message_bytes;
@@ -927,7 +930,7 @@ async fn run_pop3(
         .cloned()
         .collect();
     report.backlog = todo.len() as u64;
-    telemetry::backlog(&source.name, report.backlog);
+    telemetry::listed(&source.name, report.backlog);
     // RETRs are sent up to this many ahead of the reply being read, when the server allows
     // it, so the round trip between messages is not waited out; the replies then come one
     // after another and go to the parse-and-store workers as they arrive (as IMAP's FETCH

@@ -7,6 +7,7 @@
 
 pub mod dashboards;
 pub mod progress;
+pub mod status;
 
 use std::sync::OnceLock;
 
@@ -303,7 +304,7 @@ pub fn register_provider(provider: &str) {
 }
 
 pub fn message_stored(source: &str, bytes: u64, parse_failed: bool) {
-    progress::stored(source, bytes);
+    status::stored(source, bytes);
     counter!("mailsluice_messages_ingested_total", "source" => source.to_string()).increment(1);
     counter!("mailsluice_bytes_ingested_total", "source" => source.to_string()).increment(bytes);
     if parse_failed {
@@ -323,6 +324,7 @@ pub fn tls_handshake(source: &str, resumed: bool) {
 }
 
 pub fn message_skipped(source: &str) {
+    status::handled(source);
     counter!("mailsluice_messages_skipped_total", "source" => source.to_string()).increment(1);
 }
 
@@ -385,9 +387,16 @@ pub fn error(source: &str, kind: ErrorKind) {
         .increment(1);
 }
 
-pub fn backlog(source: &str, messages: u64) {
-    progress::backlog(source, messages);
-    gauge!("mailsluice_backlog_messages", "source" => source.to_string()).set(messages as f64);
+/// A session listed `messages` more as new on the server (`backlog_messages` is published
+/// from [`status`] before each scrape).
+pub fn listed(source: &str, messages: u64) {
+    status::listed(source, messages);
+}
+
+/// A listed message was found stored already (a crash before its checkpoint, or re-matched
+/// after a UIDVALIDITY change).
+pub fn message_already_stored(source: &str) {
+    status::handled(source);
 }
 
 /// The variable that sets the log filter (`RUST_LOG` syntax, e.g. `info,mailsluice=debug`);

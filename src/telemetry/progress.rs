@@ -1,9 +1,7 @@
-//! Per-source progress of the sessions running now (messages listed as new, messages and
-//! bytes stored), for `run --once`'s progress bars and log lines. Updated where the
-//! metrics are; read by whoever draws progress.
+//! Per-source progress of the sessions running now, as `run --once`'s progress bars and log
+//! lines show it: a view of [`super::status`], which owns it.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 /// One source's progress in its current session.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,37 +16,19 @@ pub struct Progress {
     pub total_bytes: u64,
 }
 
-static PROGRESS: Mutex<BTreeMap<String, Progress>> = Mutex::new(BTreeMap::new());
-
-fn with<R>(f: impl FnOnce(&mut BTreeMap<String, Progress>) -> R) -> R {
-    f(&mut PROGRESS.lock().unwrap_or_else(|p| p.into_inner()))
-}
-
-/// A session of `source` begins: its counts start again.
-pub fn session_started(source: &str) {
-    with(|m| {
-        let p = m.entry(source.to_string()).or_default();
-        p.backlog = 0;
-        p.stored = 0;
-        p.bytes = 0;
-    });
-}
-
-pub(crate) fn backlog(source: &str, messages: u64) {
-    with(|m| m.entry(source.to_string()).or_default().backlog = messages);
-}
-
-pub(crate) fn stored(source: &str, bytes: u64) {
-    with(|m| {
-        let p = m.entry(source.to_string()).or_default();
-        p.stored += 1;
-        p.bytes += bytes;
-        p.total_stored += 1;
-        p.total_bytes += bytes;
-    });
-}
-
 /// Every source's progress now.
 pub fn snapshot() -> BTreeMap<String, Progress> {
-    with(|m| m.clone())
+    super::status::snapshot()
+        .into_iter()
+        .map(|(name, s)| {
+            let p = Progress {
+                backlog: s.session.listed,
+                stored: s.session.stored,
+                bytes: s.session.bytes,
+                total_stored: s.stored_since_start,
+                total_bytes: s.bytes_since_start,
+            };
+            (name, p)
+        })
+        .collect()
 }
