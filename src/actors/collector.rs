@@ -19,6 +19,7 @@ use crate::secret::Secret;
 use crate::store::Store;
 use crate::telemetry::{self, ErrorKind, Outcome, SourceState, status};
 
+use super::policy::{LoopPolicy, Next, SessionOutcome};
 use super::token_manager::{GetAccessToken, InvalidateAccessToken};
 
 /// Why a collector stopped.
@@ -50,14 +51,9 @@ pub struct CollectorDeps {
     pub once: bool,
 }
 
-/// Delay before retry number `failures` (1-based): exponential from 1 s, capped at
-/// 5 minutes, with jitter so many failing sources do not retry in lockstep.
-pub fn retry_delay(failures: u32) -> Duration {
-    let base = 2f64
-        .powi(failures.saturating_sub(1).min(16) as i32)
-        .min(300.0);
-    let jitter = rand::rng().random_range(0.5..=1.0);
-    Duration::from_secs_f64((base * jitter).max(0.2))
+/// A retry delay's jitter ([`policy::retry_delay`]).
+pub(crate) fn jitter() -> f64 {
+    rand::rng().random_range(0.5..=1.0)
 }
 
 /// What one session attempt came to.
@@ -230,9 +226,6 @@ fn record_failure(deps: &CollectorDeps, kind: ErrorKind, error: &str, state: Sou
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// The collector's life: sessions until shutdown or until the source needs re-authorization.
-/// Connection attempts a source gets in `run --once` before it counts as not collected.
-const ONCE_CONNECT_ATTEMPTS: u32 = 3;
-
 /// With `deps.once`, one session and then [`StopReason::Once`].
 pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<bool>) -> StopReason {
     let name = deps.source.name.clone();
@@ -241,6 +234,10 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
     status::update(&name, |s| {
         s.running_since = Some(chrono::Utc::now().to_rfc3339());
     });
+    let policy = LoopPolicy {
+        once: deps.once,
+        poll_interval: deps.source.poll_interval,
+    };
     let mut failures: u32 = 0;
     let mut told_no_idle = false;
     let mut session_no: u64 = 0;
@@ -264,63 +261,72 @@ pub async fn collect_loop(deps: CollectorDeps, mut shutdown: watch::Receiver<boo
             }
         };
         let in_session = span.enter();
-        let wait = match outcome {
+        let (decided, detail) = match &outcome {
+            Attempt::Done(report) => (SessionOutcome::Done { more: report.more }, String::new()),
+            Attempt::NeedsReauth(reason) => (SessionOutcome::NeedsReauth, reason.clone()),
+            Attempt::Throttled(backoff, reply) => (
+                SessionOutcome::Throttled { backoff: *backoff },
+                reply.clone(),
+            ),
+            Attempt::Failed(kind, error) => (SessionOutcome::Failed { kind: *kind }, error.clone()),
+        };
+        let after = policy.after(decided, failures, jitter());
+        failures = after.failures;
+        match &outcome {
             Attempt::Done(report) => {
-                failures = 0;
                 if !report.passes_reported {
-                    record_success(&deps, &report);
+                    record_success(&deps, report);
                 }
                 if report.idle_unsupported && !told_no_idle {
                     told_no_idle = true;
                     tracing::warn!(source = %name, poll_interval_secs = deps.source.poll_interval.as_secs(), "idle = true but the server does not offer IDLE; polling instead");
                 }
-                if deps.once && !report.more {
-                    return StopReason::Once(Ok(()));
-                }
                 if report.more {
-                    // Ended before its token expired; carry on with a fresh token now.
                     tracing::debug!(source = %name, "session re-opened before its access token expires");
-                    Duration::ZERO
-                } else {
-                    deps.source.poll_interval
                 }
             }
-            Attempt::NeedsReauth(reason) => {
-                record_failure(&deps, ErrorKind::Token, &reason, SourceState::NeedsReauth);
-                tracing::error!(source = %name, error = %reason, "source needs re-authorization; collection paused until `mailsluice authorize` or `tokens import`");
-                return StopReason::NeedsReauth(reason);
+            Attempt::NeedsReauth(_) => {
+                record_failure(&deps, ErrorKind::Token, &detail, after.state);
+                tracing::error!(source = %name, error = %detail, "source needs re-authorization; collection paused until `mailsluice authorize` or `tokens import`");
             }
-            Attempt::Throttled(backoff, reply) => {
-                record_failure(&deps, ErrorKind::Throttled, &reply, SourceState::Throttled);
-                if deps.once {
-                    tracing::warn!(source = %name, reply = %reply, "server throttled us");
-                    return StopReason::Once(Err(reply));
+            Attempt::Throttled(..) => {
+                record_failure(&deps, ErrorKind::Throttled, &detail, after.state);
+                match after.next {
+                    Next::Wait(wait) => {
+                        tracing::warn!(source = %name, wait_ms = wait.as_millis() as u64, reply = %detail, "server throttled us; backing off")
+                    }
+                    _ => tracing::warn!(source = %name, reply = %detail, "server throttled us"),
                 }
-                let wait = backoff.unwrap_or(deps.source.poll_interval);
-                tracing::warn!(source = %name, wait_ms = wait.as_millis() as u64, reply = %reply, "server throttled us; backing off");
-                wait
             }
-            Attempt::Failed(kind, error) => {
-                failures += 1;
-                record_failure(&deps, kind, &error, SourceState::Degraded);
-                // `run --once` gives a source that could not reach its server (refused, reset,
-                // no answer: a busy or restarting server) a few more tries before it is
-                // reported as not collected; anything else is final at once.
-                if deps.once && (kind != ErrorKind::Connect || failures >= ONCE_CONNECT_ATTEMPTS) {
-                    tracing::warn!(source = %name, kind = kind.as_str(), error = %error, "session failed");
-                    return StopReason::Once(Err(error));
-                }
-                let wait = retry_delay(failures);
-                if failures <= 3 || failures.is_power_of_two() {
-                    // Rate-limited: the first few, then every 2^n-th repeat. A store that
-                    // cannot take mail (disk full, I/O) needs the operator: ERROR.
-                    if kind == ErrorKind::Store {
-                        tracing::error!(source = %name, kind = kind.as_str(), failures, retry_in_ms = wait.as_millis() as u64, error = %error, "session failed: nothing can be stored");
-                    } else {
-                        tracing::warn!(source = %name, kind = kind.as_str(), failures, retry_in_ms = wait.as_millis() as u64, error = %error, "session failed");
+            Attempt::Failed(kind, _) => {
+                record_failure(&deps, *kind, &detail, after.state);
+                if after.log {
+                    let kind = kind.as_str();
+                    match after.next {
+                        // A store that cannot take mail (disk full, I/O) needs the operator.
+                        Next::Wait(wait)
+                            if matches!(outcome, Attempt::Failed(ErrorKind::Store, _)) =>
+                        {
+                            tracing::error!(source = %name, kind, failures, retry_in_ms = wait.as_millis() as u64, error = %detail, "session failed: nothing can be stored");
+                        }
+                        Next::Wait(wait) => {
+                            tracing::warn!(source = %name, kind, failures, retry_in_ms = wait.as_millis() as u64, error = %detail, "session failed");
+                        }
+                        _ => {
+                            tracing::warn!(source = %name, kind, error = %detail, "session failed")
+                        }
                     }
                 }
-                wait
+            }
+        }
+        let wait = match after.next {
+            Next::Wait(wait) => wait,
+            Next::Park => return StopReason::NeedsReauth(detail),
+            Next::End => {
+                return StopReason::Once(match outcome {
+                    Attempt::Done(_) => Ok(()),
+                    _ => Err(detail),
+                });
             }
         };
         drop(in_session);
@@ -396,22 +402,5 @@ impl Handler<StopCollector> for Collector {
 
     fn handle(&mut self, _msg: StopCollector, _ctx: &mut Context<Self>) {
         let _ = self.shutdown.send(true);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delay_grows_and_is_capped() {
-        for _ in 0..50 {
-            let d1 = retry_delay(1).as_secs_f64();
-            assert!((0.2..=1.0).contains(&d1), "{d1}");
-            let d4 = retry_delay(4).as_secs_f64();
-            assert!((4.0..=8.0).contains(&d4), "{d4}");
-            let big = retry_delay(40).as_secs_f64();
-            assert!((150.0..=300.0).contains(&big), "{big}");
-        }
     }
 }

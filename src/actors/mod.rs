@@ -5,6 +5,7 @@
 
 pub mod collector;
 pub mod live;
+pub mod policy;
 pub mod supervisor;
 pub mod token_manager;
 

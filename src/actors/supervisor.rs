@@ -11,15 +11,17 @@ use actix::prelude::*;
 use tokio::sync::Semaphore;
 
 use crate::auth::TokenService;
-use crate::config::{Settings, SourceAuth};
+use crate::config::Settings;
 use crate::net::Connector;
 use crate::store::Store;
 use crate::telemetry::{self, SourceState, status};
 
 use super::collector::{
-    Collector, CollectorDeps, CollectorStopped, StopCollector, StopReason, retry_delay,
+    Collector, CollectorDeps, CollectorStopped, StopCollector, StopReason, jitter,
 };
 use super::live::{Current, Live};
+pub use super::policy::ReloadReport;
+use super::policy::{Restart, SourceAction, Stopped, enabled, plan_reload, restart};
 use super::token_manager::{
     GetAccessToken, ImportRefreshToken, InvalidateAccessToken, SetTokenService, TokenManager,
 };
@@ -168,22 +170,6 @@ impl Handler<WaitOnce> for Supervisor {
     }
 }
 
-/// What a reload changed.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct ReloadReport {
-    /// Sources started (new, or newly enabled).
-    pub added: Vec<String>,
-    /// Sources stopped (gone, or disabled).
-    pub removed: Vec<String>,
-    /// Sources restarted with changed settings (their own, their provider's, or node-wide
-    /// ones every collector uses: `[tls]`, timeouts, `max_sessions`, token margin).
-    pub restarted: Vec<String>,
-    /// Sources left running untouched.
-    pub unchanged: Vec<String>,
-    /// Keys that changed but take effect only when the node restarts.
-    pub needs_restart: Vec<String>,
-}
-
 /// Applies a new, already validated configuration. Errors (a `[tls]` or provider setting
 /// that cannot be built) leave the running configuration as it was.
 #[derive(Message)]
@@ -192,29 +178,10 @@ pub struct Reload {
     pub settings: Settings,
 }
 
-/// Whether a source must restart to pick up the change from `old` to `new`.
-fn source_changed(old: &Settings, new: &Settings, name: &str) -> bool {
-    let (Some(a), Some(b)) = (old.sources.get(name), new.sources.get(name)) else {
-        return true;
-    };
-    if a != b {
-        return true;
-    }
-    match &b.auth {
-        SourceAuth::OAuth2 { provider, .. } => {
-            old.providers.get(provider) != new.providers.get(provider)
-        }
-        SourceAuth::Password { .. } => false,
-    }
-}
-
-fn enabled(settings: &Settings, name: &str) -> bool {
-    settings.sources.get(name).is_some_and(|s| s.enabled)
-}
-
 impl Handler<Reload> for Supervisor {
     type Result = Result<ReloadReport, Vec<String>>;
 
+    /// Carries out [`plan_reload`]'s plan: what can fail is built first, then applied.
     fn handle(&mut self, msg: Reload, ctx: &mut Context<Self>) -> Self::Result {
         if self.stopping {
             return Err(vec!["the node is stopping; reload not applied".into()]);
@@ -229,35 +196,17 @@ impl Handler<Reload> for Supervisor {
             settings: old,
             connector,
         } = self.live.get();
-        let mut report = ReloadReport::default();
-        let (on, nn) = (&old.node, &new.node);
-        for (key, changed) in [
-            ("node.data_dir", on.data_dir != nn.data_dir),
-            ("node.http_listen", on.http_listen != nn.http_listen),
-            (
-                "node.secret_key_file",
-                on.secret_key_file != nn.secret_key_file,
-            ),
-            ("node.log_format", on.log_format != nn.log_format),
-        ] {
-            if changed {
-                report.needs_restart.push(key.to_string());
-            }
-        }
-        let tls_changed = old.tls != new.tls
-            || on.connect_timeout != nn.connect_timeout
-            || on.read_timeout != nn.read_timeout;
-        let connector = if tls_changed {
+        let running = self.collectors.keys().cloned().collect();
+        let plan = plan_reload(&old, &new, &running);
+        let nn = &new.node;
+        let connector = if plan.new_connector {
             Connector::new(&new.tls, nn.connect_timeout, nn.read_timeout).map_err(|e| vec![e])?
         } else {
             connector
         };
         let service = TokenService::new(new.clone(), self.store.clone()).map_err(|e| vec![e])?;
         // From here on nothing fails: apply.
-        let global = tls_changed
-            || on.max_sessions != nn.max_sessions
-            || on.token_refresh_margin != nn.token_refresh_margin;
-        if on.max_sessions != nn.max_sessions {
+        if plan.new_session_limit {
             self.sessions = Arc::new(Semaphore::new(nn.max_sessions));
         }
         self.store.set_min_free_bytes(nn.min_free_disk_bytes);
@@ -268,57 +217,37 @@ impl Handler<Reload> for Supervisor {
             settings: new.clone(),
             connector,
         });
-        let names: std::collections::BTreeSet<String> = old
-            .sources
-            .keys()
-            .chain(new.sources.keys())
-            .cloned()
-            .collect();
-        for name in names {
-            let running = self.collectors.contains_key(&name);
-            let was = enabled(&old, &name);
-            let is = enabled(&new, &name);
-            if !is {
-                if running {
-                    self.collectors[&name].do_send(StopCollector);
-                    self.restart_after_stop.remove(&name);
+        for (name, action) in plan.actions {
+            match action {
+                SourceAction::Disable | SourceAction::Forget => {
+                    if let Some(addr) = self.collectors.get(&name) {
+                        addr.do_send(StopCollector);
+                        self.restart_after_stop.remove(&name);
+                    }
+                    if action == SourceAction::Disable {
+                        telemetry::register_source(&name);
+                        status::set_state(&name, SourceState::Disabled);
+                    } else {
+                        status::remove(&name);
+                    }
                 }
-                if was {
-                    report.removed.push(name.clone());
+                SourceAction::StartAfterStop => {
+                    self.restart_after_stop.insert(name);
                 }
-                if new.sources.contains_key(&name) {
-                    telemetry::register_source(&name);
-                    status::set_state(&name, SourceState::Disabled);
-                } else {
-                    status::remove(&name);
+                SourceAction::Restart => {
+                    if let Some(addr) = self.collectors.get(&name) {
+                        addr.do_send(StopCollector);
+                    }
+                    self.restart_after_stop.insert(name);
                 }
-                continue;
-            }
-            if !was {
-                report.added.push(name.clone());
-                if running {
-                    // Still stopping from an earlier reload: start once it has.
-                    self.restart_after_stop.insert(name.clone());
-                } else {
-                    self.start_collector(&name, ctx);
-                }
-                continue;
-            }
-            if global || source_changed(&old, &new, &name) {
-                report.restarted.push(name.clone());
-                if running {
-                    self.collectors[&name].do_send(StopCollector);
-                    self.restart_after_stop.insert(name.clone());
-                } else {
-                    // Parked (needs re-authorization) or waiting to be restarted: a new
-                    // configuration deserves a new try.
+                SourceAction::Start => {
                     self.restarts.remove(&name);
                     self.start_collector(&name, ctx);
                 }
-            } else {
-                report.unchanged.push(name.clone());
+                SourceAction::Keep => {}
             }
         }
+        let report = plan.report;
         tracing::info!(
             added = ?report.added,
             removed = ?report.removed,
@@ -385,22 +314,27 @@ impl Handler<CollectorStopped> for Supervisor {
             }
             return;
         }
-        match msg.reason {
-            StopReason::NeedsReauth(_) => {
-                // Parked: restarted by ReauthorizedSource, never by a timer.
-            }
-            StopReason::Shutdown | StopReason::Once(_) => {}
-            StopReason::Failed(why) => {
-                let n = self.restarts.entry(msg.source.clone()).or_insert(0);
-                *n += 1;
-                let delay = retry_delay(*n);
-                tracing::error!(source = %msg.source, error = %why, delay_ms = delay.as_millis() as u64, "collector failed; restarting");
-                ctx.run_later(delay, move |act, ctx| {
-                    if !act.stopping && !act.collectors.contains_key(&msg.source) {
-                        act.start_collector(&msg.source, ctx);
-                    }
-                });
-            }
+        let (why, detail) = match &msg.reason {
+            // Parked: restarted by ReauthorizedSource, never by a timer.
+            StopReason::NeedsReauth(_) => (Stopped::NeedsReauth, ""),
+            StopReason::Shutdown | StopReason::Once(_) => (Stopped::Asked, ""),
+            StopReason::Failed(why) => (Stopped::Failed, why.as_str()),
+        };
+        let restarts = if why == Stopped::Failed {
+            let n = self.restarts.entry(msg.source.clone()).or_insert(0);
+            *n += 1;
+            *n
+        } else {
+            0
+        };
+        if let Restart::After(delay) = restart(why, restarts, jitter()) {
+            tracing::error!(source = %msg.source, error = %detail, delay_ms = delay.as_millis() as u64, "collector failed; restarting");
+            let source = msg.source;
+            ctx.run_later(delay, move |act, ctx| {
+                if !act.stopping && !act.collectors.contains_key(&source) {
+                    act.start_collector(&source, ctx);
+                }
+            });
         }
     }
 }
