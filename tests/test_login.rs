@@ -132,6 +132,13 @@ fn password_pop3_through_a_running_node() {
     assert!(ok, "{out}");
     assert!(out.contains("[ ok ] connect      localhost:"), "{out}");
     assert!(out.contains("(STARTTLS)"), "{out}");
+    // One CAPA line `SASL PLAIN LOGIN ...` is one capability, named once.
+    let caps = out
+        .lines()
+        .find(|l| l.contains("] capabilities"))
+        .unwrap_or_default();
+    assert_eq!(caps.matches("SASL").count(), 1, "{out}");
+    assert!(caps.contains("SASL PLAIN") || caps.contains("SASL LOGIN"), "{out}");
     assert!(
         out.contains(&format!("[ ok ] mailbox      {seeded} messages")),
         "{out}"
