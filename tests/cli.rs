@@ -1,4 +1,5 @@
-//! The command line's contract: exit codes and error text for config problems.
+//! The command line's contract: exit codes and error text for config problems, and what
+//! `run` tells the operator.
 
 use std::process::Command;
 
@@ -293,4 +294,32 @@ fn run_raises_the_open_files_limit_to_the_hard_limit() {
         Some((hard, hard)),
         "the node's (soft, hard) open-files limits"
     );
+}
+
+/// `run --once` with the default log filter tells the operator what the node did, without
+/// the HTTP server's own start-up and shut-down lines.
+#[test]
+fn run_once_logs_the_operators_lines_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[node]\n", "[node]\nhttp_listen = \"127.0.0.1:0\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["-c", cfg.to_str().unwrap(), "run", "--once"])
+        .current_dir(dir.path())
+        .env_remove("MAILSLUICE_CONFIG")
+        .env_remove("MAILSLUICE_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run mailsluice");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for line in ["collecting every source once", "stopped"] {
+        assert!(err.contains(line), "{line:?} missing in:\n{err}");
+    }
+    for noise in ["starting 1 workers", "Actix runtime found", "shutting down idle worker"] {
+        assert!(!err.contains(noise), "{noise:?} in:\n{err}");
+    }
 }
