@@ -28,9 +28,12 @@ pub(crate) fn authorize(
     }
     let rt = runtime()?;
     let local = open_store(settings)?;
-    let running_node = local.is_none();
     // Without the store (a node holds it) the flow runs against a throw-away store and the
-    // result goes to the node through its API.
+    // result goes to the node through its API, found before anyone is asked to sign in.
+    let running_node = match local {
+        Some(_) => None,
+        None => Some(NodeApi::new(settings)?),
+    };
     let scratch = ScratchDir::new()?;
     let store = match local {
         Some(s) => s,
@@ -80,11 +83,10 @@ pub(crate) fn authorize(
                 .await
         }
     })?;
-    if running_node {
+    if let Some(api) = running_node {
         let Some(refresh) = &consent.refresh_token else {
             return Err(anyhow!("{source}: the provider returned no refresh token"));
         };
-        let api = NodeApi::new(settings);
         let url = format!("{}/api/tokens/{}/import", api.base, source);
         let resp = rt.block_on(async {
             api.http
@@ -117,7 +119,7 @@ pub(crate) fn authorize(
 }
 
 /// A private (0700) scratch directory, removed when dropped.
-pub(crate) struct ScratchDir(PathBuf);
+struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     fn new() -> anyhow::Result<ScratchDir> {

@@ -13,7 +13,7 @@ use super::node_api::NodeApi;
 use super::{ExportFormat, MessagesCommand, open_store, runtime};
 
 /// Reads the store directly, or through the running node's API.
-pub(crate) enum Reader {
+enum Reader {
     Local(Store),
     Remote(NodeApi, tokio::runtime::Runtime),
 }
@@ -22,7 +22,7 @@ impl Reader {
     fn open(settings: &Settings) -> anyhow::Result<Reader> {
         Ok(match open_store(settings)? {
             Some(s) => Reader::Local(s),
-            None => Reader::Remote(NodeApi::new(settings), runtime()?),
+            None => Reader::Remote(NodeApi::new(settings)?, runtime()?),
         })
     }
 
@@ -107,7 +107,7 @@ impl Reader {
     }
 }
 
-pub(crate) fn location(m: &MessageMeta) -> String {
+fn location(m: &MessageMeta) -> String {
     match &m.location {
         mailsluice::store::Location::Imap {
             folder,
@@ -169,7 +169,7 @@ pub(crate) fn messages(settings: &Settings, command: MessagesCommand) -> anyhow:
     Ok(())
 }
 
-pub(crate) fn export(
+fn export(
     reader: &Reader,
     format: ExportFormat,
     path: &Path,
@@ -240,7 +240,7 @@ pub(crate) fn export(
 
 /// mboxrd: a `From ` separator line, then the message with every line matching
 /// `>*From ` quoted with one more `>`, then a blank line.
-pub(crate) fn write_mboxrd(w: &mut impl Write, m: &MessageMeta, raw: &[u8]) -> std::io::Result<()> {
+fn write_mboxrd(w: &mut impl Write, m: &MessageMeta, raw: &[u8]) -> std::io::Result<()> {
     let date = m
         .internal_date
         .as_deref()

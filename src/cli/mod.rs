@@ -1,5 +1,14 @@
-//! The command line: clap definitions and what the commands share (the exit-code split,
-//! opening the store, the running node's API). One module per command.
+//! The command line: the clap definitions, [`dispatch`] to one module per command, and what
+//! the commands share.
+//!
+//! - [`run`]: the node itself (wiring, HTTP listener, signals, `--once` progress).
+//! - [`check_config`], [`reload`], [`status`], [`test_login`], [`authorize`], [`tokens`],
+//!   [`messages`] (with the mboxrd export), [`secrets`]: the other commands.
+//! - [`node_api`]: the running node's HTTP API, for commands that find the store locked
+//!   (sled allows one process), and where that node listens.
+//!
+//! Every command returns `anyhow::Result`; a [`UsageError`] inside it means exit 2, anything
+//! else exit 1 ([`exit_code`]).
 
 pub mod authorize;
 pub mod check_config;
@@ -7,11 +16,13 @@ pub mod messages;
 pub mod node_api;
 pub mod reload;
 pub mod run;
+pub mod secrets;
 pub mod status;
 pub mod test_login;
 pub mod tokens;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -181,21 +192,67 @@ pub(crate) enum ExportFormat {
     Jsonl,
 }
 
-/// Usage or config error: exit 2. Everything else that fails: exit 1.
+/// A usage or configuration error: the command exits 2. Everything else that fails exits 1.
+/// Carried inside `anyhow::Error` and told apart by downcasting, see [`exit_code`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub(crate) struct UsageError(pub(crate) String);
 
-#[derive(Debug)]
-pub(crate) struct UsageErrorBox(pub(crate) String);
-impl std::fmt::Display for UsageErrorBox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+/// Prints `error` and returns the exit code it stands for: 2 for a [`UsageError`], else 1.
+pub(crate) fn exit_code(error: &anyhow::Error) -> ExitCode {
+    match error.downcast_ref::<UsageError>() {
+        Some(usage) => {
+            eprintln!("error: {usage}");
+            ExitCode::from(2)
+        }
+        None => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
     }
 }
-impl std::error::Error for UsageErrorBox {}
-impl From<UsageError> for anyhow::Error {
-    fn from(u: UsageError) -> Self {
-        anyhow::Error::new(UsageErrorBox(u.0))
+
+/// Runs `command` (anything but `completions`) with the loaded configuration from `path`.
+pub(crate) fn dispatch(command: Command, settings: Settings, path: &Path) -> anyhow::Result<()> {
+    match command {
+        Command::CheckConfig => check_config::check_config(path, &settings),
+        Command::Run { once } => run::run(settings, path, once),
+        Command::Reload => reload::reload(&settings),
+        Command::Completions { shell } => {
+            completions(shell);
+            Ok(())
+        }
+        Command::Status => status::status(&settings),
+        Command::TestLogin { source } => test_login::test_login(&settings, &source),
+        Command::Authorize {
+            source,
+            device,
+            no_browser,
+            timeout_secs,
+        } => authorize::authorize(&settings, &source, device, !no_browser, timeout_secs),
+        Command::Tokens { command } => match command {
+            TokensCommand::Import {
+                source,
+                refresh_token_file,
+            } => tokens::import(&settings, &source, &refresh_token_file),
+            TokensCommand::Status => tokens::status(&settings),
+        },
+        Command::Messages { command } => messages::messages(&settings, command),
+        Command::Secrets {
+            command: SecretsCommand::RotateKey,
+        } => secrets::rotate_key(&settings),
     }
+}
+
+/// `mailsluice completions SHELL`: the script on stdout. Needs no configuration.
+pub(crate) fn completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "mailsluice",
+        &mut std::io::stdout(),
+    );
 }
 
 /// Opens the store, or reports that a running node holds it.

@@ -5,13 +5,16 @@ use anyhow::Context;
 use mailsluice::actors::supervisor::ReloadReport;
 use mailsluice::config::Settings;
 
+use super::node_api::NodeApi;
 use super::{UsageError, runtime};
 
 /// `mailsluice reload`: asks the running node to re-read its config file.
 pub(crate) fn reload(settings: &Settings) -> anyhow::Result<()> {
-    let url = format!("http://{}/api/reload", settings.node.http_listen);
+    let api = NodeApi::new(settings)?;
+    let url = format!("{}/api/reload", api.base);
     let (status, body) = runtime()?.block_on(async {
-        let r = reqwest::Client::new()
+        let r = api
+            .http
             .post(&url)
             .send()
             .await

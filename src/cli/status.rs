@@ -11,7 +11,7 @@ use super::{open_store, runtime};
 pub(crate) fn status(settings: &Settings) -> anyhow::Result<()> {
     let views: Vec<SourceView> = match open_store(settings)? {
         Some(store) => api::source_views(settings, &store, None).map_err(|e| anyhow!(e))?,
-        None => runtime()?.block_on(NodeApi::new(settings).get_json("/api/sources"))?,
+        None => runtime()?.block_on(NodeApi::new(settings)?.get_json("/api/sources"))?,
     };
     println!(
         "{:<20} {:<6} {:<13} {:>8} {:>8}  {:<26} LAST ERROR",

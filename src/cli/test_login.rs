@@ -40,7 +40,7 @@ pub(crate) fn test_login(settings: &Settings, source: &str) -> anyhow::Result<()
             })
         }
         None => {
-            let api = NodeApi::new(settings);
+            let api = NodeApi::new(settings)?;
             let url = format!("{}/api/sources/{}/test-login", api.base, source);
             rt.block_on(async {
                 let resp = api

@@ -13,10 +13,10 @@ use mailsluice::secret::Secret;
 use super::node_api::NodeApi;
 use super::{UsageError, open_store, runtime};
 
-pub(crate) fn tokens_status(settings: &Settings) -> anyhow::Result<()> {
+pub(crate) fn status(settings: &Settings) -> anyhow::Result<()> {
     let views: Vec<TokenView> = match open_store(settings)? {
         Some(store) => api::token_views(settings, &store, None).map_err(|e| anyhow!(e))?,
-        None => runtime()?.block_on(NodeApi::new(settings).get_json("/api/tokens"))?,
+        None => runtime()?.block_on(NodeApi::new(settings)?.get_json("/api/tokens"))?,
     };
     if views.is_empty() {
         println!("no OAuth2 sources configured");
@@ -60,7 +60,7 @@ pub(crate) fn tokens_status(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn tokens_import(settings: &Settings, source: &str, file: &Path) -> anyhow::Result<()> {
+pub(crate) fn import(settings: &Settings, source: &str, file: &Path) -> anyhow::Result<()> {
     let Some(src) = settings.sources.get(source) else {
         return Err(UsageError(format!("no source named {source:?} in the configuration")).into());
     };
@@ -87,7 +87,7 @@ pub(crate) fn tokens_import(settings: &Settings, source: &str, file: &Path) -> a
             );
         }
         None => {
-            let api = NodeApi::new(settings);
+            let api = NodeApi::new(settings)?;
             let url = format!("{}/api/tokens/{}/import", api.base, source);
             let resp = rt.block_on(async { api.http.post(&url).body(token).send().await })?;
             let ok = resp.status().is_success();
