@@ -566,7 +566,10 @@ mod tests {
             .map(String::from)
             .into_iter()
             .collect();
-        assert_eq!(capabilities_line(&caps), "AUTH=PLAIN IDLE IMAP4REV1 SASL-IR");
+        assert_eq!(
+            capabilities_line(&caps),
+            "AUTH=PLAIN IDLE IMAP4REV1 SASL-IR"
+        );
     }
 
     #[test]

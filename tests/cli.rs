@@ -334,7 +334,11 @@ fn run_once_logs_the_operators_lines_only() {
     for line in ["collecting every source once", "stopped"] {
         assert!(err.contains(line), "{line:?} missing in:\n{err}");
     }
-    for noise in ["starting 1 workers", "Actix runtime found", "shutting down idle worker"] {
+    for noise in [
+        "starting 1 workers",
+        "Actix runtime found",
+        "shutting down idle worker",
+    ] {
         assert!(!err.contains(noise), "{noise:?} in:\n{err}");
     }
 }
@@ -365,7 +369,11 @@ fn run_on_port_0_reports_its_address_to_programs_and_commands() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&listen_file).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&listen_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "listen file mode {mode:o}");
     }
     let log = support::read_log(&log_path);

@@ -109,9 +109,15 @@ mod tests {
             file.display()
         ));
         let err = node_address(&s).unwrap_err().to_string();
-        assert!(err.contains("no running node reported its address"), "{err}");
+        assert!(
+            err.contains("no running node reported its address"),
+            "{err}"
+        );
         std::fs::write(&file, "127.0.0.1:41234\n").unwrap();
-        assert_eq!(node_address(&s).unwrap(), "127.0.0.1:41234".parse().unwrap());
+        assert_eq!(
+            node_address(&s).unwrap(),
+            "127.0.0.1:41234".parse().unwrap()
+        );
     }
 
     #[test]

@@ -166,7 +166,9 @@ async fn collect_once(
     for (source, result) in &results {
         let done = p.get(source).copied().unwrap_or_default();
         match result {
-            Ok(()) => tracing::info!(source = %source, stored = done.total_stored, bytes = done.total_bytes, "source collected"),
+            Ok(()) => {
+                tracing::info!(source = %source, stored = done.total_stored, bytes = done.total_bytes, "source collected")
+            }
             Err(e) => tracing::warn!(source = %source, error = %e, "source not collected"),
         }
     }

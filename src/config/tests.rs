@@ -220,7 +220,10 @@ fn http_listen_may_ask_for_any_port_and_name_a_file_for_it() {
         "[node]\nhttp_listen = \"127.0.0.1:0\"\nhttp_listen_file = \"run/http.addr\"\n\n{BASE}"
     ));
     assert_eq!(s.node.http_listen, "127.0.0.1:0".parse().unwrap());
-    assert_eq!(s.node.http_listen_file, Some(PathBuf::from("run/http.addr")));
+    assert_eq!(
+        s.node.http_listen_file,
+        Some(PathBuf::from("run/http.addr"))
+    );
 }
 
 #[test]
