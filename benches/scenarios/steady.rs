@@ -5,8 +5,10 @@
 //!    messages, and its limits raised so that every source can hold one TLS session in IDLE
 //!    (see [`dovecot_config`]; on Linux also `fs.inotify.max_user_instances`, see
 //!    [`raise_inotify_instances`]).
-//! 2. `mailsluice run` as a child process: one password source per mailbox over implicit TLS,
-//!    `idle = true`, `poll_interval_secs = 300`, so polling cannot explain a fast arrival.
+//! 2. `mailsluice run` as a child process, started by the test harness's `NodeProcess` (HTTP
+//!    on a port the system picks, reported in a file; ready when `/readyz` says so): one
+//!    password source per mailbox over implicit TLS, `idle = true`,
+//!    `poll_interval_secs = 300`, so polling cannot explain a fast arrival.
 //! 3. Warm-up: from spawn until every source reports a finished first pass with its seeded
 //!    messages stored, then until Dovecot shows every session in IDLE (its process titles).
 //! 4. Idle: no mail arrives for a window; the node's CPU time (utime + stime from
