@@ -13,12 +13,12 @@ mod support;
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use support::{Dovecot, DovecotOptions, Oidc, OidcOptions};
+use support::{Dovecot, DovecotOptions, NodeProcess, Oidc, OidcOptions};
 
 const ALICE: &str = "alice@example.test";
 const ALICE_PW: &str = "alice-password";
@@ -125,12 +125,6 @@ fn mailsluice_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Generated messages with CRLF line endings: plain text, multipart with an attachment and
 /// non-ASCII subjects (encoded word and raw UTF-8), in turn.
 fn messages(tag: &str, start: usize, n: usize) -> Vec<Vec<u8>> {
@@ -180,43 +174,28 @@ fn messages(tag: &str, start: usize, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The running node: SIGTERM + wait on [`NodeProc::stop`], SIGKILL if dropped still running.
+/// The running node (the test harness's [`NodeProcess`]): SIGTERM + wait on
+/// [`NodeProc::stop`], and on drop too.
 struct NodeProc {
-    child: Option<Child>,
+    process: Option<NodeProcess>,
 }
 
 impl NodeProc {
     fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
+        let Some(mut process) = self.process.take() else {
             return Ok(());
         };
-        if child.try_wait()?.is_none() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+        let (_, status) = process
+            .stop(Duration::from_secs(20))
+            .map_err(anyhow::Error::msg)?;
+        if !status.success() {
+            bail!("the node exited with {status}");
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if !status.success() {
-                    bail!("the node exited with {status}");
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the node did not stop within 20 s of SIGTERM (killed)");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Ok(())
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.process.as_mut().and_then(NodeProcess::exited)
     }
 }
 
@@ -385,12 +364,14 @@ fn run(args: &Args) -> Result<()> {
         .prefix("mailsluice-demo-")
         .tempdir()
         .context("create the demo directory")?;
-    let http = format!("127.0.0.1:{}", free_port()?);
+    // Any free port: the node reports the one it got in http.addr.
+    let listen_file = dir.path().join("http.addr");
     let config = dir.path().join("mailsluice.toml");
     let text = format!(
         r#"[node]
 data_dir = {data:?}
-http_listen = "{http}"
+http_listen = "127.0.0.1:0"
+http_listen_file = {listen:?}
 secret_key_file = {key:?}
 
 [tls]
@@ -425,6 +406,7 @@ after_ingest = "keep"
 poll_interval_secs = 2
 "#,
         data = dir.path().join("data").display().to_string(),
+        listen = listen_file.display().to_string(),
         key = dir.path().join("secret.key").display().to_string(),
         ca = dovecot.ca_pem.display().to_string(),
         issuer = oidc.issuer,
@@ -463,11 +445,8 @@ poll_interval_secs = 2
         .arg(&config)
         .arg("run")
         .current_dir(dir.path())
+        // The node's own default log filter, unless RUST_LOG (inherited) says otherwise.
         .env("DEMO_POP_PASSWORD", ALICE_PW)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -478,40 +457,28 @@ poll_interval_secs = 2
     // Own process group: Ctrl-C in the terminal reaches the demo only, which then stops the
     // node with SIGTERM.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().context("spawn mailsluice run")?;
-    let stderr = child.stderr.take().context("piped stderr")?;
-    let mut node = NodeProc { child: Some(child) };
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            println!("node | {line}");
-        }
-    });
+    let node_started = Instant::now();
+    let mut process = NodeProcess::spawn(cmd, &listen_file).map_err(anyhow::Error::msg)?;
+    if let Some(stderr) = process.take_stderr() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                println!("node | {line}");
+            }
+        });
+    }
+    let ready = process.wait_ready(Duration::from_secs(20));
+    let mut node = NodeProc {
+        process: Some(process),
+    };
+    let http = ready.map_err(|e| anyhow::anyhow!("{e}; see the `node |` lines above"))?;
+    check_interrupt()?;
     let api = Api {
         client: reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()?,
         base: format!("http://{http}"),
     };
-    let node_started = Instant::now();
-    support::wait_for(
-        "the node's /healthz",
-        Duration::from_secs(20),
-        || {
-            if INTERRUPTED.load(Ordering::SeqCst) || node.exited().is_some() {
-                return Some(());
-            }
-            api.get("/healthz")
-                .ok()
-                .filter(|b| b.starts_with("ok"))
-                .map(|_| ())
-        },
-        || "see the `node |` lines above".into(),
-    );
-    check_interrupt()?;
-    if let Some(status) = node.exited() {
-        bail!("the node exited during startup ({status}); see the `node |` lines above");
-    }
     println!("    node up on http://{http} (metrics: http://{http}/metrics)");
     println!("    waiting for both sources to store all {n} messages:");
     wait_stored(&api, &mut node, n as u64, node_started)?;

@@ -311,11 +311,37 @@ fn connected(
     if let Some(t) = tls {
         report.push("tls", true, format!("{} {}", t.version, t.cipher));
     }
-    let caps: Vec<&str> = capabilities.iter().map(String::as_str).collect();
-    report.push("capabilities", true, caps.join(" "));
+    report.push("capabilities", true, capabilities_line(capabilities));
     if let Some(step) = token_step {
         report.steps.push(step);
     }
+}
+
+/// The capabilities as one line, each named once with its arguments. A POP3 session keeps
+/// the CAPA line `SASL PLAIN XOAUTH2` as `SASL`, `SASL PLAIN` and `SASL XOAUTH2` (so asking
+/// for one mechanism is one set lookup); printed as they are, the name would repeat before
+/// every argument. IMAP capabilities are single atoms and come out unchanged.
+fn capabilities_line(capabilities: &std::collections::BTreeSet<String>) -> String {
+    let mut by_name: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for cap in capabilities {
+        match cap.split_once(' ') {
+            Some((name, arg)) => by_name.entry(name).or_default().push(arg),
+            None => {
+                by_name.entry(cap).or_default();
+            }
+        }
+    }
+    let shown: Vec<String> = by_name
+        .into_iter()
+        .map(|(name, args)| {
+            if args.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name} {}", args.join(" "))
+            }
+        })
+        .collect();
+    shown.join(" ")
 }
 
 fn login_of<'a>(source: &'a SourceSettings, cred: &'a Credential) -> Login<'a> {
@@ -521,6 +547,29 @@ mod tests {
             settings.sources["s"].clone(),
             settings.providers["o365"].clone(),
         )
+    }
+
+    #[test]
+    fn pop3_capabilities_name_each_capability_once() {
+        let caps = crate::protocol::pop3::parse_capa(
+            b"TOP\r\nUIDL\r\nSASL LOGIN OAUTHBEARER PLAIN XOAUTH2\r\nSTLS\r\nUSER\r\n",
+        );
+        assert_eq!(
+            capabilities_line(&caps),
+            "SASL LOGIN OAUTHBEARER PLAIN XOAUTH2 STLS TOP UIDL USER"
+        );
+    }
+
+    #[test]
+    fn imap_capabilities_are_shown_as_they_are() {
+        let caps = ["AUTH=PLAIN", "IDLE", "IMAP4REV1", "SASL-IR"]
+            .map(String::from)
+            .into_iter()
+            .collect();
+        assert_eq!(
+            capabilities_line(&caps),
+            "AUTH=PLAIN IDLE IMAP4REV1 SASL-IR"
+        );
     }
 
     #[test]

@@ -1,6 +1,12 @@
-//! The command line's contract: exit codes and error text for config problems.
+//! The command line's contract: exit codes and error text for config problems, what `run`
+//! tells the operator, and how programs learn where a node listens.
 
-use std::process::Command;
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::NodeProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailsluice");
 
@@ -250,15 +256,11 @@ fn run_raises_the_open_files_limit_to_the_hard_limit() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[node]\ndata_dir = \"{}\"\nsecret_key_file = \"{}\"\nhttp_listen = \"127.0.0.1:{port}\"\n",
+            "[node]\ndata_dir = \"{}\"\nsecret_key_file = \"{}\"\nhttp_listen = \"127.0.0.1:0\"\n",
             dir.path().join("d").display(),
             dir.path().join("k").display()
         ),
@@ -293,4 +295,111 @@ fn run_raises_the_open_files_limit_to_the_hard_limit() {
         Some((hard, hard)),
         "the node's (soft, hard) open-files limits"
     );
+}
+
+/// A node without sources, listening on a port the system picks and reporting it in
+/// `http.addr`: (config path, listen file).
+fn any_port_config(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let listen_file = dir.join("run").join("http.addr");
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\nsecret_key_file = \"{}\"\nhttp_listen = \"127.0.0.1:0\"\nhttp_listen_file = \"{}\"\n",
+            dir.join("d").display(),
+            dir.join("k").display(),
+            listen_file.display()
+        ),
+    )
+    .unwrap();
+    (cfg, listen_file)
+}
+
+/// `run --once` with the default log filter tells the operator what the node did, without
+/// the HTTP server's own start-up and shut-down lines.
+#[test]
+fn run_once_logs_the_operators_lines_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = any_port_config(dir.path());
+    let out = Command::new(BIN)
+        .args(["-c", cfg.to_str().unwrap(), "run", "--once"])
+        .current_dir(dir.path())
+        .env_remove("MAILSLUICE_CONFIG")
+        .env_remove("MAILSLUICE_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run mailsluice");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for line in ["collecting every source once", "stopped"] {
+        assert!(err.contains(line), "{line:?} missing in:\n{err}");
+    }
+    for noise in [
+        "starting 1 workers",
+        "Actix runtime found",
+        "shutting down idle worker",
+    ] {
+        assert!(!err.contains(noise), "{noise:?} in:\n{err}");
+    }
+}
+
+/// On port 0 the node reports the address it got: in its log as a field, and in
+/// node.http_listen_file (0600) for programs and for the commands run beside it; the file
+/// goes when the node stops.
+#[test]
+fn run_on_port_0_reports_its_address_to_programs_and_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, listen_file) = any_port_config(dir.path());
+    let log_path = dir.path().join("node.log");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-c", cfg.to_str().unwrap(), "run"])
+        .current_dir(dir.path())
+        .env_remove("MAILSLUICE_CONFIG")
+        .env("MAILSLUICE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let mut node = NodeProcess::start(cmd, &listen_file, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", support::read_log(&log_path)));
+    let addr = node.http().expect("address");
+    assert_ne!(addr.port(), 0);
+    assert_eq!(
+        std::fs::read_to_string(&listen_file).unwrap(),
+        format!("{addr}\n")
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&listen_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "listen file mode {mode:o}");
+    }
+    let log = support::read_log(&log_path);
+    assert!(log.contains(&format!("http={addr}")), "{log}");
+    // The store is locked by the node: `status` finds it through the listen file.
+    let (code, out, err) = run(dir.path(), &["-c", cfg.to_str().unwrap(), "status"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("SOURCE"), "{out}");
+    let (_, status) = node.stop(Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "{}", support::read_log(&log_path));
+    assert!(!listen_file.exists(), "listen file left behind");
+    // Without a node the same command reads the store itself.
+    let (code, out, err) = run(dir.path(), &["-c", cfg.to_str().unwrap(), "status"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Port 0 without a listen file: a command that needs the running node says what to set.
+#[test]
+fn reload_on_port_0_without_a_listen_file_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[node]\n", "[node]\nhttp_listen = \"127.0.0.1:0\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, _, err) = run(dir.path(), &["-c", cfg.to_str().unwrap(), "reload"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("node.http_listen_file"), "{err}");
 }

@@ -7,7 +7,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use node::{Node, corpus, free_port};
+use node::{Node, corpus};
 use support::{Dovecot, DovecotOptions, Oidc, OidcOptions};
 
 const ALICE: &str = "alice@example.test";
@@ -132,6 +132,16 @@ fn password_pop3_through_a_running_node() {
     assert!(ok, "{out}");
     assert!(out.contains("[ ok ] connect      localhost:"), "{out}");
     assert!(out.contains("(STARTTLS)"), "{out}");
+    // One CAPA line `SASL PLAIN LOGIN ...` is one capability, named once.
+    let caps = out
+        .lines()
+        .find(|l| l.contains("] capabilities"))
+        .unwrap_or_default();
+    assert_eq!(caps.matches("SASL").count(), 1, "{out}");
+    assert!(
+        caps.contains("SASL PLAIN") || caps.contains("SASL LOGIN"),
+        "{out}"
+    );
     assert!(
         out.contains(&format!("[ ok ] mailbox      {seeded} messages")),
         "{out}"
@@ -139,40 +149,46 @@ fn password_pop3_through_a_running_node() {
     assert!(!out.contains(ALICE_PW), "password printed");
 }
 
-/// `openssl s_server` on `bind`:port with the CA's server certificate and `args`; killed
-/// on drop.
-struct SServer(std::process::Child);
+/// `openssl s_server` on `bind`, on a port the system picks, with the CA's server
+/// certificate and `args`; killed on drop.
+struct SServer {
+    child: std::process::Child,
+    port: u16,
+}
 
 impl SServer {
-    fn start(ca: &support::Ca, bind: &str, port: u16, args: &[&str]) -> SServer {
-        let child = Command::new("openssl")
-            .args(["s_server", "-accept", &format!("{bind}:{port}"), "-quiet"])
+    /// Starts the server and returns once it listens: s_server prints `ACCEPT host:port`
+    /// (and flushes) after binding, so the port is read from there.
+    fn start(ca: &support::Ca, bind: &str, args: &[&str]) -> SServer {
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-accept", &format!("{bind}:0")])
             .args(args)
             .arg("-cert")
             .arg(&ca.cert_pem)
             .arg("-key")
             .arg(&ca.key_pem)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("openssl");
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect((bind, port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "openssl s_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        SServer(child)
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let port = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("ACCEPT ")?.rsplit(':').next()?.parse().ok())
+            .expect("openssl s_server exited without saying where it listens");
+        // Without -quiet it reports every connection: keep reading so it never blocks.
+        std::thread::spawn(move || lines.for_each(drop));
+        SServer { child, port }
     }
 }
 
 impl Drop for SServer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -188,13 +204,12 @@ fn password_node(ca_pem: &std::path::Path, host: &str, port: u16, extra_node: &s
 #[test]
 fn server_offering_only_tls_1_1_is_refused_by_name() {
     let ca = support::ca();
-    let port = free_port();
-    let _server = SServer::start(
+    let server = SServer::start(
         &ca,
         "127.0.0.1",
-        port,
         &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"],
     );
+    let port = server.port;
     let node = password_node(&ca.ca_pem, "localhost", port, "");
     let (ok, out) = run(&node);
     println!("{out}");
@@ -210,8 +225,8 @@ fn server_offering_only_tls_1_1_is_refused_by_name() {
 #[test]
 fn min_version_1_3_refuses_a_tls_1_2_only_server() {
     let ca = support::ca();
-    let port = free_port();
-    let _server = SServer::start(&ca, "127.0.0.1", port, &["-tls1_2"]);
+    let server = SServer::start(&ca, "127.0.0.1", &["-tls1_2"]);
+    let port = server.port;
     // Accepted with the default minimum (TLS 1.2): the handshake works, the server just
     // is not IMAP (it says nothing), so only the TLS step is checked here.
     let node = password_node(&ca.ca_pem, "localhost", port, "");
@@ -236,9 +251,9 @@ fn min_version_1_3_refuses_a_tls_1_2_only_server() {
 #[test]
 fn wrong_host_name_and_untrusted_certificate_are_refused_clearly() {
     let ca = support::ca();
-    let port = free_port();
     // The certificate names localhost, 127.0.0.1 and 127.0.0.2, not 127.0.0.3.
-    let _server = SServer::start(&ca, "127.0.0.3", port, &[]);
+    let server = SServer::start(&ca, "127.0.0.3", &[]);
+    let port = server.port;
     let node = password_node(&ca.ca_pem, "127.0.0.3", port, "");
     let (ok, out) = run(&node);
     assert!(!ok, "{out}");

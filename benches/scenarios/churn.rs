@@ -48,12 +48,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::contenders::{self, PASSWORD};
-use crate::support::{self, Dovecot, DovecotOptions, Oidc, OidcOptions};
+use crate::support::{self, Dovecot, DovecotOptions, NodeProcess, Oidc, OidcOptions};
 use crate::{LiveArgs, LiveReport};
+
+/// Where the node reports the address it listens on, in the work directory.
+const LISTEN_FILE: &str = "http.addr";
 
 /// Churn length without `--duration`.
 const DEFAULT_DURATION: Duration = Duration::from_secs(300);
@@ -141,12 +144,14 @@ impl Plan {
         )
     }
 
-    fn node_config(&self, dir: &Path, oidc: &Oidc, dovecot: &Dovecot, http: u16) -> String {
+    fn node_config(&self, dir: &Path, oidc: &Oidc, dovecot: &Dovecot) -> String {
         let mut c = format!(
-            "[node]\ndata_dir = \"{data}\"\nhttp_listen = \"127.0.0.1:{http}\"\nsecret_key_file = \"{key}\"\n\n\
+            "[node]\ndata_dir = \"{data}\"\nhttp_listen = \"127.0.0.1:0\"\nhttp_listen_file = \"{listen}\"\n\
+             secret_key_file = \"{key}\"\n\n\
              [tls]\nextra_ca_file = \"{ca}\"\n\n\
              [providers.local]\nkind = \"oidc\"\nissuer = \"{issuer}\"\nclient_id = \"collector\"\n\n",
             data = dir.join("data").display(),
+            listen = dir.join(LISTEN_FILE).display(),
             key = dir.join("secret.key").display(),
             ca = dovecot.ca_pem.display(),
             issuer = oidc.issuer,
@@ -258,12 +263,8 @@ fn churn(plan: &Plan, keep: bool, mailsluice: &Path) -> Result<Outcome, String> 
         .tempdir()
         .map_err(|e| format!("create the work directory: {e}"))?;
     let dir = work.path();
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("pick a free port: {e}"))?
-        .port();
     let config = dir.join("mailsluice.toml");
-    std::fs::write(&config, plan.node_config(dir, &oidc, &dovecot, http))
+    std::fs::write(&config, plan.node_config(dir, &oidc, &dovecot))
         .map_err(|e| format!("write {}: {e}", config.display()))?;
     import_tokens(plan, &oidc, mailsluice, &config, dir)?;
     // The imports' access tokens must be dead before the node starts (see the module docs).
@@ -282,7 +283,6 @@ fn churn(plan: &Plan, keep: bool, mailsluice: &Path) -> Result<Outcome, String> 
         mailsluice,
         &config,
         dir,
-        http,
         &oidc,
         dovecot.process_group(),
     )?;
@@ -335,7 +335,6 @@ fn run_node(
     mailsluice: &Path,
     config: &Path,
     dir: &Path,
-    http: u16,
     oidc: &Oidc,
     server_group: u32,
 ) -> Result<NodeFigures, String> {
@@ -344,25 +343,30 @@ fn run_node(
     let log = std::fs::File::create(&log_path).map_err(|e| format!("create node.log: {e}"))?;
     let err = log.try_clone().map_err(|e| format!("dup node.log: {e}"))?;
     let started = Instant::now();
-    let mut child = Command::new(mailsluice)
+    let mut command = Command::new(mailsluice);
+    command
         .arg("-c")
         .arg(config)
         .arg("run")
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("spawn mailsluice run: {e}"))?;
-    let base = format!("http://127.0.0.1:{http}");
+        .stderr(err);
+    let tail = || support::tail(&support::read_log(&log_path), 20);
+    let mut node = NodeProcess::start(command, &dir.join(LISTEN_FILE), Duration::from_secs(60))
+        .map_err(|e| format!("{e}; the node's last lines:\n{}", tail()))?;
+    let base = format!(
+        "http://{}",
+        node.http()
+            .ok_or("the node is ready but reported no address")?
+    );
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| format!("http client: {e}"))?;
-    let tail = || support::tail(&support::read_log(&log_path), 20);
     let mut next_progress = Duration::from_secs(60);
     while started.elapsed() < plan.duration {
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Some(status) = node.exited() {
             eprintln!("the node's last lines:\n{}", tail());
             return Err(format!(
                 "the node exited after {:.0} s ({status})",
@@ -384,12 +388,12 @@ fn run_node(
     }
     let metrics = get(&client, &format!("{base}/metrics"));
     let sources = get(&client, &format!("{base}/api/sources"));
-    let (cpu, peak_rss_bytes) = proc_figures(child.id());
+    let (cpu, peak_rss_bytes) = proc_figures(node.pid());
     let server_cpu = server_before
         .zip(crate::measure::group_cpu(server_group))
         .map(|(before, after)| after.saturating_sub(before));
     let exit =
-        stop(&mut child).inspect_err(|e| eprintln!("{e}; the node's last lines:\n{}", tail()));
+        stop(&mut node).inspect_err(|e| eprintln!("{e}; the node's last lines:\n{}", tail()));
     let metrics = metrics?;
     let sources: serde_json::Value =
         serde_json::from_str(&sources?).map_err(|e| format!("/api/sources is not JSON: {e}"))?;
@@ -456,26 +460,12 @@ fn get(client: &reqwest::blocking::Client, url: &str) -> Result<String, String> 
 }
 
 /// SIGTERM, then up to a minute for the graceful stop (SIGKILL after that).
-fn stop(child: &mut Child) -> Result<(), String> {
-    let pid = libc::pid_t::try_from(child.id()).map_err(|e| format!("pid: {e}"))?;
-    // SAFETY: kill(2) has no memory-safety preconditions; `child` is not reaped yet, so the
-    // pid is still our child's.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("the node ended with {status} after SIGTERM")),
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("the node did not stop within 60 s of SIGTERM (killed)".into());
-            }
-            Err(e) => return Err(format!("wait for the node: {e}")),
-        }
+fn stop(node: &mut NodeProcess) -> Result<(), String> {
+    let (_, status) = node.stop(Duration::from_secs(60))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the node ended with {status} after SIGTERM"))
     }
 }
 

@@ -5,8 +5,10 @@
 //!    messages, and its limits raised so that every source can hold one TLS session in IDLE
 //!    (see [`dovecot_config`]; on Linux also `fs.inotify.max_user_instances`, see
 //!    [`raise_inotify_instances`]).
-//! 2. `mailsluice run` as a child process: one password source per mailbox over implicit TLS,
-//!    `idle = true`, `poll_interval_secs = 300`, so polling cannot explain a fast arrival.
+//! 2. `mailsluice run` as a child process, started by the test harness's `NodeProcess` (HTTP
+//!    on a port the system picks, reported in a file; ready when `/readyz` says so): one
+//!    password source per mailbox over implicit TLS, `idle = true`,
+//!    `poll_interval_secs = 300`, so polling cannot explain a fast arrival.
 //! 3. Warm-up: from spawn until every source reports a finished first pass with its seeded
 //!    messages stored, then until Dovecot shows every session in IDLE (its process titles).
 //! 4. Idle: no mail arrives for a window; the node's CPU time (utime + stime from
@@ -28,7 +30,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -36,7 +38,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::contenders::PASSWORD;
 use crate::corpus;
-use crate::support::{Dovecot, DovecotOptions};
+use crate::support::{Dovecot, DovecotOptions, NodeProcess};
 use crate::{LiveArgs, LiveReport};
 
 /// The targets this scenario reports against.
@@ -171,12 +173,14 @@ fn raise_inotify_instances(n: usize) -> String {
     }
 }
 
-/// The node's configuration: `[node]`, `[tls]` and one IDLE source per mailbox.
-fn node_config(dir: &Path, http_port: u16, dovecot: &Dovecot, sources: usize) -> String {
+/// The node's configuration: `[node]` (HTTP on a port the system picks, reported in
+/// [`LISTEN_FILE`]), `[tls]` and one IDLE source per mailbox.
+fn node_config(dir: &Path, dovecot: &Dovecot, sources: usize) -> String {
     let mut c = format!(
-        "[node]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\nsecret_key_file = \"{}\"\n\n\
-         [tls]\nextra_ca_file = \"{}\"\n\n",
+        "[node]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:0\"\nhttp_listen_file = \"{}\"\n\
+         secret_key_file = \"{}\"\n\n[tls]\nextra_ca_file = \"{}\"\n\n",
         dir.join("data").display(),
+        dir.join(LISTEN_FILE).display(),
         dir.join("secret.key").display(),
         dovecot.ca_pem.display(),
     );
@@ -194,26 +198,29 @@ fn node_config(dir: &Path, http_port: u16, dovecot: &Dovecot, sources: usize) ->
     c
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("pick a free port for the node's HTTP API")
-}
+/// Where the node reports the address it listens on, in the work directory.
+const LISTEN_FILE: &str = "http.addr";
 
-/// The running node: its process, API address and log. Killed on drop.
-struct NodeProcess {
-    child: Child,
+/// The running node: its process (the harness's), API address and log. Killed on drop.
+struct Node {
+    process: NodeProcess,
     http: String,
     log: PathBuf,
     client: reqwest::blocking::Client,
 }
 
-impl NodeProcess {
-    fn spawn(mailsluice: &Path, config: &Path, dir: &Path, http_port: u16) -> NodeProcess {
+impl Node {
+    /// Starts `mailsluice run` in `dir` and waits until it is ready.
+    fn start(
+        mailsluice: &Path,
+        config: &Path,
+        dir: &Path,
+        timeout: Duration,
+    ) -> Result<Node, String> {
         let log = dir.join("node.log");
         let stderr = std::fs::File::create(&log).expect("create the node's log file");
-        let child = Command::new(mailsluice)
+        let mut command = Command::new(mailsluice);
+        command
             .arg("-c")
             .arg(config)
             .arg("run")
@@ -222,19 +229,28 @@ impl NodeProcess {
             .env("MAILSLUICE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", mailsluice.display()));
-        NodeProcess {
-            child,
-            http: format!("127.0.0.1:{http_port}"),
+            .stderr(stderr);
+        let process =
+            NodeProcess::start(command, &dir.join(LISTEN_FILE), timeout).map_err(|e| {
+                format!(
+                    "{e}; its log ends:\n{}",
+                    crate::support::tail(&crate::support::read_log(&log), 20)
+                )
+            })?;
+        let http = process
+            .http()
+            .ok_or("the node is ready but reported no address")?
+            .to_string();
+        Ok(Node {
+            process,
+            http,
             log,
             client: reqwest::blocking::Client::new(),
-        }
+        })
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     fn get(&self, path: &str, timeout: Duration) -> Result<String, String> {
@@ -266,11 +282,11 @@ impl NodeProcess {
         &mut self,
         what: &str,
         timeout: Duration,
-        mut probe: impl FnMut(&NodeProcess) -> Option<T>,
+        mut probe: impl FnMut(&Node) -> Option<T>,
     ) -> Result<T, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.process.exited() {
                 return Err(format!(
                     "the node exited ({status}) while waiting for {what}; its log ends:\n{}",
                     self.log_tail()
@@ -324,42 +340,15 @@ impl NodeProcess {
 
     /// SIGTERM, then waits up to `grace` for the exit; SIGKILL after that.
     fn stop(&mut self, grace: Duration) -> Result<(Duration, ExitStatus), String> {
-        let asked = Instant::now();
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .stdin(Stdio::null())
-            .status();
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Ok((asked.elapsed(), status)),
-                Ok(None) if asked.elapsed() < grace => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return Err(format!(
-                        "the node did not exit within {grace:?} of SIGTERM (killed); its log ends:\n{}",
-                        self.log_tail()
-                    ));
-                }
-            }
-        }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.process
+            .stop(grace)
+            .map_err(|e| format!("{e}; its log ends:\n{}", self.log_tail()))
     }
 }
 
 /// Per-source totals from `/api/sources`: (sources with a finished pass and at least
 /// `seeded` messages, messages stored over all sources).
-fn progress(node: &NodeProcess, seeded: u64) -> Option<(usize, u64)> {
+fn progress(node: &Node, seeded: u64) -> Option<(usize, u64)> {
     // A node that does not answer within seconds is stuck, not busy: the probe says so
     // (as no progress) instead of holding up the wait's own deadline.
     let sources = node
@@ -427,7 +416,7 @@ struct Appended {
 /// Delivers `plan.appends` messages on an absolute schedule (message k at start + k / rate),
 /// each into a mailbox drawn by a seeded RNG. The next message is generated while waiting
 /// for its slot, so building a large one does not make its delivery late.
-fn append(plan: &Plan, dovecot: &Dovecot, node: &NodeProcess) -> Appended {
+fn append(plan: &Plan, dovecot: &Dovecot, node: &Node) -> Appended {
     let mut rng = StdRng::seed_from_u64(RNG_SEED);
     let mut appends = Vec::with_capacity(plan.appends);
     let mut max_lateness = Duration::ZERO;
@@ -475,7 +464,7 @@ struct Stored {
 
 /// Every stored message by Message-ID (without angle brackets), read through the node's
 /// API page by page (each entry carries the parsed bodies, so pages stay small).
-fn stored_messages(node: &NodeProcess) -> Result<HashMap<String, Vec<Stored>>, String> {
+fn stored_messages(node: &Node) -> Result<HashMap<String, Vec<Stored>>, String> {
     let mut out: HashMap<String, Vec<Stored>> = HashMap::new();
     let mut after: Option<u64> = None;
     loop {
@@ -710,92 +699,13 @@ pub fn run(args: &LiveArgs, mailsluice: &Path) -> LiveReport {
         .prefix("mailsluice-steady-")
         .tempdir()
         .expect("create the scenario's work directory");
-    let http_port = free_port();
     let config = work.path().join("mailsluice.toml");
-    std::fs::write(&config, node_config(work.path(), http_port, &dovecot, n))
+    std::fs::write(&config, node_config(work.path(), &dovecot, n))
         .expect("write the node's config");
 
     let spawned = Instant::now();
-    let mut node = NodeProcess::spawn(mailsluice, &config, work.path(), http_port);
-    let mut last_report = Instant::now();
-    let warm = node.wait("every source's first pass", plan.warm_up_timeout, |node| {
-        let (done, _) = progress(node, SEEDED_PER_MAILBOX as u64)?;
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            last_report = Instant::now();
-            eprintln!("first pass: {done}/{n} sources");
-        }
-        (done == n).then_some(())
-    });
-    match warm {
-        Ok(()) => {
-            m.first_pass = Some(spawned.elapsed());
-            eprintln!(
-                "every source collected its seeded mail {:.1} s after spawn",
-                spawned.elapsed().as_secs_f64()
-            );
-            let idle = node.wait(
-                "every session in IDLE at Dovecot",
-                Duration::from_secs(60),
-                |_| (sessions_in_idle(&dovecot) >= n).then_some(()),
-            );
-            match idle {
-                Ok(()) => {
-                    m.all_idle = Some(spawned.elapsed());
-                    eprintln!(
-                        "{n} sessions in IDLE {:.1} s after spawn",
-                        spawned.elapsed().as_secs_f64()
-                    );
-                }
-                Err(e) => failures.push(format!(
-                    "scenario 4: {e} ({} of {n} in IDLE)",
-                    sessions_in_idle(&dovecot)
-                )),
-            }
-        }
-        Err(e) => failures.push(format!("scenario 4: {e}")),
-    }
-
-    if failures.is_empty() {
-        measure_idle(&plan, &node, &mut m);
-        let appended = append(&plan, &dovecot, &node);
-        m.appended = appended.appends.len();
-        m.append_elapsed = Some(appended.elapsed);
-        m.max_lateness = Some(appended.max_lateness);
-        m.append_cpu_percent = percent_of_core(appended.cpu, appended.elapsed);
-        eprintln!(
-            "appended {} messages in {:.1} s (latest start {:.0} ms behind schedule)",
-            m.appended,
-            appended.elapsed.as_secs_f64(),
-            appended.max_lateness.as_secs_f64() * 1e3
-        );
-        let expected = seeded + m.appended as u64;
-        let caught_up = node.wait("every appended message stored", plan.deadline, |node| {
-            (progress(node, 0)?.1 >= expected).then_some(())
-        });
-        if let Err(e) = &caught_up {
-            eprintln!("{e}");
-        }
-        match stored_messages(&node) {
-            Ok(stored) => m.verdict = judge(&plan, &appended.appends, &stored, &mut failures),
-            Err(e) => failures.push(format!("scenario 4: reading the stored messages: {e}")),
-        }
-        if let Some((rss, hwm)) = node.memory() {
-            m.end_rss = Some(rss);
-            m.peak_rss = Some(hwm);
-        }
-    } else if let Some((_, hwm)) = node.memory() {
-        m.peak_rss = Some(hwm);
-    }
-    match node.stop(Duration::from_secs(30)) {
-        Ok((took, status)) => {
-            m.shutdown = Some(took);
-            if !status.success() {
-                failures.push(format!(
-                    "scenario 4: the node exited with {status} after SIGTERM; its log ends:\n{}",
-                    node.log_tail()
-                ));
-            }
-        }
+    match Node::start(mailsluice, &config, work.path(), plan.warm_up_timeout) {
+        Ok(mut node) => drive(&plan, &dovecot, &mut node, spawned, &mut m, &mut failures),
         Err(e) => failures.push(format!("scenario 4: {e}")),
     }
     let load_after = crate::loadavg();
@@ -831,9 +741,104 @@ pub fn run(args: &LiveArgs, mailsluice: &Path) -> LiveReport {
     LiveReport { markdown, failures }
 }
 
+/// Steps 3 to 6 with the node up: warm-up, the idle window, the appends and the verdict,
+/// then SIGTERM.
+fn drive(
+    plan: &Plan,
+    dovecot: &Dovecot,
+    node: &mut Node,
+    spawned: Instant,
+    m: &mut Measured,
+    failures: &mut Vec<String>,
+) {
+    let n = plan.sources;
+    let seeded = (n * SEEDED_PER_MAILBOX) as u64;
+    let mut last_report = Instant::now();
+    let warm = node.wait("every source's first pass", plan.warm_up_timeout, |node| {
+        let (done, _) = progress(node, SEEDED_PER_MAILBOX as u64)?;
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            eprintln!("first pass: {done}/{n} sources");
+        }
+        (done == n).then_some(())
+    });
+    match warm {
+        Ok(()) => {
+            m.first_pass = Some(spawned.elapsed());
+            eprintln!(
+                "every source collected its seeded mail {:.1} s after spawn",
+                spawned.elapsed().as_secs_f64()
+            );
+            let idle = node.wait(
+                "every session in IDLE at Dovecot",
+                Duration::from_secs(60),
+                |_| (sessions_in_idle(dovecot) >= n).then_some(()),
+            );
+            match idle {
+                Ok(()) => {
+                    m.all_idle = Some(spawned.elapsed());
+                    eprintln!(
+                        "{n} sessions in IDLE {:.1} s after spawn",
+                        spawned.elapsed().as_secs_f64()
+                    );
+                }
+                Err(e) => failures.push(format!(
+                    "scenario 4: {e} ({} of {n} in IDLE)",
+                    sessions_in_idle(dovecot)
+                )),
+            }
+        }
+        Err(e) => failures.push(format!("scenario 4: {e}")),
+    }
+
+    if failures.is_empty() {
+        measure_idle(plan, node, m);
+        let appended = append(plan, dovecot, node);
+        m.appended = appended.appends.len();
+        m.append_elapsed = Some(appended.elapsed);
+        m.max_lateness = Some(appended.max_lateness);
+        m.append_cpu_percent = percent_of_core(appended.cpu, appended.elapsed);
+        eprintln!(
+            "appended {} messages in {:.1} s (latest start {:.0} ms behind schedule)",
+            m.appended,
+            appended.elapsed.as_secs_f64(),
+            appended.max_lateness.as_secs_f64() * 1e3
+        );
+        let expected = seeded + m.appended as u64;
+        let caught_up = node.wait("every appended message stored", plan.deadline, |node| {
+            (progress(node, 0)?.1 >= expected).then_some(())
+        });
+        if let Err(e) = &caught_up {
+            eprintln!("{e}");
+        }
+        match stored_messages(node) {
+            Ok(stored) => m.verdict = judge(plan, &appended.appends, &stored, failures),
+            Err(e) => failures.push(format!("scenario 4: reading the stored messages: {e}")),
+        }
+        if let Some((rss, hwm)) = node.memory() {
+            m.end_rss = Some(rss);
+            m.peak_rss = Some(hwm);
+        }
+    } else if let Some((_, hwm)) = node.memory() {
+        m.peak_rss = Some(hwm);
+    }
+    match node.stop(Duration::from_secs(30)) {
+        Ok((took, status)) => {
+            m.shutdown = Some(took);
+            if !status.success() {
+                failures.push(format!(
+                    "scenario 4: the node exited with {status} after SIGTERM; its log ends:\n{}",
+                    node.log_tail()
+                ));
+            }
+        }
+        Err(e) => failures.push(format!("scenario 4: {e}")),
+    }
+}
+
 /// Waits for the node to settle into IDLE, then measures its CPU over the idle window and
 /// its memory at the end.
-fn measure_idle(plan: &Plan, node: &NodeProcess, m: &mut Measured) {
+fn measure_idle(plan: &Plan, node: &Node, m: &mut Measured) {
     // The last pass' log line and store flush happen just before its IDLE starts.
     std::thread::sleep(Duration::from_secs(1));
     eprintln!(

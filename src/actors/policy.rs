@@ -208,6 +208,10 @@ pub fn plan_reload(old: &Settings, new: &Settings, running: &BTreeSet<String>) -
         ("node.data_dir", on.data_dir != nn.data_dir),
         ("node.http_listen", on.http_listen != nn.http_listen),
         (
+            "node.http_listen_file",
+            on.http_listen_file != nn.http_listen_file,
+        ),
+        (
             "node.secret_key_file",
             on.secret_key_file != nn.secret_key_file,
         ),
@@ -550,14 +554,17 @@ password_env = "PW"
         let old = settings(BASE);
         let new = settings(&BASE.replace(
             "data_dir = \"/tmp/ms-plan\"",
-            "data_dir = \"/tmp/ms-plan2\"\nmax_sessions = 3\nread_timeout_secs = 7",
+            "data_dir = \"/tmp/ms-plan2\"\nhttp_listen_file = \"/tmp/ms-plan.addr\"\nmax_sessions = 3\nread_timeout_secs = 7",
         ));
         let plan = plan_reload(
             &old,
             &new,
             &running(&["same", "oauth", "gone", "turned_off", "parked"]),
         );
-        assert_eq!(plan.report.needs_restart, vec!["node.data_dir"]);
+        assert_eq!(
+            plan.report.needs_restart,
+            vec!["node.data_dir", "node.http_listen_file"]
+        );
         assert!(plan.new_connector && plan.new_session_limit);
         assert_eq!(plan.report.restarted.len(), 5);
         assert!(

@@ -26,6 +26,10 @@ pub struct NodeSettings {
     pub data_dir: PathBuf,
     /// `node.http_listen`: where /metrics, /healthz, /readyz and /api/... are served.
     pub http_listen: SocketAddr,
+    /// `node.http_listen_file`: where `run` writes the address it listens on (the one way to
+    /// learn the port when `http_listen` asks for port 0), and where commands beside a
+    /// running node look it up in that case.
+    pub http_listen_file: Option<PathBuf>,
     /// `node.max_sessions`: concurrent IMAP/POP3 sessions over all sources.
     pub max_sessions: usize,
     /// `node.log_format`.

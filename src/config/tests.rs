@@ -158,6 +158,7 @@ password_env = \"PW\"
     let n = &s.node;
     assert_eq!(n.data_dir, PathBuf::from("data"));
     assert_eq!(n.http_listen, "127.0.0.1:9898".parse().unwrap());
+    assert_eq!(n.http_listen_file, None);
     assert_eq!(n.max_sessions, 256);
     assert_eq!(n.log_format, LogFormat::Text);
     assert_eq!(n.store_compression, crate::store::Compression::Zstd);
@@ -210,6 +211,19 @@ fn pop3_starttls_defaults_to_110() {
         "protocol = \"pop3\"\nsecurity = \"starttls\"",
     ));
     assert_eq!(source(&s, "support").port, 110);
+}
+
+/// Port 0 lets the system pick the port; `run` writes the one it got to http_listen_file.
+#[test]
+fn http_listen_may_ask_for_any_port_and_name_a_file_for_it() {
+    let s = ok(&format!(
+        "[node]\nhttp_listen = \"127.0.0.1:0\"\nhttp_listen_file = \"run/http.addr\"\n\n{BASE}"
+    ));
+    assert_eq!(s.node.http_listen, "127.0.0.1:0".parse().unwrap());
+    assert_eq!(
+        s.node.http_listen_file,
+        Some(PathBuf::from("run/http.addr"))
+    );
 }
 
 #[test]

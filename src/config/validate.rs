@@ -20,6 +20,7 @@ const TOP_KEYS: &[&str] = &["node", "tls", "providers", "sources"];
 const NODE_KEYS: &[&str] = &[
     "data_dir",
     "http_listen",
+    "http_listen_file",
     "max_sessions",
     "log_format",
     "secret_key_file",
@@ -124,6 +125,10 @@ fn node(ctx: &mut Ctx, t: &Table) -> NodeSettings {
         }),
         None => DEFAULT_HTTP_LISTEN,
     };
+    let http_listen_file = t
+        .string(ctx, "http_listen_file")
+        .filter(|s| !s.trim().is_empty())
+        .map(PathBuf::from);
     let max_sessions = t.uint(ctx, "max_sessions", 1, u64::from(u32::MAX), 256);
     let log_format = t
         .choice(
@@ -145,6 +150,7 @@ fn node(ctx: &mut Ctx, t: &Table) -> NodeSettings {
     NodeSettings {
         data_dir: PathBuf::from(data_dir),
         http_listen,
+        http_listen_file,
         max_sessions: usize::try_from(max_sessions).unwrap_or(usize::MAX),
         log_format,
         secret_key_file: PathBuf::from(secret_key_file),

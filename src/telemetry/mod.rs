@@ -406,6 +406,24 @@ pub const LOG_ENV: &str = "MAILSLUICE_LOG";
 /// The log filter when none is set: INFO and up, without a parser library's chatter.
 pub const DEFAULT_LOG_FILTER: &str = "info,imap_codec=error";
 
+/// The HTTP server's own lifecycle lines (`starting 1 workers`, `Actix runtime found`,
+/// `shutting down idle worker`) say nothing an operator can act on, and in `run --once` they
+/// crowd out the lines that do; warnings and errors still come through. Added to every filter
+/// that does not name `actix_server` itself, so `MAILSLUICE_LOG=debug` stays readable and
+/// `MAILSLUICE_LOG=info,actix_server=info` brings them back.
+const QUIET_TARGETS: &str = "actix_server=warn";
+
+/// The filter directives: `given` (from [`LOG_ENV`] or `RUST_LOG`), else
+/// [`DEFAULT_LOG_FILTER`], with [`QUIET_TARGETS`] unless `given` names that target.
+fn log_filter(given: Option<&str>) -> String {
+    let base = given.unwrap_or(DEFAULT_LOG_FILTER);
+    if base.contains("actix_server") {
+        base.to_string()
+    } else {
+        format!("{base},{QUIET_TARGETS}")
+    }
+}
+
 /// Sets up `tracing` output: text or JSON lines on stderr. Level from `MAILSLUICE_LOG`
 /// (else `RUST_LOG`, else [`DEFAULT_LOG_FILTER`]).
 pub fn init_logging(json: bool) {
@@ -422,8 +440,8 @@ pub fn init_logging_to(json: bool, writer: tracing_subscriber::fmt::writer::BoxM
     let filter = std::env::var(LOG_ENV)
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
+        .and_then(|f| EnvFilter::try_new(log_filter(Some(&f))).ok())
+        .unwrap_or_else(|| EnvFilter::new(log_filter(None)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour codes only for a person at a terminal, never into a journal or file.
@@ -444,6 +462,22 @@ pub fn init_logging_to(json: bool, writer: tracing_subscriber::fmt::writer::BoxM
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_server_lifecycle_lines_stay_out_unless_asked_for() {
+        assert_eq!(log_filter(None), "info,imap_codec=error,actix_server=warn");
+        assert_eq!(
+            log_filter(Some("info,mailsluice=debug")),
+            "info,mailsluice=debug,actix_server=warn"
+        );
+        assert_eq!(
+            log_filter(Some("debug,actix_server=info")),
+            "debug,actix_server=info"
+        );
+        for f in [log_filter(None), log_filter(Some("trace"))] {
+            assert!(tracing_subscriber::EnvFilter::try_new(&f).is_ok(), "{f}");
+        }
+    }
 
     #[test]
     fn catalog_names_are_unique_and_prefixed() {

@@ -6,27 +6,25 @@
 pub mod corpus;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_mailsluice");
+use crate::support::NodeProcess;
 
-/// A free loopback port (bound and released; good enough for tests on one machine).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailsluice");
 
 /// A node's working directory, config file and (once started) process.
 pub struct Node {
     pub dir: TempDir,
     pub config: PathBuf,
+    /// The address the running node listens on (`host:port`); it listens on a port the
+    /// system picks, so this is empty until [`Node::start`] and changes with every start.
     pub http: String,
-    child: Option<Child>,
+    /// `node.http_listen_file`: where the node reports that address.
+    pub listen_file: PathBuf,
+    child: Option<NodeProcess>,
     pub log_path: PathBuf,
     /// Environment for the node and CLI (secrets by reference).
     pub env: Vec<(String, String)>,
@@ -37,11 +35,11 @@ impl Node {
     /// (providers and sources).
     pub fn new(ca_pem: &Path, body: &str) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let http = format!("127.0.0.1:{port}");
+        let listen_file = dir.path().join("http.addr");
         let text = format!(
-            "[node]\ndata_dir = \"{data}\"\nhttp_listen = \"{http}\"\nsecret_key_file = \"{key}\"\ntoken_refresh_margin_secs = 1\nread_timeout_secs = 20\n\n[tls]\nmin_version = \"1.2\"\nextra_ca_file = \"{ca}\"\n\n{body}",
+            "[node]\ndata_dir = \"{data}\"\nhttp_listen = \"127.0.0.1:0\"\nhttp_listen_file = \"{listen}\"\nsecret_key_file = \"{key}\"\ntoken_refresh_margin_secs = 1\nread_timeout_secs = 20\n\n[tls]\nmin_version = \"1.2\"\nextra_ca_file = \"{ca}\"\n\n{body}",
             data = dir.path().join("data").display(),
+            listen = listen_file.display(),
             key = dir.path().join("secret.key").display(),
             ca = ca_pem.display(),
         );
@@ -51,7 +49,8 @@ impl Node {
         Node {
             dir,
             config,
-            http,
+            http: String::new(),
+            listen_file,
             child: None,
             log_path,
             env: Vec::new(),
@@ -87,23 +86,34 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    pub fn start(&mut self) {
-        let log = std::fs::File::create(&self.log_path).expect("log file");
+    /// `mailsluice run` with this node's config and environment, logging at `filter` to
+    /// `log`.
+    fn run_command(&self, log: std::fs::File, filter: &str) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("-c")
             .arg(&self.config)
             .arg("run")
             .current_dir(self.dir.path())
-            .env("RUST_LOG", "info,mailsluice=debug")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(log);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        self.child = Some(cmd.spawn().expect("spawn node"));
-        self.wait("node /healthz", Duration::from_secs(20), |n| {
-            n.try_get("/healthz").filter(|b| b.starts_with("ok"))
-        });
+        cmd
+    }
+
+    /// Starts the node and waits until it is ready (its reported address answers /readyz).
+    pub fn start(&mut self) {
+        let log = std::fs::File::create(&self.log_path).expect("log file");
+        let cmd = self.run_command(log, "info,mailsluice=debug");
+        let node = NodeProcess::start(cmd, &self.listen_file, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}; node log:\n{}", self.log()));
+        self.http = node
+            .http()
+            .expect("a ready node has an address")
+            .to_string();
+        self.child = Some(node);
     }
 
     pub fn log(&self) -> String {
@@ -191,7 +201,7 @@ impl Node {
         let child = self.child.as_ref().expect("node not running");
         let ok = Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
+            .arg(child.pid().to_string())
             .status()
             .expect("kill")
             .success();
@@ -230,35 +240,14 @@ impl Node {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let start = Instant::now();
-            loop {
-                if let Some(status) = child.try_wait().expect("wait") {
-                    assert!(
-                        status.success(),
-                        "node exited with {status}; log:\n{}",
-                        self.log()
-                    );
-                    return;
-                }
-                if start.elapsed() > Duration::from_secs(20) {
-                    let _ = child.kill();
-                    panic!("node did not stop within 20s; log:\n{}", self.log());
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            match child.stop(Duration::from_secs(20)) {
+                Ok((_, status)) => assert!(
+                    status.success(),
+                    "node exited with {status}; log:\n{}",
+                    self.log()
+                ),
+                Err(e) => panic!("{e}; log:\n{}", self.log()),
             }
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }
@@ -287,25 +276,15 @@ impl Node {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("-c")
-            .arg(&self.config)
-            .arg("run")
-            .current_dir(self.dir.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        self.child = Some(cmd.spawn().expect("spawn node"));
+        let cmd = self.run_command(log, "info");
+        self.http.clear();
+        self.child = Some(NodeProcess::spawn(cmd, &self.listen_file).expect("spawn node"));
     }
 
     /// SIGKILL: no shutdown, no flush, nothing finished.
     pub fn kill_hard(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
     }
 
@@ -335,7 +314,7 @@ impl Node {
 impl Node {
     /// Peak resident memory of the running node (VmHWM), in bytes.
     pub fn peak_rss_bytes(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
+        let pid = self.child.as_ref()?.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let kb: u64 = status
             .lines()

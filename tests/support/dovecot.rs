@@ -612,6 +612,15 @@ fn answers(port: u16, greeting: Option<&str>, greeting_id: &str) -> bool {
 }
 
 /// Four distinct free ports (bound at the same time, then released for Dovecot to bind).
+///
+/// Not race-free, and it cannot be made so here: Dovecot takes no port 0 it would report
+/// (its listeners are `inet_listener { port = N }`, and nothing tells which port it got), and
+/// the other way round, handing it sockets bound here, works only through systemd socket
+/// activation (four inherited descriptors from 3 on, `LISTEN_FDS`, and a `LISTEN_PID` that
+/// must be Dovecot's own), and `std::process::Command` passes no descriptor beyond the three
+/// standard ones without `unsafe` code between fork and exec. So another process can take a
+/// port between its release and Dovecot's bind; `start` then sees "Address already in use"
+/// in Dovecot's log and tries again with fresh ports.
 fn free_ports() -> [u16; 4] {
     let listeners: Vec<TcpListener> = (0..4)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port"))

@@ -16,6 +16,8 @@
 //! - [`certs`]: a throw-away CA and the server certificate both use.
 //! - [`wire`]: blocking line-oriented IMAP/POP3 clients over TCP and rustls, for tests that
 //!   talk to the servers directly.
+//! - [`node_process::NodeProcess`]: the `mailsluice run` process itself, on a port the system
+//!   picked, ready when `/readyz` says so (also used by the benchmarks and the demo).
 //!
 //! Everything here is synchronous (std::process, std::net). HTTP goes through blocking reqwest
 //! on a short-lived thread of its own, so the helpers also work when called from inside an
@@ -34,6 +36,7 @@
 
 pub mod certs;
 pub mod dovecot;
+pub mod node_process;
 pub mod oidc;
 pub mod prometheus;
 pub mod wire;
@@ -43,6 +46,7 @@ use std::time::{Duration, Instant};
 
 pub use certs::{Ca, ca};
 pub use dovecot::{Dovecot, DovecotOptions};
+pub use node_process::NodeProcess;
 pub use oidc::{Oidc, OidcOptions, TokenResponse};
 
 /// How long a server may take to become ready before the harness gives up.

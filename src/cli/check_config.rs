@@ -1,0 +1,30 @@
+//! `mailsluice check-config`.
+
+use std::path::Path;
+
+use mailsluice::config::{self, Settings};
+
+use super::UsageError;
+
+pub(crate) fn check_config(path: &Path, settings: &Settings) -> anyhow::Result<()> {
+    let missing = config::check_secrets(settings);
+    if !missing.is_empty() {
+        let mut msg = format!(
+            "{}: {} secret reference(s) do not resolve:",
+            path.display(),
+            missing.len()
+        );
+        for e in &missing {
+            msg.push_str(&format!("\n  {e}"));
+        }
+        return Err(UsageError(msg).into());
+    }
+    println!(
+        "{}: ok ({} provider(s), {} source(s), {} enabled)",
+        path.display(),
+        settings.providers.len(),
+        settings.sources.len(),
+        settings.sources.values().filter(|s| s.enabled).count()
+    );
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! `mailsluice test-login`.
+
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+
+use mailsluice::auth::TokenService;
+use mailsluice::config::{self, Settings};
+use mailsluice::net::Connector;
+
+use super::node_api::NodeApi;
+use super::{UsageError, open_store, runtime};
+
+pub(crate) fn test_login(settings: &Settings, source: &str) -> anyhow::Result<()> {
+    if !settings.sources.contains_key(source) {
+        return Err(UsageError(format!("no source named {source:?} in the configuration")).into());
+    }
+    let rt = runtime()?;
+    let report: mailsluice::diagnose::Report = match open_store(settings)? {
+        Some(store) => {
+            let connector = Connector::new(
+                &settings.tls,
+                settings.node.connect_timeout,
+                settings.node.read_timeout,
+            )
+            .map_err(UsageError)?;
+            let service = TokenService::new(Arc::new(settings.clone()), Arc::new(store))
+                .map_err(UsageError)?;
+            rt.block_on(async {
+                let token = match settings.sources[source].auth {
+                    config::SourceAuth::OAuth2 { .. } => Some(
+                        service
+                            .access_token(source)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    ),
+                    config::SourceAuth::Password { .. } => None,
+                };
+                mailsluice::diagnose::test_login(settings, &connector, source, token).await
+            })
+        }
+        None => {
+            let api = NodeApi::new(settings)?;
+            let url = format!("{}/api/sources/{}/test-login", api.base, source);
+            rt.block_on(async {
+                let resp = api
+                    .http
+                    .post(&url)
+                    .send()
+                    .await
+                    .with_context(|| format!("the running node's API at {url}"))?;
+                Ok::<_, anyhow::Error>(resp.json().await?)
+            })?
+        }
+    };
+    print!("{}", report.render());
+    if report.mailbox_opened {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "test-login {source}: no mailbox opened (see the failed step above)"
+        ))
+    }
+}

@@ -1,0 +1,105 @@
+//! `mailsluice tokens status` and `mailsluice tokens import`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+
+use mailsluice::api::{self, TokenView};
+use mailsluice::auth::TokenService;
+use mailsluice::config::{self, Settings};
+use mailsluice::secret::Secret;
+
+use super::node_api::NodeApi;
+use super::{UsageError, open_store, runtime};
+
+pub(crate) fn status(settings: &Settings) -> anyhow::Result<()> {
+    let views: Vec<TokenView> = match open_store(settings)? {
+        Some(store) => api::token_views(settings, &store).map_err(|e| anyhow!(e))?,
+        None => runtime()?.block_on(NodeApi::new(settings)?.get_json("/api/tokens"))?,
+    };
+    if views.is_empty() {
+        println!("no OAuth2 sources configured");
+    }
+    for v in views {
+        println!("{} (provider {})", v.source, v.provider);
+        println!(
+            "  refresh token:        {}",
+            if v.has_refresh_token {
+                "stored (encrypted)"
+            } else {
+                "none"
+            }
+        );
+        println!(
+            "  obtained:             {}",
+            v.refresh_token_obtained.unwrap_or_else(|| "-".into())
+        );
+        println!(
+            "  consented by:         {}",
+            v.identity.unwrap_or_else(|| "unknown (imported)".into())
+        );
+        println!(
+            "  refresh token used:   {}",
+            v.refresh_token_last_used.unwrap_or_else(|| "never".into())
+        );
+        println!(
+            "  access token expires: {}",
+            v.access_token_expires_at.unwrap_or_else(|| "-".into())
+        );
+        if let Some(state) = v.state {
+            println!("  state:                {state}");
+        }
+        for w in &v.warnings {
+            println!("  WARNING: {w}");
+        }
+        if let Some(r) = v.needs_reauth {
+            println!("  NEEDS RE-AUTHORIZATION: {r}");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn import(settings: &Settings, source: &str, file: &Path) -> anyhow::Result<()> {
+    let Some(src) = settings.sources.get(source) else {
+        return Err(UsageError(format!("no source named {source:?} in the configuration")).into());
+    };
+    if !matches!(src.auth, config::SourceAuth::OAuth2 { .. }) {
+        return Err(UsageError(format!("sources.{source}.auth is not oauth2")).into());
+    }
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--refresh-token-file {}", file.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(UsageError(format!("--refresh-token-file {} is empty", file.display())).into());
+    }
+    let rt = runtime()?;
+    match open_store(settings)? {
+        Some(store) => {
+            let settings = Arc::new(settings.clone());
+            let service = TokenService::new(settings, Arc::new(store)).map_err(UsageError)?;
+            let tok = rt.block_on(service.import(source, Secret::new(token), None))?;
+            let exp = chrono::DateTime::from_timestamp(tok.expires_at, 0)
+                .map(|d| d.to_rfc3339())
+                .unwrap_or_default();
+            println!(
+                "{source}: refresh token imported and proven by one refresh; access token valid until {exp}"
+            );
+        }
+        None => {
+            let api = NodeApi::new(settings)?;
+            let url = format!("{}/api/tokens/{}/import", api.base, source);
+            let resp = rt.block_on(async { api.http.post(&url).body(token).send().await })?;
+            let ok = resp.status().is_success();
+            let body = rt.block_on(resp.text())?;
+            if !ok {
+                return Err(anyhow!("{source}: import refused: {}", body.trim()));
+            }
+            println!(
+                "{source}: refresh token imported through the running node ({})",
+                body.trim()
+            );
+        }
+    }
+    Ok(())
+}
