@@ -4,6 +4,9 @@
 //!
 //! [`TokenService`] holds the logic and is used directly by the CLI and, through the
 //! TokenManager actor (which serializes refreshes per credential), by the collectors.
+//! Every decision about a credential's time (expiry, refresh margin, backoff, ID token and
+//! Retry-After dates) reads it from the service's [`Clock`], so tests step time by hand; only
+//! waits for a person (the consent timeouts) and latency measurements use real time.
 
 mod clock;
 mod consent;
