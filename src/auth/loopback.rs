@@ -146,7 +146,7 @@ impl LoopbackListener {
         };
         self.handle.stop(true).await;
         if let Some(server) = self.server.take() {
-            // Stopped above: this only collects the server task's end.
+            // Stopped above: this only collects the server future's result.
             let _ = server.await;
         }
         outcome
