@@ -116,6 +116,30 @@ fn browser_consent(oidc: &Oidc, url: &str, email: &str, password: &str) -> Strin
         .expect("the CLI's loopback listener answers the redirect")
 }
 
+/// One GET to the CLI's loopback listener, as a browser tab would make it: (status, page).
+fn loopback_get(url: String) -> (u16, String) {
+    std::thread::spawn(move || {
+        let resp = reqwest::blocking::get(url)?;
+        let status = resp.status().as_u16();
+        resp.text().map(|page| (status, page))
+    })
+    .join()
+    .unwrap()
+    .expect("the CLI's loopback listener answers")
+}
+
+/// The `redirect_uri` and `state` the CLI put into its authorization URL.
+fn redirect_and_state(url: &str) -> (String, String) {
+    let url = reqwest::Url::parse(url).unwrap();
+    let get = |k: &str| {
+        url.query_pairs()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| panic!("no {k} in {url}"))
+    };
+    (get("redirect_uri"), get("state"))
+}
+
 fn url_line(oidc: &Oidc) -> impl Fn(&str) -> Option<String> + '_ {
     move |l: &str| l.starts_with(&oidc.issuer).then(|| l.to_string())
 }
@@ -171,6 +195,80 @@ fn wrong_account_is_refused_and_nothing_is_stored() {
     );
     let status = node.cli_ok(&["tokens", "status"]);
     assert!(status.contains("refresh token:        none"), "{status}");
+}
+
+#[test]
+fn a_redirect_with_a_wrong_state_ends_the_flow_and_nothing_is_stored() {
+    let (oidc, dovecot) = servers();
+    let node = Node::new(&dovecot.ca_pem, &config(&oidc, &dovecot, ALICE));
+    let mut auth = Authorize::spawn(&node, &[]);
+    let url = auth.wait_line("authorization URL", url_line(&oidc));
+    let (redirect_uri, state) = redirect_and_state(&url);
+    // A page elsewhere sends the browser to the listener with a code of its own.
+    let (status, page) = loopback_get(format!("{redirect_uri}?code=planted&state=not-{state}"));
+    assert_eq!(status, 400, "{page}");
+    assert!(
+        page.contains("authorization failed; see the terminal"),
+        "{page}"
+    );
+    let (ok, out, err) = auth.finish();
+    assert!(!ok, "authorize must fail:\n{out}");
+    assert!(
+        err.contains("redirect carried a wrong state (possible CSRF); nothing stored"),
+        "{err}"
+    );
+    assert_eq!(
+        oidc.token_counts("authorization_code"),
+        (0, 0),
+        "the planted code must not be redeemed"
+    );
+    let status = node.cli_ok(&["tokens", "status"]);
+    assert!(status.contains("refresh token:        none"), "{status}");
+}
+
+#[test]
+fn a_sign_in_cancelled_at_the_provider_ends_the_flow() {
+    let (oidc, dovecot) = servers();
+    let node = Node::new(&dovecot.ca_pem, &config(&oidc, &dovecot, ALICE));
+    let mut auth = Authorize::spawn(&node, &[]);
+    let url = auth.wait_line("authorization URL", url_line(&oidc));
+    let location = oidc.decline(&url).expect("browser flow");
+    assert!(location.contains("error=access_denied"), "{location}");
+    let (status, page) = loopback_get(location);
+    assert_eq!(status, 400, "{page}");
+    assert!(
+        page.contains("authorization failed; see the terminal"),
+        "{page}"
+    );
+    let (ok, out, err) = auth.finish();
+    assert!(!ok, "authorize must fail:\n{out}");
+    assert!(
+        err.contains("provider answered access_denied: End-User aborted interaction"),
+        "{err}"
+    );
+    assert_eq!(oidc.token_counts("authorization_code"), (0, 0));
+}
+
+#[test]
+fn other_requests_to_the_listener_do_not_end_the_flow() {
+    let (oidc, dovecot) = servers();
+    let node = Node::new(&dovecot.ca_pem, &config(&oidc, &dovecot, ALICE));
+    let mut auth = Authorize::spawn(&node, &[]);
+    let url = auth.wait_line("authorization URL", url_line(&oidc));
+    let (redirect_uri, _) = redirect_and_state(&url);
+    let base = reqwest::Url::parse(&redirect_uri).unwrap();
+    // What a browser asks for beside the redirect: the icon, and a stray path.
+    for path in ["/favicon.ico", "/callback/extra", "/"] {
+        let (status, page) = loopback_get(base.join(path).unwrap().to_string());
+        assert_eq!(status, 404, "{path}: {page}");
+    }
+    let page = browser_consent(&oidc, &url, ALICE, ALICE_PW);
+    assert!(page.contains("authorization received"), "{page}");
+    let (ok, out, err) = auth.finish();
+    assert!(ok, "authorize failed:\n{out}\n{err}");
+    assert!(out.contains("Signed in as alice@example.test"), "{out}");
+    // The listener is gone once the flow is done.
+    assert!(std::net::TcpStream::connect(base.socket_addrs(|| None).unwrap()[0]).is_err());
 }
 
 #[test]

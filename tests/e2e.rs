@@ -298,7 +298,8 @@ fn tokens_expire_and_rotate_during_one_run() {
         let batch = corpus::many(&format!("r{round}"), 5);
         dovecot.seed(ALICE, &batch);
         node.wait_stored("mail", 5 * (round + 1), Duration::from_secs(30));
-        std::thread::sleep(Duration::from_secs(3));
+        // The token in use runs out and the node gets (and rotates) the next one.
+        wait_for_refresh(&oidc, &node);
     }
     let sources = node.sources();
     let s = Node::source(&sources, "mail");
@@ -325,6 +326,14 @@ fn tokens_expire_and_rotate_during_one_run() {
     );
 }
 
+/// Waits until the node has made one more successful refresh than it had made so far.
+fn wait_for_refresh(oidc: &Oidc, node: &Node) {
+    let before = oidc.token_counts("refresh_token").0;
+    node.wait("an access token refresh", Duration::from_secs(30), |_| {
+        (oidc.token_counts("refresh_token").0 > before).then_some(())
+    });
+}
+
 fn node_metrics_after_restart(node: &mut Node) -> String {
     node.start();
     let m = node.get("/metrics");
@@ -349,6 +358,8 @@ fn revoked_grant_parks_the_source_without_a_retry_storm() {
             .contains("invalid_grant"),
         "{s}"
     );
+    // Time passing is the test here: five more poll intervals in which a node that retried
+    // a refused grant would have asked the provider again. There is no event to wait on.
     std::thread::sleep(Duration::from_secs(5));
     let stats = oidc.stats();
     let requests: u64 = ["ok", "error"]
@@ -524,7 +535,7 @@ fn no_secret_in_logs_metrics_cli_output_or_store_files_over_a_whole_run() {
     node.wait_stored("pop", 6, Duration::from_secs(30));
     dovecot.seed(ALICE, &corpus::many("sx2", 3));
     node.wait_stored("mail", 9, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(4)); // outlive one more access token
+    wait_for_refresh(&oidc, &node); // outlive one more access token
     node.wait_stored("mail", 9, Duration::from_secs(30));
     let metrics = node.get("/metrics");
     outputs.push_str(&node.cli_ok(&["status"]));

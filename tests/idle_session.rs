@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use faults::Proxy;
 use mailsluice::ingest::{Credential, CycleReport, IdleCtl, ReopenAt, run_session};
 use mailsluice::secret::Secret;
-use support::{Dovecot, DovecotOptions};
+use support::{Dovecot, DovecotOptions, wait_for_async};
 
 const ALICE: &str = "alice@example.test";
 
@@ -98,27 +98,26 @@ fn idle_is_reissued_wakes_on_new_mail_and_stops_cleanly() {
     let session = run_session(&store, &connector, &source, &cred, None, Some(ctl));
     let driver = async {
         // Several re-issue periods with nothing new.
-        tokio::time::sleep(Duration::from_millis(1600)).await;
-        let idles = count(&proxy.commands(), "IDLE");
-        assert!(
-            idles >= 3,
-            "IDLE re-issued every 300 ms: {:?}",
-            proxy.commands()
-        );
+        wait_for_async(
+            "IDLE to be re-issued every 300 ms",
+            Duration::from_secs(10),
+            || (count(&proxy.commands(), "IDLE") >= 3).then_some(()),
+            || format!("{:?}", proxy.commands()),
+        )
+        .await;
         assert_eq!(
             passes.lock().unwrap().len(),
             1,
             "only the first pass so far"
         );
         dovecot.seed(ALICE, &[message(1)]);
-        let t = Instant::now();
-        while passes.lock().unwrap().len() < 2 {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "new mail not collected"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_async(
+            "new mail to be collected",
+            Duration::from_secs(10),
+            || (passes.lock().unwrap().len() >= 2).then_some(()),
+            || format!("{:?}", proxy.commands()),
+        )
+        .await;
         stop_tx.send(true).unwrap();
     };
     let (result, ()) = runtime().block_on(async { tokio::join!(session, driver) });

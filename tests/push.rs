@@ -33,6 +33,13 @@ fn stored(node: &Node) -> u64 {
         .unwrap_or(0)
 }
 
+/// Collection passes reported so far (a poll, or what an IDLE wake collected).
+fn passes(node: &Node) -> u64 {
+    Node::source(&node.sources(), "mail")["sessions_ok"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 fn message(tag: &str, i: usize) -> Vec<u8> {
     format!(
         "From: a@example.test\r\nTo: b@example.test\r\nSubject: {tag} {i}\r\nMessage-ID: <{tag}-{i}@example.test>\r\n\r\nbody {i}\r\n"
@@ -55,8 +62,10 @@ fn idle_stores_new_mail_in_under_two_seconds_over_the_open_session() {
     );
     node.start();
     node.wait_stored("mail", seeded, Duration::from_secs(30));
-    // Let the collector settle into IDLE.
-    std::thread::sleep(Duration::from_millis(500));
+    // The first pass is reported just before the session goes into IDLE.
+    node.wait("the first pass", Duration::from_secs(30), |n| {
+        (passes(n) >= 1).then_some(())
+    });
     let logins_before = dovecot.login_lines().len();
     let mut latencies = Vec::new();
     for i in 0..5 {
@@ -143,7 +152,12 @@ fn folder_patterns_collect_matching_folders_with_their_own_checkpoints() {
     // A folder created later matches the pattern at the next poll; INBOX idles meanwhile.
     dovecot.seed_folder(ALICE, "Support/New", &[message("new", 0)]);
     node.wait_stored("mail", 6, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(2));
+    // Two more polls of every folder, each of which would store a message twice if
+    // checkpoints were mixed up between folders.
+    let polled = passes(&node);
+    node.wait("two more polls", Duration::from_secs(30), |n| {
+        (passes(n) >= polled + 2).then_some(())
+    });
     let list: serde_json::Value =
         serde_json::from_str(&node.get("/api/messages?limit=100")).expect("json");
     let mut folders: Vec<(String, u64)> = list

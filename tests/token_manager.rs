@@ -1,22 +1,26 @@
 //! The TokenManager against the real oidc-provider: concurrent askers share one refresh,
 //! the rotated refresh token is persisted before the reply, and a refused grant parks the
 //! credential without further provider requests.
+//!
+//! The token service decides on a [`ManualClock`] started at the real time (the provider's
+//! tokens are stamped with it): tests move it to get past a backoff instead of sleeping.
 
 mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::Actor;
 use mailsluice::actors::token_manager::{GetAccessToken, TokenManager};
-use mailsluice::auth::TokenService;
+use mailsluice::auth::{ManualClock, TokenService};
 use mailsluice::secret::Secret;
 use mailsluice::store::Store;
 use support::{Oidc, OidcOptions};
 
 const SCOPE: &str = "openid offline_access email mail";
 
-fn setup(oidc: &Oidc, dir: &std::path::Path) -> (Arc<TokenService>, Arc<Store>) {
+fn setup(oidc: &Oidc, dir: &std::path::Path) -> (Arc<TokenService>, Arc<Store>, ManualClock) {
     let toml = format!(
         "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\ntoken_refresh_margin_secs = 1\n\n[providers.local]\nkind = \"oidc\"\nissuer = \"{iss}\"\nclient_id = \"collector\"\n\n[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nusername = \"alice@example.test\"\nauth = \"oauth2\"\nprovider = \"local\"\n",
         d = dir.display(),
@@ -25,8 +29,13 @@ fn setup(oidc: &Oidc, dir: &std::path::Path) -> (Arc<TokenService>, Arc<Store>) 
     let settings = Arc::new(mailsluice::config::load_str(&toml, &HashMap::new()).expect("config"));
     let store =
         Arc::new(Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap());
-    let service = Arc::new(TokenService::new(settings, store.clone()).unwrap());
-    (service, store)
+    let clock = ManualClock::starting_now();
+    let service = Arc::new(
+        TokenService::new(settings, store.clone())
+            .unwrap()
+            .with_clock(clock.clock()),
+    );
+    (service, store, clock)
 }
 
 fn refreshes(oidc: &Oidc, outcome: &str) -> u64 {
@@ -39,7 +48,7 @@ fn refreshes(oidc: &Oidc, outcome: &str) -> u64 {
 async fn concurrent_askers_share_one_refresh_and_rotation_is_persisted() {
     let oidc = Oidc::start(OidcOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let (service, store) = setup(&oidc, dir.path());
+    let (service, store, clock) = setup(&oidc, dir.path());
     let first = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
     let original_refresh = first.refresh_token.clone().unwrap();
     service
@@ -55,7 +64,7 @@ async fn concurrent_askers_share_one_refresh_and_rotation_is_persisted() {
 
     // Make the access token look expired, then ask ten times at once.
     let mut rec = after_import.clone();
-    rec.access_expires_at = Some(chrono::Utc::now().timestamp() - 1);
+    rec.access_expires_at = Some(clock.clock().unix_secs() - 1);
     store.put_token("mail", &rec).await.unwrap();
     oidc.reset_stats();
     let manager = TokenManager::new(service.clone()).start();
@@ -107,7 +116,7 @@ async fn concurrent_askers_share_one_refresh_and_rotation_is_persisted() {
 async fn refused_grant_parks_the_credential() {
     let oidc = Oidc::start(OidcOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let (service, store) = setup(&oidc, dir.path());
+    let (service, store, _clock) = setup(&oidc, dir.path());
     let t = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
     service
         .import("mail", Secret::new(t.refresh_token.unwrap()), None)
@@ -143,7 +152,7 @@ async fn refused_grant_parks_the_credential() {
 async fn provider_5xx_with_retry_after_is_honoured_without_a_refresh_storm() {
     let oidc = Oidc::start(OidcOptions::default());
     let dir = tempfile::tempdir().unwrap();
-    let (service, store) = setup(&oidc, dir.path());
+    let (service, store, _clock) = setup(&oidc, dir.path());
     let t = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
     service
         .import("mail", Secret::new(t.refresh_token.unwrap()), None)
@@ -165,7 +174,7 @@ async fn provider_5xx_with_retry_after_is_honoured_without_a_refresh_storm() {
             .expect_err("503 must fail");
         match e {
             mailsluice::auth::TokenError::Transient { retry_after, .. } => {
-                assert_eq!(retry_after, Some(std::time::Duration::from_secs(30)))
+                assert_eq!(retry_after, Some(Duration::from_secs(30)))
             }
             other => panic!("expected a transient error, got {other}"),
         }
@@ -187,6 +196,7 @@ async fn token_endpoint_faults_back_off_and_keep_the_refresh_token() {
     let dir = tempfile::tempdir().unwrap();
     // read_timeout_secs = 2 bounds a token request too.
     let toml_dir = dir.path().to_path_buf();
+    let clock = ManualClock::starting_now();
     let (service, store) = {
         let toml = format!(
             "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\ntoken_refresh_margin_secs = 1\nread_timeout_secs = 2\n\n[providers.local]\nkind = \"oidc\"\nissuer = \"{iss}\"\nclient_id = \"collector\"\n\n[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nusername = \"alice@example.test\"\nauth = \"oauth2\"\nprovider = \"local\"\n",
@@ -196,10 +206,10 @@ async fn token_endpoint_faults_back_off_and_keep_the_refresh_token() {
         let settings = Arc::new(mailsluice::config::load_str(&toml, &HashMap::new()).unwrap());
         let store =
             Arc::new(Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap());
-        (
-            Arc::new(TokenService::new(settings, store.clone()).unwrap()),
-            store,
-        )
+        let service = TokenService::new(settings, store.clone())
+            .unwrap()
+            .with_clock(clock.clock());
+        (Arc::new(service), store)
     };
     let t = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
     service
@@ -218,6 +228,7 @@ async fn token_endpoint_faults_back_off_and_keep_the_refresh_token() {
             serde_json::json!({"status": 200, "body": "{not json"}),
             "unreadable",
         ),
+        // Waited out for real (2 s): the timeout under test is the HTTP client's own.
         (serde_json::json!({"delay_ms": 4000}), "no answer"),
     ] {
         expire().await;
@@ -238,8 +249,8 @@ async fn token_endpoint_faults_back_off_and_keep_the_refresh_token() {
             good_refresh
         );
         assert!(store.token("mail").unwrap().unwrap().needs_reauth.is_none());
-        // The backoff (5 s + up to 25 % jitter) is time itself: wait it out.
-        tokio::time::sleep(std::time::Duration::from_millis(6300)).await;
+        // Past the backoff (5 s + up to 25 % jitter).
+        clock.advance(Duration::from_millis(6300));
     }
     // A response without expires_in: the token is used, with a short assumed lifetime.
     expire().await;
@@ -248,8 +259,8 @@ async fn token_endpoint_faults_back_off_and_keep_the_refresh_token() {
         .access_token("mail")
         .await
         .expect("token without expires_in");
-    let left = tok.expires_at - chrono::Utc::now().timestamp();
-    assert!((590..=600).contains(&left), "assumed lifetime {left}s");
+    let left = tok.expires_at - clock.clock().unix_secs();
+    assert_eq!(left, 600, "assumed lifetime");
     // No refresh_token in that answer: the stored one is kept.
     assert_eq!(
         store.token("mail").unwrap().unwrap().refresh_token,

@@ -9,10 +9,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use oauth2::{CsrfToken, PkceCodeChallenge};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::loopback::LoopbackListener;
 use super::{
-    TokenError, TokenService, check_endpoint_url, classify_provider_error, default_scopes, now,
+    TokenError, TokenService, check_endpoint_url, classify_provider_error, default_scopes,
 };
 use crate::config::{Flow, ProviderKind, ProviderSettings, SourceSettings};
 use crate::secret::Secret;
@@ -109,13 +109,15 @@ fn consent_err(source: &str, reason: impl Into<String>) -> TokenError {
     }
 }
 
-/// The account named by an ID token, after checking `aud` and `exp` (and `iss` when the
-/// expected issuer is known). The token comes straight from the token endpoint over TLS
-/// (or loopback), which OIDC Core §3.1.3.7 accepts in place of a signature check.
+/// The account named by an ID token, after checking `aud` and `exp` at `now` (Unix
+/// seconds; five minutes of clock skew allowed) and `iss` when the expected issuer is known.
+/// The token comes straight from the token endpoint over TLS (or loopback), which OIDC
+/// Core §3.1.3.7 accepts in place of a signature check.
 pub fn identity_from_id_token(
     id_token: &str,
     client_id: &str,
     issuer: Option<&str>,
+    now: i64,
 ) -> Result<Vec<String>, String> {
     let payload = id_token.split('.').nth(1).ok_or("ID token is not a JWT")?;
     let bytes = URL_SAFE_NO_PAD
@@ -135,7 +137,7 @@ pub fn identity_from_id_token(
         ));
     }
     if let Some(exp) = claims["exp"].as_i64()
-        && exp + 300 < now()
+        && exp.saturating_add(300) < now
     {
         return Err("ID token has expired".into());
     }
@@ -203,7 +205,7 @@ impl TokenService {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(super::parse_retry_after);
+            .and_then(|v| super::parse_retry_after(v, self.now()));
         let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
         crate::telemetry::token_refresh(
             &provider.name,
@@ -244,7 +246,7 @@ impl TokenService {
             .and_then(|d| d.get("issuer").and_then(|v| v.as_str()).map(str::to_string));
         let mut names = Vec::new();
         if let Some(id) = &tokens.id_token {
-            names = identity_from_id_token(id, &provider.client_id, issuer.as_deref())
+            names = identity_from_id_token(id, &provider.client_id, issuer.as_deref(), self.now())
                 .map_err(|e| consent_err(&source.name, e))?;
         }
         if names.is_empty() {
@@ -280,7 +282,7 @@ impl TokenService {
             identity: names[0].clone(),
             refresh_token: tokens.refresh_token.map(Secret::new),
             access_token: Secret::new(tokens.access_token),
-            expires_at: now() + expires_in,
+            expires_at: self.now().saturating_add(expires_in),
         })
     }
 
@@ -308,7 +310,7 @@ impl TokenService {
                 "the provider returned no refresh token (offline_access not granted; Google needs access_type=offline and prompt=consent)",
             ));
         };
-        let t = now();
+        let t = self.now();
         let record = StoredToken {
             refresh_token: Some(refresh.expose().to_string()),
             access_token: Some(consent.access_token.expose().to_string()),
@@ -350,23 +352,14 @@ impl TokenService {
         let token_url = self.token_url(provider).await?;
         // RFC 8252 §7.3: loopback IP literal, any port; bind only to loopback.
         let (host, port, path) = loopback_parts(provider.redirect_uri.as_deref());
-        let listener = tokio::net::TcpListener::bind((host.as_str(), port))
-            .await
-            .map_err(|e| {
-                consent_err(
-                    source_name,
-                    format!("cannot listen on {host}:{port} for the redirect: {e}"),
-                )
-            })?;
-        let bound = listener
-            .local_addr()
+        let state = CsrfToken::new_random();
+        let mut listener = LoopbackListener::start(&host, port, &path, state.secret())
             .map_err(|e| consent_err(source_name, e.to_string()))?;
         let redirect_uri = match &provider.redirect_uri {
             Some(configured) if port != 0 => configured.clone(),
-            _ => format!("http://{host}:{}{path}", bound.port()),
+            _ => format!("http://{host}:{}{path}", listener.port()),
         };
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let state = CsrfToken::new_random();
         let scopes = default_scopes(provider, Some(source)).join(" ");
         let mut url = reqwest::Url::parse(&auth_url)
             .map_err(|e| consent_err(source_name, format!("authorization endpoint: {e}")))?;
@@ -389,56 +382,10 @@ impl TokenService {
         if options.open_browser {
             try_open_browser(url.as_str());
         }
-        let deadline = Instant::now() + options.timeout;
-        let (code, _) = loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let accepted = tokio::time::timeout(remaining, listener.accept()).await;
-            let Ok(Ok((mut sock, _))) = accepted else {
-                return Err(consent_err(
-                    source_name,
-                    format!(
-                        "no redirect arrived within {}s; run authorize again (or use --device on a headless server)",
-                        options.timeout.as_secs()
-                    ),
-                ));
-            };
-            let params = read_redirect(&mut sock, &path).await;
-            let reply = |ok: bool| {
-                if ok {
-                    "mailsluice: authorization received. You can close this window."
-                } else {
-                    "mailsluice: authorization failed; see the terminal."
-                }
-            };
-            let Some(params) = params else {
-                let _ = respond(&mut sock, 404, "not the redirect path").await;
-                continue;
-            };
-            let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-            if get("state").as_deref() != Some(state.secret().as_str()) {
-                let _ = respond(&mut sock, 400, reply(false)).await;
-                return Err(consent_err(
-                    source_name,
-                    "redirect carried a wrong state (possible CSRF); nothing stored",
-                ));
-            }
-            if let Some(error) = get("error") {
-                let _ = respond(&mut sock, 400, reply(false)).await;
-                return Err(consent_err(
-                    source_name,
-                    format!(
-                        "provider answered {error}: {}",
-                        get("error_description").unwrap_or_default()
-                    ),
-                ));
-            }
-            let Some(code) = get("code") else {
-                let _ = respond(&mut sock, 400, reply(false)).await;
-                return Err(consent_err(source_name, "redirect carried no code"));
-            };
-            let _ = respond(&mut sock, 200, reply(true)).await;
-            break (code, ());
-        };
+        let code = listener
+            .wait(options.timeout)
+            .await
+            .map_err(|e| consent_err(source_name, e.to_string()))?;
         let body = self
             .post_token_form(
                 provider,
@@ -575,57 +522,6 @@ fn loopback_parts(redirect_uri: Option<&str>) -> (String, u16, String) {
     (host, uri.port().unwrap_or(0), path)
 }
 
-/// Reads one HTTP request; returns its query parameters when it is `GET <path>?...`.
-async fn read_redirect(
-    sock: &mut tokio::net::TcpStream,
-    path: &str,
-) -> Option<Vec<(String, String)>> {
-    let mut buf = vec![0u8; 8192];
-    let mut n = 0;
-    loop {
-        let read = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf[n..]))
-            .await
-            .ok()?
-            .ok()?;
-        if read == 0 {
-            break;
-        }
-        n += read;
-        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || n == buf.len() {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf[..n]);
-    let target = head
-        .lines()
-        .next()?
-        .strip_prefix("GET ")?
-        .split(' ')
-        .next()?
-        .to_string();
-    let url = reqwest::Url::parse(&format!("http://loopback{target}")).ok()?;
-    if url.path() != path {
-        return None;
-    }
-    Some(
-        url.query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect(),
-    )
-}
-
-async fn respond(sock: &mut tokio::net::TcpStream, status: u16, text: &str) -> std::io::Result<()> {
-    let body = format!("<!doctype html><title>mailsluice</title><p>{text}</p>\n");
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        if status == 200 { "OK" } else { "Error" },
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).await?;
-    sock.write_all(body.as_bytes()).await?;
-    sock.shutdown().await
-}
-
 /// Opens a browser when there is one (`$BROWSER`, or `xdg-open` with a display).
 fn try_open_browser(url: &str) {
     let program = std::env::var("BROWSER").ok().or_else(|| {
@@ -654,34 +550,40 @@ mod tests {
         )
     }
 
+    const NOW: i64 = 1_900_000_000;
+
     #[test]
     fn id_token_claims_are_checked() {
         let t = jwt(
-            serde_json::json!({"aud":"c","iss":"http://i","exp": now() + 60, "email":"a@x", "preferred_username":"A@X"}),
+            serde_json::json!({"aud":"c","iss":"http://i","exp": NOW + 60, "email":"a@x", "preferred_username":"A@X"}),
         );
         assert_eq!(
-            identity_from_id_token(&t, "c", Some("http://i")).unwrap(),
+            identity_from_id_token(&t, "c", Some("http://i"), NOW).unwrap(),
             vec!["a@x", "A@X"]
         );
         assert!(
-            identity_from_id_token(&t, "other", None)
+            identity_from_id_token(&t, "other", None, NOW)
                 .unwrap_err()
                 .contains("audience")
         );
         assert!(
-            identity_from_id_token(&t, "c", Some("http://j"))
+            identity_from_id_token(&t, "c", Some("http://j"), NOW)
                 .unwrap_err()
                 .contains("issuer")
         );
-        let old = jwt(serde_json::json!({"aud":["c"],"exp": now() - 3600, "email":"a@x"}));
+        let old = jwt(serde_json::json!({"aud":["c"],"exp": NOW - 3600, "email":"a@x"}));
         assert!(
-            identity_from_id_token(&old, "c", None)
+            identity_from_id_token(&old, "c", None, NOW)
                 .unwrap_err()
                 .contains("expired")
         );
+        // Five minutes of clock skew are allowed, not a second more.
+        let skewed = jwt(serde_json::json!({"aud":"c","exp": NOW - 300, "email":"a@x"}));
+        assert!(identity_from_id_token(&skewed, "c", None, NOW).is_ok());
+        assert!(identity_from_id_token(&skewed, "c", None, NOW + 1).is_err());
         let unverified = jwt(serde_json::json!({"aud":"c","email":"a@x","email_verified":false}));
         assert!(
-            identity_from_id_token(&unverified, "c", None)
+            identity_from_id_token(&unverified, "c", None, NOW)
                 .unwrap()
                 .is_empty()
         );

@@ -4,10 +4,15 @@
 //!
 //! [`TokenService`] holds the logic and is used directly by the CLI and, through the
 //! TokenManager actor (which serializes refreshes per credential), by the collectors.
+//! Every decision about a credential's time (expiry, refresh margin, backoff, ID token and
+//! Retry-After dates) reads it from the service's [`Clock`], so tests step time by hand; only
+//! waits for a person (the consent timeouts) and latency measurements use real time.
 
+mod clock;
 mod consent;
 mod errors;
 pub mod horizons;
+mod loopback;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +26,7 @@ use crate::secret::Secret;
 use crate::store::{Store, StoredToken};
 use crate::telemetry::{self, Outcome};
 
+pub use clock::{Clock, ManualClock};
 pub use consent::{Consent, ConsentOptions, DeviceFlowEvent, identity_from_id_token};
 pub use errors::{TokenError, classify_provider_error};
 
@@ -136,6 +142,9 @@ pub struct TokenService {
     lifetimes: Mutex<BTreeMap<String, i64>>,
     /// `node.token_refresh_margin_secs`.
     margin: Duration,
+    /// What time it is for every expiry, margin and backoff decision (the system clock
+    /// outside tests).
+    clock: Clock,
 }
 
 impl std::fmt::Debug for TokenService {
@@ -144,16 +153,13 @@ impl std::fmt::Debug for TokenService {
     }
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn parse_retry_after(v: &str) -> Option<Duration> {
+/// A Retry-After value: delay seconds, or an HTTP date counted from `now` (Unix seconds).
+fn parse_retry_after(v: &str, now: i64) -> Option<Duration> {
     if let Ok(secs) = v.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
     let when = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
-    let secs = (when.timestamp() - now()).max(0) as u64;
+    let secs = u64::try_from(when.timestamp() - now).unwrap_or(0);
     Some(Duration::from_secs(secs))
 }
 
@@ -187,7 +193,25 @@ impl TokenService {
             discovered: Mutex::new(BTreeMap::new()),
             backoff_until: Mutex::new(BTreeMap::new()),
             lifetimes: Mutex::new(BTreeMap::new()),
+            clock: Clock::System,
         })
+    }
+
+    /// The same service deciding on `clock`'s time instead of the system's (tests move a
+    /// [`ManualClock`] instead of sleeping).
+    pub fn with_clock(mut self, clock: Clock) -> TokenService {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock this service decides on.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Unix seconds on this service's clock.
+    fn now(&self) -> i64 {
+        self.clock.unix_secs()
     }
 
     /// The refresh margin of the access token stored for `source_name`.
@@ -339,7 +363,7 @@ impl TokenService {
         }
         let margin = self.margin_secs(source_name, &record);
         if let (Some(tok), Some(exp)) = (&record.access_token, record.access_expires_at)
-            && still_good(exp, margin, chrono::Utc::now().timestamp_millis())
+            && still_good(exp, margin, self.clock.unix_millis())
         {
             telemetry::access_token_expiry(source_name, exp);
             if let Some(used) = record.refresh_token_last_used {
@@ -353,14 +377,14 @@ impl TokenService {
             });
         }
         if let Some((until, err)) = lock(&self.backoff_until).get(source_name)
-            && Instant::now() < *until
+            && self.clock.instant() < *until
         {
             return Err(err.clone());
         }
         // `expires_in` counts from when the provider issued the token, somewhere between
         // request and answer: counting from the request never places the expiry after the
         // provider's.
-        let requested = now();
+        let requested = self.now();
         let result = match provider.flow {
             Flow::AppOnly => self.client_credentials(source, provider).await,
             Flow::Delegated => {
@@ -378,7 +402,7 @@ impl TokenService {
                 lock(&self.backoff_until).remove(source_name);
                 lock(&self.lifetimes).insert(source_name.to_string(), expires_in);
                 let expires_at = requested.saturating_add(expires_in);
-                let t = now();
+                let t = self.now();
                 record.access_token = Some(access.expose().to_string());
                 record.access_expires_at = Some(expires_at);
                 if provider.flow == Flow::Delegated {
@@ -418,8 +442,10 @@ impl TokenService {
                 };
                 // Jitter, so sources sharing a provider do not come back in lockstep.
                 let wait = wait.mul_f64(rand::random_range(1.0..1.25));
-                lock(&self.backoff_until)
-                    .insert(source_name.to_string(), (Instant::now() + wait, e.clone()));
+                lock(&self.backoff_until).insert(
+                    source_name.to_string(),
+                    (self.clock.instant() + wait, e.clone()),
+                );
                 Err(e)
             }
         }
@@ -442,7 +468,7 @@ impl TokenService {
         }
         let mut record = self.store.token(source_name)?.unwrap_or_default();
         record.refresh_token = Some(refresh_token.expose().to_string());
-        record.refresh_token_obtained = Some(now());
+        record.refresh_token_obtained = Some(self.now());
         record.identity = identity;
         record.access_token = None;
         record.access_expires_at = None;
@@ -482,10 +508,12 @@ impl TokenService {
         let raw = Arc::new(Mutex::new(RawAnswer::default()));
         let http = self.http.clone();
         let raw_w = raw.clone();
+        let clock = self.clock.clone();
         let send: Arc<dyn Fn(oauth2::HttpRequest) -> HttpFuture + Send + Sync> =
             Arc::new(move |req: oauth2::HttpRequest| {
                 let http = http.clone();
                 let raw = raw_w.clone();
+                let clock = clock.clone();
                 Box::pin(async move {
                     let (parts, body) = req.into_parts();
                     let mut rb = http.request(parts.method, parts.uri.to_string()).body(body);
@@ -509,7 +537,7 @@ impl TokenService {
                         r.retry_after = headers
                             .get("retry-after")
                             .and_then(|v| v.to_str().ok())
-                            .and_then(parse_retry_after);
+                            .and_then(|v| parse_retry_after(v, clock.unix_secs()));
                         r.body = bytes.clone();
                     }
                     let mut out = oauth2::http::Response::builder().status(status.as_u16());
@@ -661,8 +689,17 @@ mod tests {
 
     #[test]
     fn retry_after_forms() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert!(parse_retry_after("soon").is_none());
+        let now = 1_700_000_000; // Tue, 14 Nov 2023 22:13:20 GMT
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:13:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert!(parse_retry_after("soon", now).is_none());
     }
 
     #[test]
@@ -734,9 +771,18 @@ mod tests {
         (url, count)
     }
 
+    /// Where the tests' manual clocks start: a whole second, so token expiries (whole
+    /// seconds from the provider) fall at exact offsets from it.
+    const T0_MILLIS: i64 = 1_900_000_000_000;
+
     /// A service with the default `node.token_refresh_margin_secs` (120) and one OAuth2
-    /// source `mail` whose provider's token endpoint is `token_url`.
-    fn service(dir: &std::path::Path, token_url: &str, app_only: bool) -> TokenService {
+    /// source `mail` whose provider's token endpoint is `token_url`, deciding on `clock`.
+    fn service(
+        dir: &std::path::Path,
+        token_url: &str,
+        app_only: bool,
+        clock: &ManualClock,
+    ) -> TokenService {
         let secret = dir.join("client-secret");
         std::fs::write(&secret, "s3cret\n").unwrap();
         let flow = if app_only {
@@ -756,7 +802,9 @@ mod tests {
         let settings = crate::config::load_str(&toml, &std::collections::HashMap::new()).unwrap();
         assert_eq!(settings.node.token_refresh_margin, Duration::from_secs(120));
         let store = Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap();
-        TokenService::new(Arc::new(settings), Arc::new(store)).unwrap()
+        TokenService::new(Arc::new(settings), Arc::new(store))
+            .unwrap()
+            .with_clock(clock.clock())
     }
 
     async fn import(service: &TokenService) -> AccessToken {
@@ -770,13 +818,17 @@ mod tests {
     async fn a_token_shorter_than_the_margin_is_used_for_three_quarters_of_its_life() {
         let (url, requests) = token_endpoint(30).await;
         let dir = tempfile::tempdir().unwrap();
-        let service = service(dir.path(), &url, false);
+        let clock = ManualClock::starting_at(T0_MILLIS);
+        let service = service(dir.path(), &url, false, &clock);
         let first = import(&service).await;
         assert!(first.refreshed);
+        assert_eq!(first.expires_at, T0_MILLIS / 1000 + 30);
         assert_eq!(first.renew_at, first.expires_at - 7);
         assert_eq!(requests.load(Ordering::SeqCst), 1);
 
-        // The 30 s token is reused, not refreshed at every ask (a 120 s margin would).
+        // The 30 s token is reused, not refreshed at every ask (a 120 s margin would), up
+        // to the last millisecond before its last quarter.
+        clock.advance(Duration::from_millis(22_999));
         let again = service.access_token("mail").await.unwrap();
         assert!(!again.refreshed);
         assert_eq!(again.token, first.token);
@@ -784,12 +836,11 @@ mod tests {
         assert_eq!(requests.load(Ordering::SeqCst), 1);
 
         // In its last quarter it is replaced.
-        let mut record = service.store.token("mail").unwrap().unwrap();
-        record.access_expires_at = Some(now() + 6);
-        service.store.put_token("mail", &record).await.unwrap();
+        clock.advance(Duration::from_millis(1));
         let renewed = service.access_token("mail").await.unwrap();
         assert!(renewed.refreshed);
         assert_ne!(renewed.token, first.token);
+        assert_eq!(renewed.expires_at, T0_MILLIS / 1000 + 23 + 30);
         assert_eq!(requests.load(Ordering::SeqCst), 2);
     }
 
@@ -797,17 +848,14 @@ mod tests {
     async fn the_lifetime_of_a_token_stored_by_an_earlier_process_comes_from_its_record() {
         let (url, requests) = token_endpoint(30).await;
         let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_at(T0_MILLIS);
         {
-            let service = service(dir.path(), &url, false);
+            let service = service(dir.path(), &url, false, &clock);
             import(&service).await;
-            // Obtained 5 s ago: 25 s left.
-            let mut record = service.store.token("mail").unwrap().unwrap();
-            let t = now();
-            record.refresh_token_last_used = Some(t - 5);
-            record.access_expires_at = Some(t + 25);
-            service.store.put_token("mail", &record).await.unwrap();
         }
-        let restarted = service(dir.path(), &url, false);
+        // Restarted 5 s later: 25 s left.
+        clock.advance(Duration::from_secs(5));
+        let restarted = service(dir.path(), &url, false, &clock);
         let token = restarted.access_token("mail").await.unwrap();
         assert!(!token.refreshed);
         assert_eq!(token.renew_at, token.expires_at - 7);
@@ -818,26 +866,88 @@ mod tests {
     async fn client_credentials_tokens_are_reused_too() {
         let (url, requests) = token_endpoint(30).await;
         let dir = tempfile::tempdir().unwrap();
-        let service = service(dir.path(), &url, true);
+        let clock = ManualClock::starting_at(T0_MILLIS);
+        let service = service(dir.path(), &url, true, &clock);
         let first = service.access_token("mail").await.unwrap();
         assert!(first.refreshed);
+        clock.advance(Duration::from_secs(20));
         let again = service.access_token("mail").await.unwrap();
         assert!(!again.refreshed);
         assert_eq!(again.token, first.token);
         assert_eq!(requests.load(Ordering::SeqCst), 1);
+        clock.advance(Duration::from_secs(3));
+        assert!(service.access_token("mail").await.unwrap().refreshed);
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn an_hour_long_token_keeps_the_configured_margin() {
         let (url, requests) = token_endpoint(3600).await;
         let dir = tempfile::tempdir().unwrap();
-        let service = service(dir.path(), &url, false);
+        let clock = ManualClock::starting_at(T0_MILLIS);
+        let service = service(dir.path(), &url, false, &clock);
         let first = import(&service).await;
         assert_eq!(first.renew_at, first.expires_at - 120);
-        let mut record = service.store.token("mail").unwrap().unwrap();
-        record.access_expires_at = Some(now() + 119);
-        service.store.put_token("mail", &record).await.unwrap();
+        clock.advance(Duration::from_secs(3600 - 121));
+        assert!(!service.access_token("mail").await.unwrap().refreshed);
+        clock.advance(Duration::from_secs(1));
         assert!(service.access_token("mail").await.unwrap().refreshed);
         assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_backs_off_until_the_clock_passes_it() {
+        let (url, requests) = token_endpoint(30).await;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::starting_at(T0_MILLIS);
+        let service = service(dir.path(), &url, false, &clock);
+        import(&service).await;
+        let failing = failing_token_endpoint().await;
+        let service = TokenService {
+            settings: Arc::new(with_token_url(&service.settings, &failing)),
+            ..service
+        };
+        clock.advance(Duration::from_secs(23));
+        let e = service.access_token("mail").await.unwrap_err();
+        assert!(matches!(e, TokenError::Transient { .. }), "{e}");
+
+        // The provider is back, but within the backoff (5 s plus up to 25 % jitter) the
+        // failure is repeated without a request.
+        let service = TokenService {
+            settings: Arc::new(with_token_url(&service.settings, &url)),
+            ..service
+        };
+        clock.advance(Duration::from_millis(4_999));
+        let again = service.access_token("mail").await.unwrap_err();
+        assert_eq!(again.to_string(), e.to_string());
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        // Once the clock has passed it, the provider is asked again.
+        clock.advance(Duration::from_millis(1_252));
+        assert!(service.access_token("mail").await.unwrap().refreshed);
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    fn with_token_url(settings: &Settings, url: &str) -> Settings {
+        let mut settings = settings.clone();
+        for p in settings.providers.values_mut() {
+            p.token_url = Some(url.to_string());
+        }
+        settings
+    }
+
+    /// A token endpoint that answers every request with HTTP 500.
+    async fn failing_token_endpoint() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        url
     }
 }

@@ -83,6 +83,31 @@ pub fn wait_for<T>(
     }
 }
 
+/// [`wait_for`] inside an async test: the pause between polls is a Tokio sleep, so tasks
+/// on the same runtime (the code under test) keep running while the test waits.
+pub async fn wait_for_async<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+    context: impl FnOnce() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                context()
+            );
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
 /// Runs `f` on a fresh thread and returns its result (re-raising its panic).
 ///
 /// Blocking reqwest starts and drops a Tokio runtime of its own, which panics on a thread that

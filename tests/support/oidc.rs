@@ -351,7 +351,20 @@ impl Oidc {
     ) -> Result<String, String> {
         off_runtime(|| {
             let browser = Browser::new(&self.issuer);
-            match browser.drive(browser.get(authorization_url)?, email, password)? {
+            let login = Login::As { email, password };
+            match browser.drive(browser.get(authorization_url)?, login)? {
+                Outcome::Redirect(location) => Ok(location),
+                Outcome::DeviceSuccess => Err("the flow ended on the device success page".into()),
+            }
+        })
+    }
+
+    /// Like [`Self::authorize`], but the user presses Cancel on the login form: returns the
+    /// redirect to the client, which carries `error=access_denied`.
+    pub fn decline(&self, authorization_url: &str) -> Result<String, String> {
+        off_runtime(|| {
+            let browser = Browser::new(&self.issuer);
+            match browser.drive(browser.get(authorization_url)?, Login::Cancel)? {
                 Outcome::Redirect(location) => Ok(location),
                 Outcome::DeviceSuccess => Err("the flow ended on the device success page".into()),
             }
@@ -426,7 +439,7 @@ impl Oidc {
         .map_err(|e| e.to_string())?;
         off_runtime(|| {
             let browser = Browser::new(&self.issuer);
-            match browser.drive(browser.get(url.as_str())?, email, password)? {
+            match browser.drive(browser.get(url.as_str())?, Login::As { email, password })? {
                 Outcome::DeviceSuccess => Ok(()),
                 Outcome::Redirect(location) => Err(format!("unexpected redirect to {location}")),
             }
@@ -733,7 +746,7 @@ impl Browser {
                 .is_some_and(|rest| rest.starts_with(['/', '?']))
     }
 
-    fn drive(&self, mut page: Page, email: &str, password: &str) -> Result<Outcome, String> {
+    fn drive(&self, mut page: Page, login: Login<'_>) -> Result<Outcome, String> {
         let mut signed_in = false;
         for _ in 0..30 {
             page = match page {
@@ -757,10 +770,13 @@ impl Browser {
                             return Err(format!("login rejected (HTTP {status}): {reason}"));
                         }
                         signed_in = true;
-                        let fields = vec![
-                            ("email".to_owned(), email.to_owned()),
-                            ("password".to_owned(), password.to_owned()),
-                        ];
+                        let fields = match login {
+                            Login::As { email, password } => vec![
+                                ("email".to_owned(), email.to_owned()),
+                                ("password".to_owned(), password.to_owned()),
+                            ],
+                            Login::Cancel => vec![("abort".to_owned(), "1".to_owned())],
+                        };
                         self.post(action.as_str(), &fields)?
                     } else if status == 200 {
                         // oidc-provider's device pages and form_post pages: submit the
@@ -774,6 +790,17 @@ impl Browser {
         }
         Err("too many steps in the browser flow".into())
     }
+}
+
+/// What the user does at the login form.
+#[derive(Clone, Copy)]
+enum Login<'a> {
+    As {
+        email: &'a str,
+        password: &'a str,
+    },
+    /// Presses Cancel (the test server then denies the request).
+    Cancel,
 }
 
 struct Form {
