@@ -204,6 +204,10 @@ fn json_logs_are_one_object_per_line_with_source_and_session_spans() {
         .push(("MAILSLUICE__NODE__LOG_FORMAT".into(), "json".into()));
     node.start();
     node.wait_stored("mail", 1, Duration::from_secs(30));
+    // Stored is not yet reported: the `collected` line follows the session's end.
+    node.wait("the first pass", Duration::from_secs(30), |n| {
+        (passes(n) >= 1).then_some(())
+    });
     node.stop();
     let log = node.log();
     let lines: Vec<serde_json::Value> = log
