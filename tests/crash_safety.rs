@@ -86,7 +86,10 @@ fn crash_loop(protocol: &str, n: usize, seed: u64) {
     let mut progress = BTreeMap::new();
     for round in 0..KILLS {
         node.spawn_raw();
-        std::thread::sleep(Duration::from_millis(rng.random_range(40..600)));
+        // Timed from the node being up, so a slow start on a busy machine does not eat the
+        // window in which the backfill runs.
+        node.wait_spawned(Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..500)));
         node.kill_hard();
         let stored = node.stored_hashes();
         let on_server = server_hashes(&dovecot);

@@ -281,6 +281,16 @@ impl Node {
         self.child = Some(NodeProcess::spawn(cmd, &self.listen_file).expect("spawn node"));
     }
 
+    /// Waits until a node started with [`Node::spawn_raw`] serves its API (its store is
+    /// open and its collectors start).
+    pub fn wait_spawned(&mut self, timeout: Duration) {
+        let child = self.child.as_mut().expect("a spawned node");
+        let addr = child
+            .wait_ready(timeout)
+            .unwrap_or_else(|e| panic!("{e}; node log:\n{}", self.log()));
+        self.http = addr.to_string();
+    }
+
     /// SIGKILL: no shutdown, no flush, nothing finished.
     pub fn kill_hard(&mut self) {
         if let Some(mut c) = self.child.take() {
