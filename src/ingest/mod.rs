@@ -22,6 +22,8 @@ use crate::secret::Secret;
 use crate::store::{Location, NewMessage, Prepared, Store, StoreError, StoreOutcome};
 use crate::telemetry::{self, ErrorKind};
 
+#[cfg(test)]
+mod tests;
 mod workers;
 
 /// UIDs per `UID FETCH` command: large enough to stream, small enough that a dropped
@@ -453,7 +455,12 @@ async fn collect_folder(
     let read_only = source.after_ingest == AfterIngest::Keep;
     let selected = match session.select(folder, read_only).await {
         Ok(s) => s,
-        Err(SessionError::Protocol { source: why, .. }) => return Ok(Err(why.to_string())),
+        // NO: this folder cannot be opened (gone, renamed, no rights). BAD is about the
+        // session, not the folder (Office 365's "User is authenticated but not connected"):
+        // it ends the session like any other error.
+        Err(SessionError::Protocol { source: why, .. }) if !is_bad(&why) => {
+            return Ok(Err(why.to_string()));
+        }
         Err(e) => return Err(e.into()),
     };
     let checkpoint = store.checkpoint(&source.name, folder)?;
@@ -545,6 +552,17 @@ async fn collect_folder(
     store.flush().await?;
     apply_pending(store, session, source, folder, selected.uidvalidity, report).await?;
     Ok(Ok(()))
+}
+
+/// Whether the server's refusal was a tagged `BAD` (the command itself was not accepted).
+fn is_bad(why: &crate::protocol::ProtocolError) -> bool {
+    match why {
+        crate::protocol::ProtocolError::Rejected(line) => line
+            .split_ascii_whitespace()
+            .nth(1)
+            .is_some_and(|word| word.eq_ignore_ascii_case("BAD")),
+        _ => false,
+    }
 }
 
 /// Makes what was stored durable, then does the post-action of every stored-but-not-yet-
