@@ -147,6 +147,19 @@ async fn office365_authenticated_but_not_connected_names_the_servers_words() {
     assert_eq!(s.stored(), 0);
 }
 
+/// Office 365's POP3 takes XOAUTH2 only in two steps, and lists no PIPELINING: one RETR
+/// at a time.
+#[tokio::test]
+async fn office365_pop3_signs_in_with_xoauth2_in_two_steps() {
+    let (s, r) = replay("o365-pop3-two-step.txt", |srv| {
+        setup(srv, "pop3", OFFICE365)
+    })
+    .await;
+    let r = r.expect("cycle");
+    assert_eq!((r.stored, r.backlog), (2, 2));
+    assert_eq!(s.stored(), 2);
+}
+
 /// A Dovecot-like IMAP conversation (greeting, PLAIN login, EXAMINE INBOX) with `n` small
 /// messages listed, as transcript text; the caller adds what follows the listing.
 fn imap_listing(n: u32) -> String {

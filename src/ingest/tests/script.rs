@@ -28,6 +28,8 @@ enum Step {
 #[derive(Debug, Clone, Default)]
 struct Connection {
     tls: bool,
+    /// The client must wait for each reply before its next command (no pipelining).
+    lockstep: bool,
     steps: Vec<(usize, Step)>,
 }
 
@@ -67,6 +69,10 @@ impl Script {
             let step = match line {
                 "== tls" => {
                     conn.tls = true;
+                    continue;
+                }
+                "== lockstep" => {
+                    conn.lockstep = true;
                     continue;
                 }
                 "== starttls" => Step::StartTls,
@@ -215,6 +221,11 @@ async fn serve_one(
                 if !matched {
                     let _ = wire.io().shutdown().await;
                     return Err(format!("{at}: expected `C: {expected}`, got `{got}`"));
+                }
+                if conn.lockstep && !pending.is_empty() {
+                    return Err(format!(
+                        "{at}: the client sent more before the reply to `{got}` (pipelining)"
+                    ));
                 }
             }
             Step::StartTls => {
