@@ -397,6 +397,30 @@ pub const LOG_ENV: &str = "MAILSLUICE_LOG";
 /// The log filter when none is set: INFO and up, without a parser library's chatter.
 pub const DEFAULT_LOG_FILTER: &str = "info,imap_codec=error";
 
+/// imap-codec 1.0 logs `Rectified missing `text` to "..."` at WARN for every response that
+/// carries a code (`[CAPABILITY ...]`, `[UIDVALIDITY n]`, `[READ-WRITE]`, ...), whether its
+/// text was missing or not: the message is built before the parser knows (an eager
+/// `value(..)` in its `resp_text`). A session against a healthy Dovecot logged seven. The
+/// quirk it names, a code without text, is one we accept on purpose, so this target is kept
+/// to ERROR whatever filter is set, unless the filter names it.
+const PARSER_QUIRKS_TARGET: &str = "imap_codec::response";
+
+/// The log filter for a `RUST_LOG`-syntax `spec` (invalid or absent: [`DEFAULT_LOG_FILTER`]),
+/// with the parser's quirk notices kept quiet.
+pub fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    let filter = spec
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
+    if spec.is_some_and(|f| f.contains(PARSER_QUIRKS_TARGET)) {
+        return filter;
+    }
+    match format!("{PARSER_QUIRKS_TARGET}=error").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
 /// Sets up `tracing` output: text or JSON lines on stderr. Level from `MAILSLUICE_LOG`
 /// (else `RUST_LOG`, else [`DEFAULT_LOG_FILTER`]).
 pub fn init_logging(json: bool) {
@@ -409,12 +433,10 @@ pub fn init_logging(json: bool) {
 /// Like [`init_logging`], writing through `writer` (e.g. one that keeps progress bars
 /// intact).
 pub fn init_logging_to(json: bool, writer: tracing_subscriber::fmt::writer::BoxMakeWriter) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var(LOG_ENV)
+    let spec = std::env::var(LOG_ENV)
         .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
+        .or_else(|| std::env::var("RUST_LOG").ok());
+    let filter = log_filter(spec.as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour codes only for a person at a terminal, never into a journal or file.
@@ -435,6 +457,46 @@ pub fn init_logging_to(json: bool, writer: tracing_subscriber::fmt::writer::BoxM
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the events that pass the filter.
+    struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(
+            &self,
+            _event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn passed(spec: Option<&str>, emit: impl FnOnce()) -> usize {
+        use tracing_subscriber::layer::SubscriberExt;
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry()
+            .with(log_filter(spec))
+            .with(Count(count.clone()));
+        tracing::subscriber::with_default(subscriber, emit);
+        count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn parser_quirk_notices_stay_quiet_whatever_the_filter() {
+        for spec in [None, Some("info"), Some("debug"), Some("trace")] {
+            let n = passed(spec, || {
+                tracing::warn!(target: "imap_codec::response", "Rectified missing `text` to \"...\"");
+                tracing::error!(target: "imap_codec::response", "a real parser error");
+                tracing::warn!(target: "mailsluice::net", "kept");
+            });
+            assert_eq!(n, 2, "filter {spec:?}");
+        }
+        // Asked for by name, it is shown.
+        let n = passed(Some("info,imap_codec::response=warn"), || {
+            tracing::warn!(target: "imap_codec::response", "Rectified missing `text` to \"...\"");
+        });
+        assert_eq!(n, 1);
+    }
 
     #[test]
     fn catalog_names_are_unique_and_prefixed() {
