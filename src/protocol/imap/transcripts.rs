@@ -573,3 +573,51 @@ fn without_uidplus_move_uses_uid_move_and_delete_is_refused_unsent() {
         t.logout(state);
     }
 }
+
+/// The hot path through the state machine: a body of known length arrives in the read
+/// buffer and leaves in the same allocation (no copy between the socket's buffer and the
+/// message handed on), and the room asked for while it arrives covers the whole literal.
+#[test]
+fn a_streamed_body_keeps_the_read_buffers_allocation() {
+    let body: Vec<u8> = (0..300_000u32)
+        .map(|i| b"line\r\n"[(i % 6) as usize])
+        .collect();
+    let mut frame = format!(
+        "* 1 FETCH (UID 7 RFC822.SIZE {n} INTERNALDATE \"01-Jan-2024 10:00:00 +0000\" BODY[] {{{n}}}\r\n",
+        n = body.len()
+    )
+    .into_bytes();
+    let announced = frame.len() + body.len();
+    frame.extend_from_slice(&body);
+    frame.extend_from_slice(b")\r\nA0001 OK done\r\n");
+    let greeting = b"* OK [CAPABILITY IMAP4rev1] ready\r\n";
+    let mut buf = greeting.to_vec();
+    let mut run = Run::implicit_tls(1 << 20);
+    assert!(matches!(run.advance(&mut buf), Step::Done));
+    let state = Selected::for_test(run.secured().expect("greeting"), 1);
+    let mut run = state.fetch(&[7]);
+    assert!(matches!(run.advance(&mut buf), Step::Send(_)));
+    // The announcement first: the machine says how long the buffer must become.
+    let head = frame.len() - body.len() - b")\r\nA0001 OK done\r\n".len();
+    buf.extend_from_slice(&frame[..head]);
+    let Step::NeedMore { room: Some(room) } = run.advance(&mut buf) else {
+        panic!("no room asked for the literal");
+    };
+    assert_eq!(room, announced);
+    // As the reader does: room for all of it at once, then the rest arrives.
+    buf.reserve_exact(room + 16 * 1024 - buf.len());
+    buf.extend_from_slice(&frame[head..]);
+    let at = buf.as_ptr();
+    let Step::Item(fetched) = run.advance(&mut buf) else {
+        panic!("no message");
+    };
+    let got = fetched.body.expect("body");
+    assert_eq!(got, body);
+    assert_eq!(
+        got.as_ptr(),
+        at,
+        "the body was copied out of the read buffer"
+    );
+    assert!(matches!(run.advance(&mut buf), Step::Done));
+    assert!(run.finish().is_ok() && buf.is_empty());
+}

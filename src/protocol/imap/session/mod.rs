@@ -19,6 +19,9 @@
 //! - A message body is taken from its literal, whatever RFC822.SIZE said, and keeps the
 //!   allocation of the read buffer it arrived in ([`crate::protocol::take_front`]).
 //!
+//! The way to the authenticated state (greeting, STARTTLS, sign-in) is in `connect`; the
+//! commands of the authenticated and selected states in `mailbox`.
+//!
 //! [RFC 3501 §3]: https://www.rfc-editor.org/rfc/rfc3501#section-3
 
 use std::collections::{BTreeSet, VecDeque};
