@@ -196,12 +196,13 @@ impl Gather<Selected> for HeaderGather {
     }
 }
 
-/// LOGOUT: the state is given up whatever the answer.
-pub struct Logout {
+/// LOGOUT from a state `S`: the state is given up whatever the answer.
+pub struct Logout<S> {
     tag: String,
+    _state: std::marker::PhantomData<fn(S)>,
 }
 
-impl<S: State> Plan for LogoutOf<S> {
+impl<S: State> Plan for Logout<S> {
     type From = S;
     type To = ();
     type Item = Infallible;
@@ -219,7 +220,7 @@ impl<S: State> Plan for LogoutOf<S> {
         // The BYE or the tagged OK, whichever comes first: nothing is waited for after it.
         match response {
             ServerResponse::Bye { .. } => Ok(Next::Done),
-            r if tagged(&r, &self.0.tag).is_some() => Ok(Next::Done),
+            r if tagged(&r, &self.tag).is_some() => Ok(Next::Done),
             _ => Ok(Next::Read),
         }
     }
@@ -227,13 +228,13 @@ impl<S: State> Plan for LogoutOf<S> {
     fn complete(self, _from: S) {}
 }
 
-/// [`Logout`] from a state `S`.
-pub struct LogoutOf<S>(Logout, std::marker::PhantomData<fn(S)>);
-
 /// LOGOUT from any state.
-pub fn logout<S: State>(mut state: S) -> Run<LogoutOf<S>> {
+pub fn logout<S: State>(mut state: S) -> Run<Logout<S>> {
     let cmd = state.core_mut().cmds.logout();
-    let plan = LogoutOf(Logout { tag: cmd.tag }, std::marker::PhantomData);
+    let plan = Logout {
+        tag: cmd.tag,
+        _state: std::marker::PhantomData,
+    };
     Run::new(state, plan, Ok(Next::Send(cmd.bytes)))
 }
 
