@@ -422,7 +422,7 @@ async fn imap_steps(
         connector,
         &source.host,
         source.port,
-        source.security,
+        source.security.into(),
         1 << 20,
     )
     .await
@@ -488,7 +488,8 @@ async fn pop3_steps(
     report: &mut Report,
 ) {
     let mut session =
-        match Pop3Session::open(connector, &source.host, source.port, source.security).await {
+        match Pop3Session::open(connector, &source.host, source.port, source.security.into()).await
+        {
             Ok(s) => s,
             Err(e) => return connect_failure(report, source, &e),
         };

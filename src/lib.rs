@@ -22,8 +22,10 @@
 //! ```
 //!
 //! ## Module rules
-//! - `protocol` has no I/O: it frames and parses server bytes and builds command bytes.
-//!   Only `net` touches sockets; `ingest` drives the two together.
+//! - `protocol` has no I/O: it frames and parses server bytes, builds command bytes, and
+//!   holds the IMAP session as a state machine with typed states that `net` pumps bytes
+//!   through. Only `net` touches sockets (TCP, TLS, timeouts); `ingest` uses its sessions.
+//!   Neither imports `config`: callers convert settings into their types.
 //! - `store` is the only importer of sled, `parse` the only importer of mail_parser.
 //! - `actors` are thin shells over plain code in `ingest` and `auth`, so the logic is
 //!   tested without an actix System.

@@ -6,10 +6,10 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailsluice::config::{Security, TlsBackend, TlsSettings, TlsVersion};
-use mailsluice::net::Connector;
+use mailsluice::config::{TlsBackend, TlsSettings, TlsVersion};
 use mailsluice::net::imap::ImapSession;
 use mailsluice::net::pop3::Pop3Session;
+use mailsluice::net::{Connector, Security};
 
 /// A scripted server: for each line received, the reply is chosen by `answer`. Returns the
 /// port and everything the client sent.

@@ -12,6 +12,7 @@
 //! - Relative paths stay relative to the working directory; nothing is rewritten.
 //! - Loading has no side effects: it reads the file and the environment, nothing else.
 
+mod convert;
 pub mod settings;
 mod tree;
 mod validate;

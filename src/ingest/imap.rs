@@ -30,7 +30,7 @@ pub(super) async fn run_imap(
         connector,
         &source.host,
         source.port,
-        source.security,
+        source.security.into(),
         max_literal,
     )
     .await?;
@@ -39,7 +39,7 @@ pub(super) async fn run_imap(
     }
     session.login(&login(source, cred)?).await?;
     // Refused before anything is stored: a post-action this server cannot do safely.
-    session.check_post_action(source.after_ingest)?;
+    session.check_post_action(source.after_ingest.into())?;
     let folders = resolve_folders(&mut session, source).await?;
     let mut report = CycleReport::default();
     let mut first_batch = true;
@@ -376,7 +376,7 @@ pub(super) async fn apply_pending(
     uids.sort_unstable();
     for chunk in uids.chunks(FETCH_BATCH) {
         session
-            .post_action(source.after_ingest, chunk, source.move_to.as_deref())
+            .post_action(source.after_ingest.into(), chunk, source.move_to.as_deref())
             .await?;
         store.actions_done(&source.name, folder, uidvalidity, chunk)?;
         report.acted += chunk.len() as u64;

@@ -24,7 +24,7 @@ pub(super) async fn run_pop3(
     reopen_at: Option<ReopenAt>,
 ) -> Result<CycleReport, CycleError> {
     let mut session =
-        Pop3Session::open(connector, &source.host, source.port, source.security).await?;
+        Pop3Session::open(connector, &source.host, source.port, source.security.into()).await?;
     if let Some(tls) = session.tls_info() {
         telemetry::tls_handshake(&source.name, tls.resumed);
     }

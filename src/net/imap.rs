@@ -1,83 +1,96 @@
-//! An IMAP session over a [`Conn`]: greeting, STARTTLS, capabilities, SASL, SELECT and UID
-//! FETCH, driven through the sans-IO code in `protocol::imap`.
+//! An IMAP session over a [`TlsConn`]: this driver only moves bytes between the connection
+//! and the sans-IO session in [`crate::protocol::imap::session`], which decides what to send
+//! and what the answers mean. Here: connecting, the TLS upgrade, timeouts, and turning the
+//! protocol's outcomes into [`SessionError`]s that name the server.
 //!
-//! Invariants: credentials are only ever written on a TLS connection; capabilities learned
-//! before STARTTLS are discarded; a SASL error challenge is always answered (never waited
-//! out); message bodies are taken from the literal, whatever RFC822.SIZE said.
+//! Invariants: the session holds a [`TlsConn`] from the moment `open` returns, so there is
+//! no way to send credentials without TLS; STARTTLS consumes the plain connection.
+//! Capabilities learned before STARTTLS are discarded (by the protocol state machine).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::config::{AfterIngest, Security};
-use crate::protocol::imap::{
-    Command, Commands, Completion, DEFAULT_MAX_LINE, Fetched, Framer, ResponseCode, ServerResponse,
-    parse_greeting, parse_response, parse_response_owned,
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::protocol::imap::Fetched;
+use crate::protocol::imap::session::{
+    self, Authenticated, Failure, FetchBodies, ImapError, MailboxStatus, NotAuthenticated, Plan,
+    Run, Selected, State, Step,
 };
-use crate::protocol::{ProtocolError, sasl};
-use crate::secret::Secret;
 
-use super::{Conn, Connector, SessionError, TlsInfo};
+pub use crate::protocol::imap::session::{IdleWake, PostAction};
+pub use crate::protocol::sasl::Login;
 
-/// How to sign in.
-#[derive(Debug)]
-pub enum Login<'a> {
-    Password {
-        user: &'a str,
-        password: &'a Secret,
-    },
-    XOAuth2 {
-        user: &'a str,
-        token: &'a Secret,
-    },
-    OAuthBearer {
-        user: &'a str,
-        token: &'a Secret,
-        host: &'a str,
-        port: u16,
-    },
-}
+use super::{Conn, Connector, Security, SessionError, TlsConn, TlsInfo};
 
-/// What SELECT told us about a folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Selected {
-    pub uidvalidity: u32,
-    pub uidnext: Option<u32>,
-    pub exists: u32,
-}
-
-/// Why an IDLE wait ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdleWake {
-    /// The server reported EXISTS: new mail in the selected folder.
-    NewMail,
-    /// The deadline passed (re-issue IDLE, poll other folders or re-open the session).
-    Timeout,
-    /// The caller asked to stop.
-    Stopped,
+/// Where the session is. The protocol's states are types; this enum holds whichever the
+/// last exchange left, so the driver can offer one set of methods.
+enum Phase {
+    NotAuthenticated(NotAuthenticated),
+    Authenticated(Authenticated),
+    Selected(Selected),
+    /// A UID FETCH whose messages are read with `next_fetched`.
+    Fetching(Box<Run<FetchBodies>>),
+    /// An exchange failed and left the connection unusable (or is being run).
+    Broken,
 }
 
 pub struct ImapSession {
-    conn: Conn,
-    framer: Framer,
-    cmds: Commands,
-    /// Upper-cased capability atoms from the current (post-TLS, post-auth) state.
+    conn: TlsConn,
+    phase: Phase,
+    /// Upper-cased capability atoms of the current (post-TLS, post-auth) state, for reports.
+    /// A copy: the protocol state decides from its own.
     pub capabilities: BTreeSet<String>,
-    /// Tag of a UID FETCH whose responses are being streamed by `next_fetched`.
-    pending_fetch: Option<String>,
 }
 
-/// Office 365: `Request is throttled. Suggested Backoff Time: 1234 milliseconds`.
-pub fn suggested_backoff(line: &str) -> Option<Duration> {
-    let lower = line.to_ascii_lowercase();
-    let at = lower.find("suggested backoff time:")?;
-    let rest = &lower[at + "suggested backoff time:".len()..];
-    let ms: u64 = rest
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(ms))
+/// Pumps one exchange: sends what it asks, reads (with the read timeout) when it needs
+/// more. Returns at the exchange's next item, or `None` when it is done.
+async fn pump<S, P>(conn: &mut Conn<S>, run: &mut Run<P>) -> Result<Option<P::Item>, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    P: Plan,
+{
+    loop {
+        match run.advance(&mut conn.buf) {
+            Step::Send(bytes) => conn.send(&bytes).await?,
+            Step::NeedMore { room } => {
+                if let Some(end) = room {
+                    conn.make_room_for(end);
+                }
+                conn.fill(run.during()).await?
+            }
+            Step::Waiting => conn.fill(run.during()).await?,
+            Step::Item(item) => return Ok(Some(item)),
+            Step::Done => return Ok(None),
+        }
+    }
+}
+
+/// A protocol outcome as a session error naming `server`.
+fn session_error(server: &str, e: ImapError) -> SessionError {
+    let server = server.to_string();
+    match e {
+        ImapError::Protocol(source) => SessionError::Protocol { server, source },
+        ImapError::Bye { line } => SessionError::Closed {
+            server,
+            last: format!(": {line}"),
+        },
+        ImapError::TokenExpired { line } => SessionError::Auth {
+            server,
+            reply: line,
+        },
+        ImapError::Throttled { line, backoff } => SessionError::Throttled {
+            server,
+            reply: line,
+            backoff: Some(backoff),
+        },
+        ImapError::AuthRefused { reply } => SessionError::Auth { server, reply },
+        ImapError::Unavailable { reply } => SessionError::Unavailable { server, reply },
+        e @ (ImapError::NoStartTls | ImapError::StartTlsRefused { .. }) => SessionError::Tls {
+            server,
+            detail: e.to_string(),
+        },
+    }
 }
 
 impl ImapSession {
@@ -90,342 +103,124 @@ impl ImapSession {
         security: Security,
         max_literal: u64,
     ) -> Result<ImapSession, SessionError> {
-        let conn = match security {
-            Security::Tls => connector.connect_tls(host, port).await?,
-            Security::StartTls => connector.connect_plain(host, port).await?,
+        let (conn, state) = match security {
+            Security::Tls => {
+                let mut conn = connector.connect_tls(host, port).await?;
+                let mut run = Run::implicit_tls(max_literal);
+                pump(&mut conn, &mut run).await?;
+                let state = run.secured().map_err(|e| session_error(&conn.server, e))?;
+                (conn, state)
+            }
+            Security::StartTls => {
+                let mut plain = connector.connect_plain(host, port).await?;
+                let mut run = Run::starttls(max_literal);
+                pump(&mut plain, &mut run).await?;
+                let awaiting = run
+                    .awaiting_tls()
+                    .map_err(|e| session_error(&plain.server, e))?;
+                let mut conn = connector.upgrade(plain, host).await?;
+                let mut run = awaiting.tls_established();
+                pump(&mut conn, &mut run).await?;
+                let state = run.secured().map_err(|e| session_error(&conn.server, e))?;
+                (conn, state)
+            }
         };
-        let mut session = ImapSession {
+        Ok(ImapSession {
+            capabilities: state.capabilities().clone(),
             conn,
-            framer: Framer::new(DEFAULT_MAX_LINE, max_literal),
-            cmds: Commands::default(),
-            capabilities: BTreeSet::new(),
-            pending_fetch: None,
-        };
-        let greeting_caps = session.greeting().await?;
-        if security == Security::StartTls {
-            let caps = session.fetch_capabilities().await?;
-            if !caps.contains("STARTTLS") {
-                return Err(SessionError::Tls {
-                    server: session.conn.server.clone(),
-                    detail: "server does not offer STARTTLS; refusing to continue without TLS"
-                        .into(),
-                });
-            }
-            let cmd = session.cmds.starttls();
-            let (_, completion, line) = session.run(cmd, "STARTTLS").await?;
-            if completion != Completion::Ok {
-                return Err(SessionError::Tls {
-                    server: session.conn.server.clone(),
-                    detail: format!("STARTTLS refused: {line}"),
-                });
-            }
-            let conn = std::mem::replace(&mut session.conn, super::imap_placeholder());
-            session.conn = connector.upgrade(conn, host).await?;
-            // Capabilities from before TLS may have been forged: forget them.
-            session.capabilities = session.fetch_capabilities().await?;
-        } else {
-            session.capabilities = match greeting_caps {
-                Some(caps) => caps,
-                None => session.fetch_capabilities().await?,
-            };
-        }
-        Ok(session)
+            phase: Phase::NotAuthenticated(state),
+        })
     }
 
     pub fn server(&self) -> &str {
         &self.conn.server
     }
 
+    /// Always `Some`: a session is TLS once open.
     pub fn tls_info(&self) -> Option<&TlsInfo> {
-        self.conn.tls.as_ref()
+        Some(self.conn.tls_info())
     }
 
-    async fn greeting(&mut self) -> Result<Option<BTreeSet<String>>, SessionError> {
-        let frame = self.read_frame_bytes("waiting for the greeting").await?;
-        let (_ok, caps) = parse_greeting(&frame).map_err(|e| self.conn.protocol_error(e))?;
-        Ok(caps)
+    fn error(&self, e: ImapError) -> SessionError {
+        session_error(&self.conn.server, e)
     }
 
-    async fn read_frame_bytes(&mut self, during: &'static str) -> Result<Vec<u8>, SessionError> {
-        loop {
-            match self.framer.next_frame(&self.conn.buf) {
-                Ok(Some(n)) => return Ok(self.conn.take_front(n)),
-                Ok(None) => {
-                    if let Some(end) = self.framer.literal_end(self.conn.buf.len()) {
-                        self.conn.make_room_for(end);
-                    }
-                    self.conn.fill(during).await?
-                }
-                Err(e) => return Err(self.conn.protocol_error(e)),
-            }
-        }
-    }
-
-    async fn read_response(
-        &mut self,
-        during: &'static str,
-    ) -> Result<ServerResponse, SessionError> {
-        let frame = self.read_frame_bytes(during).await?;
-        parse_response_owned(frame).map_err(|e| self.conn.protocol_error(e))
-    }
-
-    /// Sends a command and collects responses until its tagged completion. A BYE ends the
-    /// session with an error carrying the server's words.
-    async fn run(
-        &mut self,
-        cmd: Command,
-        during: &'static str,
-    ) -> Result<(Vec<ServerResponse>, Completion, String), SessionError> {
-        self.conn.send(&cmd.bytes).await?;
-        let mut untagged = Vec::new();
-        loop {
-            match self.read_response(during).await? {
-                ServerResponse::Tagged {
-                    tag,
-                    completion,
-                    code,
-                    line,
-                } if tag == cmd.tag => {
-                    if let Some(ResponseCode::Capabilities(c)) = code {
-                        untagged.push(ServerResponse::Capabilities(c));
-                    }
-                    return Ok((untagged, completion, line));
-                }
-                ServerResponse::Bye { line } => return Err(self.bye(line)),
-                other => untagged.push(other),
-            }
-        }
-    }
-
-    fn bye(&self, line: String) -> SessionError {
-        if let Some(backoff) = suggested_backoff(&line) {
-            return SessionError::Throttled {
-                server: self.conn.server.clone(),
-                reply: line,
-                backoff: Some(backoff),
-            };
-        }
-        if line.contains("AccessTokenExpired") {
-            return SessionError::Auth {
-                server: self.conn.server.clone(),
-                reply: line,
-            };
-        }
+    /// The error for a method called in a state it has no meaning in, or after a failure
+    /// that left the connection unusable.
+    fn unusable(&self, what: &str) -> SessionError {
         SessionError::Closed {
             server: self.conn.server.clone(),
-            last: format!(": {line}"),
+            last: format!(": the session cannot {what} now (an earlier step failed)"),
         }
     }
 
-    fn refused(&self, line: String) -> SessionError {
-        if let Some(backoff) = suggested_backoff(&line) {
-            return SessionError::Throttled {
-                server: self.conn.server.clone(),
-                reply: line,
-                backoff: Some(backoff),
-            };
-        }
-        self.conn.protocol_error(ProtocolError::Rejected(line))
+    /// Runs an exchange to its end; a refusal puts the state it came from back.
+    async fn run<P: Plan>(
+        &mut self,
+        mut run: Run<P>,
+        back: fn(P::From) -> Phase,
+    ) -> Result<P::To, SessionError> {
+        self.phase = Phase::Broken;
+        pump(&mut self.conn, &mut run).await?;
+        run.finish().map_err(|f| self.failed(f, back))
     }
 
-    async fn fetch_capabilities(&mut self) -> Result<BTreeSet<String>, SessionError> {
-        let cmd = self.cmds.capability();
-        let (untagged, completion, line) = self.run(cmd, "CAPABILITY").await?;
-        if completion != Completion::Ok {
-            return Err(self.refused(line));
+    fn failed<S>(&mut self, failure: Failure<S>, back: fn(S) -> Phase) -> SessionError {
+        match failure {
+            Failure::Refused { state, error } => {
+                self.phase = back(state);
+                self.error(error)
+            }
+            Failure::Fatal(error) => self.error(error),
         }
-        let mut caps = BTreeSet::new();
-        for r in untagged {
-            if let ServerResponse::Capabilities(c) = r {
-                caps.extend(c);
+    }
+
+    fn take_selected(&mut self, what: &str) -> Result<Selected, SessionError> {
+        match std::mem::replace(&mut self.phase, Phase::Broken) {
+            Phase::Selected(s) => Ok(s),
+            other => {
+                self.phase = other;
+                Err(self.unusable(what))
             }
         }
-        Ok(caps)
     }
 
     /// Authenticates. Returns the server's tagged OK line.
     pub async fn login(&mut self, login: &Login<'_>) -> Result<String, SessionError> {
-        if !self.conn.is_tls() {
-            // Unreachable by construction (open() always ends on TLS); kept as a guard.
-            return Err(SessionError::Tls {
-                server: self.conn.server.clone(),
-                detail: "refusing to send credentials without TLS".into(),
-            });
-        }
-        let (mechanism, response, oauthbearer) = match login {
-            Login::Password { user, password } => {
-                if !self.capabilities.contains("AUTH=PLAIN") {
-                    return self.plain_login(user, password).await;
-                }
-                ("PLAIN", sasl::plain(user, password), false)
+        let state = match std::mem::replace(&mut self.phase, Phase::Broken) {
+            Phase::NotAuthenticated(s) => s,
+            other => {
+                self.phase = other;
+                return Err(self.unusable("sign in"));
             }
-            Login::XOAuth2 { user, token } => ("XOAUTH2", sasl::xoauth2(user, token), false),
-            Login::OAuthBearer {
-                user,
-                token,
-                host,
-                port,
-            } => (
-                "OAUTHBEARER",
-                sasl::oauthbearer(user, host, *port, token),
-                true,
-            ),
         };
-        if !self.capabilities.contains(&format!("AUTH={mechanism}")) {
-            return Err(SessionError::Auth {
-                server: self.conn.server.clone(),
-                reply: format!(
-                    "server does not offer AUTH={mechanism} (it offers: {})",
-                    self.capabilities
-                        .iter()
-                        .filter(|c| c.starts_with("AUTH="))
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ),
-            });
-        }
-        let sasl_ir = self.capabilities.contains("SASL-IR");
-        let cmd = self
-            .cmds
-            .authenticate(mechanism, sasl_ir.then_some(response.expose()));
-        let tag = cmd.tag.clone();
-        self.conn.send(&cmd.bytes).await?;
-        let mut initial_pending = !sasl_ir;
-        let mut challenge_text = None;
-        loop {
-            match self.read_response("authenticating").await? {
-                ServerResponse::Continue(challenge) => {
-                    if initial_pending {
-                        initial_pending = false;
-                        let line = format!("{}\r\n", response.expose());
-                        self.conn.send(line.as_bytes()).await?;
-                    } else {
-                        // An error challenge: answer it so the server can fail the command.
-                        challenge_text = Some(sasl::describe_challenge(&challenge));
-                        let reply = format!("{}\r\n", sasl::error_challenge_reply(oauthbearer));
-                        self.conn.send(reply.as_bytes()).await?;
-                    }
-                }
-                ServerResponse::Tagged {
-                    tag: t,
-                    completion,
-                    code,
-                    line,
-                } if t == tag => {
-                    if completion == Completion::Ok {
-                        self.after_login(code).await?;
-                        return Ok(line);
-                    }
-                    if let Some(backoff) = suggested_backoff(&line) {
-                        return Err(SessionError::Throttled {
-                            server: self.conn.server.clone(),
-                            reply: line,
-                            backoff: Some(backoff),
-                        });
-                    }
-                    if line.to_ascii_uppercase().contains("[UNAVAILABLE]") {
-                        return Err(SessionError::Unavailable {
-                            server: self.conn.server.clone(),
-                            reply: line,
-                        });
-                    }
-                    let reply = match challenge_text {
-                        Some(c) if !c.is_empty() => format!("{line} (challenge: {c})"),
-                        _ => line,
-                    };
-                    return Err(SessionError::Auth {
-                        server: self.conn.server.clone(),
-                        reply,
-                    });
-                }
-                ServerResponse::Bye { line } => return Err(self.bye(line)),
-                _ => {}
-            }
-        }
-    }
-
-    async fn plain_login(&mut self, user: &str, password: &Secret) -> Result<String, SessionError> {
-        if self.capabilities.contains("LOGINDISABLED") {
-            return Err(SessionError::Auth {
-                server: self.conn.server.clone(),
-                reply: "server offers neither AUTH=PLAIN nor LOGIN (LOGINDISABLED)".into(),
-            });
-        }
-        let Some(cmd) = self.cmds.login(user, password.expose()) else {
-            return Err(SessionError::Auth {
-                server: self.conn.server.clone(),
-                reply: "user name or password contains CR, LF or NUL and cannot be sent with LOGIN"
-                    .into(),
-            });
-        };
-        let (untagged, completion, line) = self.run(cmd, "LOGIN").await?;
-        if completion != Completion::Ok && line.to_ascii_uppercase().contains("[UNAVAILABLE]") {
-            return Err(SessionError::Unavailable {
-                server: self.conn.server.clone(),
-                reply: line,
-            });
-        }
-        if completion != Completion::Ok {
-            return Err(SessionError::Auth {
-                server: self.conn.server.clone(),
-                reply: line,
-            });
-        }
-        let code = untagged.into_iter().find_map(|r| match r {
-            ServerResponse::Capabilities(c) => Some(ResponseCode::Capabilities(c)),
-            _ => None,
-        });
-        self.after_login(code).await?;
+        let (state, line) = self
+            .run(state.login(login), Phase::NotAuthenticated)
+            .await?;
+        self.capabilities = state.capabilities().clone();
+        self.phase = Phase::Authenticated(state);
         Ok(line)
     }
 
-    async fn after_login(&mut self, code: Option<ResponseCode>) -> Result<(), SessionError> {
-        self.capabilities = match code {
-            Some(ResponseCode::Capabilities(c)) => c,
-            _ => self.fetch_capabilities().await?,
-        };
-        Ok(())
-    }
-
-    /// SELECT (or EXAMINE when `read_only`) a folder.
+    /// SELECT (or EXAMINE when `read_only`) a folder. Refused, the session stays signed in
+    /// with no folder selected.
     pub async fn select(
         &mut self,
         folder: &str,
         read_only: bool,
-    ) -> Result<Selected, SessionError> {
-        let cmd = self.cmds.select(folder, read_only);
-        let (untagged, completion, line) = self.run(cmd, "SELECT").await?;
-        if completion != Completion::Ok {
-            return Err(self.refused(line));
-        }
-        let mut uidvalidity = None;
-        let mut uidnext = None;
-        let mut exists = 0;
-        for r in untagged {
-            match r {
-                ServerResponse::Exists(n) => exists = n,
-                ServerResponse::UntaggedStatus {
-                    code: Some(ResponseCode::UidValidity(v)),
-                    ..
-                } => uidvalidity = Some(v),
-                ServerResponse::UntaggedStatus {
-                    code: Some(ResponseCode::UidNext(v)),
-                    ..
-                } => uidnext = Some(v),
-                _ => {}
+    ) -> Result<MailboxStatus, SessionError> {
+        let run = match std::mem::replace(&mut self.phase, Phase::Broken) {
+            Phase::Authenticated(s) => s.select(folder, read_only),
+            Phase::Selected(s) => s.select(folder, read_only),
+            other => {
+                self.phase = other;
+                return Err(self.unusable("select a folder"));
             }
-        }
-        let Some(uidvalidity) = uidvalidity else {
-            return Err(self.conn.protocol_error(ProtocolError::Malformed(format!(
-                "SELECT {folder} gave no UIDVALIDITY"
-            ))));
         };
-        Ok(Selected {
-            uidvalidity,
-            uidnext,
-            exists,
-        })
+        let selected = self.run(run, Phase::Authenticated).await?;
+        let mailbox = selected.mailbox();
+        self.phase = Phase::Selected(selected);
+        Ok(mailbox)
     }
 
     /// UIDs in `from..=to` (`to = None`: to the end) with their RFC822.SIZE, ascending.
@@ -436,167 +231,87 @@ impl ImapSession {
         from: u32,
         to: Option<u32>,
     ) -> Result<Vec<(u32, u32)>, SessionError> {
-        let cmd = self.cmds.uid_fetch_sizes(from.max(1), to);
-        let (untagged, completion, line) = self.run(cmd, "UID FETCH").await?;
-        if completion != Completion::Ok {
-            return Err(self.refused(line));
-        }
-        let upper = to.unwrap_or(u32::MAX);
-        let mut out: Vec<(u32, u32)> = untagged
-            .into_iter()
-            .filter_map(|r| match r {
-                ServerResponse::Fetch(f) => f.uid.map(|u| (u, f.rfc822_size.unwrap_or(0))),
-                _ => None,
-            })
-            .filter(|(uid, _)| (from..=upper).contains(uid))
-            .collect();
-        out.sort_unstable();
-        out.dedup_by_key(|(u, _)| *u);
-        Ok(out)
+        let state = self.take_selected("list UIDs")?;
+        let (state, uids) = self
+            .run(state.uids_between(from, to), Phase::Selected)
+            .await?;
+        self.phase = Phase::Selected(state);
+        Ok(uids)
     }
 
     /// Starts `UID FETCH <set> (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])`; read the
     /// messages with [`ImapSession::next_fetched`].
     pub async fn start_fetch(&mut self, uids: &[u32]) -> Result<(), SessionError> {
-        let cmd = self.cmds.uid_fetch_set(uids);
-        self.conn.send(&cmd.bytes).await?;
-        self.pending_fetch = Some(cmd.tag);
+        let mut run = Box::new(self.take_selected("fetch")?.fetch(uids));
+        // Send the command; the answer is read by next_fetched.
+        if let Step::Send(bytes) = run.advance(&mut self.conn.buf) {
+            self.conn.send(&bytes).await?;
+        }
+        self.phase = Phase::Fetching(run);
         Ok(())
     }
 
     /// The next fetched message with a body, or `None` when the FETCH completed.
     pub async fn next_fetched(&mut self) -> Result<Option<Fetched>, SessionError> {
-        let Some(tag) = self.pending_fetch.clone() else {
+        let Phase::Fetching(run) = &mut self.phase else {
             return Ok(None);
         };
-        loop {
-            // The frame's allocation becomes the message's: no copy of the body is made.
-            let frame = self.read_frame_bytes("fetching messages").await?;
-            let response = parse_response_owned(frame).map_err(|e| self.conn.protocol_error(e))?;
-            match response {
-                ServerResponse::Fetch(f) if f.body.is_some() && f.uid.is_some() => {
-                    return Ok(Some(f));
-                }
-                ServerResponse::Tagged {
-                    tag: t,
-                    completion,
-                    line,
-                    ..
-                } if t == tag => {
-                    self.pending_fetch = None;
-                    if completion != Completion::Ok {
-                        return Err(self.refused(line));
-                    }
-                    return Ok(None);
-                }
-                ServerResponse::Bye { line } => return Err(self.bye(line)),
-                _ => {}
+        match pump(&mut self.conn, run.as_mut()).await {
+            Ok(Some(fetched)) => return Ok(Some(fetched)),
+            Ok(None) => {}
+            Err(e) => {
+                self.phase = Phase::Broken;
+                return Err(e);
             }
         }
+        let Phase::Fetching(run) = std::mem::replace(&mut self.phase, Phase::Broken) else {
+            return Ok(None);
+        };
+        let state = run.finish().map_err(|f| self.failed(f, Phase::Selected))?;
+        self.phase = Phase::Selected(state);
+        Ok(None)
     }
 
     /// The header of the message with the highest UID (for `test-login`), or `None` when the
     /// folder is empty.
     pub async fn last_header(
         &mut self,
-        selected: &Selected,
+        _selected: &MailboxStatus,
     ) -> Result<Option<Vec<u8>>, SessionError> {
-        if selected.exists == 0 {
-            return Ok(None);
-        }
-        let cmd = self.cmds.uid_fetch_header_star();
-        let (untagged, completion, line) = self.run(cmd, "UID FETCH").await?;
-        if completion != Completion::Ok {
-            return Err(self.refused(line));
-        }
-        Ok(untagged.into_iter().find_map(|r| match r {
-            ServerResponse::Fetch(f) => f.header,
-            _ => None,
-        }))
-    }
-
-    async fn expect_ok(&mut self, cmd: Command, during: &'static str) -> Result<(), SessionError> {
-        let (_, completion, line) = self.run(cmd, during).await?;
-        if completion == Completion::Ok {
-            Ok(())
-        } else {
-            Err(self.refused(line))
-        }
-    }
-
-    /// Creates `mailbox` unless it exists (`move_to` need not be made by hand).
-    async fn ensure_mailbox(&mut self, mailbox: &str) -> Result<(), SessionError> {
-        let cmd = self.cmds.create(mailbox);
-        let (_, completion, line) = self.run(cmd, "CREATE").await?;
-        // NO [ALREADYEXISTS] (or a server's own wording) means it is there; a real
-        // problem shows in the MOVE/COPY that follows, with that server's reply.
-        if completion == Completion::Bad {
-            return Err(self.refused(line));
-        }
-        Ok(())
+        let state = self.take_selected("fetch a header")?;
+        let (state, header) = self.run(state.last_header(), Phase::Selected).await?;
+        self.phase = Phase::Selected(state);
+        Ok(header)
     }
 
     /// Whether `after_ingest` can be done safely on this server, and why not.
-    pub fn check_post_action(&self, action: AfterIngest) -> Result<(), SessionError> {
-        let uidplus = self.capabilities.contains("UIDPLUS");
-        let missing = match action {
-            AfterIngest::Keep | AfterIngest::Seen => None,
-            AfterIngest::Delete if !uidplus => Some(
-                "after_ingest = \"delete\" needs UIDPLUS (UID EXPUNGE); without it EXPUNGE would also remove messages other clients marked \\Deleted",
-            ),
-            AfterIngest::Move if !uidplus && !self.capabilities.contains("MOVE") => {
-                Some("after_ingest = \"move\" needs MOVE or UIDPLUS; this server offers neither")
-            }
-            _ => None,
+    pub fn check_post_action(&self, action: PostAction) -> Result<(), SessionError> {
+        let caps = match &self.phase {
+            Phase::NotAuthenticated(s) => s.capabilities(),
+            Phase::Authenticated(s) => s.capabilities(),
+            Phase::Selected(s) => s.capabilities(),
+            Phase::Fetching(run) => run.capabilities(),
+            Phase::Broken => &self.capabilities,
         };
-        match missing {
-            Some(why) => Err(self
-                .conn
-                .protocol_error(ProtocolError::MissingCapability(why.into()))),
-            None => Ok(()),
-        }
+        session::check_post_action(caps, action).map_err(|e| self.error(e))
     }
 
     /// Applies `after_ingest` to stored messages: `\Seen`, move to `move_to`, or delete.
     /// The caller has made them durable first.
     pub async fn post_action(
         &mut self,
-        action: AfterIngest,
+        action: PostAction,
         uids: &[u32],
         move_to: Option<&str>,
     ) -> Result<(), SessionError> {
-        if uids.is_empty() || action == AfterIngest::Keep {
+        if uids.is_empty() || action == PostAction::Keep {
             return Ok(());
         }
-        self.check_post_action(action)?;
-        match action {
-            AfterIngest::Keep => {}
-            AfterIngest::Seen => {
-                let cmd = self.cmds.uid_store_add_flag(uids, "\\Seen");
-                self.expect_ok(cmd, "UID STORE").await?;
-            }
-            AfterIngest::Delete => {
-                let cmd = self.cmds.uid_store_add_flag(uids, "\\Deleted");
-                self.expect_ok(cmd, "UID STORE").await?;
-                let cmd = self.cmds.uid_expunge(uids);
-                self.expect_ok(cmd, "UID EXPUNGE").await?;
-            }
-            AfterIngest::Move => {
-                let target = move_to.unwrap_or("Processed");
-                self.ensure_mailbox(target).await?;
-                if self.capabilities.contains("MOVE") {
-                    let cmd = self.cmds.uid_move(uids, target);
-                    self.expect_ok(cmd, "UID MOVE").await?;
-                } else {
-                    let cmd = self.cmds.uid_copy(uids, target);
-                    self.expect_ok(cmd, "UID COPY").await?;
-                    let cmd = self.cmds.uid_store_add_flag(uids, "\\Deleted");
-                    self.expect_ok(cmd, "UID STORE").await?;
-                    let cmd = self.cmds.uid_expunge(uids);
-                    self.expect_ok(cmd, "UID EXPUNGE").await?;
-                }
-            }
-        }
+        let state = self.take_selected("act on messages")?;
+        let state = self
+            .run(state.post_action(action, uids, move_to), Phase::Selected)
+            .await?;
+        self.phase = Phase::Selected(state);
         Ok(())
     }
 
@@ -607,27 +322,24 @@ impl ImapSession {
 
     /// The selectable folders matching `pattern` (`LIST "" pattern`), in the server's order.
     pub async fn list(&mut self, pattern: &str) -> Result<Vec<String>, SessionError> {
-        let cmd = self.cmds.list(pattern);
-        let (untagged, completion, line) = self.run(cmd, "LIST").await?;
-        if completion != Completion::Ok {
-            return Err(self.refused(line));
+        match std::mem::replace(&mut self.phase, Phase::Broken) {
+            Phase::Authenticated(s) => {
+                let (s, names) = self
+                    .run(session::list(s, pattern), Phase::Authenticated)
+                    .await?;
+                self.phase = Phase::Authenticated(s);
+                Ok(names)
+            }
+            Phase::Selected(s) => {
+                let (s, names) = self.run(session::list(s, pattern), Phase::Selected).await?;
+                self.phase = Phase::Selected(s);
+                Ok(names)
+            }
+            other => {
+                self.phase = other;
+                Err(self.unusable("list folders"))
+            }
         }
-        Ok(untagged
-            .into_iter()
-            .filter_map(|r| match r {
-                ServerResponse::List {
-                    name,
-                    delimiter,
-                    noselect: false,
-                } if crate::protocol::imap::pattern_matches(pattern, &name, delimiter)
-                    || (pattern.eq_ignore_ascii_case("INBOX")
-                        && name.eq_ignore_ascii_case("INBOX")) =>
-                {
-                    Some(name)
-                }
-                _ => None,
-            })
-            .collect())
     }
 
     /// Sits in IDLE on the selected folder until the server reports new mail (EXISTS),
@@ -638,92 +350,107 @@ impl ImapSession {
         until: tokio::time::Instant,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<IdleWake, SessionError> {
-        let cmd = self.cmds.idle();
-        self.conn.send(&cmd.bytes).await?;
-        let mut wake = None;
-        // The continuation comes first (or a refusal).
-        loop {
-            match self.read_response("starting IDLE").await? {
-                ServerResponse::Continue(_) => break,
-                ServerResponse::Tagged { tag, line, .. } if tag == cmd.tag => {
-                    return Err(self.refused(line));
-                }
-                ServerResponse::Bye { line } => return Err(self.bye(line)),
-                ServerResponse::Exists(_) => wake = Some(IdleWake::NewMail),
-                _ => {}
-            }
-        }
+        let mut run = self.take_selected("wait in IDLE")?.idle();
         let mut stop = std::pin::pin!(stop);
-        while wake.is_none() {
-            // Frames already buffered first; then wait for more bytes, the deadline or stop.
-            match self.framer.next_frame(&self.conn.buf) {
-                Ok(Some(n)) => {
-                    let frame: Vec<u8> = self.conn.buf.drain(..n).collect();
-                    match parse_response(&frame).map_err(|e| self.conn.protocol_error(e))? {
-                        ServerResponse::Exists(_) => wake = Some(IdleWake::NewMail),
-                        ServerResponse::Bye { line } => return Err(self.bye(line)),
-                        ServerResponse::Tagged { tag, line, .. } if tag == cmd.tag => {
-                            // The server ended IDLE on its own: treat like a timeout.
-                            tracing::debug!(reply = %line, "server ended IDLE");
-                            return Ok(IdleWake::Timeout);
-                        }
-                        _ => {}
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => return Err(self.conn.protocol_error(e)),
-            }
-            tokio::select! {
-                r = self.conn.fill_untimed() => r?,
-                _ = tokio::time::sleep_until(until) => wake = Some(IdleWake::Timeout),
-                _ = &mut stop => wake = Some(IdleWake::Stopped),
-            }
-        }
-        self.conn.send(crate::protocol::imap::IDLE_DONE).await?;
         loop {
-            match self.read_response("ending IDLE").await? {
-                ServerResponse::Tagged {
-                    tag,
-                    completion,
-                    line,
-                    ..
-                } if tag == cmd.tag => {
-                    if completion != Completion::Ok {
-                        return Err(self.refused(line));
+            match run.advance(&mut self.conn.buf) {
+                Step::Send(bytes) => self.conn.send(&bytes).await?,
+                Step::NeedMore { room } => {
+                    if let Some(end) = room {
+                        self.conn.make_room_for(end);
                     }
-                    break;
+                    self.conn.fill(run.during()).await?
                 }
-                ServerResponse::Bye { line } => return Err(self.bye(line)),
-                ServerResponse::Exists(_) if wake != Some(IdleWake::Stopped) => {
-                    wake = Some(IdleWake::NewMail)
-                }
-                _ => {}
+                // Silence is the normal state here: no read timeout, the caller's deadline.
+                Step::Waiting => tokio::select! {
+                    r = self.conn.fill_untimed() => r?,
+                    _ = tokio::time::sleep_until(until) => run.wake(IdleWake::Timeout),
+                    _ = &mut stop => run.wake(IdleWake::Stopped),
+                },
+                Step::Item(never) => match never {},
+                Step::Done => break,
             }
         }
-        Ok(wake.unwrap_or(IdleWake::Timeout))
+        let (state, wake) = run.finish().map_err(|f| self.failed(f, Phase::Selected))?;
+        self.phase = Phase::Selected(state);
+        Ok(wake)
     }
 
     /// LOGOUT and close, best effort: the data is already safe when this runs.
     pub async fn logout(mut self) {
-        let cmd = self.cmds.logout();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.run(cmd, "LOGOUT")).await;
+        let phase = std::mem::replace(&mut self.phase, Phase::Broken);
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            match phase {
+                Phase::NotAuthenticated(s) => self.logout_from(s).await,
+                Phase::Authenticated(s) => self.logout_from(s).await,
+                Phase::Selected(s) => self.logout_from(s).await,
+                // Mid-FETCH or broken: nothing sensible can be said to the server.
+                Phase::Fetching(_) | Phase::Broken => {}
+            }
+        })
+        .await;
         self.conn.shutdown().await;
+    }
+
+    async fn logout_from<S: State>(&mut self, state: S) {
+        let mut run = session::logout(state);
+        let _ = pump(&mut self.conn, &mut run).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ProtocolError;
 
+    /// Every protocol outcome keeps the error kind (and so the metric label and retry
+    /// decision) it had when the driver decided it itself.
     #[test]
-    fn o365_throttle_backoff_is_read() {
-        assert_eq!(
-            suggested_backoff(
-                "A1 NO Request is throttled. Suggested Backoff Time: 2500 milliseconds"
+    fn outcomes_map_to_the_same_error_kinds() {
+        use crate::telemetry::ErrorKind;
+        let cases = [
+            (
+                ImapError::Protocol(ProtocolError::Rejected("x".into())),
+                ErrorKind::Protocol,
             ),
-            Some(Duration::from_millis(2500))
+            (ImapError::Bye { line: "x".into() }, ErrorKind::Connect),
+            (
+                ImapError::TokenExpired { line: "x".into() },
+                ErrorKind::Auth,
+            ),
+            (
+                ImapError::Throttled {
+                    line: "x".into(),
+                    backoff: Duration::from_millis(5),
+                },
+                ErrorKind::Throttled,
+            ),
+            (
+                ImapError::AuthRefused { reply: "x".into() },
+                ErrorKind::Auth,
+            ),
+            (
+                ImapError::Unavailable { reply: "x".into() },
+                ErrorKind::Connect,
+            ),
+            (ImapError::NoStartTls, ErrorKind::Tls),
+            (
+                ImapError::StartTlsRefused { line: "x".into() },
+                ErrorKind::Tls,
+            ),
+        ];
+        for (e, kind) in cases {
+            assert_eq!(session_error("h:1", e.clone()).kind(), kind, "{e:?}");
+        }
+        let e = session_error(
+            "h:1",
+            ImapError::StartTlsRefused {
+                line: "A2 NO not now".into(),
+            },
         );
-        assert_eq!(suggested_backoff("A1 NO something else"), None);
+        assert_eq!(
+            e.to_string(),
+            "h:1: TLS failed: STARTTLS refused: A2 NO not now"
+        );
     }
 }

@@ -1,6 +1,21 @@
 //! TCP and TLS for mail sessions, and the IMAP/POP3 session drivers that pump bytes
 //! through the sans-IO protocol code. The only module that touches sockets.
 //!
+//! What this module holds: [`Connector`] (connect, TLS handshake, STARTTLS upgrade, connect
+//! and handshake timeouts), [`Conn`] (one connection: its read buffer, reads and writes with
+//! the read timeout), and the session drivers [`imap::ImapSession`] and [`pop3::Pop3Session`].
+//! Protocol decisions (what to send, what a reply means) are made in `protocol`; the drivers
+//! only move bytes between it and a connection.
+//!
+//! Invariants:
+//! - A [`PlainConn`] and a [`TlsConn`] are different types; [`Connector::upgrade`] consumes
+//!   the plain one. Sessions hold a [`TlsConn`], so credentials can only be sent over TLS by
+//!   construction, not by a run-time check.
+//! - Bytes a server sent before the TLS handshake fail the upgrade (response injection).
+//! - Every read has the read timeout, except the wait in IDLE, which the caller bounds.
+//! - Nothing here imports the configuration: [`Security`] and [`TlsOptions`] are this
+//!   module's own; callers convert their settings.
+//!
 //! TLS is rustls with the ring provider: TLS 1.2 or 1.3 only (`tls.min_version`), system
 //! roots plus `tls.extra_ca_file`, certificate and host name always verified; there is no
 //! switch to turn verification off. The `native-tls` feature adds the platform library as
@@ -20,9 +35,41 @@ use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::{TlsBackend, TlsSettings, TlsVersion};
 use crate::protocol::ProtocolError;
 use crate::telemetry::ErrorKind;
+
+/// How a session reaches TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Implicit TLS from the first byte.
+    Tls,
+    /// STARTTLS (IMAP) or STLS (POP3); credentials only after the upgrade.
+    StartTls,
+}
+
+/// The oldest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// Which TLS library does the handshakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsBackend {
+    Rustls,
+    /// The platform library; needs a build with the `native-tls` feature.
+    Native,
+}
+
+/// What the [`Connector`] needs to know about TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub min_version: TlsVersion,
+    /// PEM roots trusted besides the system roots.
+    pub extra_ca_file: Option<std::path::PathBuf>,
+    pub backend: TlsBackend,
+}
 
 /// Why a session failed. Every variant names the server (`host:port`) and, where the
 /// server answered, carries its words.
@@ -153,10 +200,11 @@ pub fn rustls_config(
 
 impl Connector {
     pub fn new(
-        tls: &TlsSettings,
+        tls: impl Into<TlsOptions>,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Result<Connector, String> {
+        let tls: TlsOptions = tls.into();
         let backend = match tls.backend {
             TlsBackend::Rustls => {
                 let roots = root_store(tls.extra_ca_file.as_deref())?;
@@ -188,7 +236,7 @@ impl Connector {
     }
 
     /// TCP connect (no TLS yet), for STARTTLS/STLS.
-    pub async fn connect_plain(&self, host: &str, port: u16) -> Result<Conn, SessionError> {
+    pub async fn connect_plain(&self, host: &str, port: u16) -> Result<PlainConn, SessionError> {
         let server = format!("{host}:{port}");
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
             .await
@@ -205,16 +253,15 @@ impl Connector {
         };
         let _ = tcp.set_nodelay(true);
         Ok(Conn {
-            stream: MailStream::Plain(tcp),
+            stream: tcp,
             buf: Vec::with_capacity(64 * 1024),
             read_timeout: self.read_timeout,
             server,
-            tls: None,
         })
     }
 
     /// TCP connect and TLS handshake (implicit TLS, ports 993/995).
-    pub async fn connect_tls(&self, host: &str, port: u16) -> Result<Conn, SessionError> {
+    pub async fn connect_tls(&self, host: &str, port: u16) -> Result<TlsConn, SessionError> {
         let conn = self.connect_plain(host, port).await?;
         self.upgrade(conn, host).await
     }
@@ -222,13 +269,12 @@ impl Connector {
     /// Turns a plain connection into a TLS one (after STARTTLS/STLS was accepted). The plain
     /// connection is consumed; bytes the server sent before the handshake are an attack
     /// (response injection) and fail the upgrade.
-    pub async fn upgrade(&self, conn: Conn, host: &str) -> Result<Conn, SessionError> {
+    pub async fn upgrade(&self, conn: PlainConn, host: &str) -> Result<TlsConn, SessionError> {
         let Conn {
-            stream,
+            stream: tcp,
             buf,
             read_timeout,
             server,
-            ..
         } = conn;
         if !buf.is_empty() {
             return Err(SessionError::Tls {
@@ -236,12 +282,6 @@ impl Connector {
                 detail: "server sent data before the TLS handshake (possible injection)".into(),
             });
         }
-        let MailStream::Plain(tcp) = stream else {
-            return Err(SessionError::Tls {
-                server,
-                detail: "connection is already TLS".into(),
-            });
-        };
         let handshake_timeout = self.connect_timeout;
         let tls_err = |detail: String| SessionError::Tls {
             server: server.clone(),
@@ -278,7 +318,7 @@ impl Connector {
                         .map(|c| format!("{:?}", c.suite()))
                         .unwrap_or_default(),
                 };
-                (MailStream::Rustls(Box::new(tls)), info)
+                (TlsIo::Rustls(Box::new(tls)), info)
             }
             #[cfg(feature = "native-tls")]
             TlsBackendConfig::Native { min, extra_ca } => {
@@ -307,7 +347,7 @@ impl Connector {
                         }
                     };
                 (
-                    MailStream::Native(Box::new(tls)),
+                    TlsIo::Native(Box::new(tls)),
                     TlsInfo {
                         version: "native".into(),
                         cipher: String::new(),
@@ -317,11 +357,10 @@ impl Connector {
             }
         };
         Ok(Conn {
-            stream,
+            stream: TlsStream { io: stream, info },
             buf: Vec::with_capacity(64 * 1024),
             read_timeout,
             server,
-            tls: Some(info),
         })
     }
 }
@@ -356,63 +395,58 @@ pub struct TlsInfo {
     pub resumed: bool,
 }
 
-enum MailStream {
-    /// Placeholder while a connection moves through the TLS upgrade; every I/O fails.
-    Closed,
-    Plain(TcpStream),
+/// A TLS connection's stream and what its handshake negotiated.
+pub struct TlsStream {
+    io: TlsIo,
+    info: TlsInfo,
+}
+
+enum TlsIo {
     Rustls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     #[cfg(feature = "native-tls")]
     Native(Box<async_native_tls::TlsStream<TcpStream>>),
 }
 
-impl AsyncRead for MailStream {
+impl AsyncRead for TlsStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MailStream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-            MailStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            MailStream::Rustls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            TlsIo::Rustls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             #[cfg(feature = "native-tls")]
-            MailStream::Native(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            TlsIo::Native(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for MailStream {
+impl AsyncWrite for TlsStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MailStream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-            MailStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            MailStream::Rustls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            TlsIo::Rustls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             #[cfg(feature = "native-tls")]
-            MailStream::Native(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            TlsIo::Native(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MailStream::Closed => Poll::Ready(Ok(())),
-            MailStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            MailStream::Rustls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            TlsIo::Rustls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             #[cfg(feature = "native-tls")]
-            MailStream::Native(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            TlsIo::Native(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MailStream::Closed => Poll::Ready(Ok(())),
-            MailStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            MailStream::Rustls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            TlsIo::Rustls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             #[cfg(feature = "native-tls")]
-            MailStream::Native(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            TlsIo::Native(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -424,34 +458,31 @@ const IDLE_BUFFER_BYTES: usize = 4 * 1024;
 /// Room a timed read asks for: a TLS record holds at most 16 KiB of data.
 const READ_BYTES: usize = 16 * 1024;
 
-/// One connection to a mail server with its read buffer.
-pub struct Conn {
-    stream: MailStream,
+/// One connection to a mail server with its read buffer; `S` is the stream, plain TCP
+/// ([`PlainConn`]) or TLS ([`TlsConn`]).
+pub struct Conn<S> {
+    stream: S,
     /// Bytes read but not yet consumed by the protocol layer.
     pub buf: Vec<u8>,
     read_timeout: Duration,
     /// `host:port`, for every error message.
     pub server: String,
-    /// Set once the connection is TLS.
-    pub tls: Option<TlsInfo>,
 }
 
-impl Conn {
-    /// Takes the first `n` buffered bytes out. A frame that is most of the buffer (a message
-    /// literal) takes the buffer's allocation with it and leaves the few bytes after it in a
-    /// new one: nothing large is copied, and a session does not keep a buffer the size of
-    /// its largest message.
-    pub fn take_front(&mut self, n: usize) -> Vec<u8> {
-        let rest = self.buf.len() - n;
-        if n >= 64 * 1024 && rest <= n / 4 {
-            let tail = self.buf[n..].to_vec();
-            self.buf.truncate(n);
-            std::mem::replace(&mut self.buf, tail)
-        } else {
-            self.buf.drain(..n).collect()
-        }
-    }
+/// A connection before TLS: good for a greeting and STARTTLS/STLS, never for credentials.
+pub type PlainConn = Conn<TcpStream>;
 
+/// A connection with TLS established.
+pub type TlsConn = Conn<TlsStream>;
+
+impl TlsConn {
+    /// What the handshake negotiated.
+    pub fn tls_info(&self) -> &TlsInfo {
+        &self.stream.info
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Makes `buf` able to hold `len` bytes and a read beyond them without growing again: a
     /// literal whose length is known is read into one allocation, not one doubled (and
     /// copied) a dozen times on its way to a few MB.
@@ -493,7 +524,7 @@ impl Conn {
                 last: if self.buf.is_empty() {
                     String::new()
                 } else {
-                    format!(" after: {}", crate::protocol::imap::first_line(&self.buf))
+                    format!(" after: {}", crate::protocol::first_line(&self.buf))
                 },
             }),
             Ok(Ok(_)) => Ok(()),
@@ -555,10 +586,6 @@ impl Conn {
         }
     }
 
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     pub fn protocol_error(&self, source: ProtocolError) -> SessionError {
         SessionError::Protocol {
             server: self.server.clone(),
@@ -571,58 +598,24 @@ impl Conn {
     }
 }
 
-/// Stand-in while a connection is being moved through the TLS upgrade.
-pub(crate) fn imap_placeholder() -> Conn {
-    Conn {
-        stream: MailStream::Closed,
-        buf: Vec::new(),
-        read_timeout: Duration::from_secs(1),
-        server: String::new(),
-        tls: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
 
-    async fn plain_pair() -> (Conn, tokio::net::TcpStream) {
+    async fn plain_pair() -> (PlainConn, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let conn = Conn {
-            stream: MailStream::Plain(client),
+            stream: client,
             buf: Vec::new(),
             read_timeout: Duration::from_secs(5),
             server: addr.to_string(),
-            tls: None,
         };
         (conn, server)
-    }
-
-    /// A large frame leaves with the buffer's allocation (no copy, and the session keeps no
-    /// message-sized buffer); what follows it stays, in order. Small frames are copied out.
-    #[tokio::test]
-    async fn a_large_frame_takes_the_buffer_with_it() {
-        let (mut conn, _server) = plain_pair().await;
-        let frame: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        conn.buf = Vec::with_capacity(512 * 1024);
-        conn.buf.extend_from_slice(&frame);
-        conn.buf.extend_from_slice(b"* 9 FETCH");
-        let at = conn.buf.as_ptr();
-        let taken = conn.take_front(frame.len());
-        assert_eq!(taken, frame);
-        assert_eq!(taken.as_ptr(), at, "the frame was copied");
-        assert_eq!(conn.buf, b"* 9 FETCH");
-        assert!(conn.buf.capacity() < 64 * 1024, "{}", conn.buf.capacity());
-
-        conn.buf.extend_from_slice(b" (UID 1)\r\n* 10 FETCH");
-        let small = conn.take_front(b"* 9 FETCH (UID 1)\r\n".len());
-        assert_eq!(small, b"* 9 FETCH (UID 1)\r\n");
-        assert_eq!(conn.buf, b"* 10 FETCH");
     }
 
     /// A literal of known length is read into the one allocation made for it when its
@@ -656,7 +649,7 @@ mod tests {
             }
         };
         let _server = writer.await.unwrap();
-        assert_eq!(conn.take_front(n), frame);
+        assert_eq!(crate::protocol::take_front(&mut conn.buf, n), frame);
         assert_eq!(
             allocations.len(),
             1,

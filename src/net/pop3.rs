@@ -1,25 +1,90 @@
 //! A POP3 session over a [`Conn`]: greeting, STLS, CAPA, USER/PASS or the two-step
 //! `AUTH XOAUTH2` / `AUTH OAUTHBEARER`, UIDL, LIST, RETR, QUIT.
 //!
-//! Invariants as for IMAP: no credential before TLS; capabilities re-read after STLS; a
-//! SASL error challenge is answered, not waited out.
+//! Invariants as for IMAP: no credential before TLS (the session holds a [`TlsConn`]; STLS
+//! consumes the plain connection); capabilities re-read after STLS; a SASL error challenge
+//! is answered, not waited out.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::config::Security;
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use crate::protocol::pop3::{self, Reader, Reply};
-use crate::protocol::{ProtocolError, sasl};
+use crate::protocol::sasl::Login;
+use crate::protocol::{ProtocolError, sasl, suggested_backoff};
 use crate::secret::Secret;
 
-use super::imap::Login;
-use super::{Conn, Connector, SessionError, TlsInfo};
+use super::{Conn, Connector, Security, SessionError, TlsConn, TlsInfo};
 
 pub struct Pop3Session {
-    conn: Conn,
+    conn: TlsConn,
     reader: Reader,
     /// From CAPA in the current state (post-TLS).
     pub capabilities: BTreeSet<String>,
+}
+
+/// One reply line, read with the read timeout.
+async fn read_reply<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    reader: &mut Reader,
+    during: &'static str,
+) -> Result<Reply, SessionError> {
+    loop {
+        match reader.reply(&conn.buf) {
+            Ok(Some((reply, used))) => {
+                conn.buf.drain(..used);
+                return Ok(reply);
+            }
+            Ok(None) => conn.fill(during).await?,
+            Err(e) => return Err(conn.protocol_error(e)),
+        }
+    }
+}
+
+/// A multi-line body after `+OK`, dot-unstuffed.
+async fn read_multiline<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    reader: &mut Reader,
+    limit: u64,
+    during: &'static str,
+) -> Result<Vec<u8>, SessionError> {
+    loop {
+        match reader.multiline(&conn.buf, limit) {
+            Ok(Some((body, used))) => {
+                conn.consume(used);
+                return Ok(body);
+            }
+            Ok(None) => conn.fill(during).await?,
+            Err(e) => return Err(conn.protocol_error(e)),
+        }
+    }
+}
+
+async fn read_capa<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    reader: &mut Reader,
+) -> Result<BTreeSet<String>, SessionError> {
+    conn.send(pop3::capa()).await?;
+    match read_reply(conn, reader, "CAPA").await? {
+        Reply::Ok(_) => {
+            let listing = read_multiline(conn, reader, 1 << 20, "CAPA").await?;
+            Ok(pop3::parse_capa(&listing))
+        }
+        // RFC 2449 servers answer CAPA; an old one may not, and then we know nothing.
+        Reply::Err(_) | Reply::Continue(_) => Ok(BTreeSet::new()),
+    }
+}
+
+/// The greeting must be `+OK`.
+async fn greeting<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    reader: &mut Reader,
+) -> Result<(), SessionError> {
+    match read_reply(conn, reader, "waiting for the greeting").await? {
+        Reply::Ok(_) => Ok(()),
+        other => Err(conn.protocol_error(ProtocolError::Rejected(other.line()))),
+    }
 }
 
 impl Pop3Session {
@@ -29,65 +94,56 @@ impl Pop3Session {
         port: u16,
         security: Security,
     ) -> Result<Pop3Session, SessionError> {
-        let conn = match security {
-            Security::Tls => connector.connect_tls(host, port).await?,
-            Security::StartTls => connector.connect_plain(host, port).await?,
-        };
-        let mut s = Pop3Session {
-            conn,
-            reader: Reader::default(),
-            capabilities: BTreeSet::new(),
-        };
-        match s.reply("waiting for the greeting").await? {
-            Reply::Ok(_) => {}
-            other => {
-                return Err(s.conn.protocol_error(ProtocolError::Rejected(other.line())));
+        let mut reader = Reader::default();
+        let mut conn = match security {
+            Security::Tls => {
+                let mut conn = connector.connect_tls(host, port).await?;
+                greeting(&mut conn, &mut reader).await?;
+                conn
             }
-        }
-        if security == Security::StartTls {
-            let caps = s.capa().await?;
-            if !caps.contains("STLS") {
-                return Err(SessionError::Tls {
-                    server: s.conn.server.clone(),
-                    detail: "server does not offer STLS; refusing to continue without TLS".into(),
-                });
-            }
-            s.conn.send(pop3::stls()).await?;
-            match s.reply("STLS").await? {
-                Reply::Ok(_) => {}
-                other => {
+            Security::StartTls => {
+                let mut plain = connector.connect_plain(host, port).await?;
+                greeting(&mut plain, &mut reader).await?;
+                let caps = read_capa(&mut plain, &mut reader).await?;
+                if !caps.contains("STLS") {
                     return Err(SessionError::Tls {
-                        server: s.conn.server.clone(),
-                        detail: format!("STLS refused: {}", other.line()),
+                        server: plain.server.clone(),
+                        detail: "server does not offer STLS; refusing to continue without TLS"
+                            .into(),
                     });
                 }
+                plain.send(pop3::stls()).await?;
+                match read_reply(&mut plain, &mut reader, "STLS").await? {
+                    Reply::Ok(_) => {}
+                    other => {
+                        return Err(SessionError::Tls {
+                            server: plain.server.clone(),
+                            detail: format!("STLS refused: {}", other.line()),
+                        });
+                    }
+                }
+                connector.upgrade(plain, host).await?
             }
-            let plain = std::mem::replace(&mut s.conn, super::imap_placeholder());
-            s.conn = connector.upgrade(plain, host).await?;
-        }
-        s.capabilities = s.capa().await?;
-        Ok(s)
+        };
+        let capabilities = read_capa(&mut conn, &mut reader).await?;
+        Ok(Pop3Session {
+            conn,
+            reader,
+            capabilities,
+        })
     }
 
     pub fn server(&self) -> &str {
         &self.conn.server
     }
 
+    /// Always `Some`: a session is TLS once open.
     pub fn tls_info(&self) -> Option<&TlsInfo> {
-        self.conn.tls.as_ref()
+        Some(self.conn.tls_info())
     }
 
     async fn reply(&mut self, during: &'static str) -> Result<Reply, SessionError> {
-        loop {
-            match self.reader.reply(&self.conn.buf) {
-                Ok(Some((reply, used))) => {
-                    self.conn.buf.drain(..used);
-                    return Ok(reply);
-                }
-                Ok(None) => self.conn.fill(during).await?,
-                Err(e) => return Err(self.conn.protocol_error(e)),
-            }
-        }
+        read_reply(&mut self.conn, &mut self.reader, during).await
     }
 
     async fn multiline(
@@ -95,16 +151,7 @@ impl Pop3Session {
         limit: u64,
         during: &'static str,
     ) -> Result<Vec<u8>, SessionError> {
-        loop {
-            match self.reader.multiline(&self.conn.buf, limit) {
-                Ok(Some((body, used))) => {
-                    self.conn.consume(used);
-                    return Ok(body);
-                }
-                Ok(None) => self.conn.fill(during).await?,
-                Err(e) => return Err(self.conn.protocol_error(e)),
-            }
-        }
+        read_multiline(&mut self.conn, &mut self.reader, limit, during).await
     }
 
     /// Sends a command expecting `+OK` then a multi-line listing.
@@ -123,7 +170,7 @@ impl Pop3Session {
 
     fn refused(&self, reply: Reply) -> SessionError {
         let line = reply.line();
-        if let Some(backoff) = super::imap::suggested_backoff(&line) {
+        if let Some(backoff) = suggested_backoff(&line) {
             return SessionError::Throttled {
                 server: self.conn.server.clone(),
                 reply: line,
@@ -134,24 +181,10 @@ impl Pop3Session {
     }
 
     async fn capa(&mut self) -> Result<BTreeSet<String>, SessionError> {
-        self.conn.send(pop3::capa()).await?;
-        match self.reply("CAPA").await? {
-            Reply::Ok(_) => {
-                let listing = self.multiline(1 << 20, "CAPA").await?;
-                Ok(pop3::parse_capa(&listing))
-            }
-            // RFC 2449 servers answer CAPA; an old one may not, and then we know nothing.
-            Reply::Err(_) | Reply::Continue(_) => Ok(BTreeSet::new()),
-        }
+        read_capa(&mut self.conn, &mut self.reader).await
     }
 
     pub async fn login(&mut self, login: &Login<'_>) -> Result<String, SessionError> {
-        if !self.conn.is_tls() {
-            return Err(SessionError::Tls {
-                server: self.conn.server.clone(),
-                detail: "refusing to send credentials without TLS".into(),
-            });
-        }
         let (mechanism, response, oauthbearer) = match login {
             Login::Password { user, password } => return self.user_pass(user, password).await,
             Login::XOAuth2 { user, token } => ("XOAUTH2", sasl::xoauth2(user, token), false),

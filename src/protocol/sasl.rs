@@ -1,10 +1,40 @@
-//! SASL initial responses for the mechanisms mailsluice speaks: XOAUTH2 (Microsoft, Google),
-//! OAUTHBEARER (RFC 7628) and PLAIN (RFC 4616). Pure functions returning base64 text.
+//! How a session signs in ([`Login`]), and the SASL initial responses for the mechanisms
+//! mailsluice speaks: XOAUTH2 (Microsoft, Google), OAUTHBEARER (RFC 7628) and PLAIN
+//! (RFC 4616). Pure functions returning base64 text; IMAP and POP3 both use them.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::secret::Secret;
+
+/// How to sign in, for IMAP and POP3 alike. Secrets stay behind [`Secret`], so `Debug` of a
+/// `Login` shows no password or token.
+#[derive(Debug)]
+pub enum Login<'a> {
+    /// IMAP: `AUTHENTICATE PLAIN` when offered, else `LOGIN`; POP3: `USER`/`PASS`.
+    Password {
+        user: &'a str,
+        password: &'a Secret,
+    },
+    XOAuth2 {
+        user: &'a str,
+        token: &'a Secret,
+    },
+    /// RFC 7628; the host and port go into the client response.
+    OAuthBearer {
+        user: &'a str,
+        token: &'a Secret,
+        host: &'a str,
+        port: u16,
+    },
+}
+
+impl Login<'_> {
+    /// Whether an error challenge is answered the OAUTHBEARER way ([`error_challenge_reply`]).
+    pub fn is_oauthbearer(&self) -> bool {
+        matches!(self, Login::OAuthBearer { .. })
+    }
+}
 
 /// `user=<user>^Aauth=Bearer <token>^A^A`, base64 (PROTOCOLS §1.7).
 pub fn xoauth2(user: &str, token: &Secret) -> Secret {

@@ -406,22 +406,36 @@ pub const LOG_ENV: &str = "MAILSLUICE_LOG";
 /// The log filter when none is set: INFO and up, without a parser library's chatter.
 pub const DEFAULT_LOG_FILTER: &str = "info,imap_codec=error";
 
-/// The HTTP server's own lifecycle lines (`starting 1 workers`, `Actix runtime found`,
-/// `shutting down idle worker`) say nothing an operator can act on, and in `run --once` they
-/// crowd out the lines that do; warnings and errors still come through. Added to every filter
-/// that does not name `actix_server` itself, so `MAILSLUICE_LOG=debug` stays readable and
-/// `MAILSLUICE_LOG=info,actix_server=info` brings them back.
-const QUIET_TARGETS: &str = "actix_server=warn";
+/// Targets kept quieter than the filter asks, unless the filter names them:
+/// - `actix_server`: the HTTP server's own lifecycle lines (`starting 1 workers`, `Actix
+///   runtime found`, `shutting down idle worker`) say nothing an operator can act on, and in
+///   `run --once` they crowd out the lines that do; warnings and errors still come through.
+/// - `imap_codec::response`: imap-codec 1.0 logs `Rectified missing `text` to "..."` at WARN
+///   for every response that carries a code (`[CAPABILITY ...]`, `[UIDVALIDITY n]`, ...),
+///   whether its text was missing or not (the message is built eagerly in its `resp_text`).
+///   A session against a healthy Dovecot logged seven. The quirk it names, a code without
+///   text, is one we accept on purpose.
+const QUIET_TARGETS: [(&str, &str); 2] =
+    [("actix_server", "warn"), ("imap_codec::response", "error")];
 
 /// The filter directives: `given` (from [`LOG_ENV`] or `RUST_LOG`), else
-/// [`DEFAULT_LOG_FILTER`], with [`QUIET_TARGETS`] unless `given` names that target.
-fn log_filter(given: Option<&str>) -> String {
-    let base = given.unwrap_or(DEFAULT_LOG_FILTER);
-    if base.contains("actix_server") {
-        base.to_string()
-    } else {
-        format!("{base},{QUIET_TARGETS}")
+/// [`DEFAULT_LOG_FILTER`], with each of [`QUIET_TARGETS`] that `given` does not name.
+fn log_filter_spec(given: Option<&str>) -> String {
+    let mut spec = given.unwrap_or(DEFAULT_LOG_FILTER).to_string();
+    for (target, level) in QUIET_TARGETS {
+        if !spec.contains(target) {
+            spec.push_str(&format!(",{target}={level}"));
+        }
     }
+    spec
+}
+
+/// The log filter for a `RUST_LOG`-syntax `spec` (invalid or absent: [`DEFAULT_LOG_FILTER`]),
+/// with [`QUIET_TARGETS`] kept quiet.
+pub fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    spec.and_then(|f| EnvFilter::try_new(log_filter_spec(Some(f))).ok())
+        .unwrap_or_else(|| EnvFilter::new(log_filter_spec(None)))
 }
 
 /// Sets up `tracing` output: text or JSON lines on stderr. Level from `MAILSLUICE_LOG`
@@ -436,12 +450,10 @@ pub fn init_logging(json: bool) {
 /// Like [`init_logging`], writing through `writer` (e.g. one that keeps progress bars
 /// intact).
 pub fn init_logging_to(json: bool, writer: tracing_subscriber::fmt::writer::BoxMakeWriter) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var(LOG_ENV)
+    let spec = std::env::var(LOG_ENV)
         .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .and_then(|f| EnvFilter::try_new(log_filter(Some(&f))).ok())
-        .unwrap_or_else(|| EnvFilter::new(log_filter(None)));
+        .or_else(|| std::env::var("RUST_LOG").ok());
+    let filter = log_filter(spec.as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour codes only for a person at a terminal, never into a journal or file.
@@ -463,18 +475,66 @@ pub fn init_logging_to(json: bool, writer: tracing_subscriber::fmt::writer::BoxM
 mod tests {
     use super::*;
 
+    /// Counts the events that pass the filter.
+    struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+        fn on_event(
+            &self,
+            _event: &tracing::Event<'_>,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn passed(spec: Option<&str>, emit: impl FnOnce()) -> usize {
+        use tracing_subscriber::layer::SubscriberExt;
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry()
+            .with(log_filter(spec))
+            .with(Count(count.clone()));
+        tracing::subscriber::with_default(subscriber, emit);
+        count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn parser_quirk_notices_stay_quiet_whatever_the_filter() {
+        for spec in [None, Some("info"), Some("debug"), Some("trace")] {
+            let n = passed(spec, || {
+                tracing::warn!(target: "imap_codec::response", "Rectified missing `text` to \"...\"");
+                tracing::error!(target: "imap_codec::response", "a real parser error");
+                tracing::warn!(target: "mailsluice::net", "kept");
+            });
+            assert_eq!(n, 2, "filter {spec:?}");
+        }
+        // Asked for by name, it is shown.
+        let n = passed(Some("info,imap_codec::response=warn"), || {
+            tracing::warn!(target: "imap_codec::response", "Rectified missing `text` to \"...\"");
+        });
+        assert_eq!(n, 1);
+    }
+
     #[test]
     fn http_server_lifecycle_lines_stay_out_unless_asked_for() {
-        assert_eq!(log_filter(None), "info,imap_codec=error,actix_server=warn");
         assert_eq!(
-            log_filter(Some("info,mailsluice=debug")),
-            "info,mailsluice=debug,actix_server=warn"
+            log_filter_spec(None),
+            "info,imap_codec=error,actix_server=warn,imap_codec::response=error"
         );
         assert_eq!(
-            log_filter(Some("debug,actix_server=info")),
-            "debug,actix_server=info"
+            log_filter_spec(Some("info,mailsluice=debug")),
+            "info,mailsluice=debug,actix_server=warn,imap_codec::response=error"
         );
-        for f in [log_filter(None), log_filter(Some("trace"))] {
+        assert_eq!(
+            log_filter_spec(Some("debug,actix_server=info")),
+            "debug,actix_server=info,imap_codec::response=error"
+        );
+        let n = passed(Some("debug"), || {
+            tracing::info!(target: "actix_server::worker", "starting 1 workers");
+            tracing::warn!(target: "actix_server::worker", "kept");
+        });
+        assert_eq!(n, 1);
+        for f in [log_filter_spec(None), log_filter_spec(Some("trace"))] {
             assert!(tracing_subscriber::EnvFilter::try_new(&f).is_ok(), "{f}");
         }
     }

@@ -1,15 +1,17 @@
 //! IMAP client protocol, sans I/O.
 //!
-//! Three pieces, none of which touches a socket:
+//! Four pieces, none of which touches a socket, a runtime or a clock:
 //! - [`Framer`] finds where the next complete server response ends in a byte buffer (a line,
 //!   plus any `{n}` literals and the lines after them), with hard caps on line and literal
 //!   size so a hostile server cannot make us buffer without bound.
 //! - [`parse_response`] turns one complete frame into an owned [`ServerResponse`], using
 //!   imap-codec's response parser (we do not hand-parse IMAP grammar).
 //! - [`Commands`] produces tagged command bytes for the handful of commands a collector needs.
+//! - [`session`] is the client session as typed states (not authenticated, authenticated,
+//!   selected) whose transitions are exchanges the caller pumps with server bytes.
 //!
-//! The caller (net::imap) pumps bytes: read into a buffer, ask the framer for a frame,
-//! parse it, act, write the next command.
+//! The caller (net::imap) only moves bytes: it reads into a buffer, hands the buffer to the
+//! current exchange, and writes what the exchange asks it to send.
 
 use std::collections::BTreeSet;
 
@@ -21,6 +23,13 @@ use imap_codec::imap_types::response::{Code, Data, GreetingKind, Response, Statu
 use imap_codec::{GreetingCodec, ResponseCodec};
 
 use super::ProtocolError;
+
+mod commands;
+pub mod session;
+#[cfg(test)]
+mod transcripts;
+
+pub use commands::*;
 
 /// A protocol response line is rarely over a few hundred bytes; 64 KiB leaves room for long
 /// capability lists and SEARCH results while bounding memory.
@@ -209,12 +218,7 @@ fn code_of(code: &Code<'_>) -> ResponseCode {
 
 /// The first line of a frame as text, for error messages (bounded, lossy UTF-8).
 pub fn first_line(frame: &[u8]) -> String {
-    let end = frame
-        .iter()
-        .position(|&b| b == b'\n')
-        .unwrap_or(frame.len());
-    let line = String::from_utf8_lossy(&frame[..end.min(512)]);
-    line.trim_end().to_string()
+    super::first_line(frame)
 }
 
 /// Parses the server greeting. `Ok(true)` for OK, `Ok(false)` for PREAUTH; BYE is an error.
@@ -527,298 +531,6 @@ fn frame_status_word(line: &str) -> Option<Completion> {
     }
 }
 
-/// Builds tagged commands. Tags are `A0001`, `A0002`, ...
-#[derive(Debug, Default)]
-pub struct Commands {
-    next: u32,
-}
-
-/// A command ready to write, with the tag whose completion ends it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Command {
-    pub tag: String,
-    pub bytes: Vec<u8>,
-}
-
-impl Commands {
-    fn tagged(&mut self, body: &str) -> Command {
-        self.next += 1;
-        let tag = format!("A{:04}", self.next);
-        Command {
-            bytes: format!("{tag} {body}\r\n").into_bytes(),
-            tag,
-        }
-    }
-
-    pub fn capability(&mut self) -> Command {
-        self.tagged("CAPABILITY")
-    }
-
-    pub fn starttls(&mut self) -> Command {
-        self.tagged("STARTTLS")
-    }
-
-    /// `AUTHENTICATE <mech> [<initial response>]`. The initial response goes on the line
-    /// only when the server advertised SASL-IR; otherwise the caller sends it after `+`.
-    pub fn authenticate(&mut self, mechanism: &str, initial: Option<&str>) -> Command {
-        match initial {
-            Some(ir) => self.tagged(&format!("AUTHENTICATE {mechanism} {ir}")),
-            None => self.tagged(&format!("AUTHENTICATE {mechanism}")),
-        }
-    }
-
-    /// `LOGIN user password`, both as quoted strings. Returns `None` when a value cannot be
-    /// sent quoted (CR, LF or NUL), in which case the caller uses AUTHENTICATE PLAIN.
-    pub fn login(&mut self, user: &str, password: &str) -> Option<Command> {
-        let u = quoted(user)?;
-        let p = quoted(password)?;
-        Some(self.tagged(&format!("LOGIN {u} {p}")))
-    }
-
-    pub fn select(&mut self, mailbox: &str, read_only: bool) -> Command {
-        let verb = if read_only { "EXAMINE" } else { "SELECT" };
-        self.tagged(&format!("{verb} {}", mailbox_arg(mailbox)))
-    }
-
-    /// `UID FETCH <from>:<to> (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])`; `to = None` is `*`.
-    pub fn uid_fetch_bodies(&mut self, from: u32, to: Option<u32>) -> Command {
-        let to = to.map_or_else(|| "*".to_string(), |t| t.to_string());
-        self.tagged(&format!(
-            "UID FETCH {from}:{to} (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])"
-        ))
-    }
-
-    /// `UID FETCH <from>:<to> (UID RFC822.SIZE)` (`to = None` is `*`): the messages to
-    /// collect and their sizes.
-    pub fn uid_fetch_sizes(&mut self, from: u32, to: Option<u32>) -> Command {
-        let to = to.map_or_else(|| "*".to_string(), |t| t.to_string());
-        self.tagged(&format!("UID FETCH {from}:{to} (UID RFC822.SIZE)"))
-    }
-
-    /// `UID FETCH <set> (...)` for an explicit, comma-separated UID set.
-    pub fn uid_fetch_set(&mut self, uids: &[u32]) -> Command {
-        let set = uid_set(uids);
-        self.tagged(&format!(
-            "UID FETCH {set} (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])"
-        ))
-    }
-
-    /// `UID FETCH * (UID BODY.PEEK[HEADER])`: the newest message's header, for diagnosis.
-    pub fn uid_fetch_header_star(&mut self) -> Command {
-        self.tagged("UID FETCH * (UID BODY.PEEK[HEADER])")
-    }
-
-    /// `UID STORE <set> +FLAGS.SILENT (<flag>)`.
-    pub fn uid_store_add_flag(&mut self, uids: &[u32], flag: &str) -> Command {
-        self.tagged(&format!(
-            "UID STORE {} +FLAGS.SILENT ({flag})",
-            uid_set(uids)
-        ))
-    }
-
-    /// `UID EXPUNGE <set>` (UIDPLUS): expunges only these UIDs, never messages that other
-    /// clients flagged \Deleted.
-    pub fn uid_expunge(&mut self, uids: &[u32]) -> Command {
-        self.tagged(&format!("UID EXPUNGE {}", uid_set(uids)))
-    }
-
-    /// `UID MOVE <set> <mailbox>` (RFC 6851).
-    pub fn uid_move(&mut self, uids: &[u32], mailbox: &str) -> Command {
-        self.tagged(&format!(
-            "UID MOVE {} {}",
-            uid_set(uids),
-            mailbox_arg(mailbox)
-        ))
-    }
-
-    /// `CREATE <mailbox>`.
-    pub fn create(&mut self, mailbox: &str) -> Command {
-        self.tagged(&format!("CREATE {}", mailbox_arg(mailbox)))
-    }
-
-    /// `UID COPY <set> <mailbox>`.
-    pub fn uid_copy(&mut self, uids: &[u32], mailbox: &str) -> Command {
-        self.tagged(&format!(
-            "UID COPY {} {}",
-            uid_set(uids),
-            mailbox_arg(mailbox)
-        ))
-    }
-
-    pub fn logout(&mut self) -> Command {
-        self.tagged("LOGOUT")
-    }
-
-    pub fn noop(&mut self) -> Command {
-        self.tagged("NOOP")
-    }
-
-    /// `IDLE` (RFC 2177); ended by [`IDLE_DONE`].
-    pub fn idle(&mut self) -> Command {
-        self.tagged("IDLE")
-    }
-
-    /// `LIST "" <pattern>`: the folders matching `pattern` (`*` and `%` wildcards).
-    pub fn list(&mut self, pattern: &str) -> Command {
-        let arg = quoted(&encode_mutf7(pattern)).unwrap_or_else(|| "\"\"".to_string());
-        self.tagged(&format!("LIST \"\" {arg}"))
-    }
-}
-
-/// Ends an IDLE command.
-pub const IDLE_DONE: &[u8] = b"DONE\r\n";
-
-/// Whether a `folders` entry is a LIST pattern rather than one folder's name.
-pub fn is_pattern(folder: &str) -> bool {
-    folder.contains('*') || folder.contains('%')
-}
-
-/// Decodes a modified UTF-7 mailbox name (RFC 3501 §5.1.3). Bytes that are not valid
-/// modified UTF-7 are kept as they are (lossy UTF-8), so a broken name still shows.
-pub fn decode_mutf7(raw: &[u8]) -> String {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD_NO_PAD;
-    let mut out = String::new();
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] != b'&' {
-            let start = i;
-            while i < raw.len() && raw[i] != b'&' {
-                i += 1;
-            }
-            out.push_str(&String::from_utf8_lossy(&raw[start..i]));
-            continue;
-        }
-        let Some(end) = raw[i + 1..]
-            .iter()
-            .position(|b| *b == b'-')
-            .map(|p| i + 1 + p)
-        else {
-            out.push_str(&String::from_utf8_lossy(&raw[i..]));
-            break;
-        };
-        let inner = &raw[i + 1..end];
-        if inner.is_empty() {
-            out.push('&');
-        } else {
-            let b64: Vec<u8> = inner
-                .iter()
-                .map(|b| if *b == b',' { b'/' } else { *b })
-                .collect();
-            let decoded = STANDARD_NO_PAD.decode(&b64).ok().and_then(|bytes| {
-                if bytes.len() % 2 != 0 {
-                    return None;
-                }
-                let units: Vec<u16> = bytes
-                    .chunks(2)
-                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                    .collect();
-                String::from_utf16(&units).ok()
-            });
-            match decoded {
-                Some(text) => out.push_str(&text),
-                None => out.push_str(&String::from_utf8_lossy(&raw[i..=end])),
-            }
-        }
-        i = end + 1;
-    }
-    out
-}
-
-/// Whether `name` matches a LIST `pattern` (`*`: anything; `%`: anything but the hierarchy
-/// delimiter). Servers match for us; this re-checks their answer and decides `INBOX`'s case.
-pub fn pattern_matches(pattern: &str, name: &str, delimiter: Option<char>) -> bool {
-    fn go(p: &[char], n: &[char], delim: Option<char>) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') => (0..=n.len()).any(|k| go(&p[1..], &n[k..], delim)),
-            Some('%') => (0..=n.len())
-                .take_while(|k| *k == 0 || Some(n[k - 1]) != delim)
-                .any(|k| go(&p[1..], &n[k..], delim)),
-            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..], delim),
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    go(&p, &n, delimiter)
-}
-
-/// Compresses sorted UIDs into ranges: `1:3,7,9:10`.
-pub fn uid_set(uids: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < uids.len() {
-        let start = uids[i];
-        let mut end = start;
-        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
-            i += 1;
-            end = uids[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-        i += 1;
-    }
-    out
-}
-
-fn quoted(s: &str) -> Option<String> {
-    if s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-        return None;
-    }
-    Some(format!(
-        "\"{}\"",
-        s.replace('\\', "\\\\").replace('"', "\\\"")
-    ))
-}
-
-/// A mailbox name as a command argument: modified UTF-7 (RFC 3501 §5.1.3), quoted.
-pub fn mailbox_arg(name: &str) -> String {
-    if name.eq_ignore_ascii_case("INBOX") {
-        return "INBOX".to_string();
-    }
-    quoted(&encode_mutf7(name)).unwrap_or_else(|| "\"\"".to_string())
-}
-
-/// Modified UTF-7 for mailbox names: printable ASCII stays (with `&` as `&-`), other text
-/// becomes `&<modified base64 of UTF-16BE>-`.
-pub fn encode_mutf7(name: &str) -> String {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD_NO_PAD;
-    let mut out = String::new();
-    let mut pending: Vec<u16> = Vec::new();
-    let flush = |pending: &mut Vec<u16>, out: &mut String| {
-        if pending.is_empty() {
-            return;
-        }
-        let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
-        out.push('&');
-        out.push_str(&STANDARD_NO_PAD.encode(bytes).replace('/', ","));
-        out.push('-');
-        pending.clear();
-    };
-    for ch in name.chars() {
-        if (' '..='~').contains(&ch) {
-            flush(&mut pending, &mut out);
-            if ch == '&' {
-                out.push_str("&-");
-            } else {
-                out.push(ch);
-            }
-        } else {
-            let mut buf = [0u16; 2];
-            pending.extend_from_slice(ch.encode_utf16(&mut buf));
-        }
-    }
-    flush(&mut pending, &mut out);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1056,63 +768,5 @@ mod tests {
             ServerResponse::Other
         );
         assert!(parse_response(b"* 1 FETCH (UID x BODY[] \r\n").is_err());
-    }
-
-    #[test]
-    fn commands_are_tagged_and_quoted() {
-        let mut c = Commands::default();
-        assert_eq!(c.capability().bytes, b"A0001 CAPABILITY\r\n");
-        assert_eq!(
-            c.login("bob", "p\"w\\").unwrap().bytes,
-            b"A0002 LOGIN \"bob\" \"p\\\"w\\\\\"\r\n"
-        );
-        assert!(c.login("bob", "a\r\nb").is_none());
-        assert_eq!(
-            c.uid_fetch_bodies(5, None).bytes,
-            b"A0003 UID FETCH 5:* (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])\r\n"
-        );
-        assert_eq!(c.select("Support/Ärger", false).tag, "A0004");
-    }
-
-    #[test]
-    fn list_responses_and_patterns() {
-        let r =
-            parse_response(b"* LIST (\\HasNoChildren) \"/\" \"Support/&AOk-quipe\"\r\n").unwrap();
-        assert_eq!(
-            r,
-            ServerResponse::List {
-                name: "Support/\u{e9}quipe".into(),
-                delimiter: Some('/'),
-                noselect: false
-            }
-        );
-        let r = parse_response(b"* LIST (\\Noselect \\HasChildren) \".\" Support\r\n").unwrap();
-        assert!(matches!(r, ServerResponse::List { noselect: true, .. }));
-        let r = parse_response(b"* LIST () \"/\" INBOX\r\n").unwrap();
-        assert!(matches!(r, ServerResponse::List { ref name, .. } if name == "INBOX"));
-        for name in ["Support/\u{e9}quipe", "A&B", "plain", "\u{65e5}\u{672c}/x"] {
-            assert_eq!(decode_mutf7(encode_mutf7(name).as_bytes()), name);
-        }
-        assert_eq!(decode_mutf7(b"bad&zz"), "bad&zz");
-        assert!(pattern_matches("Support/*", "Support/a/b", Some('/')));
-        assert!(!pattern_matches("Support/%", "Support/a/b", Some('/')));
-        assert!(pattern_matches("Support/%", "Support/a", Some('/')));
-        assert!(!pattern_matches("Support/*", "Support", Some('/')));
-        assert!(is_pattern("A/*") && is_pattern("%") && !is_pattern("INBOX"));
-        let mut c = Commands::default();
-        assert_eq!(
-            c.list("Support/*").bytes,
-            b"A0001 LIST \"\" \"Support/*\"\r\n"
-        );
-        assert_eq!(c.idle().bytes, b"A0002 IDLE\r\n");
-    }
-
-    #[test]
-    fn uid_sets_and_mutf7() {
-        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
-        assert_eq!(uid_set(&[4]), "4");
-        assert_eq!(encode_mutf7("Entwürfe"), "Entw&APw-rfe");
-        assert_eq!(encode_mutf7("A&B"), "A&-B");
-        assert_eq!(mailbox_arg("inbox"), "INBOX");
     }
 }
