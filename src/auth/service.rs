@@ -50,9 +50,16 @@ fn stored_lifetime(record: &StoredToken) -> Option<i64> {
     }
 }
 
+/// Access tokens for the OAuth2 sources of one configuration. Cheap to share behind an
+/// `Arc`; a reload builds a new one. Its fields are visible to the sibling modules that
+/// extend it (`exchange`, `provider`, `consent`), nowhere else.
 pub struct TokenService {
+    /// The configuration the sources and providers are looked up in.
     pub(super) settings: Arc<Settings>,
+    /// Where refresh and access tokens persist (encrypted at rest).
     pub(super) store: Arc<Store>,
+    /// For token, discovery and userinfo requests: no redirects, the configured TLS floor
+    /// and extra CA, the node's timeouts.
     pub(super) http: reqwest::Client,
     /// OIDC discovery documents, by provider name.
     pub(super) discovered: Mutex<BTreeMap<String, serde_json::Value>>,
