@@ -146,7 +146,7 @@ impl TokenService {
                 .map_err(|e| TokenError::ProviderConfig {
                     provider: provider.name.clone(),
                     code: "client_secret".into(),
-                    description: e,
+                    description: e.to_string(),
                     action: "provide the client secret".into(),
                 }),
         }

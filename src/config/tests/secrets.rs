@@ -92,8 +92,8 @@ enabled = false
     assert_contains(file, "does not exist");
 
     assert_eq!(
-        read_secret(&SecretRef::File(present.clone())).as_deref(),
-        Ok("s3cret-value")
+        read_secret(&SecretRef::File(present.clone())).unwrap(),
+        "s3cret-value"
     );
 }
 
@@ -115,6 +115,22 @@ fn read_secret_never_returns_the_value_in_errors() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "\n").unwrap();
-    let err = read_secret(&SecretRef::File(empty)).unwrap_err();
-    assert_contains(&err, "is empty");
+    let err = read_secret(&SecretRef::File(empty.clone())).unwrap_err();
+    assert!(
+        matches!(&err, SecretError::FileEmpty { path } if *path == empty),
+        "{err:?}"
+    );
+    assert_contains(&err.to_string(), "is empty");
+    assert_contains(&err.to_string(), &empty.display().to_string());
+
+    // Not UTF-8, so unreadable as text; the bytes around the bad one are the secret.
+    let binary = dir.path().join("binary");
+    std::fs::write(&binary, b"s3cret-\xff-value").unwrap();
+    let err = read_secret(&SecretRef::File(binary)).unwrap_err();
+    assert!(matches!(err, SecretError::FileUnreadable { .. }), "{err:?}");
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_contains(&shown, "binary");
+    }
+    assert_eq!(err.kind(), crate::telemetry::ErrorKind::Auth);
 }
