@@ -32,7 +32,7 @@ pub use consent::{Consent, ConsentOptions, DeviceFlowEvent, identity_from_id_tok
 pub use errors::{TokenError, classify_provider_error};
 pub use exchange::HttpError;
 pub use provider::default_scopes;
-pub use service::{TokenService, refresh_margin_secs};
+pub use service::{SetupError, TokenService, refresh_margin_secs};
 
 use exchange::{DEFAULT_EXPIRES_IN, parse_retry_after};
 use provider::check_endpoint_url;

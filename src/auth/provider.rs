@@ -113,7 +113,7 @@ impl TokenService {
         check_endpoint_url(url).map_err(|e| TokenError::ProviderConfig {
             provider: provider.name.clone(),
             code: "discovery".into(),
-            description: format!("discovered {discovery_key} {url}: {e}"),
+            description: format!("discovered {discovery_key}: {e}"),
             action: "use an https issuer".into(),
         })?;
         Ok(Some(url.to_string()))
@@ -153,24 +153,67 @@ impl TokenService {
     }
 }
 
+/// Why an endpoint URL is refused. Tokens and client secrets travel to it, so it is https,
+/// or plain http to this machine only (local test servers). The URL is named: it comes from
+/// a validated configuration (which refuses URLs with credentials) or a discovery document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum EndpointUrlError {
+    #[error("{url} must be an https URL")]
+    NotHttps { url: String },
+    #[error("{url} must use https (http is allowed only on loopback)")]
+    HttpOffLoopback { url: String },
+}
+
 /// https, or http on a loopback address only (local test servers).
-pub(super) fn check_endpoint_url(url: &str) -> Result<(), String> {
+pub(super) fn check_endpoint_url(url: &str) -> Result<(), EndpointUrlError> {
     if url.starts_with("https://") {
         return Ok(());
     }
     let Some(rest) = url.strip_prefix("http://") else {
-        return Err("must be an https URL".into());
+        return Err(EndpointUrlError::NotHttps { url: url.into() });
     };
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // `[::1]` and `[::1]:8080`: the port follows the bracket, not the last ':'.
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').map_or(authority, |(h, _)| h),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
     let loopback = host == "localhost"
-        || host == "[::1]"
         || host
-            .parse::<std::net::Ipv4Addr>()
+            .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     if loopback {
         Ok(())
     } else {
-        Err("must use https (http is allowed only on loopback)".into())
+        Err(EndpointUrlError::HttpOffLoopback { url: url.into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_https_or_loopback_http() {
+        for ok in [
+            "https://idp.example.com/token",
+            "http://127.0.0.1:8080/token",
+            "http://127.1.2.3/token",
+            "http://localhost:9000/token",
+            "http://[::1]:9000/token",
+            "http://[::1]/token",
+        ] {
+            assert_eq!(check_endpoint_url(ok), Ok(()), "{ok}");
+        }
+        let e = check_endpoint_url("http://idp.example.com/token").unwrap_err();
+        assert!(matches!(e, EndpointUrlError::HttpOffLoopback { .. }));
+        assert_eq!(
+            e.to_string(),
+            "http://idp.example.com/token must use https (http is allowed only on loopback)"
+        );
+        // A loopback-looking name that is not one.
+        assert!(check_endpoint_url("http://127.0.0.1.example.com/token").is_err());
+        let e = check_endpoint_url("ftp://idp.example.com/token").unwrap_err();
+        assert!(matches!(e, EndpointUrlError::NotHttps { .. }));
     }
 }

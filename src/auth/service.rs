@@ -6,6 +6,7 @@
 //! the backoff.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,32 @@ fn stored_lifetime(record: &StoredToken) -> Option<i64> {
     }
 }
 
+/// Why a [`TokenService`] could not be built: its HTTP client, which carries the `[tls]`
+/// settings, could not be. Start-up and reload only, never counted, so there is no `kind()`.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("tls.extra_ca_file {}: {reason}", path.display())]
+    CaFileUnreadable {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    #[error("tls.extra_ca_file {}: not a usable PEM certificate bundle: {reason}", path.display())]
+    CaFileInvalid { path: PathBuf, reason: String },
+    #[error("HTTP client for token endpoints: {reason}")]
+    HttpClient { reason: String },
+}
+
+/// A reqwest error with its causes: its own Display is only the category ("builder error").
+fn with_causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
 /// Access tokens for the OAuth2 sources of one configuration. Cheap to share behind an
 /// `Arc`; a reload builds a new one. Its fields are visible to the sibling modules that
 /// extend it (`exchange`, `provider`, `consent`), nowhere else.
@@ -83,7 +110,7 @@ impl std::fmt::Debug for TokenService {
 }
 
 impl TokenService {
-    pub fn new(settings: Arc<Settings>, store: Arc<Store>) -> Result<TokenService, String> {
+    pub fn new(settings: Arc<Settings>, store: Arc<Store>) -> Result<TokenService, SetupError> {
         let mut builder = reqwest::Client::builder()
             // A provider that does not answer within node.read_timeout_secs is down for now.
             .timeout(settings.node.read_timeout)
@@ -96,14 +123,22 @@ impl TokenService {
                 crate::config::TlsVersion::V1_3 => reqwest::tls::Version::TLS_1_3,
             });
         if let Some(ca) = &settings.tls.extra_ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("tls.extra_ca_file: {e}"))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("tls.extra_ca_file: {e}"))?
-            {
+            let pem = std::fs::read(ca).map_err(|reason| SetupError::CaFileUnreadable {
+                path: ca.clone(),
+                reason,
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                SetupError::CaFileInvalid {
+                    path: ca.clone(),
+                    reason: with_causes(&e),
+                }
+            })? {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let http = builder.build().map_err(|e| format!("http client: {e}"))?;
+        let http = builder.build().map_err(|e| SetupError::HttpClient {
+            reason: with_causes(&e),
+        })?;
         Ok(TokenService {
             margin: settings.node.token_refresh_margin,
             settings,
@@ -425,6 +460,25 @@ mod tests {
         TokenService::new(Arc::new(settings), Arc::new(store))
             .unwrap()
             .with_clock(clock.clock())
+    }
+
+    #[test]
+    fn an_unreadable_extra_ca_file_is_named_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-ca.pem");
+        let toml = format!(
+            "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\n\n\
+             [tls]\nextra_ca_file = \"{ca}\"\n",
+            d = dir.path().display(),
+            ca = missing.display()
+        );
+        let settings = crate::config::load_str(&toml, &std::collections::HashMap::new()).unwrap();
+        let store = Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap();
+        let e = TokenService::new(Arc::new(settings), Arc::new(store)).unwrap_err();
+        assert!(matches!(e, SetupError::CaFileUnreadable { .. }), "{e:?}");
+        let shown = e.to_string();
+        assert!(shown.starts_with("tls.extra_ca_file "), "{shown}");
+        assert!(shown.contains(&missing.display().to_string()), "{shown}");
     }
 
     async fn import(service: &TokenService) -> AccessToken {
