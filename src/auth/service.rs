@@ -152,7 +152,7 @@ impl TokenService {
     }
 
     /// The same service deciding on `clock`'s time instead of the system's (tests move a
-    /// [`ManualClock`] instead of sleeping).
+    /// [`ManualClock`](super::ManualClock) instead of sleeping).
     pub fn with_clock(mut self, clock: Clock) -> TokenService {
         self.clock = clock;
         self

@@ -3,10 +3,10 @@
 //! after recording an error, so one bad key never hides the next; the caller throws the
 //! result away when any error was recorded.
 //!
-//! One file per section of the file: [`node`] (`[node]`), [`tls`] (`[tls]`), [`providers`]
-//! (`[providers.NAME]`) and [`sources`] (`[sources.NAME]`), plus [`url`] for URL-valued keys.
-//! This file holds the entry point and the rules more than one section shares: `*_secs`
-//! bounds, section names, and `X_env` / `X_file` secret references.
+//! One file per section of the config file: [`node`] (`[node]`), [`tls`] (`[tls]`),
+//! [`providers`] (`[providers.NAME]`) and [`sources`] (`[sources.NAME]`), plus [`url`] for
+//! URL-valued keys. This file holds the entry point and the rules more than one section
+//! shares: `*_secs` bounds, section names, and `X_env` / `X_file` secret references.
 
 mod node;
 mod providers;

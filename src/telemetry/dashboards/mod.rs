@@ -8,9 +8,9 @@
 //! always has two samples); [`expand`] turns a dashboard expression into the PromQL Grafana
 //! sends, for tests and for pasting into Prometheus.
 //!
-//! Layout: [`panel`] is the model a dashboard is written in, [`overview`] and [`source`] are
-//! the two dashboards' panels, [`grafana`] turns rows of panels into Grafana's JSON model,
-//! [`alerts`] holds the alerting rules, and [`catalog_check`] compares an expression with the
+//! Layout: `panel` is the model a dashboard is written in, `overview` and `source` are
+//! the two dashboards' panels, `grafana` turns rows of panels into Grafana's JSON model,
+//! `alerts` holds the alerting rules, and `catalog_check` compares an expression with the
 //! metric catalog. This file lists the generated files.
 
 mod alerts;
