@@ -236,7 +236,7 @@ pub async fn test_login(
                 Some(Step {
                     step: "password".into(),
                     ok: false,
-                    detail: e,
+                    detail: e.to_string(),
                 }),
             ),
         },

@@ -70,10 +70,7 @@ async fn credential(deps: &CollectorDeps) -> Result<(Credential, Option<ReopenAt
         SourceAuth::Password { secret } => crate::config::read_secret(secret)
             .map(|p| (Credential::Password(Secret::new(p)), None))
             .map_err(|e| {
-                Attempt::Failed(
-                    ErrorKind::Auth,
-                    format!("source {}: password: {e}", source.name),
-                )
+                Attempt::Failed(e.kind(), format!("source {}: password: {e}", source.name))
             }),
         SourceAuth::OAuth2 { .. } => {
             let asked = deps

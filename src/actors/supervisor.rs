@@ -204,7 +204,8 @@ impl Handler<Reload> for Supervisor {
         } else {
             connector
         };
-        let service = TokenService::new(new.clone(), self.store.clone()).map_err(|e| vec![e])?;
+        let service =
+            TokenService::new(new.clone(), self.store.clone()).map_err(|e| vec![e.to_string()])?;
         // From here on nothing fails: apply.
         if plan.new_session_limit {
             self.sessions = Arc::new(Semaphore::new(nn.max_sessions));

@@ -433,7 +433,8 @@ impl TokenService {
                     ),
                 )
             })?;
-        check_endpoint_url(&device_url).map_err(|e| consent_err(source_name, e))?;
+        check_endpoint_url(&device_url)
+            .map_err(|e| consent_err(source_name, format!("device authorization endpoint {e}")))?;
         let token_url = self.token_url(provider).await?;
         let scopes = default_scopes(provider, Some(source)).join(" ");
         let body = self

@@ -40,7 +40,8 @@ pub(crate) fn authorize(
         None => Store::open(&scratch.0.join("db"), &scratch.0.join("key"))?,
     };
     let settings_arc = Arc::new(settings.clone());
-    let service = TokenService::new(settings_arc, Arc::new(store)).map_err(UsageError)?;
+    let service =
+        TokenService::new(settings_arc, Arc::new(store)).map_err(|e| UsageError(e.to_string()))?;
     let options = mailsluice::auth::ConsentOptions {
         open_browser,
         timeout: std::time::Duration::from_secs(timeout_secs.unwrap_or(if device {

@@ -48,8 +48,10 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
     )
     .map_err(UsageError)?;
     let settings = Arc::new(settings);
-    let token_service =
-        Arc::new(TokenService::new(settings.clone(), store.clone()).map_err(UsageError)?);
+    let token_service = Arc::new(
+        TokenService::new(settings.clone(), store.clone())
+            .map_err(|e| UsageError(e.to_string()))?,
+    );
     // Bound here and handed to the HTTP server: with port 0 the system picks the port, and
     // it is known (and reported) before anything else starts.
     let listener = std::net::TcpListener::bind(settings.node.http_listen)

@@ -25,7 +25,7 @@ pub(crate) fn test_login(settings: &Settings, source: &str) -> anyhow::Result<()
             )
             .map_err(UsageError)?;
             let service = TokenService::new(Arc::new(settings.clone()), Arc::new(store))
-                .map_err(UsageError)?;
+                .map_err(|e| UsageError(e.to_string()))?;
             rt.block_on(async {
                 let token = match settings.sources[source].auth {
                     config::SourceAuth::OAuth2 { .. } => Some(

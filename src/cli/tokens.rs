@@ -77,7 +77,8 @@ pub(crate) fn import(settings: &Settings, source: &str, file: &Path) -> anyhow::
     match open_store(settings)? {
         Some(store) => {
             let settings = Arc::new(settings.clone());
-            let service = TokenService::new(settings, Arc::new(store)).map_err(UsageError)?;
+            let service = TokenService::new(settings, Arc::new(store))
+                .map_err(|e| UsageError(e.to_string()))?;
             let tok = rt.block_on(service.import(source, Secret::new(token), None))?;
             let exp = chrono::DateTime::from_timestamp(tok.expires_at, 0)
                 .map(|d| d.to_rfc3339())

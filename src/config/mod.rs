@@ -13,6 +13,7 @@
 //! - Loading has no side effects: it reads the file and the environment, nothing else.
 
 mod convert;
+mod secret;
 pub mod settings;
 mod tree;
 mod validate;
@@ -20,6 +21,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use secret::{SecretError, check_secrets, read_secret};
 pub use settings::*;
 
 use std::collections::HashMap;
@@ -209,85 +211,4 @@ fn syntax_error(origin: &str, text: &str, e: &::config::ConfigError) -> ConfigEr
     let full = e.to_string();
     let first = full.lines().next().unwrap_or("invalid configuration");
     ConfigError::new(origin, first.to_owned())
-}
-
-/// Checks that every secret the node will need is present and non-empty: the password of each
-/// enabled password source and the client secret of each provider used by an enabled source.
-/// Separate from [`load`] because read-only commands (`status`, `messages ...`) need no
-/// secret. The messages name the variable or file, never the value.
-pub fn check_secrets(settings: &Settings) -> Vec<ConfigError> {
-    let mut errors = Vec::new();
-    let mut used_providers = std::collections::BTreeSet::new();
-    for (name, source) in &settings.sources {
-        if !source.enabled {
-            continue;
-        }
-        match &source.auth {
-            SourceAuth::Password { secret } => {
-                if let Err(message) = read_secret(secret) {
-                    let key = match secret {
-                        SecretRef::Env(_) => "password_env",
-                        SecretRef::File(_) => "password_file",
-                    };
-                    errors.push(ConfigError::new(format!("sources.{name}.{key}"), message));
-                }
-            }
-            SourceAuth::OAuth2 { provider, .. } => {
-                used_providers.insert(provider.as_str());
-            }
-        }
-    }
-    for (name, provider) in &settings.providers {
-        let Some(secret) = &provider.client_secret else {
-            continue;
-        };
-        if !used_providers.contains(name.as_str()) {
-            continue;
-        }
-        if let Err(message) = read_secret(secret) {
-            let key = match secret {
-                SecretRef::Env(_) => "client_secret_env",
-                SecretRef::File(_) => "client_secret_file",
-            };
-            errors.push(ConfigError::new(format!("providers.{name}.{key}"), message));
-        }
-    }
-    errors
-}
-
-/// Reads a secret: the variable's value, or the file's content without its trailing newline.
-/// The error names the variable or file and says what to do, but never contains the value.
-pub fn read_secret(r: &SecretRef) -> Result<String, String> {
-    match r {
-        SecretRef::Env(name) => match std::env::var(name) {
-            Ok(value) if value.trim().is_empty() => {
-                Err(format!("environment variable {name} is set but empty"))
-            }
-            Ok(value) => Ok(value),
-            Err(std::env::VarError::NotPresent) => Err(format!(
-                "environment variable {name} is not set; export it before starting mailsluice"
-            )),
-            Err(std::env::VarError::NotUnicode(_)) => {
-                Err(format!("environment variable {name} is not valid UTF-8"))
-            }
-        },
-        SecretRef::File(path) => {
-            let shown = path.display();
-            match std::fs::read_to_string(path) {
-                Ok(content) => {
-                    let value = content.trim_end_matches(['\r', '\n']);
-                    if value.trim().is_empty() {
-                        Err(format!("secret file {shown} is empty"))
-                    } else {
-                        Ok(value.to_owned())
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Err(format!("secret file {shown} does not exist"))
-                }
-                // io::Error's Display holds the OS reason only, never file content.
-                Err(e) => Err(format!("cannot read secret file {shown}: {e}")),
-            }
-        }
-    }
 }

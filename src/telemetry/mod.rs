@@ -12,7 +12,7 @@ pub mod status;
 use std::sync::OnceLock;
 
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// The fixed list of error kinds (`errors_total{kind}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -243,8 +243,23 @@ pub const CATALOG: &[MetricDef] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Why [`install`] could not set up the Prometheus recorder. Start-up only, so there is no
+/// `kind()`: nothing can be counted without a recorder.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The exporter refused the buckets given to a histogram of the catalog.
+    #[error("histogram buckets of {metric}: {reason}")]
+    Buckets {
+        metric: &'static str,
+        reason: BuildError,
+    },
+    /// The recorder could not become the process's global one (another is installed).
+    #[error("{reason}")]
+    Recorder { reason: BuildError },
+}
+
 /// Installs the Prometheus recorder (once per process) and describes every metric.
-pub fn install() -> Result<PrometheusHandle, String> {
+pub fn install() -> Result<PrometheusHandle, InstallError> {
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
@@ -256,9 +271,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
     for def in CATALOG.iter().filter(|d| d.kind == MetricType::Histogram) {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(def.name.to_string()), &duration_buckets)
-            .map_err(|e| e.to_string())?;
+            .map_err(|reason| InstallError::Buckets {
+                metric: def.name,
+                reason,
+            })?;
     }
-    let handle = builder.install_recorder().map_err(|e| e.to_string())?;
+    let handle = builder
+        .install_recorder()
+        .map_err(|reason| InstallError::Recorder { reason })?;
     for def in CATALOG {
         match def.kind {
             MetricType::Counter => metrics::describe_counter!(def.name, def.help),

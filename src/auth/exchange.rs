@@ -1,0 +1,219 @@
+//! One request to a provider's token endpoint (refresh or client credentials) through the
+//! `oauth2` crate, sent with the service's HTTP client (no redirects, the configured TLS
+//! floor and CA). The raw status, body and Retry-After are kept beside the crate's error,
+//! because classifying a refusal needs them; a request's outcome and latency are counted
+//! per provider.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use oauth2::basic::BasicClient;
+use oauth2::{ClientId, ClientSecret, RefreshToken, Scope, TokenResponse, TokenUrl};
+
+use super::{TokenError, TokenService, classify_provider_error, default_scopes, lock};
+use crate::config::{ProviderSettings, SourceSettings};
+use crate::secret::Secret;
+use crate::telemetry::{self, Outcome};
+
+/// Used when a token response carries no `expires_in`: short, so a token of unknown
+/// lifetime is replaced early rather than used after it died.
+pub(super) const DEFAULT_EXPIRES_IN: i64 = 600;
+
+/// The raw HTTP answer of the last token request, kept because the oauth2 crate's errors
+/// drop the status and headers we need (Retry-After, Microsoft's error_codes).
+#[derive(Debug, Clone, Default)]
+struct RawAnswer {
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+/// A Retry-After value: delay seconds, or an HTTP date counted from `now` (Unix seconds).
+pub(super) fn parse_retry_after(v: &str, now: i64) -> Option<Duration> {
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
+    let secs = u64::try_from(when.timestamp() - now).unwrap_or(0);
+    Some(Duration::from_secs(secs))
+}
+
+impl TokenService {
+    /// Performs one token endpoint request with `oauth2`, keeping the raw answer.
+    async fn token_request<F, Fut, R>(
+        &self,
+        provider: &ProviderSettings,
+        run: F,
+    ) -> Result<R, TokenError>
+    where
+        F: FnOnce(
+            BasicClientWithToken,
+            Arc<dyn Fn(oauth2::HttpRequest) -> HttpFuture + Send + Sync>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<R, String>>,
+    {
+        let token_url = self.token_url(provider).await?;
+        let mut client = BasicClient::new(ClientId::new(provider.client_id.clone())).set_token_uri(
+            TokenUrl::new(token_url.clone()).map_err(|e| TokenError::ProviderConfig {
+                provider: provider.name.clone(),
+                code: "token_url".into(),
+                description: e.to_string(),
+                action: "fix the token endpoint URL".into(),
+            })?,
+        );
+        if let Some(secret) = self.client_secret(provider)? {
+            client = client
+                .set_client_secret(ClientSecret::new(secret.expose().to_string()))
+                .set_auth_type(oauth2::AuthType::RequestBody);
+        }
+        let raw = Arc::new(Mutex::new(RawAnswer::default()));
+        let http = self.http.clone();
+        let raw_w = raw.clone();
+        let clock = self.clock.clone();
+        let send: Arc<dyn Fn(oauth2::HttpRequest) -> HttpFuture + Send + Sync> =
+            Arc::new(move |req: oauth2::HttpRequest| {
+                let http = http.clone();
+                let raw = raw_w.clone();
+                let clock = clock.clone();
+                Box::pin(async move {
+                    let (parts, body) = req.into_parts();
+                    let mut rb = http.request(parts.method, parts.uri.to_string()).body(body);
+                    for (k, v) in parts.headers.iter() {
+                        rb = rb.header(k, v);
+                    }
+                    let resp = rb
+                        .send()
+                        .await
+                        .map_err(|e| HttpError(e.without_url().to_string()))?;
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    let bytes = resp
+                        .bytes()
+                        .await
+                        .map_err(|e| HttpError(e.without_url().to_string()))?
+                        .to_vec();
+                    {
+                        let mut r = lock(&raw);
+                        r.status = status.as_u16();
+                        r.retry_after = headers
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| parse_retry_after(v, clock.unix_secs()));
+                        r.body = bytes.clone();
+                    }
+                    let mut out = oauth2::http::Response::builder().status(status.as_u16());
+                    for (k, v) in headers.iter() {
+                        out = out.header(k.as_str(), v.as_bytes());
+                    }
+                    out.body(bytes).map_err(|e| HttpError(e.to_string()))
+                }) as HttpFuture
+            });
+        let started = Instant::now();
+        let result = run(client, send).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(r) => {
+                telemetry::token_refresh(&provider.name, Outcome::Ok, seconds);
+                Ok(r)
+            }
+            Err(transport) => {
+                telemetry::token_refresh(&provider.name, Outcome::Error, seconds);
+                let raw = lock(&raw).clone();
+                Err(classify_provider_error(
+                    &provider.name,
+                    raw.status,
+                    &raw.body,
+                    raw.retry_after,
+                    &transport,
+                ))
+            }
+        }
+    }
+
+    pub(super) async fn refresh(
+        &self,
+        _source: &SourceSettings,
+        provider: &ProviderSettings,
+        refresh_token: &Secret,
+    ) -> Result<(Secret, i64, Option<Secret>), TokenError> {
+        let rt = RefreshToken::new(refresh_token.expose().to_string());
+        self.token_request(provider, |client, send| async move {
+            let resp = client
+                .exchange_refresh_token(&rt)
+                .request_async(&|req| send(req))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(token_parts(&resp))
+        })
+        .await
+    }
+
+    pub(super) async fn client_credentials(
+        &self,
+        source: &SourceSettings,
+        provider: &ProviderSettings,
+    ) -> Result<(Secret, i64, Option<Secret>), TokenError> {
+        let scopes = default_scopes(provider, Some(source));
+        self.token_request(provider, |client, send| async move {
+            let resp = client
+                .exchange_client_credentials()
+                .add_scopes(scopes.into_iter().map(Scope::new))
+                .request_async(&|req| send(req))
+                .await
+                .map_err(|e| e.to_string())?;
+            let (a, e, _) = token_parts(&resp);
+            Ok((a, e, None))
+        })
+        .await
+    }
+}
+
+type BasicClientWithToken = oauth2::basic::BasicClient<
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
+type HttpFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send>,
+>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HttpError(String);
+
+/// The access token, its lifetime in seconds and the rotated refresh token, if any.
+fn token_parts(resp: &oauth2::basic::BasicTokenResponse) -> (Secret, i64, Option<Secret>) {
+    let expires_in = resp
+        .expires_in()
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(DEFAULT_EXPIRES_IN);
+    (
+        Secret::new(resp.access_token().secret().clone()),
+        expires_in,
+        resp.refresh_token()
+            .map(|r| Secret::new(r.secret().clone())),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        let now = 1_700_000_000; // Tue, 14 Nov 2023 22:13:20 GMT
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:13:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert!(parse_retry_after("soon", now).is_none());
+    }
+}

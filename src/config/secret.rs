@@ -1,0 +1,122 @@
+//! Secrets by reference: a password or client secret is read from the environment variable
+//! or file the configuration names, when it is needed, and never stored in [`Settings`].
+//!
+//! Invariant: no error built here holds a secret's value, or any part of it. A
+//! [`SecretError`] names the variable or file and says what to do; an I/O error contributes
+//! its OS reason only (`io::Error`'s Display never quotes file content).
+
+use std::path::PathBuf;
+
+use super::{ConfigError, SecretRef, Settings, SourceAuth};
+use crate::telemetry::ErrorKind;
+
+/// Why a secret could not be read: the variable or file, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {name} is not set; export it before starting mailsluice")]
+    EnvNotSet { name: String },
+    #[error("environment variable {name} is set but empty")]
+    EnvEmpty { name: String },
+    #[error("environment variable {name} is not valid UTF-8")]
+    EnvNotUnicode { name: String },
+    #[error("secret file {} does not exist", path.display())]
+    FileMissing { path: PathBuf },
+    #[error("secret file {} is empty", path.display())]
+    FileEmpty { path: PathBuf },
+    /// Permissions, a directory in its place, invalid UTF-8: the OS reason says which.
+    #[error("cannot read secret file {}: {reason}", path.display())]
+    FileUnreadable {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+}
+
+impl SecretError {
+    /// A secret the node cannot read stops the sign-in before it starts: an `auth` error.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Auth
+    }
+}
+
+/// Checks that every secret the node will need is present and non-empty: the password of each
+/// enabled password source and the client secret of each provider used by an enabled source.
+/// Separate from [`load`](super::load) because read-only commands (`status`, `messages ...`) need no
+/// secret. The messages name the variable or file, never the value.
+pub fn check_secrets(settings: &Settings) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut used_providers = std::collections::BTreeSet::new();
+    for (name, source) in &settings.sources {
+        if !source.enabled {
+            continue;
+        }
+        match &source.auth {
+            SourceAuth::Password { secret } => {
+                if let Err(e) = read_secret(secret) {
+                    let key = match secret {
+                        SecretRef::Env(_) => "password_env",
+                        SecretRef::File(_) => "password_file",
+                    };
+                    errors.push(ConfigError::new(
+                        format!("sources.{name}.{key}"),
+                        e.to_string(),
+                    ));
+                }
+            }
+            SourceAuth::OAuth2 { provider, .. } => {
+                used_providers.insert(provider.as_str());
+            }
+        }
+    }
+    for (name, provider) in &settings.providers {
+        let Some(secret) = &provider.client_secret else {
+            continue;
+        };
+        if !used_providers.contains(name.as_str()) {
+            continue;
+        }
+        if let Err(e) = read_secret(secret) {
+            let key = match secret {
+                SecretRef::Env(_) => "client_secret_env",
+                SecretRef::File(_) => "client_secret_file",
+            };
+            errors.push(ConfigError::new(
+                format!("providers.{name}.{key}"),
+                e.to_string(),
+            ));
+        }
+    }
+    errors
+}
+
+/// Reads a secret: the variable's value, or the file's content without its trailing newline.
+/// The error names the variable or file and says what to do, but never contains the value.
+pub fn read_secret(r: &SecretRef) -> Result<String, SecretError> {
+    match r {
+        SecretRef::Env(name) => {
+            let name = name.clone();
+            match std::env::var(&name) {
+                Ok(value) if value.trim().is_empty() => Err(SecretError::EnvEmpty { name }),
+                Ok(value) => Ok(value),
+                Err(std::env::VarError::NotPresent) => Err(SecretError::EnvNotSet { name }),
+                Err(std::env::VarError::NotUnicode(_)) => Err(SecretError::EnvNotUnicode { name }),
+            }
+        }
+        SecretRef::File(path) => {
+            let path = path.clone();
+            match std::fs::read_to_string(&path) {
+                Ok(content) => {
+                    let value = content.trim_end_matches(['\r', '\n']);
+                    if value.trim().is_empty() {
+                        Err(SecretError::FileEmpty { path })
+                    } else {
+                        Ok(value.to_owned())
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(SecretError::FileMissing { path })
+                }
+                Err(reason) => Err(SecretError::FileUnreadable { path, reason }),
+            }
+        }
+    }
+}
