@@ -182,9 +182,17 @@ impl Recording {
         self.blocks.push(text);
     }
 
-    /// Checks the transcript and writes it to `tests/transcripts/ingest/<name>` under a
-    /// header of `scenario` lines.
+    /// Checks the transcript and writes it to `tests/transcripts/ingest/<name>`.
     fn write(self, name: &str, scenario: &str) {
+        let text = self.finish(scenario);
+        let path = support::manifest_dir()
+            .join("tests/transcripts/ingest")
+            .join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// The checked transcript under a header of `scenario` lines.
+    fn finish(self, scenario: &str) -> String {
         let anomalies = self.recorder.anomalies();
         assert!(
             anomalies.is_empty(),
@@ -216,10 +224,7 @@ impl Recording {
             text.push_str(block);
         }
         check(&text);
-        let path = support::manifest_dir()
-            .join("tests/transcripts/ingest")
-            .join(name);
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        text
     }
 }
 
@@ -277,6 +282,57 @@ fn client_lines(transcript: &[String]) -> Vec<String> {
         .filter_map(|l| l.strip_prefix("C: "))
         .map(str::to_owned)
         .collect()
+}
+
+/// The recorder itself (the tests below only run on demand): a cycle over each protocol is
+/// written down line for line, and message lines that look like a tagged completion keep
+/// their words, because they are literal bytes.
+#[test]
+fn recorder_writes_each_line_and_normalizes_only_real_tags() {
+    let lookalike: String = (1..=9).map(|n| format!("A{n:04} OK x\r\n")).collect();
+    let tricky =
+        format!("Message-ID: <t9@example.test>\r\nSubject: t9\r\n\r\n{lookalike}").into_bytes();
+    for protocol in ["imap", "pop3"] {
+        let mut r = Recording::start(DovecotOptions::default(), protocol, "");
+        r.seed("INBOX", &[message(1), tricky.clone()]);
+        let report = r.cycle("t1 and t9");
+        assert_eq!(report.stored, 2, "{protocol}");
+        let text = r.finish("smoke");
+        assert_eq!(text.matches("== connection\n== tls\n").count(), 1, "{text}");
+        for n in 1..=9 {
+            assert!(
+                text.contains(&format!("\nS: A{n:04} OK x\n")),
+                "{protocol}: {text}"
+            );
+        }
+        let (login, fetched, bye) = if protocol == "imap" {
+            (
+                "C: $ AUTHENTICATE PLAIN ",
+                "S: $ OK Fetch completed",
+                "C: $ LOGOUT",
+            )
+        } else {
+            ("C: PASS alice-password", "S: +OK 54 octets", "C: QUIT")
+        };
+        for expected in [
+            login,
+            "S: Message-ID: <t1@example.test>\nS: Subject: t1\nS: \nS: body 1\n",
+            fetched,
+            bye,
+        ] {
+            assert!(
+                text.contains(expected),
+                "{protocol}: no {expected:?} in\n{text}"
+            );
+        }
+        // Every real tag became `$`: the only tag-like words left are the message's.
+        assert!(!text.lines().any(|l| l.starts_with("C: A0")), "{text}");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("S: A0")).count(),
+            9,
+            "{text}"
+        );
+    }
 }
 
 #[test]

@@ -41,6 +41,9 @@ struct Connection {
     continuation: Option<String>,
     /// Upper-cased verb of the client's last command (`LOGOUT`, `QUIT`, ...).
     last_verb: String,
+    /// Bytes of a server literal still to come: lines inside one are message content, never
+    /// a tagged completion, however they begin.
+    literal_left: usize,
     /// The server closed its side before the client did.
     server_closed_first: bool,
     /// Whether both directions have ended (the block is final).
@@ -245,23 +248,50 @@ fn client_line(conn: &Mutex<Connection>, line: &str, imap: bool) {
     });
 }
 
-/// Writes down a server line, the tag of a tagged completion as `$`.
-fn server_line(conn: &Mutex<Connection>, line: &str, imap: bool, idling: &AtomicUsize) {
+/// The size of the IMAP literal announced at the end of `line` (`{N}` or `{N+}`).
+fn literal_size(line: &str) -> Option<usize> {
+    let open = line.strip_suffix('}')?.rfind('{')?;
+    let digits = line[open + 1..line.len() - 1].trim_end_matches('+');
+    digits.parse().ok()
+}
+
+/// Writes down a server line (`raw_len` bytes on the wire, CRLF included), the tag of a
+/// tagged completion as `$`.
+fn server_line(
+    conn: &Mutex<Connection>,
+    line: &str,
+    raw_len: usize,
+    imap: bool,
+    idling: &AtomicUsize,
+) {
     let mut c = conn.lock().unwrap();
-    if imap {
-        let (first, rest) = line.split_once(' ').unwrap_or((line, ""));
-        if c.open_tags.remove(first) {
-            if c.continuation.as_deref() == Some(first) {
-                c.continuation = None;
-            }
-            c.lines.push(format!("S: $ {rest}"));
-            return;
-        }
-        if first == "+" && c.continuation.is_some() && c.last_verb == "IDLE" {
-            idling.fetch_add(1, Ordering::SeqCst);
-        }
-    }
     c.lines.push(format!("S: {line}"));
+    if !imap {
+        return;
+    }
+    if c.literal_left > 0 {
+        let inside = c.literal_left.min(raw_len);
+        c.literal_left -= inside;
+        // The rest of the response line follows the literal on the same line; it may
+        // announce another literal.
+        if c.literal_left == 0 && inside < raw_len {
+            c.literal_left = line.get(inside..).and_then(literal_size).unwrap_or(0);
+        }
+        return;
+    }
+    c.literal_left = literal_size(line).unwrap_or(0);
+    let (first, rest) = line.split_once(' ').unwrap_or((line, ""));
+    if c.open_tags.remove(first) {
+        if c.continuation.as_deref() == Some(first) {
+            c.continuation = None;
+        }
+        let normalized = format!("S: $ {rest}");
+        *c.lines.last_mut().unwrap() = normalized;
+        return;
+    }
+    if first == "+" && c.continuation.is_some() && c.last_verb == "IDLE" {
+        idling.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 async fn relay(
@@ -305,7 +335,7 @@ async fn relay(
             while let Some(at) = pending.windows(2).position(|w| w == b"\r\n") {
                 let raw: Vec<u8> = pending.drain(..at + 2).collect();
                 let line = text(&raw, "server", &problems);
-                server_line(&down_conn, &line, imap, &idling);
+                server_line(&down_conn, &line, raw.len(), imap, &idling);
             }
             if client_w.write_all(&buf[..n]).await.is_err() {
                 break;
@@ -313,7 +343,7 @@ async fn relay(
         }
         if !pending.is_empty() {
             let line = text(&pending, "server", &problems);
-            server_line(&down_conn, &line, imap, &idling);
+            server_line(&down_conn, &line, pending.len(), imap, &idling);
         }
         let _ = client_w.shutdown().await;
     });
