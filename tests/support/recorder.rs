@@ -285,7 +285,11 @@ fn server_line(
         if c.continuation.as_deref() == Some(first) {
             c.continuation = None;
         }
-        let normalized = format!("S: $ {rest}");
+        let normalized = if rest.is_empty() {
+            "S: $".to_owned()
+        } else {
+            format!("S: $ {rest}")
+        };
         *c.lines.last_mut().unwrap() = normalized;
         return;
     }
