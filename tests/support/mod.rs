@@ -16,6 +16,8 @@
 //! - [`certs`]: a throw-away CA and the server certificate both use.
 //! - [`wire`]: blocking line-oriented IMAP/POP3 clients over TCP and rustls, for tests that
 //!   talk to the servers directly.
+//! - [`recorder::Recorder`]: a TLS relay in front of Dovecot's plain port that writes each
+//!   connection down as an ingest transcript (`tests/transcripts/ingest/`).
 //! - [`node_process::NodeProcess`]: the `mailsluice run` process itself, on a port the system
 //!   picked, ready when `/readyz` says so (also used by the benchmarks and the demo).
 //!
@@ -39,6 +41,7 @@ pub mod dovecot;
 pub mod node_process;
 pub mod oidc;
 pub mod prometheus;
+pub mod recorder;
 pub mod wire;
 
 use std::path::Path;
