@@ -7,7 +7,7 @@ mod script;
 use std::sync::Arc;
 use std::time::Duration;
 
-use script::{Script, ScriptServer};
+use script::{Observer, Script, ScriptServer};
 
 use super::*;
 use crate::config::SourceSettings;
@@ -107,6 +107,276 @@ async fn replay(
         .await
         .unwrap_or_else(|e| panic!("{e}\ncycle: {r:?}"));
     (s, r)
+}
+
+/// Runs one cycle per connection of `transcript`, in order, and checks the server saw
+/// exactly the script; `observer` sees every client line with the store at hand.
+async fn replay_cycles(
+    transcript: &str,
+    protocol: &str,
+    extra: &str,
+    observer: impl Fn(&str, &Store) -> Result<(), String> + Send + Sync + 'static,
+) -> (Setup, Vec<CycleReport>) {
+    let script = Script::load(transcript);
+    let cycles = script.connections();
+    let store: Arc<std::sync::OnceLock<Arc<Store>>> = Arc::default();
+    let seen = store.clone();
+    let observer: Observer = Arc::new(move |line| match seen.get() {
+        Some(store) => observer(line, store),
+        None => Ok(()),
+    });
+    let server = ScriptServer::start_observed(script, observer).await;
+    let s = setup(&server, protocol, extra);
+    let _ = store.set(s.store.clone());
+    let mut reports = Vec::new();
+    let mut failed = None;
+    for _ in 0..cycles {
+        match s.cycle().await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    server
+        .finish()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\ncycles: {reports:?} then {failed:?}"));
+    assert!(failed.is_none(), "{failed:?}");
+    (s, reports)
+}
+
+fn quiet(_: &str, _: &Store) -> Result<(), String> {
+    Ok(())
+}
+
+/// The checkpoint advances with what is stored: the second cycle lists and fetches only
+/// the UIDs above it.
+#[tokio::test]
+async fn dovecot_the_checkpoint_advances_and_the_next_cycle_fetches_only_whats_new() {
+    let (s, r) = replay_cycles("dovecot-imap-checkpoint.txt", "imap", "", quiet).await;
+    assert_eq!((r[0].stored, r[0].backlog), (3, 3));
+    assert_eq!((r[1].stored, r[1].backlog, r[1].already), (2, 2, 0));
+    let cp = s.store.checkpoint("s", "INBOX").unwrap().unwrap();
+    assert_eq!((cp.last_uid, cp.rematch_below), (5, None));
+    assert_eq!(s.stored(), 5);
+}
+
+/// After a UIDVALIDITY change the messages that were there are matched by content (each
+/// stored copy answers for one UID); the new one and a second identical copy are stored.
+#[tokio::test]
+async fn dovecot_a_uidvalidity_change_rematches_by_content() {
+    let (s, r) = replay_cycles(
+        "dovecot-imap-uidvalidity.txt",
+        "imap",
+        "folders = [\"Support\"]\n",
+        quiet,
+    )
+    .await;
+    assert_eq!(r[0].stored, 3);
+    assert_eq!(
+        (r[1].stored, r[1].already, r[1].uidvalidity_changes),
+        (2, 3, 1)
+    );
+    assert_eq!(s.stored(), 5);
+}
+
+/// The server is changed only once what it is changed for is stored: every post-action
+/// command arrives when the store holds all three messages.
+async fn post_action_after_commit(transcript: &str, extra: &str, verbs: &'static [&'static str]) {
+    let (s, r) = replay_cycles(transcript, "imap", extra, move |line, store| {
+        let acting = verbs.iter().any(|v| line.contains(v));
+        let stored = store.counts().map_err(|e| e.to_string())?.get("s").copied();
+        if acting && stored != Some(3) {
+            return Err(format!("`{line}` sent with {stored:?} messages stored"));
+        }
+        Ok(())
+    })
+    .await;
+    assert_eq!((r[0].stored, r[0].acted), (3, 3));
+    assert_eq!(s.stored(), 3);
+    assert!(
+        s.store
+            .pending_actions("s", "INBOX", uidvalidity(&s))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn uidvalidity(s: &Setup) -> u32 {
+    s.store
+        .checkpoint("s", "INBOX")
+        .unwrap()
+        .unwrap()
+        .uidvalidity
+}
+
+#[tokio::test]
+async fn dovecot_delete_happens_after_the_commit() {
+    post_action_after_commit(
+        "dovecot-imap-delete.txt",
+        "after_ingest = \"delete\"\n",
+        &["UID STORE", "UID EXPUNGE"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn dovecot_move_happens_after_the_commit() {
+    post_action_after_commit(
+        "dovecot-imap-move.txt",
+        "after_ingest = \"move\"\nmove_to = \"Processed\"\n",
+        &["UID MOVE", "CREATE"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn dovecot_seen_happens_after_the_commit() {
+    post_action_after_commit(
+        "dovecot-imap-seen.txt",
+        "after_ingest = \"seen\"\n",
+        &["UID STORE"],
+    )
+    .await;
+}
+
+/// A folder pattern is expanded with LIST; each matching folder has its own checkpoint.
+#[tokio::test]
+async fn dovecot_folder_patterns_collect_the_folders_that_match() {
+    let (s, r) = replay_cycles(
+        "dovecot-imap-patterns.txt",
+        "imap",
+        "folders = [\"INBOX\", \"Support/*\"]\n",
+        quiet,
+    )
+    .await;
+    assert_eq!(r[0].stored, 5);
+    for (folder, last) in [("INBOX", 2), ("Support/A", 1), ("Support/B", 2)] {
+        let cp = s.store.checkpoint("s", folder).unwrap().unwrap();
+        assert_eq!(cp.last_uid, last, "{folder}");
+    }
+    assert!(s.store.checkpoint("s", "Other").unwrap().is_none());
+}
+
+/// A message over `max_message_bytes` is never fetched; the folder is collected past it.
+#[tokio::test]
+async fn dovecot_a_message_over_the_size_limit_is_skipped_not_fetched() {
+    let (s, r) = replay_cycles(
+        "dovecot-imap-oversize.txt",
+        "imap",
+        "max_message_bytes = 2000\n",
+        // The transcript asks for the bodies of UIDs 1 and 3 only.
+        quiet,
+    )
+    .await;
+    assert_eq!((r[0].stored, r[0].skipped), (2, 1));
+    assert_eq!(
+        s.store.checkpoint("s", "INBOX").unwrap().unwrap().last_uid,
+        3
+    );
+}
+
+/// POP3: the second cycle retrieves only the UIDLs not stored yet.
+#[tokio::test]
+async fn dovecot_pop3_retrieves_only_uidls_not_stored() {
+    let (s, r) = replay_cycles("dovecot-pop3-uidl.txt", "pop3", "", quiet).await;
+    assert_eq!((r[0].stored, r[1].stored, r[1].backlog), (3, 2, 2));
+    assert_eq!(s.stored(), 5);
+}
+
+/// POP3 delete: DELE only for what is stored, after the store is flushed.
+#[tokio::test]
+async fn dovecot_pop3_deletes_only_what_is_stored() {
+    let (s, r) = replay_cycles(
+        "dovecot-pop3-delete.txt",
+        "pop3",
+        "after_ingest = \"delete\"\n",
+        |line, store| {
+            let stored = store.counts().map_err(|e| e.to_string())?.get("s").copied();
+            if line.starts_with("DELE") && stored != Some(3) {
+                return Err(format!("`{line}` with {stored:?} stored"));
+            }
+            Ok(())
+        },
+    )
+    .await;
+    assert_eq!((r[0].stored, r[0].acted), (3, 3));
+    assert_eq!(s.stored(), 3);
+}
+
+/// POP3 `delete_after_days`: a message stored today is kept on the server.
+#[tokio::test]
+async fn dovecot_pop3_keeps_messages_younger_than_delete_after_days() {
+    let (_s, r) = replay_cycles(
+        "dovecot-pop3-delete-after-days.txt",
+        "pop3",
+        "after_ingest = \"delete\"\ndelete_after_days = 1\n",
+        |line, _| {
+            if line.starts_with("DELE") {
+                return Err(format!("`{line}` for a message stored today"));
+            }
+            Ok(())
+        },
+    )
+    .await;
+    assert_eq!((r[0].stored, r[0].acted), (3, 0));
+}
+
+/// IDLE: the session waits on the open connection; EXISTS wakes it, the new message is
+/// collected over the same connection, and it idles again until asked to stop.
+#[tokio::test]
+async fn dovecot_idle_collects_what_exists_reports_over_the_same_session() {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let idles = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = idles.clone();
+    let sessions = Arc::new(tokio::sync::Semaphore::new(1));
+    let slots = sessions.clone();
+    let observer: Observer = Arc::new(move |line| {
+        if line.ends_with(" IDLE") {
+            // An idle connection holds no `max_sessions` slot.
+            if slots.available_permits() != 1 {
+                return Err("IDLE entered holding a session slot".into());
+            }
+            // The second IDLE is the one after t3 was collected: then stop.
+            if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                let _ = stop_tx.send(true);
+            }
+        }
+        Ok(())
+    });
+    let server =
+        ScriptServer::start_observed(Script::load("dovecot-imap-idle.txt"), observer).await;
+    let s = setup(&server, "imap", "idle = true\npoll_interval_secs = 3600\n");
+    let mut passes = Vec::new();
+    let mut on_pass = |r: &CycleReport, failed: &[String]| passes.push((r.stored, failed.len()));
+    let permit = sessions.clone().acquire_owned().await.ok();
+    let ctl = IdleCtl {
+        stop,
+        on_pass: &mut on_pass,
+        sessions: sessions.clone(),
+        permit,
+        reissue: IDLE_REISSUE,
+    };
+    let r = run_session(
+        &s.store,
+        &s.connector,
+        &s.source,
+        &password(),
+        None,
+        Some(ctl),
+    )
+    .await;
+    server
+        .finish()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nsession: {r:?}"));
+    let r = r.expect("session");
+    assert!(r.passes_reported && !r.more, "{r:?}");
+    assert_eq!(passes, vec![(2, 0), (1, 0)]);
+    assert_eq!(s.stored(), 3);
+    assert_eq!(idles.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

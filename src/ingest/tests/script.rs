@@ -51,6 +51,11 @@ impl Script {
         Script::parse(name, &text)
     }
 
+    /// How many connections the script serves.
+    pub fn connections(&self) -> usize {
+        self.connections.len()
+    }
+
     pub fn parse(name: &str, text: &str) -> Script {
         let mut connections: Vec<Connection> = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -96,6 +101,11 @@ impl Script {
     }
 }
 
+/// Called with each line the client sent, once it matched the script and before the
+/// server answers it; an error fails the script there (e.g. a post-action sent before the
+/// messages were stored).
+pub type Observer = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// A running scripted server.
 pub struct ScriptServer {
     pub port: u16,
@@ -108,6 +118,11 @@ pub struct ScriptServer {
 impl ScriptServer {
     /// Listens on 127.0.0.1 (port 0) and serves the script's connections in order.
     pub async fn start(script: Script) -> ScriptServer {
+        Self::start_observed(script, Arc::new(|_| Ok(()))).await
+    }
+
+    /// As [`ScriptServer::start`], telling `observer` each line the client sends.
+    pub async fn start_observed(script: Script, observer: Observer) -> ScriptServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
             .expect("test certificate");
@@ -125,7 +140,7 @@ impl ScriptServer {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("local address").port();
-        let served = tokio::spawn(serve(script, listener, acceptor));
+        let served = tokio::spawn(serve(script, listener, acceptor, observer));
         ScriptServer {
             port,
             ca_file,
@@ -149,13 +164,14 @@ async fn serve(
     script: Script,
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    observer: Observer,
 ) -> Result<(), String> {
     for (k, conn) in script.connections.iter().enumerate() {
         let (tcp, _) = tokio::time::timeout(CLIENT_TIMEOUT, listener.accept())
             .await
             .map_err(|_| format!("{}: connection {} was never opened", script.name, k + 1))?
             .map_err(|e| format!("accept: {e}"))?;
-        serve_one(&script.name, k + 1, conn, tcp, &acceptor).await?;
+        serve_one(&script.name, k + 1, conn, tcp, &acceptor, &observer).await?;
     }
     Ok(())
 }
@@ -184,6 +200,7 @@ async fn serve_one(
     conn: &Connection,
     tcp: TcpStream,
     acceptor: &tokio_rustls::TlsAcceptor,
+    observer: &Observer,
 ) -> Result<(), String> {
     let mut wire = Wire::Plain(tcp);
     if conn.tls {
@@ -197,6 +214,7 @@ async fn serve_one(
             Step::Server(text) => {
                 let text = match text.strip_prefix("$ ") {
                     Some(rest) => format!("{tag} {rest}"),
+                    None if text == "$" => tag.clone(),
                     None => text.clone(),
                 };
                 let mut bytes = text.into_bytes();
@@ -222,6 +240,7 @@ async fn serve_one(
                     let _ = wire.io().shutdown().await;
                     return Err(format!("{at}: expected `C: {expected}`, got `{got}`"));
                 }
+                observer(&got).map_err(|e| format!("{at}: {e}"))?;
                 if conn.lockstep && !pending.is_empty() {
                     return Err(format!(
                         "{at}: the client sent more before the reply to `{got}` (pipelining)"
