@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use actix::Addr;
 use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 
-use crate::actors::supervisor::{Supervisor, import_and_resume};
+use crate::actors::supervisor::{NodeHandle, import_and_resume};
 use crate::config::Settings;
 use crate::secret::Secret;
 use crate::store::{MessageMeta, Store};
@@ -18,10 +17,11 @@ use crate::telemetry::status;
 #[derive(Clone)]
 pub struct ApiState {
     /// The configuration now (replaced by reloads).
-    pub live: crate::actors::Live,
+    pub live: crate::config::live::Live,
     pub store: Arc<Store>,
     pub metrics: PrometheusHandle,
-    pub supervisor: Addr<Supervisor>,
+    /// What the API may ask of the running node.
+    pub node: NodeHandle,
 }
 
 /// Per-source view served at `/api/sources` and printed by `mailsluice status`.
@@ -178,7 +178,7 @@ async fn healthz() -> HttpResponse {
 /// least one source, or none configured on purpose: an empty node is ready to be reloaded).
 async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
     let store_ok = state.store.counts().is_ok();
-    let supervisor_ok = state.supervisor.connected();
+    let supervisor_ok = state.node.connected();
     let config_loaded = state.live.path.is_some();
     if store_ok && supervisor_ok && config_loaded {
         HttpResponse::Ok().body("ready\n")
@@ -193,7 +193,7 @@ async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
 /// what changed; 422 with every error when the new configuration is refused (the running
 /// one stays).
 async fn reload(state: web::Data<ApiState>) -> HttpResponse {
-    match crate::actors::supervisor::reload_from_file(&state.supervisor, &state.live).await {
+    match crate::actors::supervisor::reload_from_file(&state.node.reload, &state.live).await {
         Ok(report) => HttpResponse::Ok().json(report),
         Err(errors) => {
             HttpResponse::UnprocessableEntity().json(serde_json::json!({ "errors": errors }))
@@ -271,7 +271,7 @@ async fn import_token(
         return HttpResponse::BadRequest().body("empty refresh token\n");
     }
     match import_and_resume(
-        &state.supervisor,
+        &state.node,
         source.into_inner(),
         Secret::new(token),
         q.into_inner().identity,
@@ -293,12 +293,9 @@ async fn test_login(state: web::Data<ApiState>, source: web::Path<String>) -> Ht
     let token = match current.settings.sources.get(&name).map(|s| &s.auth) {
         Some(crate::config::SourceAuth::OAuth2 { .. }) => {
             let asked = async {
-                let tokens = state
-                    .supervisor
-                    .send(crate::actors::supervisor::GetTokenManager)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokens
+                state
+                    .node
+                    .access_token
                     .send(crate::actors::token_manager::GetAccessToken {
                         source: name.clone(),
                     })

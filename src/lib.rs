@@ -12,25 +12,54 @@
 //!   Collector (actor, one per source)  ── GetAccessToken ──▶ TokenManager (actor, one)
 //!      │  poll timer / session slots                        │ cached token, or one refresh
 //!      ▼                                                    │ per credential in flight;
-//!   ingest::run_cycle                                      │ rotated refresh token saved
-//!      │ net::connect (TCP + TLS, STARTTLS)                 ▼ before the reply
-//!      │ protocol::{imap,pop3} (sans-IO: bytes in, commands out)
-//!      │ parse (mail-parser → StoredMessage)
+//!   ingest::run_session (one cycle, or an IDLE session)    │ rotated refresh token saved
+//!      │ net: TCP + TLS, STARTTLS, timeouts                 ▼ before the reply
+//!      │ protocol: IMAP/POP3 state machines (bytes in, commands out)
+//!      │ ingest::pipeline → workers: parse (mail-parser), checksum, compress
 //!      ▼
-//!   store (sled): message + checkpoint in one transaction, flushed before any
-//!   change on the server
+//!   store (sled): message + checkpoint in one transaction, ids in commit order,
+//!   flushed before any change on the server
+//!      │
+//!      └─ outcomes → telemetry::status (one owner of per-source status) → API, CLI, gauges
 //! ```
 //!
-//! ## Module rules
-//! - `protocol` has no I/O: it frames and parses server bytes, builds command bytes, and
-//!   holds the IMAP session as a state machine with typed states that `net` pumps bytes
-//!   through. Only `net` touches sockets (TCP, TLS, timeouts); `ingest` uses its sessions.
-//!   Neither imports `config`: callers convert settings into their types.
-//! - `store` is the only importer of sled, `parse` the only importer of mail_parser.
-//! - `actors` are thin shells over plain code in `ingest` and `auth`, so the logic is
-//!   tested without an actix System.
+//! ## Modules, and what each may import
+//! | module | holds | imports (crate) |
+//! |---|---|---|
+//! | `protocol` | IMAP framing, parsing, commands and the session state machine with typed states; POP3 replies and commands; SASL encodings. No I/O, no clock. | `secret` |
+//! | `net` | sockets: TCP, TLS (rustls; native-tls behind a feature), STARTTLS, timeouts; pumps bytes through `protocol` | `protocol`, `secret`, `telemetry` |
+//! | `parse` | mail-parser → the stored message model; the only importer of mail_parser | — |
+//! | `store` | sled trees, keys, chunked and compressed values, messages, checkpoints, post-action records, tokens, encryption at rest; the only importer of sled | `parse`, `secret`, `telemetry` |
+//! | `auth` | OAuth2 providers, flows (PKCE loopback, device code, client credentials), the token service and its clock, horizons | `config`, `secret`, `store`, `telemetry` |
+//! | `ingest` | one source's collection cycle as plain code: session → list → fetch → parse-and-store → checkpoint → post-action | `config`, `net`, `protocol`, `parse`, `store`, `secret`, `telemetry` |
+//! | `actors` | supervisor, collector, token manager: thin shells over `ingest` and `auth`; what they decide is in `actors::policy`, plain functions | `auth`, `config`, `ingest`, `net`, `store`, `secret`, `telemetry` |
+//! | `config` | raw TOML → validated settings (every error at once); `config::live`, the settings in force | `net`, `protocol`, `store`, `telemetry` (types it converts to) |
+//! | `api` | the node's HTTP endpoints; reaches the actors only through `actors::supervisor::NodeHandle` (message recipients) | `actors`, `auth`, `config`, `diagnose`, `secret`, `store`, `telemetry` |
+//! | `diagnose` | `test-login`'s step-by-step check | `auth`, `config`, `ingest`, `net`, `protocol`, `secret`, `telemetry` |
+//! | `telemetry` | the metric catalog, per-source status, progress, logging, dashboards | — |
+//! | `secret` | [`secret::Secret`], whose `Debug` and `Display` are redacted | — |
+//!
+//! The binary (`src/main.rs`, `src/cli/`) parses the command line and wires these
+//! together; it is the only place `anyhow` is used.
+//!
+//! ## Process-wide singletons
+//! - the metrics recorder and its handle (`telemetry::install`);
+//! - `telemetry::status`: per-source status, written by collectors, sessions and the token
+//!   manager, read by the API, the CLI and the gauges;
+//! - the parse-and-store worker threads (`ingest::workers`) and the node-wide read-ahead
+//!   budget of fetched bytes (`ingest::pipeline`);
+//! - a zstd compressor per worker thread (`store::values`);
+//! - the panic hook that keeps mail-parser's panics (stored raw as parse errors) out of the
+//!   node's panic output (`parse`).
+//!
+//! ## Rules
+//! - `protocol` is sans-IO: "need more bytes" is a return value; every rule is tested from
+//!   transcripts and fuzzed. Only `net` touches sockets. Neither imports `config`.
+//! - Exactly-once: a message, its index entries and its folder checkpoint are one store
+//!   transaction; the store is flushed before the server is changed.
+//! - `actors` hold no logic that cannot be tested without actix.
 //! - Errors are one `thiserror` enum per layer with a `kind()` used for metric labels and
-//!   retry decisions. Secrets are wrapped in [`secret::Secret`], whose `Debug` is redacted.
+//!   retry decisions. Secrets never reach logs, metrics, errors or `Debug` output.
 //! - Dependencies point one way: `main → actors → ingest → {net → protocol, parse, store, auth}`.
 #![forbid(unsafe_code)]
 

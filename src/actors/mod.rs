@@ -4,9 +4,6 @@
 //! policy (backoff, states) in plain functions tested without an actix System.
 
 pub mod collector;
-pub mod live;
 pub mod policy;
 pub mod supervisor;
 pub mod token_manager;
-
-pub use live::Live;

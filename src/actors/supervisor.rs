@@ -19,12 +19,12 @@ use crate::telemetry::{self, SourceState, status};
 use super::collector::{
     Collector, CollectorDeps, CollectorStopped, StopCollector, StopReason, jitter,
 };
-use super::live::{Current, Live};
 pub use super::policy::ReloadReport;
 use super::policy::{Restart, SourceAction, Stopped, enabled, plan_reload, restart};
 use super::token_manager::{
     GetAccessToken, ImportRefreshToken, InvalidateAccessToken, SetTokenService, TokenManager,
 };
+use crate::config::live::{Current, Live};
 
 pub struct Supervisor {
     /// The configuration and connector in force (replaced by reloads).
@@ -266,7 +266,7 @@ impl Handler<Reload> for Supervisor {
 /// Reads the config file again (with the same environment overrides) and applies it. An
 /// invalid file is refused with every error listed; the running configuration stays.
 pub async fn reload_from_file(
-    supervisor: &Addr<Supervisor>,
+    supervisor: &Recipient<Reload>,
     live: &Live,
 ) -> Result<ReloadReport, Vec<String>> {
     let Some(path) = live.path.clone() else {
@@ -362,16 +362,36 @@ impl Handler<ReauthorizedSource> for Supervisor {
     }
 }
 
-/// The TokenManager's address, for the HTTP API.
-#[derive(Message)]
-#[rtype(result = "Addr<TokenManager>")]
-pub struct GetTokenManager;
+/// What the HTTP API and the signal handler may ask of the running node: the messages they
+/// send, not the actors' addresses, so neither depends on the actors themselves.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub reload: Recipient<Reload>,
+    pub access_token: Recipient<GetAccessToken>,
+    pub import: Recipient<ImportRefreshToken>,
+    pub reauthorized: Recipient<ReauthorizedSource>,
+}
 
-impl Handler<GetTokenManager> for Supervisor {
-    type Result = MessageResult<GetTokenManager>;
+impl NodeHandle {
+    /// Whether the supervisor still runs.
+    pub fn connected(&self) -> bool {
+        self.reload.connected()
+    }
+}
 
-    fn handle(&mut self, _msg: GetTokenManager, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.tokens.clone())
+impl Supervisor {
+    /// Starts the supervisor; its address (for those who start and stop it) and the handle
+    /// the API uses.
+    pub fn start_with_handle(self) -> (Addr<Supervisor>, NodeHandle) {
+        let tokens = self.tokens.clone();
+        let addr = self.start();
+        let handle = NodeHandle {
+            reload: addr.clone().recipient(),
+            access_token: tokens.clone().recipient(),
+            import: tokens.recipient(),
+            reauthorized: addr.clone().recipient(),
+        };
+        (addr, handle)
     }
 }
 
@@ -416,16 +436,13 @@ impl Handler<Shutdown> for Supervisor {
 
 /// Imports a refresh token through the TokenManager and, on success, resumes the source.
 pub async fn import_and_resume(
-    supervisor: &Addr<Supervisor>,
+    node: &NodeHandle,
     source: String,
     refresh_token: crate::secret::Secret,
     identity: Option<String>,
 ) -> Result<crate::auth::AccessToken, String> {
-    let tokens = supervisor
-        .send(GetTokenManager)
-        .await
-        .map_err(|e| e.to_string())?;
-    let result = tokens
+    let result = node
+        .import
         .send(ImportRefreshToken {
             source: source.clone(),
             refresh_token,
@@ -434,6 +451,6 @@ pub async fn import_and_resume(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    supervisor.do_send(ReauthorizedSource { source });
+    node.reauthorized.do_send(ReauthorizedSource { source });
     Ok(result)
 }

@@ -6,14 +6,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use actix::Actor;
 use actix_web::{App, HttpServer, web};
 use anyhow::{Context, anyhow};
 
-use mailsluice::actors::Live;
-use mailsluice::actors::supervisor::{Shutdown, Supervisor, WaitOnce, reload_from_file};
+use mailsluice::actors::supervisor::{Reload, Shutdown, Supervisor, WaitOnce, reload_from_file};
 use mailsluice::api::{self, ApiState};
 use mailsluice::auth::TokenService;
+use mailsluice::config::live::Live;
 use mailsluice::config::{self, LogFormat, Settings};
 use mailsluice::net::Connector;
 use mailsluice::store::Store;
@@ -72,12 +71,12 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
         if once {
             supervisor = supervisor.once();
         }
-        let supervisor = supervisor.start();
+        let (supervisor, node) = supervisor.start_with_handle();
         let state = ApiState {
             live: live.clone(),
             store: store.clone(),
             metrics,
-            supervisor: supervisor.clone(),
+            node: node.clone(),
         };
         let server = HttpServer::new(move || {
             App::new()
@@ -95,7 +94,7 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
             collect_once(&supervisor, bars, settings.clone()).await
         } else {
             tracing::info!(http = %addr, sources = settings.sources.len(), "node running; metrics at http://{addr}/metrics");
-            wait_for_signal(Some((&supervisor, &live))).await;
+            wait_for_signal(Some((&node.reload, &live))).await;
             tracing::info!("shutting down: finishing the message in hand");
             Vec::new()
         };
@@ -326,7 +325,7 @@ async fn show_progress(bars: Option<indicatif::MultiProgress>, settings: Arc<Set
 
 /// Waits for SIGTERM or SIGINT. With a supervisor, SIGHUP reloads the configuration
 /// meanwhile.
-async fn wait_for_signal(reload: Option<(&actix::Addr<Supervisor>, &Live)>) {
+async fn wait_for_signal(reload: Option<(&actix::Recipient<Reload>, &Live)>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use crate::config::Settings;
+use super::Settings;
 use crate::net::Connector;
 
 /// One consistent snapshot: settings and the connector built from their `[tls]` and
