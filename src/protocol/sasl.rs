@@ -99,4 +99,50 @@ mod tests {
         assert_eq!(describe_challenge(""), "");
         assert_eq!(describe_challenge("not base64!"), "not base64!");
     }
+
+    #[test]
+    fn abort_reply_after_an_error_challenge() {
+        // RFC 7628 §3.2.3: OAUTHBEARER answers with a single %x01; Google's XOAUTH2 wants an
+        // empty line.
+        assert_eq!(error_challenge_reply(true), "AQ==");
+        assert_eq!(STANDARD.decode(error_challenge_reply(true)).unwrap(), [1]);
+        assert_eq!(error_challenge_reply(false), "");
+    }
+
+    #[test]
+    fn challenge_description_shows_only_printable_text() {
+        let dovecot = STANDARD.encode(r#"{"status":"invalid_token"}"#);
+        assert_eq!(
+            describe_challenge(&format!(" {dovecot}\r\n")),
+            r#"{"status":"invalid_token"}"#
+        );
+        // Pretty-printed JSON keeps its newlines.
+        let pretty = "{\n  \"status\": \"401\"\n}";
+        assert_eq!(describe_challenge(&STANDARD.encode(pretty)), pretty);
+        // Control characters or bytes that are not UTF-8: the challenge as sent.
+        let binary = STANDARD.encode([b'a', 1, b'b']);
+        assert_eq!(describe_challenge(&binary), binary);
+        let tab = STANDARD.encode("a\tb");
+        assert_eq!(describe_challenge(&tab), tab);
+        let latin1 = STANDARD.encode([0xe9, 0x74, 0xe9]);
+        assert_eq!(describe_challenge(&format!("{latin1} ")), latin1);
+    }
+
+    #[test]
+    fn xoauth2_has_no_authzid_and_ends_with_two_separators() {
+        let s = xoauth2("a@b", &Secret::new("tok"));
+        assert_eq!(
+            STANDARD.decode(s.expose()).unwrap(),
+            b"user=a@b\x01auth=Bearer tok\x01\x01"
+        );
+    }
+
+    #[test]
+    fn oauthbearer_layout() {
+        let s = oauthbearer("u@x", "imap.example.com", 993, &Secret::new("tok"));
+        assert_eq!(
+            STANDARD.decode(s.expose()).unwrap(),
+            b"n,a=u@x,\x01host=imap.example.com\x01port=993\x01auth=Bearer tok\x01\x01"
+        );
+    }
 }
