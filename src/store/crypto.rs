@@ -182,8 +182,15 @@ mod tests {
             assert_eq!(SecretBox::load(&path).err(), Some(want.clone()), "{name}");
             assert_eq!(SecretBox::load_or_create(&path).err(), Some(want), "{name}");
         }
-        // A directory where the key should be: reported, not replaced.
-        assert!(SecretBox::load_or_create(dir.path()).is_err());
+        // A key file that cannot be read (here: raw bytes, not text) is reported as it is,
+        // never treated as missing and replaced.
+        let binary = dir.path().join("binary");
+        std::fs::write(&binary, [0xff; 32]).unwrap();
+        let read_error = std::fs::read_to_string(&binary).unwrap_err();
+        let want = format!("{}: {read_error}", binary.display());
+        assert_eq!(SecretBox::load_or_create(&binary).err(), Some(want.clone()));
+        assert_eq!(SecretBox::load(&binary).err(), Some(want));
+        assert_eq!(std::fs::read(&binary).unwrap(), [0xff; 32]);
         assert!(SecretBox::load(&dir.path().join("missing")).is_err());
     }
 
