@@ -31,7 +31,7 @@ pub fn plain(user: &str, password: &Secret) -> Secret {
 
 /// What a client sends to abort after an error challenge: XOAUTH2 expects an empty line,
 /// OAUTHBEARER a single %x01 (`AQ==`). Answering instead of waiting is what keeps a
-/// rejected token from hanging until the read timeout (ANCHORS item 5).
+/// rejected token from hanging until the read timeout (RFC 7628 §3.2.3, PROTOCOLS §2.4).
 pub fn error_challenge_reply(oauthbearer: bool) -> &'static str {
     if oauthbearer { "AQ==" } else { "" }
 }
@@ -41,11 +41,11 @@ pub fn error_challenge_reply(oauthbearer: bool) -> &'static str {
 /// Returns the decoded text when it is printable, the raw challenge otherwise.
 pub fn describe_challenge(challenge: &str) -> String {
     match STANDARD.decode(challenge.trim()) {
-        Ok(bytes) if !bytes.is_empty() => match String::from_utf8(bytes) {
+        Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) if !text.chars().any(|c| c.is_control() && c != '\n') => text,
             _ => challenge.trim().to_string(),
         },
-        _ => challenge.trim().to_string(),
+        Err(_) => challenge.trim().to_string(),
     }
 }
 
