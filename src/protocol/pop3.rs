@@ -322,8 +322,236 @@ mod tests {
         );
     }
 
+    /// A reply line of exactly `len` bytes including CRLF.
+    fn ok_line(len: usize) -> Vec<u8> {
+        let mut line = b"+OK ".to_vec();
+        line.resize(len - 2, b'x');
+        line.extend_from_slice(b"\r\n");
+        line
+    }
+
+    #[test]
+    fn line_cap_is_8_kib_including_crlf() {
+        assert_eq!(MAX_LINE, 8192);
+        let mut r = Reader::default();
+        let at_cap = ok_line(MAX_LINE);
+        let (reply, used) = r.reply(&at_cap).unwrap().unwrap();
+        assert_eq!(used, MAX_LINE);
+        assert_eq!(reply, Reply::Ok("x".repeat(MAX_LINE - 6)));
+        assert_eq!(
+            r.reply(&ok_line(MAX_LINE + 1)),
+            Err(ProtocolError::LineTooLong(MAX_LINE))
+        );
+    }
+
+    #[test]
+    fn unterminated_line_waits_up_to_the_cap_then_fails() {
+        let mut r = Reader::default();
+        let partial = vec![b'+'; MAX_LINE];
+        assert_eq!(r.reply(&partial), Ok(None));
+        let over = vec![b'+'; MAX_LINE + 1];
+        assert_eq!(r.reply(&over), Err(ProtocolError::LineTooLong(MAX_LINE)));
+    }
+
+    #[test]
+    fn reply_takes_only_the_first_line() {
+        let mut r = Reader::default();
+        let buf = b"+OK 2 messages\r\n+OK next\r\n";
+        assert_eq!(
+            r.reply(buf).unwrap().unwrap(),
+            (Reply::Ok("2 messages".into()), 16)
+        );
+        assert_eq!(
+            r.reply(&buf[16..]).unwrap().unwrap(),
+            (Reply::Ok("next".into()), 10)
+        );
+        // A bare LF ends a line too, and the text keeps its inner spaces.
+        assert_eq!(
+            r.reply(b"+  dGVzdA== \n").unwrap().unwrap(),
+            (Reply::Continue("dGVzdA==".into()), 13)
+        );
+        assert_eq!(
+            r.reply(b"+OK\r\n").unwrap().unwrap(),
+            (Reply::Ok(String::new()), 5)
+        );
+        assert_eq!(
+            r.reply(b"OK fine\r\n"),
+            Err(ProtocolError::Malformed("OK fine".into()))
+        );
+    }
+
+    #[test]
+    fn reply_line_restores_the_server_words() {
+        assert_eq!(Reply::Ok("done".into()).line(), "+OK done");
+        assert_eq!(
+            Reply::Err("[SYS/TEMP] try later".into()).line(),
+            "-ERR [SYS/TEMP] try later"
+        );
+        assert_eq!(Reply::Continue("e30=".into()).line(), "+ e30=");
+    }
+
+    #[test]
+    fn multiline_accepts_a_bare_lf_terminator() {
+        let mut r = Reader::default();
+        assert_eq!(
+            r.multiline(b"a\n..b\n.\nnext", 100).unwrap().unwrap(),
+            (b"a\n.b\n".to_vec(), 8)
+        );
+        // A line that only starts with a dot is data, not the end.
+        assert_eq!(r.multiline(b".x\r\n", 100), Ok(None));
+    }
+
+    #[test]
+    fn multiline_reader_is_reusable_after_a_body() {
+        let mut r = Reader::default();
+        let first = b"one\r\ntwo\r\n.\r\n";
+        assert_eq!(
+            r.multiline(first, 100).unwrap().unwrap(),
+            (b"one\r\ntwo\r\n".to_vec(), first.len())
+        );
+        let second = b"3\r\n.\r\n";
+        assert_eq!(
+            r.multiline(second, 100).unwrap().unwrap(),
+            (b"3\r\n".to_vec(), second.len())
+        );
+        // An empty body is just the terminator.
+        assert_eq!(
+            r.multiline(b".\r\n", 100).unwrap().unwrap(),
+            (Vec::new(), 3)
+        );
+    }
+
+    #[test]
+    fn multiline_cap_allows_1_kib_over_the_limit_for_stuffing() {
+        let limit = 4096u64;
+        let allowed = usize::try_from(limit).unwrap() + 1024;
+        let body_of = |len: usize| {
+            let mut body = vec![b'a'; len - 2];
+            body.extend_from_slice(b"\r\n");
+            body
+        };
+        let mut wire = body_of(allowed);
+        wire.extend_from_slice(b".\r\n");
+        let mut r = Reader::default();
+        let (body, used) = r.multiline(&wire, limit).unwrap().unwrap();
+        assert_eq!((body.len(), used), (allowed, allowed + 3));
+
+        let mut wire = body_of(allowed + 1);
+        wire.extend_from_slice(b".\r\n");
+        let mut r = Reader::default();
+        assert_eq!(
+            r.multiline(&wire, limit),
+            Err(ProtocolError::LiteralTooLarge {
+                size: allowed as u64 + 1,
+                limit
+            })
+        );
+    }
+
+    #[test]
+    fn multiline_refuses_a_line_over_1_mib() {
+        const GUARD: usize = 1 << 20;
+        // A short line first, so the guard is measured from the start of the open line.
+        let mut buf = b"ok\r\n".to_vec();
+        buf.resize(4 + GUARD, b'x');
+        let mut r = Reader::default();
+        assert_eq!(r.multiline(&buf, u64::MAX), Ok(None));
+        buf.push(b'x');
+        let mut r = Reader::default();
+        assert_eq!(
+            r.multiline(&buf, u64::MAX),
+            Err(ProtocolError::LineTooLong(GUARD))
+        );
+    }
+
+    #[test]
+    fn capa_lists_first_words_and_each_argument() {
+        let caps = parse_capa(b"top\r\n\r\nSASL plain XOAUTH2\r\nLOGIN-DELAY 300\r\n");
+        let want: BTreeSet<String> = [
+            "TOP",
+            "SASL",
+            "SASL PLAIN",
+            "SASL XOAUTH2",
+            "LOGIN-DELAY",
+            "LOGIN-DELAY 300",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        assert_eq!(caps, want);
+    }
+
+    #[test]
+    fn uidl_unique_ids_follow_rfc_1939() {
+        // The longest valid id is 70 characters; every printable ASCII character counts.
+        let longest = "x".repeat(70);
+        assert_eq!(
+            parse_uidl(format!("7 {longest}\r\n").as_bytes()).unwrap(),
+            vec![(7, longest)]
+        );
+        let printable: String = (0x21u8..=0x7e).map(char::from).take(70).collect();
+        assert_eq!(
+            parse_uidl(format!("1 {printable}\n\r\n").as_bytes()).unwrap(),
+            vec![(1, printable)]
+        );
+        assert_eq!(parse_uidl(b"").unwrap(), Vec::new());
+        for bad in [
+            &b"1 abc\x7f\r\n"[..],
+            b"1 caf\xc3\xa9\r\n",
+            b"1\r\n",
+            b"x abc\r\n",
+            b"-1 abc\r\n",
+        ] {
+            assert!(
+                matches!(parse_uidl(bad), Err(ProtocolError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn list_needs_number_and_size() {
+        assert_eq!(
+            parse_list(b"1 120\r\n\r\n2 5000000000\r\n").unwrap(),
+            vec![(1, 120), (2, 5_000_000_000)]
+        );
+        for bad in [&b"1\r\n"[..], b"1 big\r\n", b"one 12\r\n"] {
+            assert_eq!(
+                parse_list(bad),
+                Err(ProtocolError::Malformed(format!(
+                    "LIST line: {}",
+                    String::from_utf8_lossy(bad).trim_end()
+                )))
+            );
+        }
+    }
+
+    #[test]
+    fn command_bytes() {
+        assert_eq!(capa(), b"CAPA\r\n");
+        assert_eq!(stls(), b"STLS\r\n");
+        assert_eq!(uidl(), b"UIDL\r\n");
+        assert_eq!(list(), b"LIST\r\n");
+        assert_eq!(quit(), b"QUIT\r\n");
+        assert_eq!(retr(4_294_967_295), b"RETR 4294967295\r\n");
+        assert_eq!(dele(1), b"DELE 1\r\n");
+        assert_eq!(
+            user("bob@example.com").unwrap(),
+            b"USER bob@example.com\r\n"
+        );
+        assert_eq!(pass("p w").unwrap(), b"PASS p w\r\n");
+        assert_eq!(auth("OAUTHBEARER"), b"AUTH OAUTHBEARER\r\n");
+        assert_eq!(sasl_line("AQ=="), b"AQ==\r\n");
+        assert_eq!(sasl_line(""), b"\r\n");
+    }
+
     #[test]
     fn commands_refuse_injection() {
+        for bad in ["a\rb", "a\nb", "a\0b"] {
+            assert!(user(bad).is_none(), "{bad:?}");
+            assert!(pass(bad).is_none(), "{bad:?}");
+        }
         assert!(user("a\r\nDELE 1").is_none());
         assert!(pass("x\ny").is_none());
         assert_eq!(auth("XOAUTH2"), b"AUTH XOAUTH2\r\n");

@@ -61,7 +61,7 @@ pub fn plain(user: &str, password: &Secret) -> Secret {
 
 /// What a client sends to abort after an error challenge: XOAUTH2 expects an empty line,
 /// OAUTHBEARER a single %x01 (`AQ==`). Answering instead of waiting is what keeps a
-/// rejected token from hanging until the read timeout (ANCHORS item 5).
+/// rejected token from hanging until the read timeout (RFC 7628 §3.2.3, PROTOCOLS §2.4).
 pub fn error_challenge_reply(oauthbearer: bool) -> &'static str {
     if oauthbearer { "AQ==" } else { "" }
 }
@@ -71,11 +71,11 @@ pub fn error_challenge_reply(oauthbearer: bool) -> &'static str {
 /// Returns the decoded text when it is printable, the raw challenge otherwise.
 pub fn describe_challenge(challenge: &str) -> String {
     match STANDARD.decode(challenge.trim()) {
-        Ok(bytes) if !bytes.is_empty() => match String::from_utf8(bytes) {
+        Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) if !text.chars().any(|c| c.is_control() && c != '\n') => text,
             _ => challenge.trim().to_string(),
         },
-        _ => challenge.trim().to_string(),
+        Err(_) => challenge.trim().to_string(),
     }
 }
 
@@ -128,5 +128,51 @@ mod tests {
         assert!(describe_challenge(&c).contains("\"status\":\"401\""));
         assert_eq!(describe_challenge(""), "");
         assert_eq!(describe_challenge("not base64!"), "not base64!");
+    }
+
+    #[test]
+    fn abort_reply_after_an_error_challenge() {
+        // RFC 7628 §3.2.3: OAUTHBEARER answers with a single %x01; Google's XOAUTH2 wants an
+        // empty line.
+        assert_eq!(error_challenge_reply(true), "AQ==");
+        assert_eq!(STANDARD.decode(error_challenge_reply(true)).unwrap(), [1]);
+        assert_eq!(error_challenge_reply(false), "");
+    }
+
+    #[test]
+    fn challenge_description_shows_only_printable_text() {
+        let dovecot = STANDARD.encode(r#"{"status":"invalid_token"}"#);
+        assert_eq!(
+            describe_challenge(&format!(" {dovecot}\r\n")),
+            r#"{"status":"invalid_token"}"#
+        );
+        // Pretty-printed JSON keeps its newlines.
+        let pretty = "{\n  \"status\": \"401\"\n}";
+        assert_eq!(describe_challenge(&STANDARD.encode(pretty)), pretty);
+        // Control characters or bytes that are not UTF-8: the challenge as sent.
+        let binary = STANDARD.encode([b'a', 1, b'b']);
+        assert_eq!(describe_challenge(&binary), binary);
+        let tab = STANDARD.encode("a\tb");
+        assert_eq!(describe_challenge(&tab), tab);
+        let latin1 = STANDARD.encode([0xe9, 0x74, 0xe9]);
+        assert_eq!(describe_challenge(&format!("{latin1} ")), latin1);
+    }
+
+    #[test]
+    fn xoauth2_has_no_authzid_and_ends_with_two_separators() {
+        let s = xoauth2("a@b", &Secret::new("tok"));
+        assert_eq!(
+            STANDARD.decode(s.expose()).unwrap(),
+            b"user=a@b\x01auth=Bearer tok\x01\x01"
+        );
+    }
+
+    #[test]
+    fn oauthbearer_layout() {
+        let s = oauthbearer("u@x", "imap.example.com", 993, &Secret::new("tok"));
+        assert_eq!(
+            STANDARD.decode(s.expose()).unwrap(),
+            b"n,a=u@x,\x01host=imap.example.com\x01port=993\x01auth=Bearer tok\x01\x01"
+        );
     }
 }

@@ -80,7 +80,8 @@ impl SecretBox {
     }
 
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
-        if sealed.len() < 12 {
+        // Nonce plus Poly1305 tag: anything shorter was cut, not sealed by us.
+        if sealed.len() < 12 + 16 {
             return Err("record too short".into());
         }
         let (nonce, body) = sealed.split_at(12);
@@ -129,5 +130,130 @@ mod tests {
         }
         let other = SecretBox::load_or_create(&dir.path().join("k2")).unwrap();
         assert!(other.open(&sealed).is_err());
+    }
+
+    const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    #[test]
+    fn pending_key_file_sits_beside_the_key() {
+        assert_eq!(
+            pending_path(Path::new("/var/lib/ms/secret.key")),
+            Path::new("/var/lib/ms/secret.key.new")
+        );
+    }
+
+    #[test]
+    fn existing_key_file_is_used_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, format!("{KEY_HEX}\n")).unwrap();
+        let sealed = SecretBox::load_or_create(&path)
+            .unwrap()
+            .seal(b"t")
+            .unwrap();
+        // The same key through the other loader, and through the cipher directly.
+        assert_eq!(SecretBox::load(&path).unwrap().open(&sealed).unwrap(), b"t");
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&hex::decode(KEY_HEX).unwrap()));
+        assert_eq!(
+            cipher
+                .decrypt(Nonce::from_slice(&sealed[..12]), &sealed[12..])
+                .unwrap(),
+            b"t"
+        );
+        // An existing key is never replaced.
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{KEY_HEX}\n")
+        );
+    }
+
+    #[test]
+    fn key_files_must_hold_64_hex_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("short", &KEY_HEX[..62]),
+            ("long", &format!("{KEY_HEX}00")[..]),
+            ("not-hex", &"zz".repeat(32)[..]),
+            ("empty", ""),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let want = format!("{}: expected 64 hex characters", path.display());
+            assert_eq!(SecretBox::load(&path).err(), Some(want.clone()), "{name}");
+            assert_eq!(SecretBox::load_or_create(&path).err(), Some(want), "{name}");
+        }
+        // A key file that cannot be read (here: raw bytes, not text) is reported as it is,
+        // never treated as missing and replaced.
+        let binary = dir.path().join("binary");
+        std::fs::write(&binary, [0xff; 32]).unwrap();
+        let read_error = std::fs::read_to_string(&binary).unwrap_err();
+        let want = format!("{}: {read_error}", binary.display());
+        assert_eq!(SecretBox::load_or_create(&binary).err(), Some(want.clone()));
+        assert_eq!(SecretBox::load(&binary).err(), Some(want));
+        assert_eq!(std::fs::read(&binary).unwrap(), [0xff; 32]);
+        assert!(SecretBox::load(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn created_key_file_is_private_and_loadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b/k");
+        let created = SecretBox::load_or_create(&nested).unwrap();
+        let text = std::fs::read_to_string(&nested).unwrap();
+        assert_eq!(hex::decode(&text).unwrap().len(), 32);
+
+        let path = dir.path().join("rotated");
+        let fresh = SecretBox::create_at(&path).unwrap();
+        let sealed = fresh.seal(b"new key").unwrap();
+        assert_eq!(
+            SecretBox::load(&path).unwrap().open(&sealed).unwrap(),
+            b"new key"
+        );
+        assert!(created.open(&sealed).is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Never over an existing key: a rotation must not destroy the key it replaces.
+        assert!(SecretBox::create_at(&path).is_err());
+        assert_eq!(
+            SecretBox::load(&path).unwrap().open(&sealed).unwrap(),
+            b"new key"
+        );
+    }
+
+    #[test]
+    fn sealed_record_is_nonce_ciphertext_tag_with_a_fresh_nonce() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SecretBox::load_or_create(&dir.path().join("k")).unwrap();
+        let one = b.seal(b"abc").unwrap();
+        let two = b.seal(b"abc").unwrap();
+        assert_eq!(one.len(), 12 + 3 + 16);
+        assert_ne!(one[..12], two[..12]);
+        let empty = b.seal(b"").unwrap();
+        assert_eq!(empty.len(), 12 + 16);
+        assert_eq!(b.open(&empty).unwrap(), b"");
+    }
+
+    #[test]
+    fn short_or_altered_records_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SecretBox::load_or_create(&dir.path().join("k")).unwrap();
+        for len in 0..12 + 16 {
+            assert_eq!(
+                b.open(&vec![7; len]),
+                Err("record too short".to_string()),
+                "{len} bytes"
+            );
+        }
+        let mut sealed = b.seal(b"token").unwrap();
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert_eq!(
+            b.open(&sealed),
+            Err("cannot decrypt (wrong node.secret_key_file?)".to_string())
+        );
     }
 }
