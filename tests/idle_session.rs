@@ -86,7 +86,9 @@ fn idle_is_reissued_wakes_on_new_mail_and_stops_cleanly() {
     let cred = Credential::Password(Secret::new("alice-password"));
     let passes: Arc<Mutex<Vec<CycleReport>>> = Arc::default();
     let seen = passes.clone();
-    let mut on_pass = move |r: &CycleReport, _: &[String]| seen.lock().unwrap().push(*r);
+    let mut on_pass = move |r: &CycleReport, _: &[mailsluice::ingest::RefusedFolder]| {
+        seen.lock().unwrap().push(*r)
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ctl = IdleCtl {
         stop: stop_rx,
@@ -160,7 +162,7 @@ fn an_idle_session_ends_before_its_token_is_due_and_asks_to_reopen() {
         source,
     } = setup();
     let cred = Credential::Password(Secret::new("alice-password"));
-    let mut on_pass = |_: &CycleReport, _: &[String]| {};
+    let mut on_pass = |_: &CycleReport, _: &[mailsluice::ingest::RefusedFolder]| {};
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ctl = IdleCtl {
         stop: stop_rx,

@@ -559,7 +559,9 @@ fn imap_idle() {
     let cred = Credential::Password(Secret::new(PASSWORD));
     let passes: Arc<Mutex<Vec<CycleReport>>> = Arc::default();
     let seen = passes.clone();
-    let mut on_pass = move |p: &CycleReport, _: &[String]| seen.lock().unwrap().push(*p);
+    let mut on_pass = move |p: &CycleReport, _: &[mailsluice::ingest::RefusedFolder]| {
+        seen.lock().unwrap().push(*p)
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ctl = IdleCtl {
         stop: stop_rx,

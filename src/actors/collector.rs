@@ -120,13 +120,16 @@ async fn attempt(deps: &CollectorDeps, stop: watch::Receiver<bool>) -> Attempt {
         Err(a) => return a,
     };
     let started = Instant::now();
-    let mut on_pass = |report: &ingest::CycleReport, failed: &[String]| {
+    let mut on_pass = |report: &ingest::CycleReport, failed: &[ingest::RefusedFolder]| {
         record_success(deps, report);
         if !failed.is_empty() {
             record_failure(
                 deps,
                 ErrorKind::Protocol,
-                &format!("folders not collected: {}", failed.join("; ")),
+                &format!(
+                    "folders not collected: {}",
+                    ingest::RefusedFolder::list(failed)
+                ),
                 SourceState::Degraded,
             );
         }

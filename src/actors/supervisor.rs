@@ -434,13 +434,33 @@ impl Handler<Shutdown> for Supervisor {
     }
 }
 
+/// Why a refresh token was not imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The provider refused the token, or could not be reached (its words).
+    #[error(transparent)]
+    Token(#[from] crate::auth::TokenError),
+    /// The node is stopping: its token manager no longer takes messages.
+    #[error("the node's token manager is not running: {0}")]
+    NodeStopping(#[from] actix::MailboxError),
+}
+
+impl ImportError {
+    pub fn kind(&self) -> telemetry::ErrorKind {
+        match self {
+            ImportError::Token(e) => e.kind(),
+            ImportError::NodeStopping(_) => telemetry::ErrorKind::Token,
+        }
+    }
+}
+
 /// Imports a refresh token through the TokenManager and, on success, resumes the source.
 pub async fn import_and_resume(
     node: &NodeHandle,
     source: String,
     refresh_token: crate::secret::Secret,
     identity: Option<String>,
-) -> Result<crate::auth::AccessToken, String> {
+) -> Result<crate::auth::AccessToken, ImportError> {
     let result = node
         .import
         .send(ImportRefreshToken {
@@ -448,9 +468,7 @@ pub async fn import_and_resume(
             refresh_token,
             identity,
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .await??;
     node.reauthorized.do_send(ReauthorizedSource { source });
     Ok(result)
 }

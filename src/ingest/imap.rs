@@ -14,7 +14,8 @@ use crate::telemetry;
 
 use super::pipeline::{Destination, Fetched, budget_for, parse_and_store, take_budget};
 use super::{
-    Credential, CycleError, CycleReport, FETCH_BATCH, IdleCtl, LIST_WINDOW, ReopenAt, login,
+    Credential, CycleError, CycleReport, FETCH_BATCH, IdleCtl, LIST_WINDOW, RefusedFolder,
+    ReopenAt, login,
 };
 
 pub(super) async fn run_imap(
@@ -165,7 +166,10 @@ async fn idle_loop(
     }
 }
 
-pub(super) fn finish(report: CycleReport, failed: Vec<String>) -> Result<CycleReport, CycleError> {
+pub(super) fn finish(
+    report: CycleReport,
+    failed: Vec<RefusedFolder>,
+) -> Result<CycleReport, CycleError> {
     if failed.is_empty() {
         Ok(report)
     } else {
@@ -210,10 +214,10 @@ pub(super) async fn collect_folders(
     reopen_at: Option<ReopenAt>,
     first_batch: &mut bool,
     report: &mut CycleReport,
-) -> Result<Vec<String>, CycleError> {
+) -> Result<Vec<RefusedFolder>, CycleError> {
     let mut failed_folders = Vec::new();
     for folder in folders {
-        if let Err(why) = collect_folder(
+        if let Folder::Refused(reply) = collect_folder(
             store,
             session,
             source,
@@ -225,14 +229,24 @@ pub(super) async fn collect_folders(
         .await?
         {
             // The server refused this folder (gone, renamed, no rights): collect the others.
-            tracing::warn!(source = %source.name, folder = %folder, error = %why, "folder cannot be opened; the other folders are collected");
-            failed_folders.push(format!("{folder}: {why}"));
+            tracing::warn!(source = %source.name, folder = %folder, error = %reply, "folder cannot be opened; the other folders are collected");
+            failed_folders.push(RefusedFolder {
+                folder: folder.clone(),
+                reply,
+            });
         }
         if report.more {
             break;
         }
     }
     Ok(failed_folders)
+}
+
+/// What became of one folder in a session.
+pub(super) enum Folder {
+    Collected,
+    /// The server would not open it (its reply).
+    Refused(crate::protocol::ProtocolError),
 }
 
 pub(super) async fn collect_folder(
@@ -243,7 +257,7 @@ pub(super) async fn collect_folder(
     reopen_at: Option<ReopenAt>,
     first_batch: &mut bool,
     report: &mut CycleReport,
-) -> Result<Result<(), String>, CycleError> {
+) -> Result<Folder, CycleError> {
     let read_only = source.after_ingest == AfterIngest::Keep;
     let selected = match session.select(folder, read_only).await {
         Ok(s) => s,
@@ -251,7 +265,7 @@ pub(super) async fn collect_folder(
         // session, not the folder (Office 365's "User is authenticated but not connected"):
         // it ends the session like any other error.
         Err(SessionError::Protocol { source: why, .. }) if !is_bad(&why) => {
-            return Ok(Err(why.to_string()));
+            return Ok(Folder::Refused(why));
         }
         Err(e) => return Err(e.into()),
     };
@@ -284,7 +298,7 @@ pub(super) async fn collect_folder(
         // Nothing new, but an earlier session may have stored messages and died before
         // changing the server.
         apply_pending(store, session, source, folder, selected.uidvalidity, report).await?;
-        return Ok(Ok(()));
+        return Ok(Folder::Collected);
     }
     // Listed window by window, so memory stays bounded whatever the folder's size.
     let last_uid = selected.uidnext.map(|next| next.saturating_sub(1));
@@ -343,7 +357,7 @@ pub(super) async fn collect_folder(
     // Durable before anything is done on the server (post-actions) or reported.
     store.flush().await?;
     apply_pending(store, session, source, folder, selected.uidvalidity, report).await?;
-    Ok(Ok(()))
+    Ok(Folder::Collected)
 }
 
 /// Whether the server's refusal was a tagged `BAD` (the command itself was not accepted).

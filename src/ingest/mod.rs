@@ -46,8 +46,8 @@ pub enum CycleError {
     Credential(String),
     /// Some folders could not be opened (deleted, renamed, no access); the others were
     /// collected.
-    #[error("folders not collected: {}", .0.join("; "))]
-    Folders(Vec<String>),
+    #[error("folders not collected: {}", RefusedFolder::list(.0))]
+    Folders(Vec<RefusedFolder>),
 }
 
 impl CycleError {
@@ -58,6 +58,26 @@ impl CycleError {
             CycleError::Credential(_) => ErrorKind::Auth,
             CycleError::Folders(_) => ErrorKind::Protocol,
         }
+    }
+}
+
+/// A folder the server would not open (`NO` to SELECT/EXAMINE: deleted, renamed, no
+/// rights), with its reply; the session collects the others.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{folder}: {reply}")]
+pub struct RefusedFolder {
+    pub folder: String,
+    pub reply: crate::protocol::ProtocolError,
+}
+
+impl RefusedFolder {
+    /// `a: reply; b: reply`, as the operator reads it.
+    pub fn list(refused: &[RefusedFolder]) -> String {
+        refused
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -169,7 +189,7 @@ pub struct IdleCtl<'a> {
     /// Called after each pass of the session (the first included) with what it did and the
     /// folders that could not be opened. The report `run_session` returns then carries only
     /// its flags.
-    pub on_pass: &'a mut (dyn FnMut(&CycleReport, &[String]) + Send),
+    pub on_pass: &'a mut (dyn FnMut(&CycleReport, &[RefusedFolder]) + Send),
     /// `node.max_sessions`: a slot is held while collecting, given back while idling.
     pub sessions: Arc<tokio::sync::Semaphore>,
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,

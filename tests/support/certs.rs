@@ -132,3 +132,24 @@ fn write_private(path: &Path, contents: &[u8]) {
     file.write_all(contents)
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
+
+/// A TLS acceptor serving the certificate chain in `cert_pem` with the key in `key_pem`
+/// (the harness certificate), for the relays that stand in front of Dovecot.
+pub fn tls_acceptor(cert_pem: &Path, key_pem: &Path) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_pem)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key_pem).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}

@@ -350,7 +350,8 @@ async fn dovecot_idle_collects_what_exists_reports_over_the_same_session() {
         ScriptServer::start_observed(Script::load("dovecot-imap-idle.txt"), observer).await;
     let s = setup(&server, "imap", "idle = true\npoll_interval_secs = 3600\n");
     let mut passes = Vec::new();
-    let mut on_pass = |r: &CycleReport, failed: &[String]| passes.push((r.stored, failed.len()));
+    let mut on_pass =
+        |r: &CycleReport, failed: &[RefusedFolder]| passes.push((r.stored, failed.len()));
     let permit = sessions.clone().acquire_owned().await.ok();
     let ctl = IdleCtl {
         stop,
