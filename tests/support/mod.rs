@@ -60,6 +60,39 @@ pub fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The pauses between polls of [`wait_for`] and [`wait_for_async`]: 5 ms, doubling up to
+/// 100 ms, until the deadline.
+struct Polls {
+    timeout: Duration,
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl Polls {
+    fn new(timeout: Duration) -> Polls {
+        Polls {
+            timeout,
+            deadline: Instant::now() + timeout,
+            pause: Duration::from_millis(5),
+        }
+    }
+
+    /// The pause before the next poll; panics naming `what` (and `context()`) once the
+    /// deadline has passed.
+    fn next(&mut self, what: &str, context: &mut Option<impl FnOnce() -> String>) -> Duration {
+        if Instant::now() >= self.deadline {
+            let context = context.take().map(|c| c()).unwrap_or_default();
+            panic!(
+                "timed out after {:?} waiting for {what}\n{context}",
+                self.timeout
+            );
+        }
+        let pause = self.pause;
+        self.pause = (self.pause * 2).min(Duration::from_millis(100));
+        pause
+    }
+}
+
 /// Polls `probe` until it returns `Some`, or panics with `what` and `context()` after
 /// `timeout`. For conditions that have no event to wait on (a port starting to accept, a file
 /// appearing); the poll interval starts at 5 ms and doubles up to 100 ms.
@@ -69,20 +102,12 @@ pub fn wait_for<T>(
     mut probe: impl FnMut() -> Option<T>,
     context: impl FnOnce() -> String,
 ) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(5);
+    let (mut polls, mut context) = (Polls::new(timeout), Some(context));
     loop {
         if let Some(value) = probe() {
             return value;
         }
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}",
-                context()
-            );
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
+        std::thread::sleep(polls.next(what, &mut context));
     }
 }
 
@@ -94,20 +119,12 @@ pub async fn wait_for_async<T>(
     mut probe: impl FnMut() -> Option<T>,
     context: impl FnOnce() -> String,
 ) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(5);
+    let (mut polls, mut context) = (Polls::new(timeout), Some(context));
     loop {
         if let Some(value) = probe() {
             return value;
         }
-        if Instant::now() >= deadline {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}",
-                context()
-            );
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
+        tokio::time::sleep(polls.next(what, &mut context)).await;
     }
 }
 

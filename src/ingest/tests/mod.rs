@@ -45,10 +45,11 @@ fn setup(server: &ScriptServer, protocol: &str, extra: &str) -> Setup {
     let store = Arc::new(
         Store::open(&settings.node.data_dir, &settings.node.secret_key_file).expect("store"),
     );
+    // Generous: a busy machine must not turn a slow reply into a different outcome.
     let connector = Connector::new(
         &settings.tls,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
+        Duration::from_secs(20),
+        Duration::from_secs(20),
     )
     .expect("connector");
     Setup {
