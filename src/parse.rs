@@ -48,7 +48,21 @@ const MIN_CUT: usize = 2048;
 /// What a cut body is replaced with in that copy: one base64 quantum (3 bytes decoded).
 const PLACEHOLDER: &[u8] = b"AAAA\r\n";
 
-/// Parses a raw message. `Err` carries a short reason for the parse-error mark.
+/// Why a message could not be parsed: the reason its parse-error mark gives (the message is
+/// stored raw all the same).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("no RFC 5322 header found")]
+    NoHeader,
+    /// mail-parser panicked on it (some malformed nestings of attached messages).
+    #[error("mail-parser failed on it: {0}")]
+    ParserPanicked(String),
+    /// A cut-out body was not confirmed by the parse of the whole message (a bug of ours).
+    #[error("a cut without a part")]
+    CutWithoutPart,
+}
+
+/// Parses a raw message. `Err` carries the reason for the parse-error mark.
 ///
 /// mail-parser decodes every part, but of an attachment we keep only its size. So the base64
 /// bodies of non-text parts are cut out first ([`base64_bodies`]): mail-parser reads a copy of
@@ -56,28 +70,28 @@ const PLACEHOLDER: &[u8] = b"AAAA\r\n";
 /// counting the cut bytes the way mail-parser's decoder would decode them. The parse of the
 /// copy must confirm every cut: each must be the body of a base64 attachment of the message
 /// itself. When one is not, the message is parsed as it is.
-pub fn parse(raw: &[u8]) -> Result<ParsedFields, String> {
+pub fn parse(raw: &[u8]) -> Result<ParsedFields, ParseError> {
     parse_cutting(raw, MIN_CUT)
 }
 
 /// The parse of the message as it is, nothing cut: what [`parse`] must agree with.
 #[doc(hidden)]
-pub fn parse_whole(raw: &[u8]) -> Result<ParsedFields, String> {
-    guarded(raw, &[]).unwrap_or_else(|| Err("a cut without a part".to_string()))
+pub fn parse_whole(raw: &[u8]) -> Result<ParsedFields, ParseError> {
+    guarded(raw, &[]).unwrap_or(Err(ParseError::CutWithoutPart))
 }
 
 /// [`fields`], with a panic in mail-parser made a parse error. mail-parser panics on some
 /// malformed nestings of attached messages ("Invalid part ID, could not find multipart"); such
 /// a message must be stored raw like any other it cannot parse, not fail its mailbox's cycle
 /// again and again.
-fn guarded(raw: &[u8], placed: &[(u32, u64)]) -> Option<Result<ParsedFields, String>> {
+fn guarded(raw: &[u8], placed: &[(u32, u64)]) -> Option<Result<ParsedFields, ParseError>> {
     std::panic::catch_unwind(|| fields(raw, placed)).unwrap_or_else(|panic| {
         let why = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        Some(Err(format!("mail-parser failed on it: {why}")))
+        Some(Err(ParseError::ParserPanicked(why)))
     })
 }
 
@@ -99,13 +113,13 @@ pub fn quiet_mail_parser_panics() {
 
 /// [`parse`] cutting base64 bodies of at least `min_cut` bytes (small ones too, to fuzz).
 #[doc(hidden)]
-pub fn parse_cutting(raw: &[u8], min_cut: usize) -> Result<ParsedFields, String> {
+pub fn parse_cutting(raw: &[u8], min_cut: usize) -> Result<ParsedFields, ParseError> {
     parse_cut(raw, min_cut).unwrap_or_else(|| parse_whole(raw))
 }
 
 /// The parse of the copy with the base64 bodies cut out; `None` when there is nothing to cut
 /// or the copy's parse does not confirm every cut (then the message as it is decides).
-fn parse_cut(raw: &[u8], min_cut: usize) -> Option<Result<ParsedFields, String>> {
+fn parse_cut(raw: &[u8], min_cut: usize) -> Option<Result<ParsedFields, ParseError>> {
     let cuts = base64_bodies(raw, min_cut.max(1));
     if cuts.is_empty() {
         return None;
@@ -128,12 +142,12 @@ fn parse_cut(raw: &[u8], min_cut: usize) -> Option<Result<ParsedFields, String>>
 /// The fields of `raw`, where `placed` lists (offset in `raw`, decoded size) of the bodies
 /// that were cut and replaced by [`PLACEHOLDER`]. `None` when one of them is not the body of a
 /// base64 attachment of the message.
-fn fields(raw: &[u8], placed: &[(u32, u64)]) -> Option<Result<ParsedFields, String>> {
+fn fields(raw: &[u8], placed: &[(u32, u64)]) -> Option<Result<ParsedFields, ParseError>> {
     let Some(msg) = MessageParser::default().parse(raw) else {
-        return Some(Err("no RFC 5322 header found".to_string()));
+        return Some(Err(ParseError::NoHeader));
     };
     if msg.headers().is_empty() {
-        return Some(Err("no RFC 5322 header found".to_string()));
+        return Some(Err(ParseError::NoHeader));
     }
     let mut confirmed = 0;
     let mut attachments = Vec::new();
@@ -397,14 +411,15 @@ mod tests {
 
     #[test]
     fn unparseable_input_is_an_error_not_a_panic() {
-        assert!(parse(b"").is_err());
-        assert!(parse(b"\r\n").is_err());
+        assert_eq!(parse(b""), Err(ParseError::NoHeader));
+        assert_eq!(parse(b"\r\n"), Err(ParseError::NoHeader));
         // mail-parser itself panics on this nesting of attached messages.
         let nested = b"t\r\nContent-Type: multipart/med; boundary=o\r\n\r\n--o\r\nContent-Type: message/rfc822\r\n\r\nFrom\r\nContent-Type: message/rfc822\r\n\r\n\r\npU\r\n--o--\r\n";
         assert!(std::panic::catch_unwind(|| MessageParser::default().parse(&nested[..])).is_err());
         let err = parse(nested).unwrap_err();
         assert!(
-            err.starts_with("mail-parser failed on it: Invalid part ID"),
+            err.to_string()
+                .starts_with("mail-parser failed on it: Invalid part ID"),
             "{err}"
         );
     }

@@ -87,7 +87,7 @@ async fn imap_seen_flags_after_storing_and_redoes_an_interrupted_action() {
             },
             raw: extra[0].clone(),
             internal_date: None,
-            parsed: Err("test".into()),
+            parsed: Err(mailsluice::parse::ParseError::NoHeader),
             post_action: true,
             rematch: false,
         })

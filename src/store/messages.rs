@@ -59,7 +59,7 @@ pub struct NewMessage {
     pub location: Location,
     pub raw: Vec<u8>,
     pub internal_date: Option<String>,
-    pub parsed: Result<ParsedFields, String>,
+    pub parsed: Result<ParsedFields, crate::parse::ParseError>,
     /// IMAP: the source changes the server after storing (seen, move, delete). Recorded in
     /// the same transaction, so a crash before the change leaves it to be redone.
     pub post_action: bool,
@@ -371,7 +371,7 @@ impl Store {
         let source_key = msg.source.as_bytes().to_vec();
         let (parsed, parse_error) = match msg.parsed {
             Ok(p) => (Some(p), None),
-            Err(e) => (None, Some(e)),
+            Err(e) => (None, Some(e.to_string())),
         };
         let meta = MessageMeta {
             // Given at commit; the key holds it.

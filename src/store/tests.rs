@@ -544,7 +544,7 @@ fn pop3_uidls_and_tokens() {
         location: Location::Pop3 { uidl: "abc".into() },
         raw: b"Subject: x\r\n\r\n".to_vec(),
         internal_date: None,
-        parsed: Err("x".into()),
+        parsed: Err(crate::parse::ParseError::NoHeader),
         post_action: false,
         rematch: false,
     };
