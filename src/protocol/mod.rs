@@ -86,6 +86,29 @@ pub fn take_front(buf: &mut Vec<u8>, n: usize) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// What `take_front` gives back: whether the front kept the buffer's allocation.
+    fn takes_allocation(n: usize, rest: usize) -> bool {
+        let mut buf = vec![7u8; n + rest];
+        let start = buf.as_ptr();
+        let front = take_front(&mut buf, n);
+        assert_eq!((front.len(), buf.len()), (n, rest));
+        assert!(front.iter().chain(buf.iter()).all(|b| *b == 7));
+        front.as_ptr() == start
+    }
+
+    #[test]
+    fn a_frame_of_most_of_a_large_buffer_takes_its_allocation_and_others_are_copied() {
+        // 64 KiB or more, with at most a quarter of it left after: the allocation goes.
+        assert!(takes_allocation(64 * 1024, 0));
+        assert!(takes_allocation(64 * 1024, 16 * 1024));
+        assert!(takes_allocation(1 << 20, (1 << 20) / 4));
+        // Just under either bound: copied out, the buffer keeps its allocation.
+        assert!(!takes_allocation(64 * 1024 - 1, 0));
+        assert!(!takes_allocation(64 * 1024, 16 * 1024 + 1));
+        assert!(!takes_allocation(1 << 20, (1 << 20) / 4 + 1));
+        assert!(!takes_allocation(100, 0));
+    }
+
     #[test]
     fn o365_throttle_backoff_is_read() {
         assert_eq!(

@@ -57,6 +57,30 @@ fn stores_once_and_advances_checkpoint() {
 }
 
 #[test]
+fn a_checkpoint_moves_on_under_its_uidvalidity_and_starts_over_under_another() {
+    let at = |uidvalidity, last_uid, rematch_below| Checkpoint {
+        uidvalidity,
+        last_uid,
+        rematch_below,
+    };
+    // Same UIDVALIDITY: the further of the two, keeping the re-match bound.
+    assert_eq!(
+        Checkpoint::advanced(Some(at(7, 5, Some(9))), at(7, 8, None)),
+        at(7, 8, Some(9))
+    );
+    assert_eq!(
+        Checkpoint::advanced(Some(at(7, 5, Some(9))), at(7, 3, None)),
+        at(7, 5, Some(9))
+    );
+    // Another UIDVALIDITY, or none yet: the new one as it is.
+    assert_eq!(
+        Checkpoint::advanced(Some(at(7, 5, Some(9))), at(8, 2, None)),
+        at(8, 2, None)
+    );
+    assert_eq!(Checkpoint::advanced(None, at(8, 2, None)), at(8, 2, None));
+}
+
+#[test]
 fn rematch_after_uidvalidity_change_maps_to_existing_copy() {
     let (_d, s) = store();
     let a = b"Subject: a\r\n\r\nx\r\n";
