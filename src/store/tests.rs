@@ -81,6 +81,48 @@ fn a_checkpoint_moves_on_under_its_uidvalidity_and_starts_over_under_another() {
 }
 
 #[test]
+fn skipping_moves_the_checkpoint_past_a_message_never_back() {
+    let (_d, s) = store();
+    let cp = |s: &Store| {
+        let c = s.checkpoint("s", "INBOX").unwrap().unwrap();
+        (c.uidvalidity, c.last_uid, c.rematch_below)
+    };
+    s.skip("s", "INBOX", 7, 4).unwrap();
+    assert_eq!(cp(&s), (7, 4, None));
+    s.skip("s", "INBOX", 7, 2).unwrap();
+    assert_eq!(cp(&s), (7, 4, None), "never back");
+    s.reset_checkpoint("s", "INBOX", 8, Some(6)).unwrap();
+    s.skip("s", "INBOX", 8, 3).unwrap();
+    assert_eq!(cp(&s), (8, 3, Some(6)), "the re-match bound stays");
+    // A skip under another UIDVALIDITY (the folder changed meanwhile) starts over.
+    s.skip("s", "INBOX", 9, 1).unwrap();
+    assert_eq!(cp(&s), (9, 1, None));
+}
+
+#[test]
+fn post_action_records_are_kept_per_uidvalidity_until_done() {
+    let (_d, s) = store();
+    let acting = |uid, uv| NewMessage {
+        post_action: true,
+        ..imap_msg(uid, uv, format!("Subject: {uid}\r\n\r\nx\r\n").as_bytes())
+    };
+    for uid in 1..=3 {
+        s.store(acting(uid, 7)).unwrap();
+    }
+    // Keep (no post-action) records nothing.
+    s.store(imap_msg(4, 7, b"Subject: 4\r\n\r\nx\r\n")).unwrap();
+    let mut uids = s.pending_actions("s", "INBOX", 7).unwrap();
+    uids.sort_unstable();
+    assert_eq!(uids, vec![1, 2, 3]);
+    s.actions_done("s", "INBOX", 7, &[1, 3]).unwrap();
+    assert_eq!(s.pending_actions("s", "INBOX", 7).unwrap(), vec![2]);
+    assert!(s.pending_actions("s", "Other", 7).unwrap().is_empty());
+    // Under a new UIDVALIDITY the old UIDs mean nothing: forgotten.
+    assert!(s.pending_actions("s", "INBOX", 8).unwrap().is_empty());
+    assert!(s.pending_actions("s", "INBOX", 7).unwrap().is_empty());
+}
+
+#[test]
 fn rematch_after_uidvalidity_change_maps_to_existing_copy() {
     let (_d, s) = store();
     let a = b"Subject: a\r\n\r\nx\r\n";
