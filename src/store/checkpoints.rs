@@ -82,12 +82,6 @@ impl Store {
     ) -> Result<(), StoreError> {
         let key = folder_key(source, folder);
         let current = self.checkpoint(source, folder)?;
-        if let Some(c) = current
-            && c.uidvalidity == uidvalidity
-            && c.last_uid >= uid
-        {
-            return Ok(());
-        }
         let cp = Checkpoint::advanced(
             current,
             Checkpoint {
@@ -96,6 +90,9 @@ impl Store {
                 rematch_below: None,
             },
         );
+        if current == Some(cp) {
+            return Ok(());
+        }
         self.checkpoints.insert(
             key,
             serde_json::to_vec(&cp).map_err(|e| StoreError::Corrupt(e.to_string()))?,
