@@ -194,6 +194,24 @@ fn identical_messages_are_one_message_per_uid() {
     assert_eq!(s.store(rematching(imap_msg(5, 9, same))).unwrap(), again[0]);
 }
 
+/// Re-matching looks only at copies of the same bytes in the same folder of the same source.
+#[test]
+fn rematch_finds_only_the_same_bytes_in_the_same_folder() {
+    let (_d, s) = store();
+    let mut other_folder = imap_msg(1, 7, b"Subject: a\r\n\r\nx\r\n");
+    if let Location::Imap { folder, .. } = &mut other_folder.location {
+        *folder = "Archive".into();
+    }
+    s.store(other_folder).unwrap();
+    s.store(imap_msg(1, 7, b"Subject: b\r\n\r\ny\r\n")).unwrap();
+    s.reset_checkpoint("s", "INBOX", 8, None).unwrap();
+    let out = s
+        .store(rematching(imap_msg(1, 8, b"Subject: a\r\n\r\nx\r\n")))
+        .unwrap();
+    assert!(matches!(out, StoreOutcome::Stored(_)), "{out:?}");
+    assert_eq!(s.counts().unwrap()["s"], 3);
+}
+
 /// A store written before each copy had a content key of its own (`prefix → id`) still
 /// re-matches, and the claimed copy moves to a key of the new kind.
 #[test]
