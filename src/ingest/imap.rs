@@ -264,7 +264,10 @@ pub(super) async fn collect_folder(
         // NO: this folder cannot be opened (gone, renamed, no rights). BAD is about the
         // session, not the folder (Office 365's "User is authenticated but not connected"):
         // it ends the session like any other error.
-        Err(SessionError::Protocol { source: why, .. }) if !is_bad(&why) => {
+        Err(SessionError::Protocol {
+            source: why @ crate::protocol::ProtocolError::Rejected(_),
+            ..
+        }) => {
             return Ok(Folder::Refused(why));
         }
         Err(e) => return Err(e.into()),
@@ -358,17 +361,6 @@ pub(super) async fn collect_folder(
     store.flush().await?;
     apply_pending(store, session, source, folder, selected.uidvalidity, report).await?;
     Ok(Folder::Collected)
-}
-
-/// Whether the server's refusal was a tagged `BAD` (the command itself was not accepted).
-pub(super) fn is_bad(why: &crate::protocol::ProtocolError) -> bool {
-    match why {
-        crate::protocol::ProtocolError::Rejected(line) => line
-            .split_ascii_whitespace()
-            .nth(1)
-            .is_some_and(|word| word.eq_ignore_ascii_case("BAD")),
-        _ => false,
-    }
 }
 
 /// Makes what was stored durable, then does the post-action of every stored-but-not-yet-

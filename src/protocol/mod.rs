@@ -36,6 +36,10 @@ pub enum ProtocolError {
     Malformed(String),
     #[error("server refused: {0}")]
     Rejected(String),
+    /// A tagged `BAD`: the server did not accept the command itself (as opposed to `NO`, a
+    /// refusal of what it asked for, e.g. a folder that does not exist).
+    #[error("server refused the command: {0}")]
+    CommandRefused(String),
     #[error("server lacks a required capability: {0}")]
     MissingCapability(String),
 }

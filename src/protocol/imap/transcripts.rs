@@ -534,9 +534,10 @@ fn o365_authenticated_but_not_connected_is_a_refused_select() {
         let Err(Failure::Refused { state, error }) = t.run(state.select("INBOX", false)) else {
             panic!("SELECT was not refused");
         };
+        // BAD: the command was not accepted, which is about the session, not the folder.
         assert_eq!(
             error,
-            ImapError::Protocol(ProtocolError::Rejected(
+            ImapError::Protocol(ProtocolError::CommandRefused(
                 "A0004 BAD User is authenticated but not connected.".into()
             ))
         );

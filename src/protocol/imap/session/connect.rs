@@ -113,7 +113,7 @@ impl Plan for Greet {
                     return Ok(Next::Read);
                 };
                 if completion != Completion::Ok {
-                    return Err(refused(line.to_string()));
+                    return Err(refused(completion, line.to_string()));
                 }
                 core.caps = self.caps.take().unwrap_or_default();
                 if !self.starttls {
@@ -185,7 +185,7 @@ impl Plan for Recapability {
                 core.caps = self.caps.take().unwrap_or_default();
                 Ok(Next::Done)
             }
-            Some((_, line)) => Err(refused(line.to_string())),
+            Some((completion, line)) => Err(refused(completion, line.to_string())),
             None => Ok(Next::Read),
         }
     }
@@ -311,7 +311,7 @@ impl Plan for SignIn {
                     core.caps = self.caps.take().unwrap_or_default();
                     Ok(Next::Done)
                 }
-                Some((_, line)) => Err(refused(line.to_string())),
+                Some((completion, line)) => Err(refused(completion, line.to_string())),
                 None => Ok(Next::Read),
             };
         }

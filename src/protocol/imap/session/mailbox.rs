@@ -41,7 +41,7 @@ impl<S: State, G: Gather<S>> Plan for Simple<S, G> {
             return Ok(Next::Read);
         };
         if completion != Completion::Ok {
-            return Ok(Next::Refused(refused(line.to_string())));
+            return Ok(Next::Refused(refused(completion, line.to_string())));
         }
         Ok(match self.gather.ok() {
             Ok(()) => Next::Done,
@@ -403,7 +403,7 @@ impl Plan for FetchBodies {
             ServerResponse::Fetch(f) if f.body.is_some() && f.uid.is_some() => Ok(Next::Item(f)),
             r => Ok(match tagged(&r, &self.tag) {
                 Some((Completion::Ok, _)) => Next::Done,
-                Some((_, line)) => Next::Refused(refused(line.to_string())),
+                Some((completion, line)) => Next::Refused(refused(completion, line.to_string())),
                 None => Next::Read,
             }),
         }
@@ -483,7 +483,7 @@ impl Plan for PostActions {
             _ => completion == Completion::Ok,
         };
         if !ok {
-            return Ok(Next::Refused(refused(line.to_string())));
+            return Ok(Next::Refused(refused(completion, line.to_string())));
         }
         Ok(self.next_op(core))
     }
@@ -555,7 +555,9 @@ impl Plan for Idle {
                 self.phase = IdlePhase::Waiting;
                 Ok(Next::Read)
             }
-            (IdlePhase::Starting, _, Some((_, line))) => Ok(Next::Refused(refused(line))),
+            (IdlePhase::Starting, _, Some((completion, line))) => {
+                Ok(Next::Refused(refused(completion, line)))
+            }
             (IdlePhase::Starting, ServerResponse::Exists(_), None) => {
                 self.wake = Some(IdleWake::NewMail);
                 Ok(Next::Read)
@@ -571,7 +573,9 @@ impl Plan for Idle {
                 Ok(Next::Done)
             }
             (IdlePhase::Ending, _, Some((Completion::Ok, _))) => Ok(Next::Done),
-            (IdlePhase::Ending, _, Some((_, line))) => Ok(Next::Refused(refused(line))),
+            (IdlePhase::Ending, _, Some((completion, line))) => {
+                Ok(Next::Refused(refused(completion, line)))
+            }
             (IdlePhase::Ending, ServerResponse::Exists(_), None)
                 if self.wake != Some(IdleWake::Stopped) =>
             {

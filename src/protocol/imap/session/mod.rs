@@ -80,9 +80,12 @@ fn bye(line: String) -> ImapError {
 }
 
 /// A tagged NO or BAD to a command that is not a login.
-fn refused(line: String) -> ImapError {
+fn refused(completion: Completion, line: String) -> ImapError {
     match suggested_backoff(&line) {
         Some(backoff) => ImapError::Throttled { line, backoff },
+        None if completion == Completion::Bad => {
+            ImapError::Protocol(ProtocolError::CommandRefused(line))
+        }
         None => ImapError::Protocol(ProtocolError::Rejected(line)),
     }
 }
