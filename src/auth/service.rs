@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::{AccessToken, Clock, TokenError, lock};
 use crate::config::{Flow, ProviderSettings, Settings, SourceAuth, SourceSettings};
 use crate::secret::Secret;
-use crate::store::{Store, StoredToken};
+use crate::store::{StoredToken, TokenStore};
 use crate::telemetry;
 
 /// The refresh margin takes at most this fraction (1/n) of a token's lifetime. A margin
@@ -83,8 +83,8 @@ fn with_causes(e: &reqwest::Error) -> String {
 pub struct TokenService {
     /// The configuration the sources and providers are looked up in.
     pub(super) settings: Arc<Settings>,
-    /// Where refresh and access tokens persist (encrypted at rest).
-    pub(super) store: Arc<Store>,
+    /// Where refresh and access tokens persist (sealed at rest, durable on write).
+    pub(super) store: Arc<dyn TokenStore>,
     /// For token, discovery and userinfo requests: no redirects, the configured TLS floor
     /// and extra CA, the node's timeouts.
     pub(super) http: reqwest::Client,
@@ -110,7 +110,10 @@ impl std::fmt::Debug for TokenService {
 }
 
 impl TokenService {
-    pub fn new(settings: Arc<Settings>, store: Arc<Store>) -> Result<TokenService, SetupError> {
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Arc<dyn TokenStore>,
+    ) -> Result<TokenService, SetupError> {
         let mut builder = reqwest::Client::builder()
             // A provider that does not answer within node.read_timeout_secs is down for now.
             .timeout(settings.node.read_timeout)
@@ -209,7 +212,7 @@ impl TokenService {
     /// which is.
     pub async fn access_token(&self, source_name: &str) -> Result<AccessToken, TokenError> {
         let (source, provider) = self.source(source_name)?;
-        let mut record = self.store.token(source_name)?.unwrap_or_default();
+        let mut record = self.store.token(source_name).await?.unwrap_or_default();
         if let Some(reason) = &record.needs_reauth {
             return Err(TokenError::NeedsReauth {
                 source_name: source_name.to_string(),
@@ -321,7 +324,7 @@ impl TokenService {
                 "source {source_name:?} uses app_only (client credentials): it has no refresh token"
             )));
         }
-        let mut record = self.store.token(source_name)?.unwrap_or_default();
+        let mut record = self.store.token(source_name).await?.unwrap_or_default();
         record.refresh_token = Some(refresh_token.expose().to_string());
         record.refresh_token_obtained = Some(self.now());
         record.identity = identity;
@@ -335,7 +338,7 @@ impl TokenService {
 
     /// Forgets the stored access token (the server refused it), keeping the refresh token.
     pub async fn invalidate_access_token(&self, source_name: &str) -> Result<(), TokenError> {
-        if let Some(mut record) = self.store.token(source_name)? {
+        if let Some(mut record) = self.store.token(source_name).await? {
             record.access_token = None;
             record.access_expires_at = None;
             self.store.put_token(source_name, &record).await?;
@@ -344,8 +347,8 @@ impl TokenService {
     }
 
     /// What `tokens status` shows for one source.
-    pub fn status(&self, source_name: &str) -> Result<Option<StoredToken>, TokenError> {
-        Ok(self.store.token(source_name)?)
+    pub async fn status(&self, source_name: &str) -> Result<Option<StoredToken>, TokenError> {
+        Ok(self.store.token(source_name).await?)
     }
 }
 
@@ -353,6 +356,7 @@ impl TokenService {
 mod tests {
     use super::*;
     use crate::auth::ManualClock;
+    use crate::store::Store;
 
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -9,7 +9,7 @@ use crate::config::{AfterIngest, SourceSettings};
 use crate::net::imap::{IdleWake, ImapSession};
 use crate::net::{Connector, SessionError};
 use crate::protocol::imap::is_pattern;
-use crate::store::{Location, Store};
+use crate::store::{IngestStore, Location};
 use crate::telemetry;
 
 use super::pipeline::{Destination, Fetched, budget_for, parse_and_store, take_budget};
@@ -18,8 +18,8 @@ use super::{
     ReopenAt, login,
 };
 
-pub(super) async fn run_imap(
-    store: &Arc<Store>,
+pub(super) async fn run_imap<S: IngestStore>(
+    store: &Arc<S>,
     connector: &Connector,
     source: &SourceSettings,
     cred: &Credential,
@@ -73,8 +73,8 @@ pub(super) async fn run_imap(
 /// collects it when the server reports new mail, polls every folder every
 /// `poll_interval_secs`, and holds a `max_sessions` slot only while collecting. Ends when
 /// asked to stop, on error, or (reporting `more`) before its access token expires.
-async fn idle_loop(
-    store: &Arc<Store>,
+async fn idle_loop<S: IngestStore>(
+    store: &Arc<S>,
     mut session: ImapSession,
     source: &SourceSettings,
     mut folders: Vec<String>,
@@ -206,8 +206,8 @@ pub(super) async fn resolve_folders(
 
 /// Collects `folders` in turn. A folder the server refuses is reported back (the others
 /// are still collected); any other error ends the session.
-pub(super) async fn collect_folders(
-    store: &Arc<Store>,
+pub(super) async fn collect_folders<S: IngestStore>(
+    store: &Arc<S>,
     session: &mut ImapSession,
     source: &SourceSettings,
     folders: &[String],
@@ -249,8 +249,8 @@ pub(super) enum Folder {
     Refused(crate::protocol::ProtocolError),
 }
 
-pub(super) async fn collect_folder(
-    store: &Arc<Store>,
+pub(super) async fn collect_folder<S: IngestStore>(
+    store: &Arc<S>,
     session: &mut ImapSession,
     source: &SourceSettings,
     folder: &str,
@@ -272,7 +272,7 @@ pub(super) async fn collect_folder(
         }
         Err(e) => return Err(e.into()),
     };
-    let checkpoint = store.checkpoint(&source.name, folder)?;
+    let checkpoint = store.checkpoint(&source.name, folder).await?;
     // Below `rematch_below` (the UIDNEXT when a UIDVALIDITY change was found) messages are
     // matched by content against the copies stored under the old UIDVALIDITY first.
     let (from, rematch_below) = match checkpoint {
@@ -285,12 +285,9 @@ pub(super) async fn collect_folder(
                 new = selected.uidvalidity,
                 "UIDVALIDITY changed; re-matching stored messages by content"
             );
-            let reset = store.reset_checkpoint(
-                &source.name,
-                folder,
-                selected.uidvalidity,
-                selected.uidnext,
-            )?;
+            let reset = store
+                .reset_checkpoint(&source.name, folder, selected.uidvalidity, selected.uidnext)
+                .await?;
             report.uidvalidity_changes += 1;
             telemetry::uidvalidity_change(&source.name);
             (1, reset.rematch_below)
@@ -300,7 +297,15 @@ pub(super) async fn collect_folder(
     if selected.exists == 0 || selected.uidnext.is_some_and(|next| next <= from) {
         // Nothing new, but an earlier session may have stored messages and died before
         // changing the server.
-        apply_pending(store, session, source, folder, selected.uidvalidity, report).await?;
+        apply_pending(
+            store.as_ref(),
+            session,
+            source,
+            folder,
+            selected.uidvalidity,
+            report,
+        )
+        .await?;
         return Ok(Folder::Collected);
     }
     // Listed window by window, so memory stays bounded whatever the folder's size.
@@ -350,7 +355,15 @@ pub(super) async fn collect_folder(
             )
             .await?;
             // Batch by batch, so a long backfill empties the folder as it goes.
-            apply_pending(store, session, source, folder, selected.uidvalidity, report).await?;
+            apply_pending(
+                store.as_ref(),
+                session,
+                source,
+                folder,
+                selected.uidvalidity,
+                report,
+            )
+            .await?;
         }
         match window_end {
             Some(end) if end < u32::MAX => window_start = end + 1,
@@ -359,15 +372,23 @@ pub(super) async fn collect_folder(
     }
     // Durable before anything is done on the server (post-actions) or reported.
     store.flush().await?;
-    apply_pending(store, session, source, folder, selected.uidvalidity, report).await?;
+    apply_pending(
+        store.as_ref(),
+        session,
+        source,
+        folder,
+        selected.uidvalidity,
+        report,
+    )
+    .await?;
     Ok(Folder::Collected)
 }
 
 /// Makes what was stored durable, then does the post-action of every stored-but-not-yet-
 /// acted message of `folder` and records it done. Redone after a crash; every action is
 /// idempotent.
-pub(super) async fn apply_pending(
-    store: &Store,
+pub(super) async fn apply_pending<S: IngestStore>(
+    store: &S,
     session: &mut ImapSession,
     source: &SourceSettings,
     folder: &str,
@@ -378,13 +399,17 @@ pub(super) async fn apply_pending(
         return Ok(());
     }
     store.flush().await?;
-    let mut uids = store.pending_actions(&source.name, folder, uidvalidity)?;
+    let mut uids = store
+        .pending_actions(&source.name, folder, uidvalidity)
+        .await?;
     uids.sort_unstable();
     for chunk in uids.chunks(FETCH_BATCH) {
         session
             .post_action(source.after_ingest.into(), chunk, source.move_to.as_deref())
             .await?;
-        store.actions_done(&source.name, folder, uidvalidity, chunk)?;
+        store
+            .actions_done(&source.name, folder, uidvalidity, chunk)
+            .await?;
         report.acted += chunk.len() as u64;
     }
     if !uids.is_empty() {
@@ -399,8 +424,8 @@ pub(super) async fn apply_pending(
 /// Bodies stream in on this task while a blocking worker parses and stores them, in the
 /// order they came, so reading the network, parsing and writing the store overlap. The
 /// batch ends only when the worker has stored everything it was given.
-pub(super) async fn fetch_batch(
-    store: &Arc<Store>,
+pub(super) async fn fetch_batch<S: IngestStore>(
+    store: &Arc<S>,
     session: &mut ImapSession,
     source: &SourceSettings,
     at: FolderAt<'_>,
@@ -417,7 +442,7 @@ pub(super) async fn fetch_batch(
         .filter(|(_, _, skip)| !skip)
         .map(|(_, size, _)| u64::from(*size))
         .sum();
-    store.ensure_room(incoming)?;
+    store.ensure_room(incoming).await?;
     let to_fetch: Vec<u32> = batch
         .iter()
         .filter(|(_, _, skip)| !skip)
@@ -492,7 +517,7 @@ pub(super) async fn fetch_batch(
         tracing::info!(source = %source.name, folder, gone = pending.len(), "messages expunged before they could be fetched");
     }
     if let Some((last, _, _)) = batch.last() {
-        store.skip(&source.name, folder, uidvalidity, *last)?;
+        store.skip(&source.name, folder, uidvalidity, *last).await?;
     }
     Ok(())
 }

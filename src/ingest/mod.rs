@@ -18,7 +18,7 @@ use crate::config::{Protocol, Sasl, SourceAuth, SourceSettings};
 use crate::net::imap::Login;
 use crate::net::{Connector, SessionError};
 use crate::secret::Secret;
-use crate::store::{Store, StoreError};
+use crate::store::{IngestStore, StoreError};
 use crate::telemetry::{self, ErrorKind};
 
 mod imap;
@@ -172,8 +172,8 @@ pub(crate) fn login<'a>(
 
 /// Runs one collection cycle for `source`. With `reopen_at` (OAuth2), a long backfill ends
 /// its session before the access token expires and reports `more`.
-pub async fn run_cycle(
-    store: &Arc<Store>,
+pub async fn run_cycle<S: IngestStore>(
+    store: &Arc<S>,
     connector: &Connector,
     source: &SourceSettings,
     cred: &Credential,
@@ -206,8 +206,8 @@ pub const IDLE_REISSUE: std::time::Duration = std::time::Duration::from_secs(25 
 /// first pass: it waits in IDLE on the first folder, collects it as soon as the server
 /// reports new mail, polls the other folders every `poll_interval_secs`, and ends when
 /// `stop` is set, on error, or (reporting `more`) before its access token expires.
-pub async fn run_session(
-    store: &Arc<Store>,
+pub async fn run_session<S: IngestStore>(
+    store: &Arc<S>,
     connector: &Connector,
     source: &SourceSettings,
     cred: &Credential,

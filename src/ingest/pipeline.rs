@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::parse;
-use crate::store::{Location, NewMessage, Prepared, Store, StoreError, StoreOutcome};
+use crate::store::{IngestStore, Location, NewMessage, StoreError, StoreOutcome};
 use crate::telemetry;
 
 use super::{CycleError, CycleReport, workers};
@@ -15,11 +15,12 @@ use super::{CycleError, CycleReport, workers};
 /// What is counted for a message once stored: size, whether it failed to parse, source.
 pub(super) type Facts = Vec<(u64, bool, String)>;
 
-/// The part of storing a batch done outside its transaction ([`Store::prepare_batch`]).
-pub(super) fn prepare(
-    store: &Store,
+/// The part of storing a batch done outside its transaction
+/// ([`IngestStore::prepare_batch`]).
+pub(super) fn prepare<S: IngestStore>(
+    store: &S,
     msgs: Vec<(NewMessage, bool)>,
-) -> Result<(Vec<Prepared>, Facts), StoreError> {
+) -> Result<(Vec<S::Prepared>, Facts), StoreError> {
     let facts = msgs
         .iter()
         .map(|(m, _)| (m.raw.len() as u64, m.parsed.is_err(), m.source.clone()))
@@ -27,10 +28,10 @@ pub(super) fn prepare(
     Ok((store.prepare_batch(msgs)?, facts))
 }
 
-/// The transaction storing a batch ([`Store::commit_batch`]), timed and counted.
-pub(super) fn commit(
-    store: &Store,
-    (prepared, facts): (Vec<Prepared>, Facts),
+/// The transaction storing a batch ([`IngestStore::commit_batch`]), timed and counted.
+pub(super) fn commit<S: IngestStore>(
+    store: &S,
+    (prepared, facts): (Vec<S::Prepared>, Facts),
     report: &mut CycleReport,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
@@ -139,26 +140,20 @@ pub(super) const STORE_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// core working; transactions still run one at a time and in order (a checkpoint must never
 /// pass an uncommitted message). Stops at the first store error (dropping the channel tells
 /// the feeder to stop), after the transaction already running has ended.
-pub(super) async fn parse_and_store(
-    store: Arc<Store>,
+pub(super) async fn parse_and_store<S: IngestStore>(
+    store: Arc<S>,
     into: Arc<Destination>,
     mut rx: tokio::sync::mpsc::Receiver<Fetched>,
 ) -> Result<CycleReport, StoreError> {
     type Committed = Result<(Result<(), StoreError>, CycleReport), workers::WorkerFailed>;
-    type Parsed = Result<
-        Result<
-            (
-                (Vec<Prepared>, Facts),
-                Vec<tokio::sync::OwnedSemaphorePermit>,
-            ),
-            StoreError,
-        >,
+    type Parsed<P> = Result<
+        Result<((Vec<P>, Facts), Vec<tokio::sync::OwnedSemaphorePermit>), StoreError>,
         workers::WorkerFailed,
     >;
     type Job<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
     let mut report = CycleReport::default();
     // Batches being parsed, oldest first, and the transaction running (at most one).
-    let mut parsing: std::collections::VecDeque<Job<Parsed>> = Default::default();
+    let mut parsing: std::collections::VecDeque<Job<Parsed<S::Prepared>>> = Default::default();
     let mut committing: Option<Job<Committed>> = None;
     let depth = workers::count();
     let mut more = true;
@@ -193,7 +188,7 @@ pub(super) async fn parse_and_store(
                 committing = Some(Box::pin(workers::submit(move || {
                     let _entered = span.enter();
                     let mut part = CycleReport::default();
-                    let stored = commit(&store, prepared, &mut part);
+                    let stored = commit(store.as_ref(), prepared, &mut part);
                     drop(budget);
                     (stored, part)
                 })));
@@ -222,7 +217,7 @@ pub(super) async fn parse_and_store(
                     // The read-ahead budget each message holds goes along until it is stored.
                     let (msgs, budget): (Vec<_>, Vec<_>) =
                         batch.into_iter().map(|f| into.message(f)).unzip();
-                    prepare(&store, msgs).map(|p| (p, budget))
+                    prepare(store.as_ref(), msgs).map(|p| (p, budget))
                 })));
             }
         }

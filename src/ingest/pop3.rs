@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::{AfterIngest, SourceSettings};
 use crate::net::Connector;
 use crate::net::pop3::Pop3Session;
-use crate::store::{Location, Store};
+use crate::store::{IngestStore, Location};
 use crate::telemetry;
 
 use super::pipeline::{Destination, Fetched, budget_for, parse_and_store, take_budget};
@@ -16,8 +16,8 @@ use super::{Credential, CycleError, CycleReport, FETCH_BATCH, ReopenAt, login};
 /// `PIPELINING` (RFC 2449).
 pub(super) const POP3_PIPELINE: usize = 32;
 
-pub(super) async fn run_pop3(
-    store: &Arc<Store>,
+pub(super) async fn run_pop3<S: IngestStore>(
+    store: &Arc<S>,
     connector: &Connector,
     source: &SourceSettings,
     cred: &Credential,
@@ -32,7 +32,7 @@ pub(super) async fn run_pop3(
     let mut report = CycleReport::default();
     let uidl = session.uidl().await?;
     let sizes: std::collections::HashMap<u32, u64> = session.list().await?.into_iter().collect();
-    let stored = store.stored_uidls(&source.name)?;
+    let stored = store.stored_uidls(&source.name).await?;
     let todo: Vec<(u32, String)> = uidl
         .iter()
         .filter(|(_, u)| !stored.contains(u))
@@ -82,7 +82,7 @@ pub(super) async fn run_pop3(
                         telemetry::message_skipped(&source.name);
                         continue;
                     }
-                    store.ensure_room(size)?;
+                    store.ensure_room(size).await?;
                     next.push((n, uid, size));
                 }
                 if !next.is_empty() {
@@ -123,14 +123,15 @@ pub(super) async fn run_pop3(
         // DELE takes effect at QUIT, so a dropped session deletes nothing and the next one
         // deletes again.
         let now = chrono::Utc::now();
-        let stored = store.stored_uidls(&source.name)?;
+        let stored = store.stored_uidls(&source.name).await?;
         for (n, uid) in &uidl {
             if !stored.contains(uid) {
                 continue;
             }
             if source.delete_after_days > 0 {
                 let old_enough = store
-                    .pop3_stored_at(&source.name, uid)?
+                    .pop3_stored_at(&source.name, uid)
+                    .await?
                     .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
                     .is_some_and(|t| {
                         (now - t.with_timezone(&chrono::Utc)).num_days()

@@ -1,5 +1,9 @@
 //! The embedded store (sled). The only importer of sled.
 //!
+//! What ingest and auth use of it is behind two traits, [`IngestStore`] and [`TokenStore`],
+//! which state the guarantees a backend keeps (see `backend`); the sled [`Store`]
+//! implements both. The API and the CLI use the [`Store`] itself.
+//!
 //! ## Trees and keys
 //! - `messages`: id (u64 BE) → [`MessageMeta`] (JSON): where the message came from, sha256,
 //!   size, dates, parsed fields or the parse-error mark. Chunked (below).
@@ -10,6 +14,9 @@
 //!   stored IMAP copy, used to re-match after a UIDVALIDITY change (each copy answers for one
 //!   UID). Stores written before hold `source\0folder\0` + sha256 → id; both are read.
 //! - `checkpoints`: `source\0folder` → [`Checkpoint`] (JSON).
+//! - `pending`: IMAP location key → nothing: a stored message whose post-action (seen,
+//!   move, delete) is not yet done on the server.
+//! - `counts`: source → number of stored messages (u64 BE).
 //! - `tokens`: credential key → encrypted [`StoredToken`].
 //!
 //! How values are cut into pieces and compressed is in `values`.
@@ -22,6 +29,7 @@
 //!   its log buffer twice per transaction).
 //! - Callers [`Store::flush`] before changing anything on a server, so "stored" means on disk.
 
+mod backend;
 mod checkpoints;
 mod crypto;
 mod flusher;
@@ -38,6 +46,7 @@ use sled::transaction::ConflictableTransactionError;
 
 use crate::telemetry::ErrorKind;
 
+pub use backend::{IngestStore, TokenStore};
 pub use checkpoints::Checkpoint;
 pub use crypto::SecretBox;
 pub use messages::{Location, MessageMeta, NewMessage, Prepared, StoreOutcome};
