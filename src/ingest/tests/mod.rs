@@ -2,6 +2,7 @@
 //! of Office 365's quirks (`tests/transcripts/ingest/`), replayed by [`script`] on a
 //! loopback port. Everything but the server is the real code, and no server is installed.
 
+mod faults;
 mod script;
 
 use std::sync::Arc;
