@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::actors::supervisor::{NodeHandle, import_and_resume};
 use crate::config::Settings;
+use crate::diagnose::TokenStepError;
 use crate::secret::Secret;
-use crate::store::{MessageMeta, Store};
+use crate::store::{MessageMeta, Store, StoreError};
 use crate::telemetry::status;
 
 #[derive(Clone)]
@@ -81,16 +82,13 @@ fn ts(unix: Option<i64>) -> Option<String> {
 
 /// Token views for every OAuth2 source (shared by the API and the offline CLI, where no
 /// source has a live status).
-pub fn token_views(settings: &Settings, store: &Store) -> Result<Vec<TokenView>, String> {
+pub fn token_views(settings: &Settings, store: &Store) -> Result<Vec<TokenView>, StoreError> {
     let mut out = Vec::new();
     for (name, src) in &settings.sources {
         let crate::config::SourceAuth::OAuth2 { provider, .. } = &src.auth else {
             continue;
         };
-        let rec = store
-            .token(name)
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
+        let rec = store.token(name)?.unwrap_or_default();
         out.push(TokenView {
             source: name.clone(),
             provider: provider.clone(),
@@ -114,8 +112,8 @@ pub fn token_views(settings: &Settings, store: &Store) -> Result<Vec<TokenView>,
 }
 
 /// Source views (shared by the API and the offline CLI, where no source has a live status).
-pub fn source_views(settings: &Settings, store: &Store) -> Result<Vec<SourceView>, String> {
-    let counts = store.counts().map_err(|e| e.to_string())?;
+pub fn source_views(settings: &Settings, store: &Store) -> Result<Vec<SourceView>, StoreError> {
+    let counts = store.counts()?;
     let live = status::snapshot();
     let now = chrono::Utc::now().timestamp();
     Ok(settings
@@ -204,14 +202,14 @@ async fn reload(state: web::Data<ApiState>) -> HttpResponse {
 async fn sources(state: web::Data<ApiState>) -> HttpResponse {
     match source_views(&state.live.settings(), &state.store) {
         Ok(v) => HttpResponse::Ok().json(v),
-        Err(e) => HttpResponse::InternalServerError().body(e),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
     }
 }
 
 async fn tokens(state: web::Data<ApiState>) -> HttpResponse {
     match token_views(&state.live.settings(), &state.store) {
         Ok(v) => HttpResponse::Ok().json(v),
-        Err(e) => HttpResponse::InternalServerError().body(e),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
     }
 }
 
@@ -292,18 +290,17 @@ async fn test_login(state: web::Data<ApiState>, source: web::Path<String>) -> Ht
     let current = state.live.get();
     let token = match current.settings.sources.get(&name).map(|s| &s.auth) {
         Some(crate::config::SourceAuth::OAuth2 { .. }) => {
-            let asked = async {
-                state
-                    .node
-                    .access_token
-                    .send(crate::actors::token_manager::GetAccessToken {
-                        source: name.clone(),
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
-            };
-            Some(asked.await)
+            let asked = state
+                .node
+                .access_token
+                .send(crate::actors::token_manager::GetAccessToken {
+                    source: name.clone(),
+                })
+                .await;
+            Some(match asked {
+                Ok(answer) => answer.map_err(TokenStepError::from),
+                Err(unanswered) => Err(TokenStepError::from(unanswered)),
+            })
         }
         _ => None,
     };

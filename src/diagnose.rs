@@ -62,7 +62,28 @@ impl Report {
 }
 
 /// What the token step got from the TokenManager or TokenService.
-pub type TokenOutcome = Result<crate::auth::AccessToken, String>;
+pub type TokenOutcome = Result<crate::auth::AccessToken, TokenStepError>;
+
+/// Why the token step got no access token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenStepError {
+    /// The token service's answer: the provider refused or could not be reached, or the
+    /// store failed.
+    #[error(transparent)]
+    Token(#[from] crate::auth::TokenError),
+    /// The running node's TokenManager did not answer (the node is stopping).
+    #[error(transparent)]
+    TokenManager(#[from] actix::MailboxError),
+}
+
+impl TokenStepError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            TokenStepError::Token(e) => e.kind(),
+            TokenStepError::TokenManager(_) => ErrorKind::Token,
+        }
+    }
+}
 
 /// Exchange Online's audiences and Microsoft Graph's, as they appear in `aud`.
 const EXCHANGE_AUDIENCES: &[&str] = &[
@@ -269,7 +290,7 @@ pub async fn test_login(
                     Some(Step {
                         step: "token".into(),
                         ok: false,
-                        detail: e,
+                        detail: e.to_string(),
                     }),
                 ),
                 None => (
@@ -548,6 +569,23 @@ mod tests {
             settings.sources["s"].clone(),
             settings.providers["o365"].clone(),
         )
+    }
+
+    /// The token step shows what the token service or the node said, as it said it.
+    #[test]
+    fn a_token_step_error_reads_as_its_cause() {
+        let refused = crate::auth::TokenError::NeedsReauth {
+            source_name: "s".into(),
+            reason: "invalid_grant".into(),
+        };
+        let e = TokenStepError::from(refused.clone());
+        assert_eq!(e.to_string(), refused.to_string());
+        assert_eq!(e.kind(), ErrorKind::Token);
+        let store = crate::auth::TokenError::Store("store: disk gone".into());
+        assert_eq!(TokenStepError::from(store).kind(), ErrorKind::Store);
+        let gone = TokenStepError::from(actix::MailboxError::Closed);
+        assert_eq!(gone.to_string(), actix::MailboxError::Closed.to_string());
+        assert_eq!(gone.kind(), ErrorKind::Token);
     }
 
     #[test]

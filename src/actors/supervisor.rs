@@ -200,7 +200,8 @@ impl Handler<Reload> for Supervisor {
         let plan = plan_reload(&old, &new, &running);
         let nn = &new.node;
         let connector = if plan.new_connector {
-            Connector::new(&new.tls, nn.connect_timeout, nn.read_timeout).map_err(|e| vec![e])?
+            Connector::new(&new.tls, nn.connect_timeout, nn.read_timeout)
+                .map_err(|e| vec![e.to_string()])?
         } else {
             connector
         };

@@ -17,6 +17,7 @@ use super::{
 use crate::config::{Flow, ProviderKind, ProviderSettings, SourceSettings};
 use crate::secret::Secret;
 use crate::store::StoredToken;
+use crate::telemetry::ErrorKind;
 
 /// How `authorize` behaves.
 #[derive(Debug, Clone)]
@@ -109,6 +110,33 @@ fn consent_err(source: &str, reason: impl Into<String>) -> TokenError {
     }
 }
 
+/// Why an ID token names no account: it is not one, or it was not issued to this client,
+/// now, by the expected issuer. Never carries the token.
+#[derive(Debug, thiserror::Error)]
+pub enum IdTokenError {
+    #[error("ID token is not a JWT")]
+    NotJwt,
+    #[error("ID token payload: {0}")]
+    PayloadEncoding(base64::DecodeError),
+    #[error("ID token payload: {0}")]
+    PayloadJson(serde_json::Error),
+    /// `audience` as the token has it (a JSON string or list).
+    #[error("ID token audience {audience} is not this client ({client_id})")]
+    Audience { audience: String, client_id: String },
+    #[error("ID token has expired")]
+    Expired,
+    #[error("ID token issuer {issuer} is not {expected}")]
+    Issuer { issuer: String, expected: String },
+}
+
+impl IdTokenError {
+    /// The consent did not produce a usable grant: a `token` error, as every consent
+    /// failure ([`TokenError::Consent`]).
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Token
+    }
+}
+
 /// The account named by an ID token, after checking `aud` and `exp` at `now` (Unix
 /// seconds; five minutes of clock skew allowed) and `iss` when the expected issuer is known.
 /// The token comes straight from the token endpoint over TLS (or loopback), which OIDC
@@ -118,34 +146,37 @@ pub fn identity_from_id_token(
     client_id: &str,
     issuer: Option<&str>,
     now: i64,
-) -> Result<Vec<String>, String> {
-    let payload = id_token.split('.').nth(1).ok_or("ID token is not a JWT")?;
+) -> Result<Vec<String>, IdTokenError> {
+    let payload = id_token.split('.').nth(1).ok_or(IdTokenError::NotJwt)?;
     let bytes = URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
-        .map_err(|e| format!("ID token payload: {e}"))?;
+        .map_err(IdTokenError::PayloadEncoding)?;
     let claims: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("ID token payload: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(IdTokenError::PayloadJson)?;
     let aud_ok = match &claims["aud"] {
         serde_json::Value::String(a) => a == client_id,
         serde_json::Value::Array(list) => list.iter().any(|a| a.as_str() == Some(client_id)),
         _ => false,
     };
     if !aud_ok {
-        return Err(format!(
-            "ID token audience {} is not this client ({client_id})",
-            claims["aud"]
-        ));
+        return Err(IdTokenError::Audience {
+            audience: claims["aud"].to_string(),
+            client_id: client_id.to_string(),
+        });
     }
     if let Some(exp) = claims["exp"].as_i64()
         && exp.saturating_add(300) < now
     {
-        return Err("ID token has expired".into());
+        return Err(IdTokenError::Expired);
     }
     if let (Some(expected), Some(iss)) = (issuer, claims["iss"].as_str())
         && !expected.contains("{tenantid}")
         && iss.trim_end_matches('/') != expected.trim_end_matches('/')
     {
-        return Err(format!("ID token issuer {iss} is not {expected}"));
+        return Err(IdTokenError::Issuer {
+            issuer: iss.to_string(),
+            expected: expected.to_string(),
+        });
     }
     if claims["email_verified"] == serde_json::Value::Bool(false) {
         // An unverified email proves nothing; other claims may still name the account.
@@ -247,7 +278,7 @@ impl TokenService {
         let mut names = Vec::new();
         if let Some(id) = &tokens.id_token {
             names = identity_from_id_token(id, &provider.client_id, issuer.as_deref(), self.now())
-                .map_err(|e| consent_err(&source.name, e))?;
+                .map_err(|e| consent_err(&source.name, e.to_string()))?;
         }
         if names.is_empty() {
             names = self.userinfo_names(provider, &tokens.access_token).await;
@@ -562,22 +593,36 @@ mod tests {
             identity_from_id_token(&t, "c", Some("http://i"), NOW).unwrap(),
             vec!["a@x", "A@X"]
         );
-        assert!(
+        assert_eq!(
             identity_from_id_token(&t, "other", None, NOW)
                 .unwrap_err()
-                .contains("audience")
+                .to_string(),
+            "ID token audience \"c\" is not this client (other)"
         );
-        assert!(
+        assert_eq!(
             identity_from_id_token(&t, "c", Some("http://j"), NOW)
                 .unwrap_err()
-                .contains("issuer")
+                .to_string(),
+            "ID token issuer http://i is not http://j"
         );
         let old = jwt(serde_json::json!({"aud":["c"],"exp": NOW - 3600, "email":"a@x"}));
-        assert!(
-            identity_from_id_token(&old, "c", None, NOW)
-                .unwrap_err()
-                .contains("expired")
-        );
+        assert!(matches!(
+            identity_from_id_token(&old, "c", None, NOW),
+            Err(IdTokenError::Expired)
+        ));
+        assert!(matches!(
+            identity_from_id_token("opaque", "c", None, NOW),
+            Err(IdTokenError::NotJwt)
+        ));
+        assert!(matches!(
+            identity_from_id_token("e30.!!.sig", "c", None, NOW),
+            Err(IdTokenError::PayloadEncoding(_))
+        ));
+        let not_json = format!("e30.{}.sig", URL_SAFE_NO_PAD.encode("[1,"));
+        let e = identity_from_id_token(&not_json, "c", None, NOW).unwrap_err();
+        assert!(matches!(e, IdTokenError::PayloadJson(_)), "{e:?}");
+        assert!(e.to_string().starts_with("ID token payload: "), "{e}");
+        assert_eq!(e.kind(), ErrorKind::Token);
         // Five minutes of clock skew are allowed, not a second more.
         let skewed = jwt(serde_json::json!({"aud":"c","exp": NOW - 300, "email":"a@x"}));
         assert!(identity_from_id_token(&skewed, "c", None, NOW).is_ok());

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use crate::secret::Secret;
 
 pub use clock::{Clock, ManualClock};
-pub use consent::{Consent, ConsentOptions, DeviceFlowEvent, identity_from_id_token};
+pub use consent::{Consent, ConsentOptions, DeviceFlowEvent, IdTokenError, identity_from_id_token};
 pub use errors::{TokenError, classify_provider_error};
 pub use exchange::HttpError;
 pub use provider::default_scopes;

@@ -45,7 +45,7 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
         settings.node.connect_timeout,
         settings.node.read_timeout,
     )
-    .map_err(UsageError)?;
+    .map_err(|e| UsageError(e.to_string()))?;
     let settings = Arc::new(settings);
     let token_service = Arc::new(
         TokenService::new(settings.clone(), store.clone())

@@ -1,7 +1,5 @@
 //! `mailsluice status`.
 
-use anyhow::anyhow;
-
 use mailsluice::api::{self, SourceView};
 use mailsluice::config::Settings;
 
@@ -10,7 +8,7 @@ use super::{open_store, runtime};
 
 pub(crate) fn status(settings: &Settings) -> anyhow::Result<()> {
     let views: Vec<SourceView> = match open_store(settings)? {
-        Some(store) => api::source_views(settings, &store).map_err(|e| anyhow!(e))?,
+        Some(store) => api::source_views(settings, &store)?,
         None => runtime()?.block_on(NodeApi::new(settings)?.get_json("/api/sources"))?,
     };
     println!(

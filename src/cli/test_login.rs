@@ -23,17 +23,14 @@ pub(crate) fn test_login(settings: &Settings, source: &str) -> anyhow::Result<()
                 settings.node.connect_timeout,
                 settings.node.read_timeout,
             )
-            .map_err(UsageError)?;
+            .map_err(|e| UsageError(e.to_string()))?;
             let service = TokenService::new(Arc::new(settings.clone()), Arc::new(store))
                 .map_err(|e| UsageError(e.to_string()))?;
             rt.block_on(async {
                 let token = match settings.sources[source].auth {
-                    config::SourceAuth::OAuth2 { .. } => Some(
-                        service
-                            .access_token(source)
-                            .await
-                            .map_err(|e| e.to_string()),
-                    ),
+                    config::SourceAuth::OAuth2 { .. } => {
+                        Some(service.access_token(source).await.map_err(Into::into))
+                    }
                     config::SourceAuth::Password { .. } => None,
                 };
                 mailsluice::diagnose::test_login(settings, &connector, source, token).await

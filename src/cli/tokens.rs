@@ -15,7 +15,7 @@ use super::{UsageError, open_store, runtime};
 
 pub(crate) fn status(settings: &Settings) -> anyhow::Result<()> {
     let views: Vec<TokenView> = match open_store(settings)? {
-        Some(store) => api::token_views(settings, &store).map_err(|e| anyhow!(e))?,
+        Some(store) => api::token_views(settings, &store)?,
         None => runtime()?.block_on(NodeApi::new(settings)?.get_json("/api/tokens"))?,
     };
     if views.is_empty() {

@@ -122,6 +122,37 @@ impl SessionError {
     }
 }
 
+/// Why the [`Connector`] could not be built from the `[tls]` settings. Start-up and reload
+/// only, never counted, so there is no `kind()` (as [`crate::auth::SetupError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// The file could not be read, or a PEM section in it could not be decoded.
+    #[error("tls.extra_ca_file {}: {reason}", path.display())]
+    CaFileUnreadable {
+        path: std::path::PathBuf,
+        reason: rustls::pki_types::pem::Error,
+    },
+    /// The native backend reads the file itself.
+    #[error("tls.extra_ca_file {}: {reason}", path.display())]
+    CaFileIo {
+        path: std::path::PathBuf,
+        reason: io::Error,
+    },
+    /// A certificate in the file is not one rustls accepts as a root.
+    #[error("tls.extra_ca_file {}: {reason}", path.display())]
+    CaCertificateRejected {
+        path: std::path::PathBuf,
+        reason: rustls::Error,
+    },
+    #[error("tls.extra_ca_file {}: no PEM certificate found", path.display())]
+    NoCertificate { path: std::path::PathBuf },
+    /// rustls refused the protocol versions asked for.
+    #[error("tls: {0}")]
+    Versions(rustls::Error),
+    #[error("tls.backend = \"native\" needs a build with --features native-tls")]
+    NativeNotBuilt,
+}
+
 /// Settings every connection shares, built once at start-up.
 #[derive(Clone)]
 pub struct Connector {
@@ -152,7 +183,7 @@ impl std::fmt::Debug for Connector {
 /// Loads the root store: system roots plus the PEM certificates in `extra_ca_file`.
 pub fn root_store(
     extra_ca_file: Option<&std::path::Path>,
-) -> Result<rustls::RootCertStore, String> {
+) -> Result<rustls::RootCertStore, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -160,21 +191,25 @@ pub fn root_store(
         let _ = roots.add(cert);
     }
     if let Some(path) = extra_ca_file {
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("tls.extra_ca_file {}: {e}", path.display()))?;
+        let unreadable = |reason| TlsSetupError::CaFileUnreadable {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(unreadable)?;
         let mut added = 0;
         for cert in certs {
-            let cert = cert.map_err(|e| format!("tls.extra_ca_file {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("tls.extra_ca_file {}: {e}", path.display()))?;
+            roots.add(cert.map_err(unreadable)?).map_err(|reason| {
+                TlsSetupError::CaCertificateRejected {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            })?;
             added += 1;
         }
         if added == 0 {
-            return Err(format!(
-                "tls.extra_ca_file {}: no PEM certificate found",
-                path.display()
-            ));
+            return Err(TlsSetupError::NoCertificate {
+                path: path.to_path_buf(),
+            });
         }
     }
     Ok(roots)
@@ -184,7 +219,7 @@ pub fn root_store(
 pub fn rustls_config(
     min: TlsVersion,
     roots: rustls::RootCertStore,
-) -> Result<Arc<rustls::ClientConfig>, String> {
+) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match min {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
@@ -192,7 +227,7 @@ pub fn rustls_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
-        .map_err(|e| format!("tls: {e}"))?
+        .map_err(TlsSetupError::Versions)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -203,7 +238,7 @@ impl Connector {
         tls: impl Into<TlsOptions>,
         connect_timeout: Duration,
         read_timeout: Duration,
-    ) -> Result<Connector, String> {
+    ) -> Result<Connector, TlsSetupError> {
         let tls: TlsOptions = tls.into();
         let backend = match tls.backend {
             TlsBackend::Rustls => {
@@ -214,18 +249,18 @@ impl Connector {
             TlsBackend::Native => TlsBackendConfig::Native {
                 min: tls.min_version,
                 extra_ca: match &tls.extra_ca_file {
-                    Some(p) => Some(
-                        std::fs::read(p)
-                            .map_err(|e| format!("tls.extra_ca_file {}: {e}", p.display()))?,
-                    ),
+                    Some(p) => {
+                        Some(std::fs::read(p).map_err(|reason| TlsSetupError::CaFileIo {
+                            path: p.clone(),
+                            reason,
+                        })?)
+                    }
                     None => None,
                 },
             },
             #[cfg(not(feature = "native-tls"))]
             TlsBackend::Native => {
-                return Err(
-                    "tls.backend = \"native\" needs a build with --features native-tls".into(),
-                );
+                return Err(TlsSetupError::NativeNotBuilt);
             }
         };
         Ok(Connector {
@@ -616,6 +651,40 @@ mod tests {
             server: addr.to_string(),
         };
         (conn, server)
+    }
+
+    /// A `tls.extra_ca_file` that cannot be used is named with what is wrong with it.
+    #[test]
+    fn an_unusable_extra_ca_file_is_named_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = root_store(Some(&missing)).unwrap_err();
+        assert!(matches!(&e, TlsSetupError::CaFileUnreadable { path, .. } if *path == missing));
+        assert!(
+            e.to_string()
+                .starts_with(&format!("tls.extra_ca_file {}: ", missing.display())),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = root_store(Some(&empty)).unwrap_err();
+        assert!(matches!(&e, TlsSetupError::NoCertificate { path } if *path == empty));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "tls.extra_ca_file {}: no PEM certificate found",
+                empty.display()
+            )
+        );
+        let tls = TlsOptions {
+            min_version: TlsVersion::V1_2,
+            extra_ca_file: Some(empty),
+            backend: TlsBackend::Rustls,
+        };
+        assert!(matches!(
+            Connector::new(tls, Duration::from_secs(1), Duration::from_secs(1)),
+            Err(TlsSetupError::NoCertificate { .. })
+        ));
     }
 
     /// A literal of known length is read into the one allocation made for it when its

@@ -2,14 +2,73 @@
 //! record, key from `node.secret_key_file` (64 hex characters, created 0600 on first use).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand::RngCore;
 
+use crate::telemetry::ErrorKind;
+
 pub struct SecretBox {
     cipher: ChaCha20Poly1305,
+}
+
+/// Why the at-rest key could not be loaded, created or replaced. Names the file, never
+/// what it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file is there but does not hold a key.
+    #[error("{}: expected 64 hex characters", path.display())]
+    Malformed { path: PathBuf },
+    /// Reading, creating or renaming the file (or creating its directory) failed.
+    #[error("{}: {reason}", path.display())]
+    Io {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    /// A key rotation was interrupted and neither key opens the stored records.
+    #[error(
+        "neither {} nor {} decrypts the stored tokens",
+        key_file.display(),
+        pending.display()
+    )]
+    NeitherOpens { key_file: PathBuf, pending: PathBuf },
+}
+
+impl KeyError {
+    /// The store cannot be opened (or its key replaced): a `store` error.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Store
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+        move |reason| KeyError::Io {
+            path: path.to_path_buf(),
+            reason,
+        }
+    }
+}
+
+/// Why a record could not be sealed or opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// The cipher refused the plaintext (only ever for one far larger than a token record).
+    #[error("encryption failed")]
+    Encrypt,
+    /// Shorter than a nonce and a tag: cut, not sealed by us.
+    #[error("record too short")]
+    TooShort,
+    /// The tag does not match: another key sealed it, or it was altered.
+    #[error("cannot decrypt (wrong node.secret_key_file?)")]
+    Decrypt,
+}
+
+impl SealError {
+    /// A token record that cannot be sealed or opened: a `store` error.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::Store
+    }
 }
 
 /// The file a key rotation writes the new key to before it re-encrypts anything.
@@ -19,25 +78,30 @@ pub fn pending_path(key_file: &Path) -> std::path::PathBuf {
     key_file.with_file_name(name)
 }
 
+/// The key in a key file's text, or [`KeyError::Malformed`].
+fn parse_key(path: &Path, text: &str) -> Result<Vec<u8>, KeyError> {
+    hex::decode(text.trim())
+        .ok()
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| KeyError::Malformed {
+            path: path.to_path_buf(),
+        })
+}
+
 impl SecretBox {
-    pub fn load_or_create(path: &Path) -> Result<SecretBox, String> {
+    pub fn load_or_create(path: &Path) -> Result<SecretBox, KeyError> {
         let key = match std::fs::read_to_string(path) {
-            Ok(text) => hex::decode(text.trim())
-                .ok()
-                .filter(|k| k.len() == 32)
-                .ok_or_else(|| format!("{}: expected 64 hex characters", path.display()))?,
+            Ok(text) => parse_key(path, &text)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = vec![0u8; 32];
                 rand::rng().fill_bytes(&mut key);
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| format!("{}: {e}", parent.display()))?;
+                    std::fs::create_dir_all(parent).map_err(KeyError::io(parent))?;
                 }
-                write_private(path, hex::encode(&key).as_bytes())
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                write_private(path, hex::encode(&key).as_bytes()).map_err(KeyError::io(path))?;
                 key
             }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(KeyError::io(path)(e)),
         };
         Ok(SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
@@ -45,49 +109,45 @@ impl SecretBox {
     }
 
     /// A fresh random key, written to `path` (0600, must not exist).
-    pub fn create_at(path: &Path) -> Result<SecretBox, String> {
+    pub fn create_at(path: &Path) -> Result<SecretBox, KeyError> {
         let mut key = vec![0u8; 32];
         rand::rng().fill_bytes(&mut key);
-        write_private(path, hex::encode(&key).as_bytes())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        write_private(path, hex::encode(&key).as_bytes()).map_err(KeyError::io(path))?;
         Ok(SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
         })
     }
 
     /// Loads an existing key file.
-    pub fn load(path: &Path) -> Result<SecretBox, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let key = hex::decode(text.trim())
-            .ok()
-            .filter(|k| k.len() == 32)
-            .ok_or_else(|| format!("{}: expected 64 hex characters", path.display()))?;
+    pub fn load(path: &Path) -> Result<SecretBox, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(KeyError::io(path))?;
+        let key = parse_key(path, &text)?;
         Ok(SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
         })
     }
 
-    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let mut out = nonce.to_vec();
         let sealed = self
             .cipher
             .encrypt(Nonce::from_slice(&nonce), plain)
-            .map_err(|_| "encryption failed".to_string())?;
+            .map_err(|_| SealError::Encrypt)?;
         out.extend_from_slice(&sealed);
         Ok(out)
     }
 
-    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
         // Nonce plus Poly1305 tag: anything shorter was cut, not sealed by us.
         if sealed.len() < 12 + 16 {
-            return Err("record too short".into());
+            return Err(SealError::TooShort);
         }
         let (nonce, body) = sealed.split_at(12);
         self.cipher
             .decrypt(Nonce::from_slice(nonce), body)
-            .map_err(|_| "cannot decrypt (wrong node.secret_key_file?)".to_string())
+            .map_err(|_| SealError::Decrypt)
     }
 }
 
@@ -179,8 +239,18 @@ mod tests {
             let path = dir.path().join(name);
             std::fs::write(&path, text).unwrap();
             let want = format!("{}: expected 64 hex characters", path.display());
-            assert_eq!(SecretBox::load(&path).err(), Some(want.clone()), "{name}");
-            assert_eq!(SecretBox::load_or_create(&path).err(), Some(want), "{name}");
+            for e in [
+                SecretBox::load(&path).err(),
+                SecretBox::load_or_create(&path).err(),
+            ] {
+                let e = e.expect(name);
+                assert!(
+                    matches!(&e, KeyError::Malformed { path: p } if *p == path),
+                    "{name}"
+                );
+                assert_eq!(e.to_string(), want, "{name}");
+                assert_eq!(e.kind(), ErrorKind::Store);
+            }
         }
         // A key file that cannot be read (here: raw bytes, not text) is reported as it is,
         // never treated as missing and replaced.
@@ -188,8 +258,17 @@ mod tests {
         std::fs::write(&binary, [0xff; 32]).unwrap();
         let read_error = std::fs::read_to_string(&binary).unwrap_err();
         let want = format!("{}: {read_error}", binary.display());
-        assert_eq!(SecretBox::load_or_create(&binary).err(), Some(want.clone()));
-        assert_eq!(SecretBox::load(&binary).err(), Some(want));
+        for e in [
+            SecretBox::load_or_create(&binary).err(),
+            SecretBox::load(&binary).err(),
+        ] {
+            let e = e.expect("unreadable");
+            assert!(
+                matches!(&e, KeyError::Io { path, .. } if *path == binary),
+                "{e:?}"
+            );
+            assert_eq!(e.to_string(), want);
+        }
         assert_eq!(std::fs::read(&binary).unwrap(), [0xff; 32]);
         assert!(SecretBox::load(&dir.path().join("missing")).is_err());
     }
@@ -244,16 +323,21 @@ mod tests {
         for len in 0..12 + 16 {
             assert_eq!(
                 b.open(&vec![7; len]),
-                Err("record too short".to_string()),
+                Err(SealError::TooShort),
                 "{len} bytes"
             );
         }
         let mut sealed = b.seal(b"token").unwrap();
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
+        assert_eq!(b.open(&sealed), Err(SealError::Decrypt));
+        // What the operator reads, unchanged.
+        assert_eq!(SealError::TooShort.to_string(), "record too short");
         assert_eq!(
-            b.open(&sealed),
-            Err("cannot decrypt (wrong node.secret_key_file?)".to_string())
+            SealError::Decrypt.to_string(),
+            "cannot decrypt (wrong node.secret_key_file?)"
         );
+        assert_eq!(SealError::Encrypt.to_string(), "encryption failed");
+        assert_eq!(SealError::Decrypt.kind(), ErrorKind::Store);
     }
 }

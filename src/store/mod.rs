@@ -48,7 +48,7 @@ use crate::telemetry::ErrorKind;
 
 pub use backend::{IngestStore, TokenStore};
 pub use checkpoints::Checkpoint;
-pub use crypto::SecretBox;
+pub use crypto::{KeyError, SealError, SecretBox};
 pub use messages::{Location, MessageMeta, NewMessage, Prepared, StoreOutcome};
 pub use tokens::StoredToken;
 pub use values::{CHUNK, Compression, SEGMENT_SIZE};
@@ -71,7 +71,10 @@ pub enum StoreError {
     #[error("store: {0}")]
     Worker(String),
     #[error("store: secret key: {0}")]
-    Key(String),
+    Key(#[from] KeyError),
+    /// A token record could not be sealed.
+    #[error("store: secret key: {0}")]
+    Seal(#[from] SealError),
     #[error(
         "store: disk almost full: {free} bytes free in {path}, {needed} needed (node.min_free_disk_bytes plus the batch); no mail is taken until there is room"
     )]
@@ -83,6 +86,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Every store error, the key's included ([`KeyError::kind`], [`SealError::kind`]).
     pub fn kind(&self) -> ErrorKind {
         ErrorKind::Store
     }

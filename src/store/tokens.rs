@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
-use super::crypto::{self, SecretBox};
+use super::crypto::{self, KeyError, SecretBox};
 use super::{Store, StoreError};
 
 /// OAuth2 state for one credential, kept encrypted at rest.
@@ -71,8 +71,7 @@ impl Store {
             .secret_box
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .seal(&plain)
-            .map_err(StoreError::Key)?;
+            .seal(&plain)?;
         self.tokens.insert(key.as_bytes(), sealed)?;
         // No deadline here (callers' runtimes need not have timers): a token write is small.
         Ok(self.flusher.flush().await?)
@@ -85,7 +84,7 @@ impl Store {
     pub fn rotate_key(&self) -> Result<usize, StoreError> {
         let pending = crypto::pending_path(&self.key_file);
         let _ = std::fs::remove_file(&pending);
-        let new_box = SecretBox::create_at(&pending).map_err(StoreError::Key)?;
+        let new_box = SecretBox::create_at(&pending)?;
         let mut batch = sled::Batch::default();
         let mut n = 0;
         {
@@ -95,14 +94,16 @@ impl Store {
                 let plain = old.open(&v).map_err(|e| {
                     StoreError::Corrupt(format!("token {}: {e}", String::from_utf8_lossy(&k)))
                 })?;
-                batch.insert(k, new_box.seal(&plain).map_err(StoreError::Key)?);
+                batch.insert(k, new_box.seal(&plain)?);
                 n += 1;
             }
         }
         self.tokens.apply_batch(batch)?;
         self.tokens.flush()?;
-        std::fs::rename(&pending, &self.key_file)
-            .map_err(|e| StoreError::Key(format!("{}: {e}", self.key_file.display())))?;
+        std::fs::rename(&pending, &self.key_file).map_err(|reason| KeyError::Io {
+            path: self.key_file.clone(),
+            reason,
+        })?;
         *self.secret_box.write().unwrap_or_else(|p| p.into_inner()) = new_box;
         Ok(n)
     }
@@ -122,7 +123,7 @@ impl Store {
 pub(super) fn open_key(key_file: &Path, tokens: &sled::Tree) -> Result<SecretBox, StoreError> {
     let pending = crypto::pending_path(key_file);
     if !pending.exists() {
-        return SecretBox::load_or_create(key_file).map_err(StoreError::Key);
+        return Ok(SecretBox::load_or_create(key_file)?);
     }
     let sample = tokens.iter().next().transpose()?.map(|(_, v)| v);
     let current = SecretBox::load(key_file).ok();
@@ -131,15 +132,17 @@ pub(super) fn open_key(key_file: &Path, tokens: &sled::Tree) -> Result<SecretBox
         let _ = std::fs::remove_file(&pending);
         return Ok(cur);
     }
-    let new = SecretBox::load(&pending).map_err(StoreError::Key)?;
+    let new = SecretBox::load(&pending)?;
     if !opens(&new) {
-        return Err(StoreError::Key(format!(
-            "neither {} nor {} decrypts the stored tokens",
-            key_file.display(),
-            pending.display()
-        )));
+        return Err(KeyError::NeitherOpens {
+            key_file: key_file.to_path_buf(),
+            pending,
+        }
+        .into());
     }
-    std::fs::rename(&pending, key_file)
-        .map_err(|e| StoreError::Key(format!("{}: {e}", key_file.display())))?;
+    std::fs::rename(&pending, key_file).map_err(|reason| KeyError::Io {
+        path: key_file.to_path_buf(),
+        reason,
+    })?;
     Ok(new)
 }
