@@ -125,6 +125,19 @@ pub struct Store {
     commits: std::sync::Mutex<u64>,
 }
 
+/// sled's page cache per store. sled caches up to 1 GiB by default; a collector mostly
+/// writes, so a small cache keeps memory bounded whatever the store size (a quarter of
+/// this made no difference, BENCHMARKS.md).
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How sled opens the store in `dir`.
+fn sled_config(dir: &Path, segment_size: usize) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(CACHE_BYTES)
+        .segment_size(segment_size)
+}
+
 fn abort<E>(e: E) -> ConflictableTransactionError<E> {
     ConflictableTransactionError::Abort(e)
 }
@@ -136,14 +149,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         restrict_dir(dir);
         let segment_size = existing_segment_size(dir).unwrap_or(SEGMENT_SIZE);
-        let db = match sled::Config::new()
-            .path(dir)
-            // sled caches up to 1 GiB by default; a collector mostly writes, so a small
-            // cache keeps memory bounded whatever the store size.
-            .cache_capacity(16 * 1024 * 1024)
-            .segment_size(segment_size)
-            .open()
-        {
+        let db = match sled_config(dir, segment_size).open() {
             Ok(db) => db,
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>

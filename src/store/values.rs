@@ -276,3 +276,78 @@ pub(super) fn iter_chunked(
         Some(decode(id, value, is_zstd_key(&k)).map(|value| (id, value)))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synced(state: &BlobSync) -> Vec<u64> {
+        let mut v: Vec<u64> = state.synced.lock().unwrap().iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Each flush syncs the blob files written since the last, and remembers only those
+    /// still there; what vanished since it was listed is passed over.
+    #[cfg(unix)]
+    #[test]
+    fn new_blob_files_are_synced_and_forgotten_once_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = BlobSync {
+            dir: dir.path().join("blobs"),
+            synced: Default::default(),
+        };
+        // No blobs directory (sled has written none yet): nothing to do.
+        sync_new_blobs(&state).unwrap();
+        assert!(synced(&state).is_empty());
+        std::fs::create_dir(&state.dir).unwrap();
+        for name in ["5", "7", "not-a-blob"] {
+            std::fs::write(state.dir.join(name), b"blob").unwrap();
+        }
+        sync_new_blobs(&state).unwrap();
+        assert_eq!(synced(&state), [5, 7]);
+        std::fs::remove_file(state.dir.join("5")).unwrap();
+        std::fs::write(state.dir.join("9"), b"blob").unwrap();
+        // Listed, then gone before it could be opened (a link to nothing stands for it).
+        std::os::unix::fs::symlink("gone", state.dir.join("11")).unwrap();
+        sync_new_blobs(&state).unwrap();
+        assert_eq!(synced(&state), [7, 9]);
+        // Any other failure to open one is an error: the flush is not durable.
+        std::os::unix::fs::symlink("12", state.dir.join("12")).unwrap();
+        assert!(matches!(sync_new_blobs(&state), Err(StoreError::Sled(_))));
+    }
+
+    #[test]
+    fn a_blobs_path_that_is_not_a_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = BlobSync {
+            dir: dir.path().join("blobs"),
+            synced: Default::default(),
+        };
+        std::fs::write(&state.dir, b"a file").unwrap();
+        assert!(matches!(sync_new_blobs(&state), Err(StoreError::Sled(_))));
+    }
+
+    /// Values from [`ZSTD_MIN_LEN`] bytes on are compressed when that makes them smaller;
+    /// shorter ones never are.
+    #[test]
+    fn only_values_long_enough_are_compressed() {
+        assert_eq!(compress(&[b'a'; ZSTD_MIN_LEN - 1]), None);
+        for len in [ZSTD_MIN_LEN, ZSTD_MIN_LEN + 1, 100_000] {
+            let value = vec![b'a'; len];
+            let frame = compress(&value).expect("compressible");
+            assert!(frame.len() < len, "{len}");
+            assert_eq!(decode(1, frame, true).unwrap(), value);
+        }
+    }
+
+    /// The layout decisions the module docs explain, as numbers: the largest leaf of
+    /// chunks stays under sled's blob threshold (a quarter of a segment), and stores made
+    /// before chunking have sled's default segments.
+    #[test]
+    fn the_largest_leaf_of_chunks_stays_under_the_blob_threshold() {
+        // 17 entries per leaf, each with a 12-byte key and some header.
+        assert!(17 * (CHUNK + 64) < SEGMENT_SIZE / 4);
+        assert_eq!(LEGACY_SEGMENT_SIZE, 512 * 1024);
+    }
+}

@@ -219,3 +219,27 @@ async fn a_failed_commit_is_fetched_again_and_stored_once() {
         3
     );
 }
+
+/// A store without room for the listed messages takes none: the session ends with the
+/// store's error before any body is fetched, and the checkpoint stays where it was.
+#[tokio::test]
+async fn nothing_is_fetched_without_room_to_store_it() {
+    let mut text = imap_listing(3);
+    text += DROPPED;
+    let server = ScriptServer::start(Script::parse("no-room", &text)).await;
+    let s = setup(&server, "imap", "");
+    s.store.set_min_free_bytes(u64::MAX);
+    let r = run_cycle(&s.store, &s.connector, &s.source, &password(), None).await;
+    server
+        .finish()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\ncycle: {r:?}"));
+    match r {
+        Err(e @ CycleError::Store(StoreError::DiskFull { .. })) => {
+            assert_eq!(e.kind(), crate::telemetry::ErrorKind::Store)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.store.checkpoint("s", "INBOX").unwrap(), None);
+    assert_eq!(s.stored(), 0);
+}

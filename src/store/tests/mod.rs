@@ -5,6 +5,9 @@ use super::values::*;
 use super::*;
 use sha2::{Digest, Sha256};
 
+mod contract;
+mod sled_store;
+
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("db"), &dir.path().join("key")).unwrap();
