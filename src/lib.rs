@@ -29,7 +29,7 @@
 //! | `protocol` | IMAP framing, parsing, commands and the session state machine with typed states; POP3 replies and commands; SASL encodings. No I/O, no clock. | `secret` |
 //! | `net` | sockets: TCP, TLS (rustls; native-tls behind a feature), STARTTLS, timeouts; pumps bytes through `protocol` | `protocol`, `secret`, `telemetry` |
 //! | `parse` | mail-parser → the stored message model; the only importer of mail_parser | — |
-//! | `store` | sled trees, keys, chunked and compressed values, messages, checkpoints, post-action records, tokens, encryption at rest; the only importer of sled | `parse`, `secret`, `telemetry` |
+//! | `store` | the traits ingest (`IngestStore`) and auth (`TokenStore`) use, with the guarantees a backend keeps; the sled `Store` behind them: trees, keys, chunked and compressed values, messages, checkpoints, post-action records, tokens, encryption at rest; the only importer of sled | `parse`, `secret`, `telemetry` |
 //! | `auth` | OAuth2 providers, flows (PKCE loopback, device code, client credentials), the token service and its clock, horizons | `config`, `secret`, `store`, `telemetry` |
 //! | `ingest` | one source's collection cycle as plain code: session → list → fetch → parse-and-store → checkpoint → post-action | `config`, `net`, `protocol`, `parse`, `store`, `secret`, `telemetry` |
 //! | `actors` | supervisor, collector, token manager: thin shells over `ingest` and `auth`; what they decide is in `actors::policy`, plain functions | `auth`, `config`, `ingest`, `net`, `store`, `secret`, `telemetry` |

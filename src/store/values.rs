@@ -123,6 +123,10 @@ pub const CHUNK: usize = 12 * 1024;
 /// the largest leaf of [`CHUNK`]-sized values (17 of them, with keys and headers).
 pub const SEGMENT_SIZE: usize = 1024 * 1024;
 
+// The largest leaf of chunks (17 entries, each with its 12-byte key and a header) stays
+// under sled's blob threshold, a quarter of a segment (see the module docs).
+const _: () = assert!(17 * (CHUNK + 64) < SEGMENT_SIZE / 4);
+
 /// sled's default segment size, which stores created before chunking use.
 pub(super) const LEGACY_SEGMENT_SIZE: usize = 512 * 1024;
 
@@ -341,13 +345,14 @@ mod tests {
         }
     }
 
-    /// The layout decisions the module docs explain, as numbers: the largest leaf of
-    /// chunks stays under sled's blob threshold (a quarter of a segment), and stores made
-    /// before chunking have sled's default segments.
+    /// Stores made before chunking have sled's default segments (it opens a store only
+    /// with its own segment size).
     #[test]
-    fn the_largest_leaf_of_chunks_stays_under_the_blob_threshold() {
-        // 17 entries per leaf, each with a 12-byte key and some header.
-        assert!(17 * (CHUNK + 64) < SEGMENT_SIZE / 4);
-        assert_eq!(LEGACY_SEGMENT_SIZE, 512 * 1024);
+    fn stores_before_chunking_have_sleds_default_segments() {
+        let default = format!("{:?}", sled::Config::new());
+        assert!(
+            default.contains(&format!("segment_size: {LEGACY_SEGMENT_SIZE},")),
+            "{default}"
+        );
     }
 }
