@@ -88,18 +88,14 @@ pub(crate) fn authorize(
         let Some(refresh) = &consent.refresh_token else {
             return Err(anyhow!("{source}: the provider returned no refresh token"));
         };
-        let url = format!("{}/api/tokens/{}/import", api.base, source);
-        let resp = rt.block_on(async {
-            api.http
-                .post(&url)
-                .query(&[("identity", consent.identity.as_str())])
-                .body(refresh.expose().to_string())
-                .send()
-                .await
-        })?;
-        let ok = resp.status().is_success();
-        let body = rt.block_on(resp.text())?;
-        if !ok {
+        let (status, body) = rt.block_on(api.post_json(
+            &format!("/api/tokens/{source}/import"),
+            &serde_json::json!({
+                "refresh_token": refresh.expose(),
+                "identity": consent.identity,
+            }),
+        ))?;
+        if !status.is_success() {
             return Err(anyhow!(
                 "{source}: the running node refused the new grant: {}",
                 body.trim()

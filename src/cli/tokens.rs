@@ -89,11 +89,11 @@ pub(crate) fn import(settings: &Settings, source: &str, file: &Path) -> anyhow::
         }
         None => {
             let api = NodeApi::new(settings)?;
-            let url = format!("{}/api/tokens/{}/import", api.base, source);
-            let resp = rt.block_on(async { api.http.post(&url).body(token).send().await })?;
-            let ok = resp.status().is_success();
-            let body = rt.block_on(resp.text())?;
-            if !ok {
+            let (status, body) = rt.block_on(api.post_json(
+                &format!("/api/tokens/{source}/import"),
+                &serde_json::json!({ "refresh_token": token }),
+            ))?;
+            if !status.is_success() {
                 return Err(anyhow!("{source}: import refused: {}", body.trim()));
             }
             println!(

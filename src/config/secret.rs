@@ -85,6 +85,22 @@ pub fn check_secrets(settings: &Settings) -> Vec<ConfigError> {
             ));
         }
     }
+    // The admin token file is created by the node's first run, so only the files the
+    // operator provides are checked here.
+    let mut token_files: Vec<(String, &std::path::Path)> = Vec::new();
+    if let Some(path) = &settings.node.metrics_token_file {
+        token_files.push(("node.metrics_token_file".into(), path));
+    }
+    for (name, client) in &settings.api_clients {
+        if let super::ApiTokenRef::File(path) = &client.token {
+            token_files.push((format!("api_clients.{name}.token_file"), path));
+        }
+    }
+    for (key, path) in token_files {
+        if let Err(e) = read_secret(&SecretRef::File(path.to_path_buf())) {
+            errors.push(ConfigError::new(key, e.to_string()));
+        }
+    }
     errors
 }
 

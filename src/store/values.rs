@@ -242,11 +242,13 @@ pub(super) fn get_chunked(tree: &sled::Tree, id: u64) -> Result<Option<Vec<u8>>,
         .transpose()
 }
 
-/// Every value of `tree` in id order, pieces joined (see [`get_chunked`]).
+/// Every value of `tree` with an id of `from` or more, in id order, pieces joined (see
+/// [`get_chunked`]). Starts at `from` by key, without reading what comes before.
 pub(super) fn iter_chunked(
     tree: &sled::Tree,
+    from: u64,
 ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> {
-    let mut items = tree.iter().peekable();
+    let mut items = tree.range(from.to_be_bytes()..).peekable();
     std::iter::from_fn(move || {
         let (k, v) = match items.next()? {
             Ok(kv) => kv,
