@@ -165,6 +165,12 @@ impl Access {
         held.1.clone()
     }
 
+    /// Forgets every failed attempt (tests that make many on purpose).
+    #[cfg(test)]
+    pub(crate) fn reset_failures(&self) {
+        *self.failures.lock().unwrap_or_else(|p| p.into_inner()) = FailureLimiter::default();
+    }
+
     fn allowed_hosts(&self) -> Vec<String> {
         self.live.settings().node.http_allowed_hosts.clone()
     }

@@ -53,6 +53,7 @@ pub struct TestLogins {
 }
 
 /// A running test-login; dropping it marks the source's login finished.
+#[derive(Debug)]
 pub struct Turn<'a> {
     logins: &'a TestLogins,
     source: String,

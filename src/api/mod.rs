@@ -10,6 +10,8 @@ pub mod access;
 pub mod credentials;
 mod limits;
 pub mod tls;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
