@@ -476,6 +476,10 @@ poll_interval_secs = 2
     let api = Api {
         client: reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
+            .default_headers(
+                support::node_process::bearer(&dir.path().join("data").join("api.token"))
+                    .map_err(anyhow::Error::msg)?,
+            )
             .build()?,
         base: format!("http://{http}"),
     };

@@ -241,11 +241,17 @@ impl Node {
             .http()
             .ok_or("the node is ready but reported no address")?
             .to_string();
+        let client = reqwest::blocking::Client::builder()
+            .default_headers(crate::support::node_process::bearer(
+                &dir.join("data").join("api.token"),
+            )?)
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
         Ok(Node {
             process,
             http,
             log,
-            client: reqwest::blocking::Client::new(),
+            client,
         })
     }
 
