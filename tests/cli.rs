@@ -403,3 +403,107 @@ fn reload_on_port_0_without_a_listen_file_names_the_key() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("node.http_listen_file"), "{err}");
 }
+
+/// A config with a password source whose password file and the node key exist with `mode`.
+#[cfg(unix)]
+fn config_with_secret_files(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let password = dir.join("password");
+    std::fs::write(&password, "hunter2\n").unwrap();
+    std::fs::write(dir.join("k"), format!("{}\n", "ab".repeat(32))).unwrap();
+    for file in [&password, &dir.join("k")] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    write_config(
+        dir,
+        &format!(
+            "[sources.mail]\nprotocol = \"imap\"\nhost = \"127.0.0.1\"\nport = 9\nusername = \"u\"\nauth = \"password\"\npassword_file = \"{}\"\nenabled = false\n",
+            password.display()
+        ),
+    )
+}
+
+/// Others on the machine reading the node's key or a password: check-config warns, naming
+/// the key and the file and saying chmod 600, and still passes; private files draw no warning.
+#[cfg(unix)]
+#[test]
+fn check_config_warns_about_secret_files_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_secret_files(dir.path(), 0o644);
+    let (code, out, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "check-config"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for (key, file) in [
+        ("node.secret_key_file", dir.path().join("k")),
+        ("sources.mail.password_file", dir.path().join("password")),
+    ] {
+        let line = format!(
+            "warning: {key}: {} is open to group or others (mode 0644); only its owner should read it: chmod 600 {}",
+            file.display(),
+            file.display()
+        );
+        assert!(err.contains(&line), "{line:?} missing in:\n{err}");
+    }
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_secret_files(dir.path(), 0o600);
+    let (code, out, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "check-config"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+/// The same when the node starts: `run` logs a warning naming the key and the file.
+#[cfg(unix)]
+#[test]
+fn run_warns_about_a_node_key_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_secret_files(dir.path(), 0o640);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[node]\n", "[node]\nhttp_listen = \"127.0.0.1:0\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "run", "--once"],
+        &[("MAILSLUICE_LOG", "warn")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let key = dir.path().join("k");
+    for needle in [
+        "key=node.secret_key_file".to_string(),
+        format!("file={}", key.display()),
+        format!("chmod 600 {}", key.display()),
+        "key=sources.mail.password_file".to_string(),
+    ] {
+        assert!(err.contains(&needle), "{needle:?} missing in:\n{err}");
+    }
+}
+
+/// The store (every message, the sealed tokens) is never left in a directory others may
+/// read: when its mode cannot be set to 0700 the command fails, naming node.data_dir.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_data_dir_whose_mode_cannot_be_set_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    // procfs refuses every change of mode, even to root.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("data_dir = \"{}\"", dir.path().join("d").display()),
+        "data_dir = \"/proc/self\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out, err) = run(dir.path(), &["-c", cfg.to_str().unwrap(), "status"], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("node.data_dir /proc/self: cannot set its mode to 0700"),
+        "{err}"
+    );
+}
