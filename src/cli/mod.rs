@@ -169,8 +169,12 @@ pub(crate) enum MessagesCommand {
         raw: bool,
     },
     /// Export messages: eml (a directory of exact bytes), mbox (mboxrd) or jsonl (parsed fields).
+    ///
+    /// Files are created readable by their owner only (0600), directories the export creates
+    /// 0700. A file that exists is not overwritten (exit 2, naming it) unless --force is given;
+    /// a symbolic link at a file's name is never written through, not even with --force.
     #[command(
-        after_help = "Examples:\n  mailsluice messages export --out exported/             # one .eml per message, byte-exact\n  mailsluice messages export --format mbox --out all.mbox\n  mailsluice messages export --format jsonl --source support --out support.jsonl"
+        after_help = "Examples:\n  mailsluice messages export --out exported/             # one .eml per message, byte-exact\n  mailsluice messages export --format mbox --out all.mbox\n  mailsluice messages export --format jsonl --source support --out support.jsonl\n  mailsluice messages export --out exported/ --force     # again, replacing the files"
     )]
     Export {
         /// eml, mbox or jsonl.
@@ -182,6 +186,10 @@ pub(crate) enum MessagesCommand {
         /// Only this source's messages.
         #[arg(long)]
         source: Option<String>,
+        /// Replace export files that exist already (a regular file with no other hard link;
+        /// a symbolic link, directory or other kind of file in the way is still refused).
+        #[arg(long)]
+        force: bool,
     },
 }
 
