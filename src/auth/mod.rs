@@ -28,8 +28,8 @@ use std::sync::Mutex;
 use crate::secret::Secret;
 
 pub use clock::{Clock, ManualClock};
-pub use consent::{Consent, ConsentOptions, DeviceFlowEvent, identity_from_id_token};
-pub use errors::{TokenError, classify_provider_error};
+pub use consent::{Consent, ConsentOptions, DeviceFlowEvent, consented_by, identity_from_id_token};
+pub use errors::{ImportRefusal, TokenError, classify_provider_error};
 pub use exchange::HttpError;
 pub use provider::default_scopes;
 pub use service::{SetupError, TokenService, refresh_margin_secs};
