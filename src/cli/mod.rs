@@ -131,13 +131,18 @@ pub(crate) enum Command {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum TokensCommand {
-    /// Adopt a refresh token obtained elsewhere (migration); proves it by one refresh.
+    /// Adopt a refresh token obtained elsewhere (migration): one refresh with it first,
+    /// and the stored grant is replaced only when that succeeds.
     Import {
         /// The source, as in [sources.NAME].
         source: String,
         /// File holding the refresh token (trailing newline ignored).
         #[arg(long)]
         refresh_token_file: PathBuf,
+        /// Who consented to the grant. Checked against what the provider says (ID token or
+        /// userinfo); recorded as claimed, not verified, when the provider says nothing.
+        #[arg(long)]
+        identity: Option<String>,
     },
     /// Per source: access-token expiry, refresh-token age and last use, state.
     Status,
@@ -242,7 +247,8 @@ pub(crate) fn dispatch(command: Command, settings: Settings, path: &Path) -> any
             TokensCommand::Import {
                 source,
                 refresh_token_file,
-            } => tokens::import(&settings, &source, &refresh_token_file),
+                identity,
+            } => tokens::import(&settings, &source, &refresh_token_file, identity),
             TokensCommand::Status => tokens::status(&settings),
         },
         Command::Messages { command } => messages::messages(&settings, command),

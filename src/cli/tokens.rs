@@ -4,24 +4,51 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
+use serde::Deserialize;
 
 use mailsluice::api::{self, TokenView};
-use mailsluice::auth::TokenService;
+use mailsluice::auth::{TokenService, consented_by};
 use mailsluice::config::{self, Settings};
 use mailsluice::secret::Secret;
+use mailsluice::store::IdentitySource;
 
 use super::node_api::NodeApi;
 use super::{UsageError, open_store, runtime};
 
+/// A source's token view with where its identity came from: the stored record's word
+/// offline; through a running node, the API's `identity_source` when it sends one.
+#[derive(Deserialize)]
+struct Shown {
+    #[serde(flatten)]
+    view: TokenView,
+    #[serde(default)]
+    identity_source: Option<IdentitySource>,
+}
+
 pub(crate) fn status(settings: &Settings) -> anyhow::Result<()> {
-    let views: Vec<TokenView> = match open_store(settings)? {
-        Some(store) => api::token_views(settings, &store).map_err(|e| anyhow!(e))?,
+    let shown: Vec<Shown> = match open_store(settings)? {
+        Some(store) => api::token_views(settings, &store)
+            .map_err(|e| anyhow!(e))?
+            .into_iter()
+            .map(|view| Shown {
+                identity_source: store
+                    .token(&view.source)
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.identity_source),
+                view,
+            })
+            .collect(),
         None => runtime()?.block_on(NodeApi::new(settings)?.get_json("/api/tokens"))?,
     };
-    if views.is_empty() {
+    if shown.is_empty() {
         println!("no OAuth2 sources configured");
     }
-    for v in views {
+    for Shown {
+        view: v,
+        identity_source,
+    } in shown
+    {
         println!("{} (provider {})", v.source, v.provider);
         println!(
             "  refresh token:        {}",
@@ -37,7 +64,7 @@ pub(crate) fn status(settings: &Settings) -> anyhow::Result<()> {
         );
         println!(
             "  consented by:         {}",
-            v.identity.unwrap_or_else(|| "unknown (imported)".into())
+            consented_by(v.identity.as_deref(), identity_source)
         );
         println!(
             "  refresh token used:   {}",
@@ -60,7 +87,12 @@ pub(crate) fn status(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn import(settings: &Settings, source: &str, file: &Path) -> anyhow::Result<()> {
+pub(crate) fn import(
+    settings: &Settings,
+    source: &str,
+    file: &Path,
+    identity: Option<String>,
+) -> anyhow::Result<()> {
     let Some(src) = settings.sources.get(source) else {
         return Err(UsageError(format!("no source named {source:?} in the configuration")).into());
     };
@@ -79,18 +111,27 @@ pub(crate) fn import(settings: &Settings, source: &str, file: &Path) -> anyhow::
             let settings = Arc::new(settings.clone());
             let service = TokenService::new(settings, Arc::new(store))
                 .map_err(|e| UsageError(e.to_string()))?;
-            let tok = rt.block_on(service.import(source, Secret::new(token), None))?;
+            let tok = rt.block_on(service.import(source, Secret::new(token), identity))?;
             let exp = chrono::DateTime::from_timestamp(tok.expires_at, 0)
                 .map(|d| d.to_rfc3339())
                 .unwrap_or_default();
+            let record = service.status(source)?.unwrap_or_default();
             println!(
                 "{source}: refresh token imported and proven by one refresh; access token valid until {exp}"
+            );
+            println!(
+                "  consented by: {}",
+                consented_by(record.identity.as_deref(), record.identity_source)
             );
         }
         None => {
             let api = NodeApi::new(settings)?;
             let url = format!("{}/api/tokens/{}/import", api.base, source);
-            let resp = rt.block_on(async { api.http.post(&url).body(token).send().await })?;
+            let mut request = api.http.post(&url).body(token);
+            if let Some(who) = &identity {
+                request = request.query(&[("identity", who)]);
+            }
+            let resp = rt.block_on(request.send())?;
             let ok = resp.status().is_success();
             let body = rt.block_on(resp.text())?;
             if !ok {

@@ -41,7 +41,7 @@ use crate::telemetry::ErrorKind;
 pub use checkpoints::Checkpoint;
 pub use crypto::SecretBox;
 pub use messages::{Location, MessageMeta, NewMessage, Prepared, StoreOutcome};
-pub use tokens::StoredToken;
+pub use tokens::{IdentitySource, StoredToken};
 pub use values::{CHUNK, Compression, SEGMENT_SIZE};
 
 use tokens::open_key;
