@@ -703,6 +703,8 @@ pub fn run(args: &LiveArgs, mailsluice: &Path) -> LiveReport {
 
     let work = tempfile::Builder::new()
         .prefix("mailsluice-steady-")
+        // Private: it holds the node's key, store and, for a moment, a refresh token.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .expect("create the scenario's work directory");
     let config = work.path().join("mailsluice.toml");

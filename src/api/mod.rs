@@ -127,6 +127,9 @@ pub struct TokenView {
     pub state: Option<String>,
     /// Who consented (identity pinning), when known.
     pub identity: Option<String>,
+    /// Where `identity` comes from: the provider's answer, or the importer's word.
+    #[serde(default)]
+    pub identity_source: Option<crate::store::IdentitySource>,
     /// Expiry horizons coming up (client secret, idle refresh token), with the action.
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -158,6 +161,7 @@ pub fn token_views(settings: &Settings, store: &Store) -> Result<Vec<TokenView>,
             refresh_token_obtained: ts(rec.refresh_token_obtained),
             needs_reauth: rec.needs_reauth.clone(),
             identity: rec.identity.clone(),
+            identity_source: rec.identity_source,
             warnings: settings
                 .providers
                 .get(provider)

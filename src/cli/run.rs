@@ -31,6 +31,15 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
         return Err(UsageError(msg).into());
     }
     let bars = init_logging(&settings, once);
+    for loose in config::loose_secret_files(&config::secret_files(&settings)) {
+        tracing::warn!(
+            key = %loose.key,
+            file = %loose.path.display(),
+            mode = %format!("{:04o}", loose.mode),
+            "secret file open to group or others; only its owner should read it: chmod 600 {}",
+            loose.path.display()
+        );
+    }
     raise_open_files_limit();
     memory::spawn_trimmer();
     let store = Arc::new(Store::open(

@@ -22,7 +22,9 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use secret::{SecretError, check_secrets, read_secret};
+pub use secret::{
+    LooseSecretFile, SecretError, check_secrets, loose_secret_files, read_secret, secret_files,
+};
 pub use settings::*;
 
 use std::collections::HashMap;

@@ -41,7 +41,7 @@ use crate::telemetry::ErrorKind;
 pub use checkpoints::Checkpoint;
 pub use crypto::SecretBox;
 pub use messages::{Location, MessageMeta, NewMessage, Prepared, StoreOutcome};
-pub use tokens::StoredToken;
+pub use tokens::{IdentitySource, StoredToken};
 pub use values::{CHUNK, Compression, SEGMENT_SIZE};
 
 use tokens::open_key;
@@ -63,6 +63,14 @@ pub enum StoreError {
     Worker(String),
     #[error("store: secret key: {0}")]
     Key(String),
+    /// The data directory could not be created or made private (0700): it holds every
+    /// message and the sealed tokens, so the node does not run in one others may read.
+    #[error("node.data_dir {}: {what}: {reason}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        what: &'static str,
+        reason: std::io::Error,
+    },
     #[error(
         "store: disk almost full: {free} bytes free in {path}, {needed} needed (node.min_free_disk_bytes plus the batch); no mail is taken until there is room"
     )]
@@ -120,8 +128,13 @@ impl Store {
     /// Opens (or creates) the store in `dir`, with the at-rest key from `key_file`
     /// (created 0600 on first use).
     pub fn open(dir: &Path, key_file: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        restrict_dir(dir);
+        let data_dir = |what, reason| StoreError::DataDir {
+            path: dir.to_path_buf(),
+            what,
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| data_dir("cannot create it", e))?;
+        restrict_dir(dir).map_err(|e| data_dir("cannot set its mode to 0700", e))?;
         let segment_size = existing_segment_size(dir).unwrap_or(SEGMENT_SIZE);
         let db = match sled::Config::new()
             .path(dir)
@@ -259,10 +272,12 @@ impl Store {
 }
 
 #[cfg(unix)]
-fn restrict_dir(dir: &Path) {
+fn restrict_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 #[cfg(not(unix))]
-fn restrict_dir(_dir: &Path) {}
+fn restrict_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}

@@ -2,8 +2,9 @@
 //!
 //! Four pieces, none of which touches a socket, a runtime or a clock:
 //! - [`Framer`] finds where the next complete server response ends in a byte buffer (a line,
-//!   plus any `{n}` literals and the lines after them), with hard caps on line and literal
-//!   size so a hostile server cannot make us buffer without bound.
+//!   plus any `{n}` literals and the lines after them), with hard caps on line size, literal
+//!   size and the size of the whole response, so a hostile server cannot make us buffer
+//!   without bound.
 //! - [`parse_response`] turns one complete frame into an owned [`ServerResponse`], using
 //!   imap-codec's response parser (we do not hand-parse IMAP grammar).
 //! - [`Commands`] produces tagged command bytes for the handful of commands a collector needs.
@@ -35,12 +36,21 @@ pub use commands::*;
 /// capability lists and SEARCH results while bounding memory.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 
+/// What one response may hold beside its largest allowed literal: the FETCH items around the
+/// message (UID, sizes, dates, flags) and any small literals among them. A response is capped
+/// at `max_literal` plus this much.
+pub const RESPONSE_ENVELOPE_BYTES: u64 = 1024 * 1024;
+
 /// Finds frame boundaries. Keeps its scan position between calls so a large literal that
 /// arrives in many reads is not rescanned (linear, not quadratic).
 #[derive(Debug)]
 pub struct Framer {
     max_line: usize,
     max_literal: u64,
+    /// Cap on one whole response, its lines and literals together. Capping each literal is
+    /// not enough: a server could chain any number of literals just under `max_literal` in
+    /// one response, and the frame is buffered whole.
+    max_response: u64,
     /// Offset where the current (unfinished) line starts.
     line_start: usize,
     /// Offset up to which the buffer has been scanned for CRLF.
@@ -48,13 +58,41 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// A framer whose responses may be up to `max_literal` plus [`RESPONSE_ENVELOPE_BYTES`]
+    /// long in all.
     pub fn new(max_line: usize, max_literal: u64) -> Self {
         Framer {
             max_line,
             max_literal,
+            max_response: max_literal.saturating_add(RESPONSE_ENVELOPE_BYTES),
             line_start: 0,
             scanned: 0,
         }
+    }
+
+    /// The same framer with another cap on one whole response.
+    pub fn with_max_response(self, max_response: u64) -> Self {
+        Framer {
+            max_response,
+            ..self
+        }
+    }
+
+    /// The largest response accepted, its lines and literals together.
+    pub fn max_response(&self) -> u64 {
+        self.max_response
+    }
+
+    /// Fails once the response being framed is known to be `size` bytes or longer, when that
+    /// is over the cap.
+    fn check_response(&self, size: u64) -> Result<(), ProtocolError> {
+        if size > self.max_response {
+            return Err(ProtocolError::ResponseTooLarge {
+                size,
+                limit: self.max_response,
+            });
+        }
+        Ok(())
     }
 
     /// Length of the first complete response in `buf`, or `None` if more bytes are needed.
@@ -71,6 +109,8 @@ impl Framer {
                 if buf.len() - self.line_start > self.max_line {
                     return Err(ProtocolError::LineTooLong(self.max_line));
                 }
+                // Everything buffered belongs to this response: its line is not complete.
+                self.check_response(buf.len() as u64)?;
                 return Ok(None);
             };
             let lf = from + rel;
@@ -86,12 +126,15 @@ impl Framer {
                             limit: self.max_literal,
                         });
                     }
+                    // Refused when announced, before any of it is buffered.
+                    self.check_response((lf as u64 + 1).saturating_add(n))?;
                     // Skip the literal: the next line starts right after it.
                     self.line_start = lf + 1 + n as usize;
                     self.scanned = self.line_start;
                 }
                 None => {
                     let end = lf + 1;
+                    self.check_response(end as u64)?;
                     self.line_start = 0;
                     self.scanned = 0;
                     return Ok(Some(end));
@@ -692,6 +735,77 @@ mod tests {
             framer.next_frame(b"* 1 FETCH (BODY[] {101}\r\n"),
             Err(ProtocolError::LiteralTooLarge { size: 101, .. })
         ));
+    }
+
+    /// A hostile server chains literals, each under the literal cap, in one response to make
+    /// the client buffer without bound: refused once the response passes the literal cap
+    /// plus the envelope allowance, with little more than that buffered.
+    #[test]
+    fn chained_literals_under_the_literal_cap_are_refused_as_one_oversized_response() {
+        let mut framer = Framer::new(DEFAULT_MAX_LINE, 1000);
+        let limit = 1000 + RESPONSE_ENVELOPE_BYTES;
+        let mut hostile = b"* 1 FETCH (".to_vec();
+        while (hostile.len() as u64) < 2 * limit {
+            hostile.extend_from_slice(b"BODY[1] {1000}\r\n");
+            hostile.extend_from_slice(&[b'x'; 1000]);
+            hostile.push(b' ');
+        }
+        let mut buf = Vec::new();
+        let error = hostile.chunks(64 * 1024).find_map(|piece| {
+            buf.extend_from_slice(piece);
+            framer.next_frame(&buf).err()
+        });
+        assert!(
+            matches!(error, Some(ProtocolError::ResponseTooLarge { limit: l, .. }) if l == limit),
+            "{error:?}"
+        );
+        assert!(
+            (buf.len() as u64) < limit + 64 * 1024 + 1100,
+            "{} bytes buffered before the refusal",
+            buf.len()
+        );
+    }
+
+    /// The response cap at its boundary: a response of exactly the cap is framed, one byte
+    /// more is refused, whether the excess is in a line, in a literal (refused when
+    /// announced, before its bytes arrive) or in a line still arriving.
+    #[test]
+    fn response_cap_boundaries() {
+        let frame = b"* 1 FETCH (BODY[] {5}\r\nhello)\r\n";
+        let len = frame.len() as u64;
+        let capped = |max: u64| Framer::new(1024, 100).with_max_response(max);
+        assert_eq!(capped(len).next_frame(frame), Ok(Some(frame.len())));
+        assert_eq!(
+            capped(len - 1).next_frame(frame),
+            Err(ProtocolError::ResponseTooLarge {
+                size: len,
+                limit: len - 1
+            })
+        );
+        // The literal's end is known from its announcement.
+        let announced = b"* 1 FETCH (BODY[] {5}\r\n";
+        let literal_end = announced.len() as u64 + 5;
+        assert_eq!(capped(literal_end).next_frame(announced), Ok(None));
+        assert_eq!(
+            capped(literal_end - 1).next_frame(announced),
+            Err(ProtocolError::ResponseTooLarge {
+                size: literal_end,
+                limit: literal_end - 1
+            })
+        );
+        // A line without its end yet: what is buffered already counts.
+        let partial = b"* 1 FETCH (BODY[] {5}\r\nhello UID 7";
+        let partial_len = partial.len() as u64;
+        assert_eq!(capped(partial_len).next_frame(partial), Ok(None));
+        assert!(matches!(
+            capped(partial_len - 1).next_frame(partial),
+            Err(ProtocolError::ResponseTooLarge { .. })
+        ));
+        // The default allowance: the literal cap plus the envelope.
+        assert_eq!(
+            Framer::new(1024, 100).max_response(),
+            100 + RESPONSE_ENVELOPE_BYTES
+        );
     }
 
     #[test]
