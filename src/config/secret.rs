@@ -141,6 +141,21 @@ pub fn secret_files(settings: &Settings) -> Vec<(String, PathBuf)> {
             files.push((format!("sources.{name}.password_file"), path.clone()));
         }
     }
+    files.push((
+        "node.api_token_file".to_owned(),
+        settings.node.api_token_file.clone(),
+    ));
+    if let Some(path) = &settings.node.metrics_token_file {
+        files.push(("node.metrics_token_file".to_owned(), path.clone()));
+    }
+    if let Some(tls) = &settings.node.http_tls {
+        files.push(("node.http_tls_key_file".to_owned(), tls.key_file.clone()));
+    }
+    for (name, client) in &settings.api_clients {
+        if let super::ApiTokenRef::File(path) = &client.token {
+            files.push((format!("api_clients.{name}.token_file"), path.clone()));
+        }
+    }
     files
 }
 
