@@ -282,7 +282,10 @@ fn a_web_page_cannot_use_a_browser_against_the_node() {
     // The grant is intact: same identity, no re-authorization, and it still signs in.
     let status_after = node.cli_ok(&["tokens", "status"]);
     assert!(!status_after.contains("mallory"), "{status_after}");
-    assert!(!status_after.contains("NEEDS RE-AUTHORIZATION"), "{status_after}");
+    assert!(
+        !status_after.contains("NEEDS RE-AUTHORIZATION"),
+        "{status_after}"
+    );
     assert_eq!(
         status_before.lines().find(|l| l.contains("consented by")),
         status_after.lines().find(|l| l.contains("consented by")),

@@ -364,7 +364,9 @@ fn run_node(
     );
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
-        .default_headers(support::node_process::bearer(&dir.join("data").join("api.token"))?)
+        .default_headers(support::node_process::bearer(
+            &dir.join("data").join("api.token"),
+        )?)
         .build()
         .map_err(|e| format!("http client: {e}"))?;
     let mut next_progress = Duration::from_secs(60);

@@ -73,8 +73,8 @@ impl FailureLimiter {
         match self.peers.get(&peer) {
             None => FAILURE_BURST,
             Some((left, at)) => {
-                let back = now.saturating_duration_since(*at).as_secs_f64()
-                    / FAILURE_REFILL.as_secs_f64();
+                let back =
+                    now.saturating_duration_since(*at).as_secs_f64() / FAILURE_REFILL.as_secs_f64();
                 (left + back).min(FAILURE_BURST)
             }
         }
@@ -111,7 +111,11 @@ impl FailureLimiter {
         }
         // Still full (a flood from many addresses): the oldest entries make room.
         while self.peers.len() >= MAX_PEERS {
-            let Some(oldest) = self.peers.iter().min_by_key(|(_, (_, at))| *at).map(|(p, _)| *p)
+            let Some(oldest) = self
+                .peers
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(p, _)| *p)
             else {
                 break;
             };
@@ -299,7 +303,10 @@ pub async fn guard(
 /// The checks before the handler; `Ok(Some(caller))` when a token was checked.
 fn check(req: &ServiceRequest, route: &str, api: bool) -> Result<Option<Caller>, HttpResponse> {
     let Some(access) = req.app_data::<web::Data<Arc<Access>>>() else {
-        return Err(refusal(StatusCode::INTERNAL_SERVER_ERROR, "access rules missing"));
+        return Err(refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "access rules missing",
+        ));
     };
     let host = req
         .headers()
@@ -314,12 +321,7 @@ fn check(req: &ServiceRequest, route: &str, api: bool) -> Result<Option<Caller>,
     }
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     if api
-        && let Some(why) = cross_site(
-            header("origin"),
-            header("sec-fetch-site"),
-            host,
-            access.tls,
-        )
+        && let Some(why) = cross_site(header("origin"), header("sec-fetch-site"), host, access.tls)
     {
         return Err(refusal(
             StatusCode::FORBIDDEN,
@@ -361,8 +363,10 @@ fn check(req: &ServiceRequest, route: &str, api: bool) -> Result<Option<Caller>,
         } else {
             "Bearer realm=\"mailsluice\""
         };
-        res.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
         res
     };
     if metrics {
@@ -469,7 +473,11 @@ mod tests {
         let any = listen("0.0.0.0:9898");
         assert!(host_allowed(Some("Ingest.Example.com:9898"), &allowed, any));
         assert!(host_allowed(Some("10.1.2.3"), &allowed, any));
-        assert!(!host_allowed(Some("ingest.example.com.evil"), &allowed, any));
+        assert!(!host_allowed(
+            Some("ingest.example.com.evil"),
+            &allowed,
+            any
+        ));
         // Listening on every address is not an invitation to any address as Host.
         assert!(!host_allowed(Some("0.0.0.0:9898"), &allowed, any));
         assert!(!host_allowed(Some("10.9.9.9"), &allowed, any));
@@ -482,7 +490,12 @@ mod tests {
         let host = Some("127.0.0.1:9898");
         assert_eq!(cross_site(None, None, host, false), None);
         assert_eq!(
-            cross_site(Some("http://127.0.0.1:9898"), Some("same-origin"), host, false),
+            cross_site(
+                Some("http://127.0.0.1:9898"),
+                Some("same-origin"),
+                host,
+                false
+            ),
             None
         );
         assert_eq!(cross_site(None, Some("none"), host, false), None);
@@ -495,7 +508,10 @@ mod tests {
             (None, Some("same-site")),
             (Some("http://127.0.0.1:9898"), Some("cross-site")),
         ] {
-            assert!(cross_site(origin, site, host, false).is_some(), "{origin:?} {site:?}");
+            assert!(
+                cross_site(origin, site, host, false).is_some(),
+                "{origin:?} {site:?}"
+            );
         }
         assert_eq!(
             cross_site(Some("https://127.0.0.1:9898"), None, host, true),
@@ -516,7 +532,10 @@ mod tests {
         }
         let wait = limiter.check(a, t0).unwrap_err();
         assert_eq!(wait, FAILURE_REFILL);
-        assert!(limiter.check(b, t0).is_ok(), "another peer is not held back");
+        assert!(
+            limiter.check(b, t0).is_ok(),
+            "another peer is not held back"
+        );
         assert!(limiter.check(a, t0 + FAILURE_REFILL / 2).is_err());
         assert!(limiter.check(a, t0 + FAILURE_REFILL).is_ok());
         limiter.fail(a, t0 + FAILURE_REFILL);

@@ -92,9 +92,10 @@ impl Credentials {
         for (name, client) in &settings.api_clients {
             let sha = match &client.token {
                 ApiTokenRef::Sha256(sha) => *sha,
-                ApiTokenRef::File(path) => {
-                    digest(&read_token_file(path, &format!("api_clients.{name}.token_file"))?)
-                }
+                ApiTokenRef::File(path) => digest(&read_token_file(
+                    path,
+                    &format!("api_clients.{name}.token_file"),
+                )?),
             };
             callers.push((
                 Caller {
@@ -319,14 +320,20 @@ mod tests {
         assert_eq!((who.name.as_str(), who.role), ("archiver", Role::Mail));
         assert!(creds.caller("grafana-token ").is_none());
         assert!(creds.caller("").is_none());
-        assert!(creds.caller("scrape-token").is_none(), "metrics token is not an API token");
+        assert!(
+            creds.caller("scrape-token").is_none(),
+            "metrics token is not an API token"
+        );
         assert!(creds.metrics_protected());
         assert!(creds.metrics_allowed("scrape-token"));
         assert!(creds.metrics_allowed("grafana-token"));
         assert!(!creds.metrics_allowed("guess"));
         // Debug names the callers, never a digest.
         let debug = format!("{creds:?}");
-        assert!(debug.contains("grafana") && !debug.contains(&hashed), "{debug}");
+        assert!(
+            debug.contains("grafana") && !debug.contains(&hashed),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -342,12 +349,20 @@ mod tests {
             let err = read_token_file(&f, "api_clients.x.token_file")
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains(why) && err.contains("api_clients.x.token_file"), "{err}");
+            assert!(
+                err.contains(why) && err.contains("api_clients.x.token_file"),
+                "{err}"
+            );
         }
         std::fs::write(&f, "a".repeat(4096)).unwrap();
         assert!(read_token_file(&f, "k").is_ok());
         std::fs::write(&f, "a".repeat(4097)).unwrap();
-        assert!(read_token_file(&f, "k").unwrap_err().to_string().contains("4 KiB"));
+        assert!(
+            read_token_file(&f, "k")
+                .unwrap_err()
+                .to_string()
+                .contains("4 KiB")
+        );
     }
 
     #[test]

@@ -61,7 +61,11 @@ pub struct Turn<'a> {
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        let mut started = self.logins.started.lock().unwrap_or_else(|p| p.into_inner());
+        let mut started = self
+            .logins
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = started.get_mut(&self.source) {
             entry.1 = false;
         }
@@ -137,8 +141,14 @@ mod tests {
         let logins = TestLogins::default();
         let t0 = Instant::now();
         let turn = logins.begin("a", t0).unwrap();
-        assert!(logins.begin("a", t0).is_err(), "a second one while one runs");
-        assert!(logins.begin("b", t0).is_ok(), "another source is not held back");
+        assert!(
+            logins.begin("a", t0).is_err(),
+            "a second one while one runs"
+        );
+        assert!(
+            logins.begin("b", t0).is_ok(),
+            "another source is not held back"
+        );
         // Still running past the interval: still refused.
         assert!(logins.begin("a", t0 + TEST_LOGIN_INTERVAL * 2).is_err());
         drop(turn);

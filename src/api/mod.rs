@@ -9,9 +9,9 @@
 pub mod access;
 pub mod credentials;
 mod limits;
-pub mod tls;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -285,7 +285,10 @@ struct ListQuery {
 }
 
 async fn list_messages(state: web::Data<ApiState>, q: web::Query<ListQuery>) -> HttpResponse {
-    let limit = q.limit.unwrap_or(limits::PAGE_DEFAULT).min(limits::PAGE_MAX);
+    let limit = q
+        .limit
+        .unwrap_or(limits::PAGE_DEFAULT)
+        .min(limits::PAGE_MAX);
     // Ids start at 0, so "no `after`" is not "after 0".
     let from = match q.after {
         None => 0,
@@ -321,12 +324,51 @@ async fn show_message(state: web::Data<ApiState>, id: web::Path<u64>) -> HttpRes
     }
 }
 
+/// Bytes read from the store per piece of a streamed body.
+const STREAM_PIECE: usize = 64 * 1024;
+
+/// `GET /api/messages/{id}/raw`: the bytes exactly as received, streamed: a thread reads
+/// the store a piece at a time into a channel of two pieces, so a large message costs the
+/// node about 128 KiB however large it is, and a slow reader slows the thread, not memory.
 async fn raw_message(state: web::Data<ApiState>, id: web::Path<u64>) -> HttpResponse {
-    match state.store.raw(*id) {
-        Ok(Some(raw)) => HttpResponse::Ok().content_type("message/rfc822").body(raw),
-        Ok(None) => HttpResponse::NotFound().body(format!("no message {id}\n")),
-        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
-    }
+    let id = *id;
+    let store = state.store.clone();
+    let opened = web::block(move || store.raw_reader(id)).await;
+    let mut reader = match opened {
+        Ok(Ok(Some(reader))) => reader,
+        Ok(Ok(None)) => return HttpResponse::NotFound().body(format!("no message {id}\n")),
+        Ok(Err(e)) => return HttpResponse::InternalServerError().body(e.to_string()),
+        Err(e) => return HttpResponse::InternalServerError().body(e.to_string()),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(2);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        loop {
+            let mut piece = vec![0u8; STREAM_PIECE];
+            let item = match reader.read(&mut piece) {
+                Ok(0) => break,
+                Ok(n) => {
+                    piece.truncate(n);
+                    Ok(web::Bytes::from(piece))
+                }
+                Err(e) => {
+                    tracing::warn!(message = id, error = %e, "reading a stored message failed mid-stream");
+                    Err(e)
+                }
+            };
+            let failed = item.is_err();
+            // The client went away: stop reading.
+            if tx.blocking_send(item).is_err() || failed {
+                break;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    HttpResponse::Ok()
+        .content_type("message/rfc822")
+        .streaming(body)
 }
 
 /// The body of `POST /api/tokens/{source}/import`.

@@ -48,9 +48,8 @@ fn node(extra: &str) -> Node {
         mailer = d.join("mailer.token").display(),
     );
     let settings = Arc::new(crate::config::load_str(&text, &Default::default()).unwrap());
-    let store = Arc::new(
-        Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap(),
-    );
+    let store =
+        Arc::new(Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap());
     let connector = Connector::new(
         &settings.tls,
         std::time::Duration::from_secs(2),
@@ -96,9 +95,7 @@ fn request(method: &str, path: &str, token: Option<&str>) -> TestRequest {
 }
 
 fn concrete(pattern: &str) -> String {
-    pattern
-        .replace("{id}", "1")
-        .replace("{source}", "down")
+    pattern.replace("{id}", "1").replace("{source}", "down")
 }
 
 macro_rules! service {
@@ -115,9 +112,15 @@ async fn every_api_route_refuses_a_missing_or_wrong_token() {
         let path = concrete(pattern);
         for token in [None, Some("wrong"), Some("")] {
             // Each attempt from its own peer: the failure limit is tested on its own.
-            let req = request(method, &path, token).peer_addr(peer(2)).to_request();
+            let req = request(method, &path, token)
+                .peer_addr(peer(2))
+                .to_request();
             let res = call_service(&svc, req).await;
-            assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{method} {path} {token:?}");
+            assert_eq!(
+                res.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} {token:?}"
+            );
             let challenge = res.headers().get("WWW-Authenticate").unwrap();
             assert!(challenge.to_str().unwrap().starts_with("Bearer"));
             assert_eq!(res.headers().get("Cache-Control").unwrap(), "no-store");
@@ -226,7 +229,11 @@ async fn a_form_post_is_refused_before_any_handler() {
             .peer_addr(peer(1))
             .to_request();
         let res = call_service(&svc, req).await;
-        assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
+        assert_eq!(
+            res.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type}"
+        );
     }
     let req = TestRequest::post()
         .uri("/api/reload")
@@ -245,7 +252,10 @@ async fn a_form_post_is_refused_before_any_handler() {
 async fn a_large_body_is_refused_unread() {
     let n = node("");
     let svc = service!(n);
-    let big = format!("{{\"refresh_token\":\"{}\"}}", "a".repeat(super::MAX_BODY_BYTES));
+    let big = format!(
+        "{{\"refresh_token\":\"{}\"}}",
+        "a".repeat(super::MAX_BODY_BYTES)
+    );
     let req = request("POST", "/api/tokens/down/import", Some(&n.admin))
         .set_payload(big)
         .to_request();
@@ -261,13 +271,27 @@ async fn guessing_tokens_is_slowed_per_peer() {
     let svc = service!(n);
     for i in 0..10 {
         let req = request("GET", "/api/sources", Some(&format!("guess-{i}"))).to_request();
-        assert_eq!(call_service(&svc, req).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            call_service(&svc, req).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     // The eleventh is not even checked, right or wrong.
     for token in ["guess-10", n.admin.as_str()] {
-        let res = call_service(&svc, request("GET", "/api/sources", Some(token)).to_request()).await;
+        let res = call_service(
+            &svc,
+            request("GET", "/api/sources", Some(token)).to_request(),
+        )
+        .await;
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-        let retry: u64 = res.headers().get("Retry-After").unwrap().to_str().unwrap().parse().unwrap();
+        let retry: u64 = res
+            .headers()
+            .get("Retry-After")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((1..=6).contains(&retry), "{retry}");
     }
     // Another address is not held back.
@@ -292,7 +316,11 @@ async fn every_answer_says_what_it_is_and_api_answers_are_not_cached() {
     ] {
         let res = call_service(&svc, request("GET", path, Some(&n.admin)).to_request()).await;
         let h = res.headers();
-        assert_eq!(h.get("X-Content-Type-Options").unwrap(), "nosniff", "{path}");
+        assert_eq!(
+            h.get("X-Content-Type-Options").unwrap(),
+            "nosniff",
+            "{path}"
+        );
         assert!(h.contains_key("Content-Type"), "{path}");
         assert_eq!(h.contains_key("Cache-Control"), api, "{path}");
     }
@@ -357,8 +385,96 @@ async fn api_tokens_never_show_in_answers_or_logs_of_a_refusal() {
     .await;
     let body = read_body(res).await;
     assert!(!String::from_utf8_lossy(&body).contains("secret-guess-abcdef"));
-    let res = call_service(&svc, request("GET", "/api/tokens", Some(READER)).to_request()).await;
+    let res = call_service(
+        &svc,
+        request("GET", "/api/tokens", Some(READER)).to_request(),
+    )
+    .await;
     let body = read_body(res).await;
     let text = String::from_utf8_lossy(&body);
     assert!(!text.contains(READER) && !text.contains(&n.admin), "{text}");
+}
+
+#[actix_rt::test]
+async fn raw_bodies_stream_whole_and_pages_move_on_by_id() {
+    let n = node("");
+    let svc = service!(n);
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    big.resize(3 * 1024 * 1024 + 5, b'z');
+    let mut ids = Vec::new();
+    for uid in 1..=3u32 {
+        let raw = if uid == 2 {
+            big.clone()
+        } else {
+            format!("Subject: {uid}\r\n\r\nx\r\n").into_bytes()
+        };
+        let outcome = n
+            .state
+            .store
+            .store(crate::store::NewMessage {
+                source: "down".into(),
+                location: crate::store::Location::Imap {
+                    folder: "INBOX".into(),
+                    uidvalidity: 1,
+                    uid,
+                },
+                parsed: crate::parse::parse(&raw),
+                raw,
+                internal_date: None,
+                post_action: false,
+                rematch: false,
+            })
+            .unwrap();
+        let crate::store::StoreOutcome::Stored(id) = outcome else {
+            panic!()
+        };
+        ids.push(id);
+    }
+    let res = call_service(
+        &svc,
+        request(
+            "GET",
+            &format!("/api/messages/{}/raw", ids[1]),
+            Some(MAILER),
+        )
+        .to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers().get("Content-Type").unwrap(), "message/rfc822");
+    assert_eq!(read_body(res).await, big);
+    let res = call_service(
+        &svc,
+        request("GET", "/api/messages/424242/raw", Some(MAILER)).to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    let mut seen = Vec::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let path = match after {
+            Some(a) => format!("/api/messages?limit=2&after={a}"),
+            None => "/api/messages?limit=2".into(),
+        };
+        let res = call_service(&svc, request("GET", &path, Some(MAILER)).to_request()).await;
+        let page: Vec<serde_json::Value> = serde_json::from_slice(&read_body(res).await).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        seen.extend(page.iter().map(|m| m["id"].as_u64().unwrap()));
+        after = seen.last().copied();
+    }
+    assert_eq!(seen, ids);
+    let res = call_service(
+        &svc,
+        request(
+            "GET",
+            &format!("/api/messages?after={}", u64::MAX),
+            Some(MAILER),
+        )
+        .to_request(),
+    )
+    .await;
+    assert_eq!(read_body(res).await, "[]");
 }

@@ -132,6 +132,9 @@ mod tests {
             key_file: dir.path().join("nope.pem"),
         };
         let err = server_config(&missing, TlsVersion::V1_2).unwrap_err();
-        assert!(err.to_string().starts_with("node.http_tls_key_file"), "{err}");
+        assert!(
+            err.to_string().starts_with("node.http_tls_key_file"),
+            "{err}"
+        );
     }
 }

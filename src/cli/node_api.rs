@@ -26,8 +26,8 @@ impl NodeApi {
     /// located (see [`node_address`]) or its token cannot be read.
     pub(crate) fn new(settings: &Settings) -> anyhow::Result<NodeApi> {
         let addr = node_address(settings)?;
-        let token = read_token_file(&settings.node.api_token_file, "node.api_token_file")
-            .map_err(|e| {
+        let token =
+            read_token_file(&settings.node.api_token_file, "node.api_token_file").map_err(|e| {
                 anyhow!(
                     "{e}: the running node's API needs the admin token the node writes there \
                      on its first run (run this command as the user the node runs as)"

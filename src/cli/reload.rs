@@ -12,7 +12,8 @@ use super::{UsageError, runtime};
 pub(crate) fn reload(settings: &Settings) -> anyhow::Result<()> {
     let api = NodeApi::new(settings)?;
     let url = format!("{}/api/reload", api.base);
-    let (status, body) = runtime()?.block_on(api.post_json("/api/reload", &serde_json::json!({})))?;
+    let (status, body) =
+        runtime()?.block_on(api.post_json("/api/reload", &serde_json::json!({})))?;
     if status.is_success() {
         let report: ReloadReport = serde_json::from_str(&body)
             .with_context(|| format!("{url}: unexpected answer: {body}"))?;

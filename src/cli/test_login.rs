@@ -44,7 +44,11 @@ pub(crate) fn test_login(settings: &Settings, source: &str) -> anyhow::Result<()
             let path = format!("/api/sources/{source}/test-login");
             let (status, body) = rt.block_on(api.post_json(&path, &serde_json::json!({})))?;
             serde_json::from_str(&body).with_context(|| {
-                format!("the running node's API at {}{path}: HTTP {status}: {}", api.base, body.trim())
+                format!(
+                    "the running node's API at {}{path}: HTTP {status}: {}",
+                    api.base,
+                    body.trim()
+                )
             })?
         }
     };

@@ -435,6 +435,12 @@ impl Store {
         get_chunked(&self.raw, id)
     }
 
+    /// A message's bytes as a reader that holds one stored piece at a time (what the API
+    /// streams); `None` when there is no message `id`.
+    pub fn raw_reader(&self, id: u64) -> Result<Option<super::values::ValueReader>, StoreError> {
+        super::values::read_chunked(&self.raw, id)
+    }
+
     /// Messages in storage order, optionally of one source.
     pub fn iter_meta<'a>(
         &'a self,

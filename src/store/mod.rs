@@ -42,7 +42,7 @@ pub use checkpoints::Checkpoint;
 pub use crypto::SecretBox;
 pub use messages::{Location, MessageMeta, NewMessage, Prepared, StoreOutcome};
 pub use tokens::{IdentitySource, StoredToken};
-pub use values::{CHUNK, Compression, SEGMENT_SIZE};
+pub use values::{CHUNK, Compression, SEGMENT_SIZE, ValueReader};
 
 use tokens::open_key;
 use values::{BlobSync, LEGACY_SEGMENT_SIZE, existing_segment_size, sync_new_blobs};

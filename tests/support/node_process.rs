@@ -180,8 +180,8 @@ impl Drop for NodeProcess {
 /// The admin token a node wrote to its `node.api_token_file` (by default `api.token` in
 /// its data directory) on its first run: what `/api/` wants as `Authorization: Bearer`.
 pub fn read_api_token(file: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("API token {}: {e}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("API token {}: {e}", file.display()))?;
     let token = text.trim();
     if token.is_empty() {
         return Err(format!("API token {}: empty", file.display()));

@@ -72,18 +72,37 @@ fn allowed_hosts_are_host_names_as_a_host_header_carries_them() {
     let s = ok(&format!(
         "[node]\nhttp_allowed_hosts = [\"Ingest.Example.com\", \"10.0.0.5\"]\n\n{BASE}"
     ));
-    assert_eq!(s.node.http_allowed_hosts, ["ingest.example.com", "10.0.0.5"]);
-    for bad in ["https://x.example", "x.example:9898", "x.example/path", "", "a..b"] {
-        let errs = errors(&format!("[node]\nhttp_allowed_hosts = [\"ok.example\", {bad:?}]\n\n{BASE}"));
-        assert_contains(&at(&errs, "node.http_allowed_hosts[1]").message, "not a host name");
+    assert_eq!(
+        s.node.http_allowed_hosts,
+        ["ingest.example.com", "10.0.0.5"]
+    );
+    for bad in [
+        "https://x.example",
+        "x.example:9898",
+        "x.example/path",
+        "",
+        "a..b",
+    ] {
+        let errs = errors(&format!(
+            "[node]\nhttp_allowed_hosts = [\"ok.example\", {bad:?}]\n\n{BASE}"
+        ));
+        assert_contains(
+            &at(&errs, "node.http_allowed_hosts[1]").message,
+            "not a host name",
+        );
     }
 }
 
 #[test]
 fn the_api_token_file_defaults_to_the_data_directory() {
     let s = ok(&format!("[node]\ndata_dir = \"/var/lib/ms\"\n\n{BASE}"));
-    assert_eq!(s.node.api_token_file, PathBuf::from("/var/lib/ms/api.token"));
-    let s = ok(&format!("[node]\napi_token_file = \"/etc/ms/api.token\"\n\n{BASE}"));
+    assert_eq!(
+        s.node.api_token_file,
+        PathBuf::from("/var/lib/ms/api.token")
+    );
+    let s = ok(&format!(
+        "[node]\napi_token_file = \"/etc/ms/api.token\"\n\n{BASE}"
+    ));
     assert_eq!(s.node.api_token_file, PathBuf::from("/etc/ms/api.token"));
 }
 
@@ -107,13 +126,21 @@ fn api_clients_have_a_role_and_exactly_one_token_reference() {
             "both set",
         ),
         ("token_file = \"f\"\n", "api_clients.x.role", "required"),
-        ("role = \"root\"\ntoken_file = \"f\"\n", "api_clients.x.role", "root"),
+        (
+            "role = \"root\"\ntoken_file = \"f\"\n",
+            "api_clients.x.role",
+            "root",
+        ),
         (
             "role = \"read\"\ntoken_sha256 = \"my-secret-token\"\n",
             "api_clients.x.token_sha256",
             "64 hexadecimal",
         ),
-        ("role = \"read\"\ntoken = \"abc\"\n", "api_clients.x.token", "never inline"),
+        (
+            "role = \"read\"\ntoken = \"abc\"\n",
+            "api_clients.x.token",
+            "never inline",
+        ),
     ];
     for (body, key, needle) in cases {
         let errs = errors(&format!("{BASE}\n[api_clients.x]\n{body}"));

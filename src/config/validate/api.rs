@@ -26,7 +26,11 @@ pub(super) fn api_clients(ctx: &mut Ctx, v: Option<&Value>) -> BTreeMap<String, 
         let role = t.choice(
             ctx,
             "role",
-            &[("read", Role::Read), ("mail", Role::Mail), ("admin", Role::Admin)],
+            &[
+                ("read", Role::Read),
+                ("mail", Role::Mail),
+                ("admin", Role::Admin),
+            ],
         );
         if role.is_none() && !t.has("role") {
             ctx.error(

@@ -149,11 +149,11 @@ fn allowed_hosts(ctx: &mut Ctx, t: &Table) -> Vec<String> {
         let ok = !h.is_empty()
             && h.len() <= 253
             && (h.parse::<std::net::IpAddr>().is_ok()
-                || h
-                    .split('.')
-                    .all(|label| !label.is_empty() && label.len() <= 63 && label
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-')));
+                || h.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                }));
         if ok {
             out.push(h);
         } else {
