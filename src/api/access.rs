@@ -276,7 +276,10 @@ pub async fn guard(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let api = req.path() == "/api" || req.path().starts_with("/api/");
+    // Under /api/ by any reading of the path: the router matches on a decoded path
+    // (`/%61pi/sources` is `/api/sources` to it), so the raw one alone would let that in.
+    let under_api = |p: &str| p == "/api" || p.starts_with("/api/");
+    let api = under_api(&route) || under_api(req.path()) || under_api(req.match_info().as_str());
     let result = match check(&req, &route, api) {
         Err(refused) => Ok(req.into_response(refused).map_into_right_body()),
         Ok(caller) => {

@@ -478,3 +478,26 @@ async fn raw_bodies_stream_whole_and_pages_move_on_by_id() {
     .await;
     assert_eq!(read_body(res).await, "[]");
 }
+
+#[actix_rt::test]
+async fn an_encoded_path_is_no_way_around_the_token() {
+    let n = node("");
+    let svc = service!(n);
+    for path in [
+        "/%61pi/sources",
+        "/api%2Fsources",
+        "/%2561pi/sources",
+        "/api/%73ources",
+        "/api/messages/%31",
+        "/%61%70%69/messages",
+    ] {
+        let res = call_service(&svc, request("GET", path, None).to_request()).await;
+        assert!(!res.status().is_success(), "{path}: {}", res.status());
+        let res = call_service(&svc, request("GET", path, Some(READER)).to_request()).await;
+        assert!(
+            res.status() != StatusCode::OK || !path.contains("messages"),
+            "{path}: a read token got mail"
+        );
+        n.access_reset();
+    }
+}
