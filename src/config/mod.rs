@@ -13,6 +13,7 @@
 //! - Loading has no side effects: it reads the file and the environment, nothing else.
 
 mod convert;
+pub mod endpoint;
 pub mod live;
 mod secret;
 pub mod settings;

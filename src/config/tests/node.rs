@@ -149,3 +149,16 @@ fn api_clients_have_a_role_and_exactly_one_token_reference() {
         assert!(!m.contains("my-secret-token"), "{m}");
     }
 }
+
+#[test]
+fn native_tls_with_a_1_3_minimum_is_refused_not_weakened() {
+    let errs = errors(&format!(
+        "{BASE}\n[tls]\nbackend = \"native\"\nmin_version = \"1.3\"\n"
+    ));
+    let m = &at(&errs, "tls.min_version").message;
+    assert_contains(m, "cannot be enforced");
+    assert_contains(m, "rustls");
+    // rustls enforces it.
+    let s = ok(&format!("{BASE}\n[tls]\nbackend = \"rustls\"\nmin_version = \"1.3\"\n"));
+    assert_eq!(s.tls.min_version, TlsVersion::V1_3);
+}
