@@ -21,10 +21,12 @@ const LISTEN: &str = "127.0.0.1:9898";
 const HOST: &str = "127.0.0.1:9898";
 
 struct Node {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     admin: String,
     state: ApiState,
     access: Arc<Access>,
+    /// The configuration text, for reloads.
+    text: String,
 }
 
 /// Tokens of the clients every test node has, by role.
@@ -66,10 +68,11 @@ fn node(extra: &str) -> Node {
     let listen: SocketAddr = LISTEN.parse().unwrap();
     let access = Arc::new(Access::new(live, credentials, listen, false));
     Node {
-        _dir: dir,
+        dir,
         admin,
         state,
         access,
+        text,
     }
 }
 
@@ -500,4 +503,26 @@ async fn an_encoded_path_is_no_way_around_the_token() {
         );
         n.access_reset();
     }
+}
+
+#[actix_rt::test]
+async fn a_rotated_token_takes_effect_with_a_reload_and_the_old_one_stops() {
+    let n = node("");
+    let svc = service!(n);
+    let get = |token: &'static str| request("GET", "/api/sources", Some(token)).to_request();
+    assert_eq!(call_service(&svc, get(READER)).await.status(), StatusCode::OK);
+    std::fs::write(n.dir.path().join("reader.token"), "rotated-reader-token-42").unwrap();
+    // Before the reload the node still knows the old token only.
+    assert_eq!(call_service(&svc, get(READER)).await.status(), StatusCode::OK);
+    let settings = crate::config::load_str(&n.text, &Default::default()).unwrap();
+    let current = n.state.live.get();
+    n.state.live.set(crate::config::live::Current {
+        settings: Arc::new(settings),
+        connector: current.connector,
+    });
+    assert_eq!(call_service(&svc, get(READER)).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call_service(&svc, get("rotated-reader-token-42")).await.status(),
+        StatusCode::OK
+    );
 }
