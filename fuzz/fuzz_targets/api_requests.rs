@@ -7,7 +7,7 @@
 //! line is the path and query; then `Name: value` lines up to an empty line; the rest is
 //! the body.
 #![no_main]
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use actix_web::test::{TestRequest, call_service, init_service};
 use libfuzzer_sys::fuzz_target;
@@ -66,13 +66,13 @@ fn node() -> Node {
     }
 }
 
-fn system() -> &'static std::sync::Mutex<(actix_rt::SystemRunner, Node)> {
-    static SYSTEM: OnceLock<std::sync::Mutex<(actix_rt::SystemRunner, Node)>> = OnceLock::new();
-    SYSTEM.get_or_init(|| {
+thread_local! {
+    /// One actix system and node for the whole run (libFuzzer calls on one thread).
+    static SYSTEM: (actix_rt::SystemRunner, Node) = {
         let runner = actix_rt::System::new();
         let node = runner.block_on(async { node() });
-        std::sync::Mutex::new((runner, node))
-    })
+        (runner, node)
+    };
 }
 
 /// Each input comes from its own address: one input's failed attempts do not hold back
@@ -98,9 +98,7 @@ fuzz_target!(|data: &[u8]| {
     if !path.starts_with('/') || path.parse::<actix_web::http::Uri>().is_err() {
         return;
     }
-    let guard = system().lock().unwrap_or_else(|p| p.into_inner());
-    let (runner, node) = &*guard;
-    runner.block_on(async {
+    SYSTEM.with(|(runner, node)| runner.block_on(async {
         let svc = init_service(app(node.state.clone(), node.access.clone())).await;
         let mut req = TestRequest::default()
             .method(method.parse().expect("method"))
@@ -142,5 +140,5 @@ fuzz_target!(|data: &[u8]| {
             res.headers().contains_key("x-content-type-options"),
             "{method} {path}: no nosniff"
         );
-    });
+    }));
 });
