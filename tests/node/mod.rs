@@ -310,12 +310,14 @@ impl Node {
         }
     }
 
-    /// sha256 of every stored message, from a jsonl export (node stopped).
+    /// sha256 of every stored message, from a jsonl export (node stopped; each call
+    /// replaces the last export).
     pub fn stored_hashes(&self) -> Vec<String> {
         let out = self.dir.path().join("hashes.jsonl");
         self.cli_ok(&[
             "messages",
             "export",
+            "--force",
             "--format",
             "jsonl",
             "--out",
