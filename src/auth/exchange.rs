@@ -33,6 +33,9 @@ struct RawAnswer {
     status: u16,
     retry_after: Option<Duration>,
     body: Vec<u8>,
+    /// Why no answer arrived, with its causes (an untrusted certificate, a refused
+    /// connection): the OAuth2 client's own error says only "Request failed".
+    transport: Option<String>,
 }
 
 /// A Retry-After value: delay seconds, or an HTTP date counted from `now` (Unix seconds).
@@ -88,10 +91,14 @@ impl TokenService {
                     for (k, v) in parts.headers.iter() {
                         rb = rb.header(k, v);
                     }
-                    let resp = rb
-                        .send()
-                        .await
-                        .map_err(|e| HttpError(e.without_url().to_string()))?;
+                    let resp = match rb.send().await {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            let why = super::service::with_causes(&e.without_url());
+                            lock(&raw).transport = Some(why.clone());
+                            return Err(HttpError(why));
+                        }
+                    };
                     let status = resp.status();
                     let headers = resp.headers().clone();
                     let bytes = resp
@@ -131,7 +138,7 @@ impl TokenService {
                     raw.status,
                     &raw.body,
                     raw.retry_after,
-                    &transport,
+                    raw.transport.as_deref().unwrap_or(&transport),
                 ))
             }
         }

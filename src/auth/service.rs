@@ -6,7 +6,7 @@
 //! the backoff.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,19 +57,15 @@ fn stored_lifetime(record: &StoredToken) -> Option<i64> {
 /// settings, could not be. Start-up and reload only, never counted, so there is no `kind()`.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("tls.extra_ca_file {}: {reason}", path.display())]
-    CaFileUnreadable {
-        path: PathBuf,
-        reason: std::io::Error,
-    },
-    #[error("tls.extra_ca_file {}: not a usable PEM certificate bundle: {reason}", path.display())]
-    CaFileInvalid { path: PathBuf, reason: String },
+    /// The trusted roots or TLS versions (`[tls]`) could not be set up.
+    #[error("{reason}")]
+    Trust { reason: String },
     #[error("HTTP client for token endpoints: {reason}")]
     HttpClient { reason: String },
 }
 
 /// A reqwest error with its causes: its own Display is only the category ("builder error").
-fn with_causes(e: &reqwest::Error) -> String {
+pub(super) fn with_causes(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
@@ -118,31 +114,22 @@ impl std::fmt::Debug for TokenService {
 
 impl TokenService {
     pub fn new(settings: Arc<Settings>, store: Arc<Store>) -> Result<TokenService, SetupError> {
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             // A provider that does not answer within node.read_timeout_secs is down for now.
             .timeout(settings.node.read_timeout)
             .connect_timeout(settings.node.connect_timeout)
             // Token endpoints must not redirect (a redirect could carry a secret elsewhere).
             .redirect(reqwest::redirect::Policy::none())
-            .https_only(false)
-            .min_tls_version(match settings.tls.min_version {
-                crate::config::TlsVersion::V1_2 => reqwest::tls::Version::TLS_1_2,
-                crate::config::TlsVersion::V1_3 => reqwest::tls::Version::TLS_1_3,
-            });
-        if let Some(ca) = &settings.tls.extra_ca_file {
-            let pem = std::fs::read(ca).map_err(|reason| SetupError::CaFileUnreadable {
-                path: ca.clone(),
-                reason,
-            })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                SetupError::CaFileInvalid {
-                    path: ca.clone(),
-                    reason: with_causes(&e),
-                }
-            })? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+            .https_only(false);
+        // One trust configuration for mail servers and token endpoints: the system roots plus
+        // tls.extra_ca_file, and tls.min_version (a provider behind a private CA, an AD FS
+        // or a corporate Keycloak, is reached as its mail server is).
+        let roots = crate::net::root_store(settings.tls.extra_ca_file.as_deref())
+            .map_err(|reason| SetupError::Trust { reason })?;
+        let min = crate::net::TlsOptions::from(&settings.tls).min_version;
+        let tls = crate::net::rustls_config(min, roots)
+            .map_err(|reason| SetupError::Trust { reason })?;
+        let builder = builder.use_preconfigured_tls((*tls).clone());
         let http = builder.build().map_err(|e| SetupError::HttpClient {
             reason: with_causes(&e),
         })?;
@@ -595,6 +582,90 @@ mod tests {
             .with_clock(clock.clock())
     }
 
+    /// A TLS front for `plain` (a token endpoint on plain HTTP) with a certificate from a
+    /// throw-away CA: the HTTPS URL, and the CA's PEM file.
+    async fn https_front(plain: &str, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let ca_pem = dir.join("private-ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/token", listener.local_addr().unwrap());
+        let upstream = plain
+            .trim_start_matches("http://")
+            .trim_end_matches("/token")
+            .to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await
+                        && let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                    }
+                });
+            }
+        });
+        (url, ca_pem)
+    }
+
+    /// A provider behind a private CA (AD FS, a corporate Keycloak) is trusted through
+    /// tls.extra_ca_file, as a mail server behind it is; without it, it is not.
+    #[tokio::test]
+    async fn token_endpoints_trust_what_mail_connections_trust() {
+        let (plain, _) = token_endpoint(3600).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (url, ca_pem) = https_front(&plain, dir.path()).await;
+        for (n, extra_ca) in [(0, None), (1, Some(&ca_pem))] {
+            let d = dir.path().join(format!("node{n}"));
+            let toml = format!(
+                "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\n\n\
+                 [tls]\nextra_ca_file = \"{ca}\"\n\n\
+                 [providers.local]\nkind = \"oidc\"\ntoken_url = \"{url}\"\nclient_id = \"collector\"\n\n\
+                 [sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nusername = \"alice@example.test\"\nauth = \"oauth2\"\nprovider = \"local\"\n",
+                d = d.display(),
+                ca = extra_ca.map(|p| p.display().to_string()).unwrap_or_default(),
+            );
+            let settings = crate::config::load_str(&toml, &Default::default()).unwrap();
+            let store = open_store(&settings);
+            let service = TokenService::new(Arc::new(settings), Arc::new(store)).unwrap();
+            let result = service
+                .import("mail", Secret::new("refresh-0"), None)
+                .await;
+            match extra_ca {
+                Some(_) => {
+                    let token = result.expect("trusted through tls.extra_ca_file");
+                    assert!(token.refreshed);
+                }
+                None => {
+                    let err = result.expect_err("a private CA is not trusted by default");
+                    assert!(err.to_string().contains("certificate"), "{err}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn an_unreadable_extra_ca_file_is_named_with_its_key() {
         let dir = tempfile::tempdir().unwrap();
@@ -608,7 +679,7 @@ mod tests {
         let settings = crate::config::load_str(&toml, &std::collections::HashMap::new()).unwrap();
         let store = Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap();
         let e = TokenService::new(Arc::new(settings), Arc::new(store)).unwrap_err();
-        assert!(matches!(e, SetupError::CaFileUnreadable { .. }), "{e:?}");
+        assert!(matches!(e, SetupError::Trust { .. }), "{e:?}");
         let shown = e.to_string();
         assert!(shown.starts_with("tls.extra_ca_file "), "{shown}");
         assert!(shown.contains(&missing.display().to_string()), "{shown}");
