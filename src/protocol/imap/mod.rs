@@ -788,7 +788,7 @@ mod tests {
             Err(ProtocolError::LineTooLong(16))
         );
         // The default leaves room for 64 KiB.
-        let mut line = vec![b'x'; DEFAULT_MAX_LINE - 1];
+        let mut line = vec![b'x'; 64 * 1024 - 1];
         line.extend_from_slice(b"\r\n");
         let mut framer = Framer::new(DEFAULT_MAX_LINE, 0);
         assert_eq!(framer.next_frame(&line).unwrap(), Some(line.len()));
@@ -1109,6 +1109,7 @@ mod tests {
         for frame in [
             &b"* 1 FETCH (UID 1 BODY[] {5}\r\nab"[..],
             b"* 1 FETCH (UID 1 BODY[] {5}\r\n",
+            b"* 1 FETCH (UID 1 BODY[] {2000}\r\nab",
             b"* 1 EXISTS",
         ] {
             assert!(
@@ -1181,6 +1182,66 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_lenient_reading_keeps_tags_statuses_bye_and_continuations() {
+        let tagged = |tag: &str, completion, line: &str| ServerResponse::Tagged {
+            tag: tag.into(),
+            completion,
+            code: None,
+            line: line.into(),
+        };
+        assert_eq!(
+            fallback(b"A1 OK done\r\n"),
+            Ok(tagged("A1", Completion::Ok, "A1 OK done"))
+        );
+        assert_eq!(
+            fallback(b"A2 no x\r\n"),
+            Ok(tagged("A2", Completion::No, "A2 no x"))
+        );
+        assert_eq!(
+            fallback(b"A3 BAD y\r\n"),
+            Ok(tagged("A3", Completion::Bad, "A3 BAD y"))
+        );
+        assert_eq!(
+            fallback(b"A4 PERHAPS\r\n"),
+            Err(ProtocolError::Malformed("A4 PERHAPS".into()))
+        );
+        assert_eq!(fallback(b""), Err(ProtocolError::Malformed(String::new())));
+        assert_eq!(
+            fallback(b"* BYE going\r\n"),
+            Ok(ServerResponse::Bye {
+                line: "* BYE going".into()
+            })
+        );
+        assert_eq!(fallback(b"* OK fine\r\n"), Ok(ServerResponse::Other));
+        assert_eq!(fallback(b"*\r\n"), Ok(ServerResponse::Other));
+        assert_eq!(
+            fallback(b"+ go on\r\n"),
+            Ok(ServerResponse::Continue("go on".into()))
+        );
+        assert_eq!(
+            fallback(b"+\r\n"),
+            Ok(ServerResponse::Continue(String::new()))
+        );
+        for line in [&b"* 2 FETCH (\r\n"[..], b"* FETCH\r\n", b"* 2 fetch\r\n"] {
+            assert_eq!(
+                fallback(line),
+                Err(ProtocolError::Malformed(first_line(line))),
+                "{}",
+                first_line(line)
+            );
+        }
+    }
+
+    #[test]
+    fn the_status_word_is_the_second_word() {
+        assert_eq!(frame_status_word("A1 OK x"), Some(Completion::Ok));
+        assert_eq!(frame_status_word("* no x"), Some(Completion::No));
+        assert_eq!(frame_status_word("A1 Bad"), Some(Completion::Bad));
+        assert_eq!(frame_status_word("A1 BYE"), None);
+        assert_eq!(frame_status_word("OK"), None);
+    }
+
     /// A body of `len` bytes with NUL bytes in it, which the parser refuses inside a
     /// literal.
     fn body_with_nul(len: usize) -> Vec<u8> {
@@ -1206,6 +1267,12 @@ mod tests {
                     " BODY[] ",
                 );
                 f.extend_from_slice(&fetch_frame("", &body, " RFC822.SIZE 9)\r\n"));
+                f
+            },
+            // Before a smaller literal.
+            {
+                let mut f = fetch_frame("* 1 FETCH (UID 5 BODY[] ", &body, " BODY[HEADER] ");
+                f.extend_from_slice(&fetch_frame("", b"Subject: s\r\n\r\n", ")\r\n"));
                 f
             },
             // After a literal that is nearly as large.
