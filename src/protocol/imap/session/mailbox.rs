@@ -878,7 +878,8 @@ mod tests {
         let mut during = Vec::new();
         loop {
             let p = pump(&mut run, &mut buf);
-            if !p.sent.is_empty() {
+            let progressed = !p.sent.is_empty();
+            if progressed {
                 during.push(run.during());
                 let tag = p.sent.split(' ').next().unwrap().to_string();
                 buf.extend_from_slice(reply(&tag).as_bytes());
@@ -887,6 +888,7 @@ mod tests {
             if p.stop == Stop::Done {
                 return (sent, during, run.finish());
             }
+            assert!(progressed, "stalled in {}", run.during());
         }
     }
 
