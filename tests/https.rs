@@ -107,7 +107,10 @@ fn the_api_is_served_over_https_and_the_cli_uses_it() {
     );
     let (_, status) = node.stop(Duration::from_secs(20)).unwrap();
     assert!(status.success(), "{}", node_log());
-    assert!(!node_log().contains(&token), "the admin token reached the log");
+    assert!(
+        !node_log().contains(&token),
+        "the admin token reached the log"
+    );
 }
 
 #[test]

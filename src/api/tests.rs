@@ -510,19 +510,30 @@ async fn a_rotated_token_takes_effect_with_a_reload_and_the_old_one_stops() {
     let n = node("");
     let svc = service!(n);
     let get = |token: &'static str| request("GET", "/api/sources", Some(token)).to_request();
-    assert_eq!(call_service(&svc, get(READER)).await.status(), StatusCode::OK);
+    assert_eq!(
+        call_service(&svc, get(READER)).await.status(),
+        StatusCode::OK
+    );
     std::fs::write(n.dir.path().join("reader.token"), "rotated-reader-token-42").unwrap();
     // Before the reload the node still knows the old token only.
-    assert_eq!(call_service(&svc, get(READER)).await.status(), StatusCode::OK);
+    assert_eq!(
+        call_service(&svc, get(READER)).await.status(),
+        StatusCode::OK
+    );
     let settings = crate::config::load_str(&n.text, &Default::default()).unwrap();
     let current = n.state.live.get();
     n.state.live.set(crate::config::live::Current {
         settings: Arc::new(settings),
         connector: current.connector,
     });
-    assert_eq!(call_service(&svc, get(READER)).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        call_service(&svc, get("rotated-reader-token-42")).await.status(),
+        call_service(&svc, get(READER)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call_service(&svc, get("rotated-reader-token-42"))
+            .await
+            .status(),
         StatusCode::OK
     );
 }

@@ -127,8 +127,8 @@ impl TokenService {
         let roots = crate::net::root_store(settings.tls.extra_ca_file.as_deref())
             .map_err(|reason| SetupError::Trust { reason })?;
         let min = crate::net::TlsOptions::from(&settings.tls).min_version;
-        let tls = crate::net::rustls_config(min, roots)
-            .map_err(|reason| SetupError::Trust { reason })?;
+        let tls =
+            crate::net::rustls_config(min, roots).map_err(|reason| SetupError::Trust { reason })?;
         let builder = builder.use_preconfigured_tls((*tls).clone());
         let http = builder.build().map_err(|e| SetupError::HttpClient {
             reason: with_causes(&e),
@@ -645,14 +645,14 @@ mod tests {
                  [providers.local]\nkind = \"oidc\"\ntoken_url = \"{url}\"\nclient_id = \"collector\"\n\n\
                  [sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nusername = \"alice@example.test\"\nauth = \"oauth2\"\nprovider = \"local\"\n",
                 d = d.display(),
-                ca = extra_ca.map(|p| p.display().to_string()).unwrap_or_default(),
+                ca = extra_ca
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
             );
             let settings = crate::config::load_str(&toml, &Default::default()).unwrap();
             let store = open_store(&settings);
             let service = TokenService::new(Arc::new(settings), Arc::new(store)).unwrap();
-            let result = service
-                .import("mail", Secret::new("refresh-0"), None)
-                .await;
+            let result = service.import("mail", Secret::new("refresh-0"), None).await;
             match extra_ca {
                 Some(_) => {
                     let token = result.expect("trusted through tls.extra_ca_file");

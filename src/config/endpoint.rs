@@ -80,18 +80,45 @@ mod tests {
             assert!(check_endpoint(ok).is_ok(), "{ok}");
         }
         for (bad, problem) in [
-            ("http://idp.example.com/token", EndpointProblem::HttpOffLoopback),
-            ("http://127.0.0.1.example.com/token", EndpointProblem::HttpOffLoopback),
+            (
+                "http://idp.example.com/token",
+                EndpointProblem::HttpOffLoopback,
+            ),
+            (
+                "http://127.0.0.1.example.com/token",
+                EndpointProblem::HttpOffLoopback,
+            ),
             // What a hand-written check took for localhost: the host is evil.example.
-            ("http://localhost:1@evil.example/", EndpointProblem::Credentials),
-            ("http://localhost@evil.example/", EndpointProblem::Credentials),
-            ("https://user:pw@idp.example.com/", EndpointProblem::Credentials),
-            ("http://[::1].evil.example/", EndpointProblem::NotUrl(String::new())),
+            (
+                "http://localhost:1@evil.example/",
+                EndpointProblem::Credentials,
+            ),
+            (
+                "http://localhost@evil.example/",
+                EndpointProblem::Credentials,
+            ),
+            (
+                "https://user:pw@idp.example.com/",
+                EndpointProblem::Credentials,
+            ),
+            (
+                "http://[::1].evil.example/",
+                EndpointProblem::NotUrl(String::new()),
+            ),
             ("ftp://idp.example.com/token", EndpointProblem::NotHttps),
             ("file:///etc/passwd", EndpointProblem::NotUrl(String::new())),
-            ("idp.example.com/token", EndpointProblem::NotUrl(String::new())),
-            ("https://idp.example.com/to ken", EndpointProblem::NotUrl(String::new())),
-            ("http://localhost:99999/", EndpointProblem::NotUrl(String::new())),
+            (
+                "idp.example.com/token",
+                EndpointProblem::NotUrl(String::new()),
+            ),
+            (
+                "https://idp.example.com/to ken",
+                EndpointProblem::NotUrl(String::new()),
+            ),
+            (
+                "http://localhost:99999/",
+                EndpointProblem::NotUrl(String::new()),
+            ),
         ] {
             let got = check_endpoint(bad).unwrap_err();
             let same = match (&got, &problem) {

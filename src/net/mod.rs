@@ -330,8 +330,7 @@ impl Connector {
                 if let Some(pem) = extra_ca {
                     // Every certificate of the file (`from_pem` would take the first only).
                     for der in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-                        let der =
-                            der.map_err(|e| tls_err(format!("tls.extra_ca_file: {e}")))?;
+                        let der = der.map_err(|e| tls_err(format!("tls.extra_ca_file: {e}")))?;
                         let cert = async_native_tls::Certificate::from_der(&der)
                             .map_err(|e| tls_err(format!("tls.extra_ca_file: {e}")))?;
                         connector = connector.add_root_certificate(cert);

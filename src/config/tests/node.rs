@@ -159,6 +159,8 @@ fn native_tls_with_a_1_3_minimum_is_refused_not_weakened() {
     assert_contains(m, "cannot be enforced");
     assert_contains(m, "rustls");
     // rustls enforces it.
-    let s = ok(&format!("{BASE}\n[tls]\nbackend = \"rustls\"\nmin_version = \"1.3\"\n"));
+    let s = ok(&format!(
+        "{BASE}\n[tls]\nbackend = \"rustls\"\nmin_version = \"1.3\"\n"
+    ));
     assert_eq!(s.tls.min_version, TlsVersion::V1_3);
 }
