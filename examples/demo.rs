@@ -362,6 +362,8 @@ fn run(args: &Args) -> Result<()> {
     step(4, "writing the node config and importing a refresh token");
     let dir = tempfile::Builder::new()
         .prefix("mailsluice-demo-")
+        // Private: it holds the node's key, store and, for a moment, a refresh token.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .context("create the demo directory")?;
     // Any free port: the node reports the one it got in http.addr.
@@ -476,6 +478,10 @@ poll_interval_secs = 2
     let api = Api {
         client: reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
+            .default_headers(
+                support::node_process::bearer(&dir.path().join("data").join("api.token"))
+                    .map_err(anyhow::Error::msg)?,
+            )
             .build()?,
         base: format!("http://{http}"),
     };

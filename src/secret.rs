@@ -41,6 +41,14 @@ impl From<String> for Secret {
     }
 }
 
+/// Read from a request body (`{"refresh_token": "..."}`); there is no `Serialize`, so a
+/// secret cannot go back out in an answer by accident.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -403,3 +403,351 @@ fn reload_on_port_0_without_a_listen_file_names_the_key() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("node.http_listen_file"), "{err}");
 }
+
+/// A config whose store holds two IMAP messages (ids 1 and 2), filled without a server.
+fn config_with_two_stored_messages(dir: &std::path::Path) -> std::path::PathBuf {
+    use mailsluice::store::{Location, NewMessage, Store};
+    let cfg = write_config(dir, "");
+    let store = Store::open(&dir.join("d"), &dir.join("k")).unwrap();
+    for (uid, raw) in EXPORTED.iter().enumerate() {
+        store
+            .store(NewMessage {
+                source: "mail".into(),
+                location: Location::Imap {
+                    folder: "INBOX".into(),
+                    uidvalidity: 1,
+                    uid: uid as u32 + 1,
+                },
+                raw: raw.to_vec(),
+                internal_date: None,
+                parsed: mailsluice::parse::parse(raw),
+                post_action: false,
+                rematch: false,
+            })
+            .unwrap();
+    }
+    store.flush_sync().unwrap();
+    cfg
+}
+
+const EXPORTED: [&[u8]; 2] = [
+    b"Subject: one\r\nMessage-ID: <1@example>\r\n\r\nfirst\r\n",
+    b"Subject: two\r\nMessage-ID: <2@example>\r\n\r\nsecond\r\n",
+];
+
+#[cfg(unix)]
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Another user on the machine reading exported mail: every file an export writes is 0600
+/// and every directory it creates 0700, whatever the format.
+#[cfg(unix)]
+#[test]
+fn export_writes_files_only_their_owner_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_two_stored_messages(dir.path());
+    let c = cfg.to_str().unwrap();
+    let out = dir.path().join("exports/eml");
+    let (code, stdout, err) = run(
+        dir.path(),
+        &[
+            "-c",
+            c,
+            "messages",
+            "export",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(stdout.contains("exported 2 message(s)"), "{stdout}");
+    for created in [dir.path().join("exports"), out.clone()] {
+        assert_eq!(mode_of(&created), 0o700, "{}", created.display());
+    }
+    for (id, raw) in [(1, EXPORTED[0]), (2, EXPORTED[1])] {
+        let file = out.join(format!("{id}.eml"));
+        assert_eq!(std::fs::read(&file).unwrap(), raw, "{}", file.display());
+        assert_eq!(mode_of(&file), 0o600, "{}", file.display());
+    }
+    for format in ["mbox", "jsonl"] {
+        let file = dir.path().join(format!("all.{format}"));
+        let (code, stdout, err) = run(
+            dir.path(),
+            &[
+                "-c",
+                c,
+                "messages",
+                "export",
+                "--format",
+                format,
+                "--out",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{stdout}{err}");
+        assert!(std::fs::read(&file).unwrap().len() > 40, "{format} empty");
+        assert_eq!(mode_of(&file), 0o600, "{format}");
+    }
+}
+
+/// Clobbering: an export does not overwrite a file that exists (exit 2, the file named, its
+/// content kept) unless --force is given; with --force the file is replaced and made 0600.
+#[cfg(unix)]
+#[test]
+fn export_refuses_to_overwrite_a_file_unless_forced() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_two_stored_messages(dir.path());
+    let c = cfg.to_str().unwrap();
+    let out = dir.path().join("eml");
+    std::fs::create_dir(&out).unwrap();
+    let old = out.join("1.eml");
+    std::fs::write(&old, "kept").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let args = [
+        "-c",
+        c,
+        "messages",
+        "export",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (code, _, err) = run(dir.path(), &args, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("{} exists; not overwritten", old.display()))
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&old).unwrap(), "kept");
+
+    let (code, stdout, err) = run(dir.path(), &[&args[..], &["--force"]].concat(), &[]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert_eq!(std::fs::read(&old).unwrap(), EXPORTED[0]);
+    assert_eq!(mode_of(&old), 0o600);
+
+    // The same for a single-file format.
+    let mbox = dir.path().join("all.mbox");
+    std::fs::write(&mbox, "kept").unwrap();
+    let args = [
+        "-c",
+        c,
+        "messages",
+        "export",
+        "--format",
+        "mbox",
+        "--out",
+        mbox.to_str().unwrap(),
+    ];
+    let (code, _, err) = run(dir.path(), &args, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&mbox.display().to_string()), "{err}");
+    assert_eq!(std::fs::read_to_string(&mbox).unwrap(), "kept");
+    let (code, stdout, err) = run(dir.path(), &[&args[..], &["--force"]].concat(), &[]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(std::fs::read_to_string(&mbox).unwrap().starts_with("From "));
+}
+
+/// A symbolic link planted at an export file's name (say by another user, in a shared
+/// directory) pointing at a file of ours: never written through, with or without --force,
+/// and a dangling one does not create its target. With --force the link is refused, not
+/// replaced; a second hard link to a file of ours is refused the same way.
+#[cfg(unix)]
+#[test]
+fn export_never_writes_through_a_planted_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_two_stored_messages(dir.path());
+    let c = cfg.to_str().unwrap();
+    let out = dir.path().join("eml");
+    std::fs::create_dir(&out).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    std::os::unix::fs::symlink(&victim, out.join("1.eml")).unwrap();
+    let absent = dir.path().join("absent");
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::os::unix::fs::symlink(&absent, other.join("1.eml")).unwrap();
+    for force in [false, true] {
+        for target in [&out, &other] {
+            let mut args = vec![
+                "-c",
+                c,
+                "messages",
+                "export",
+                "--out",
+                target.to_str().unwrap(),
+            ];
+            if force {
+                args.push("--force");
+            }
+            let (code, _, err) = run(dir.path(), &args, &[]);
+            assert_eq!(code, 2, "force={force}: {err}");
+            assert!(
+                err.contains(&format!(
+                    "{} is a symbolic link",
+                    target.join("1.eml").display()
+                )),
+                "force={force}: {err}"
+            );
+            assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+            assert!(
+                !absent.exists(),
+                "force={force}: the dangling link's target was created"
+            );
+            assert!(
+                std::fs::symlink_metadata(target.join("1.eml"))
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+        }
+    }
+    // A single-file format behind a link.
+    let mbox = dir.path().join("all.mbox");
+    std::os::unix::fs::symlink(&victim, &mbox).unwrap();
+    for force in [&[][..], &["--force"][..]] {
+        let args = [
+            "-c",
+            c,
+            "messages",
+            "export",
+            "--format",
+            "mbox",
+            "--out",
+            mbox.to_str().unwrap(),
+        ];
+        let (code, _, err) = run(dir.path(), &[&args[..], force].concat(), &[]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("is a symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+    // A hard link: replacing it would change the victim too.
+    let linked = dir.path().join("linked");
+    std::fs::create_dir(&linked).unwrap();
+    std::fs::hard_link(&victim, linked.join("1.eml")).unwrap();
+    let args = [
+        "-c",
+        c,
+        "messages",
+        "export",
+        "--out",
+        linked.to_str().unwrap(),
+        "--force",
+    ];
+    let (code, _, err) = run(dir.path(), &args, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("has other hard links"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
+
+/// A config with a password source whose password file and the node key exist with `mode`.
+#[cfg(unix)]
+fn config_with_secret_files(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let password = dir.join("password");
+    std::fs::write(&password, "hunter2\n").unwrap();
+    std::fs::write(dir.join("k"), format!("{}\n", "ab".repeat(32))).unwrap();
+    for file in [&password, &dir.join("k")] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    write_config(
+        dir,
+        &format!(
+            "[sources.mail]\nprotocol = \"imap\"\nhost = \"127.0.0.1\"\nport = 9\nusername = \"u\"\nauth = \"password\"\npassword_file = \"{}\"\nenabled = false\n",
+            password.display()
+        ),
+    )
+}
+
+/// Others on the machine reading the node's key or a password: check-config warns, naming
+/// the key and the file and saying chmod 600, and still passes; private files draw no warning.
+#[cfg(unix)]
+#[test]
+fn check_config_warns_about_secret_files_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_secret_files(dir.path(), 0o644);
+    let (code, out, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "check-config"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for (key, file) in [
+        ("node.secret_key_file", dir.path().join("k")),
+        ("sources.mail.password_file", dir.path().join("password")),
+    ] {
+        let line = format!(
+            "warning: {key}: {} is open to group or others (mode 0644); only its owner should read it: chmod 600 {}",
+            file.display(),
+            file.display()
+        );
+        assert!(err.contains(&line), "{line:?} missing in:\n{err}");
+    }
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_secret_files(dir.path(), 0o600);
+    let (code, out, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "check-config"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+/// The same when the node starts: `run` logs a warning naming the key and the file.
+#[cfg(unix)]
+#[test]
+fn run_warns_about_a_node_key_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_secret_files(dir.path(), 0o640);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[node]\n", "[node]\nhttp_listen = \"127.0.0.1:0\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "run", "--once"],
+        &[("MAILSLUICE_LOG", "warn")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let key = dir.path().join("k");
+    for needle in [
+        "key=node.secret_key_file".to_string(),
+        format!("file={}", key.display()),
+        format!("chmod 600 {}", key.display()),
+        "key=sources.mail.password_file".to_string(),
+    ] {
+        assert!(err.contains(&needle), "{needle:?} missing in:\n{err}");
+    }
+}
+
+/// The store (every message, the sealed tokens) is never left in a directory others may
+/// read: when its mode cannot be set to 0700 the command fails, naming node.data_dir.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_data_dir_whose_mode_cannot_be_set_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    // procfs refuses every change of mode, even to root.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("data_dir = \"{}\"", dir.path().join("d").display()),
+        "data_dir = \"/proc/self\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out, err) = run(dir.path(), &["-c", cfg.to_str().unwrap(), "status"], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("node.data_dir /proc/self: cannot set its mode to 0700"),
+        "{err}"
+    );
+}

@@ -419,8 +419,15 @@ fn username_not_matching_the_token_is_an_auth_error_with_the_server_reply() {
             "xoauth2",
             "bob@example.test",
         );
-    let mut node = Node::new(&dovecot.ca_pem, &body);
+    // Alice's grant, stored while the source was hers (an import under bob's name is
+    // refused, as `authorize` refuses it); then the configuration names bob.
+    let mut node = Node::new(
+        &dovecot.ca_pem,
+        &(provider(&oidc)
+            + &oauth_source("mail", "imap", dovecot.imaps_port, "tls", "xoauth2", ALICE)),
+    );
     import_token(&node, &oidc, "mail");
+    node.rewrite_body(&body);
     node.start();
     let s = node.wait_state("mail", "degraded", Duration::from_secs(30));
     let err = s["last_error"].as_str().unwrap_or("");
@@ -751,11 +758,11 @@ fn paging_by_id_during_a_parallel_backfill_misses_nothing() {
     );
 }
 
-/// After an import whose proving refresh the provider refused, `tokens status` says the
-/// same thing everywhere: the state is needs_reauth, never `healthy` beside
-/// NEEDS RE-AUTHORIZATION.
+/// An import through the running node whose proving refresh the provider refused changes
+/// nothing: the error names the provider's code, `tokens status` and `/api/sources` still
+/// agree the source is healthy, and it keeps collecting with the grant it had.
 #[test]
-fn a_refused_import_shows_one_state_in_tokens_status() {
+fn a_refused_import_through_the_running_node_keeps_the_source_collecting() {
     let (oidc, dovecot, mut node) = imap_xoauth2_node(3600, ALICE);
     import_token(&node, &oidc, "mail");
     dovecot.seed(ALICE, &corpus::many("ri", 2));
@@ -770,15 +777,23 @@ fn a_refused_import_shows_one_state_in_tokens_status() {
         "--refresh-token-file",
         garbage.to_str().unwrap(),
     ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a refused import must fail");
-    let printed = node.cli_ok(&["tokens", "status"]);
-    assert!(printed.contains("NEEDS RE-AUTHORIZATION"), "{printed}");
+    assert!(stderr.contains("invalid_grant"), "{stderr}");
     assert!(
-        printed.contains("state:                needs_reauth"),
+        stderr.contains("the stored grant was left unchanged"),
+        "{stderr}"
+    );
+    let printed = node.cli_ok(&["tokens", "status"]);
+    assert!(!printed.contains("NEEDS RE-AUTHORIZATION"), "{printed}");
+    assert!(
+        printed.contains("state:                healthy"),
         "state and grant disagree:\n{printed}"
     );
     let sources = node.sources();
-    assert_eq!(Node::source(&sources, "mail")["state"], "needs_reauth");
+    assert_eq!(Node::source(&sources, "mail")["state"], "healthy");
+    dovecot.seed(ALICE, &corpus::many("ri2", 2));
+    node.wait_stored("mail", 4, Duration::from_secs(30));
     node.stop();
 }
 

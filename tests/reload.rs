@@ -176,12 +176,13 @@ fn sighup_and_api_reload_apply_changes_source_by_source() {
     node.stop();
 }
 
-/// Messages stored for `source`, read offline (jsonl export).
+/// Messages stored for `source`, read offline (jsonl export, replacing the last one).
 fn count(node: &Node, source: &str) -> usize {
     let out = node.dir.path().join(format!("{source}.jsonl"));
     node.cli_ok(&[
         "messages",
         "export",
+        "--force",
         "--format",
         "jsonl",
         "--source",

@@ -94,16 +94,19 @@ fn wrong_user_fails_at_sasl_with_the_server_reply() {
         oidc_introspection_url: Some(oidc.introspection_url()),
         ..DovecotOptions::default()
     });
+    // Alice's grant, stored while the source was hers; then the configuration names bob
+    // (an import of it now would be refused, as `authorize` refuses it).
     let node = Node::new(
         &dovecot.ca_pem,
-        &oauth_config(
-            &oidc,
-            ("localhost", dovecot.imaps_port),
-            "bob@example.test",
-            "imap",
-        ),
+        &oauth_config(&oidc, ("localhost", dovecot.imaps_port), ALICE, "imap"),
     );
     import(&node, &oidc);
+    node.rewrite_body(&oauth_config(
+        &oidc,
+        ("localhost", dovecot.imaps_port),
+        "bob@example.test",
+        "imap",
+    ));
     let (ok, out) = run(&node);
     assert!(!ok, "{out}");
     assert!(
@@ -112,6 +115,46 @@ fn wrong_user_fails_at_sasl_with_the_server_reply() {
     );
     assert!(out.contains("AUTHENTICATIONFAILED"), "{out}");
     assert!(out.contains("result: FAILED"), "{out}");
+}
+
+/// A mistyped import beside a working grant: refused with the provider's code, and the
+/// stored grant still signs in.
+#[test]
+fn a_refused_import_leaves_the_grant_that_signs_in() {
+    let oidc = Oidc::start(OidcOptions::default());
+    let dovecot = Dovecot::start(DovecotOptions {
+        oidc_introspection_url: Some(oidc.introspection_url()),
+        ..DovecotOptions::default()
+    });
+    dovecot.seed(ALICE, &corpus::corpus("ri"));
+    let node = Node::new(
+        &dovecot.ca_pem,
+        &oauth_config(&oidc, ("localhost", dovecot.imaps_port), ALICE, "imap"),
+    );
+    import(&node, &oidc);
+    let garbage = node.file("garbage.token", "not-a-refresh-token\n");
+    let out = node.cli(&[
+        "tokens",
+        "import",
+        "mail",
+        "--refresh-token-file",
+        garbage.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a garbage token must be refused");
+    assert!(stderr.contains("invalid_grant"), "{stderr}");
+    assert!(
+        stderr.contains("the stored grant was left unchanged"),
+        "{stderr}"
+    );
+    let status = node.cli_ok(&["tokens", "status"]);
+    assert!(!status.contains("NEEDS RE-AUTHORIZATION"), "{status}");
+    assert!(
+        status.contains(&format!("consented by:         {ALICE}\n")),
+        "{status}"
+    );
+    let (ok, out) = run(&node);
+    assert!(ok, "{out}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The TokenManager against the real oidc-provider: concurrent askers share one refresh,
-//! the rotated refresh token is persisted before the reply, and a refused grant parks the
-//! credential without further provider requests.
+//! the rotated refresh token is persisted before the reply, a refused grant parks the
+//! credential without further provider requests, and a refused import changes nothing.
 //!
 //! The token service decides on a [`ManualClock`] started at the real time (the provider's
 //! tokens are stamped with it): tests move it to get past a backoff instead of sleeping.
@@ -12,17 +12,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
-use mailsluice::actors::token_manager::{GetAccessToken, TokenManager};
-use mailsluice::auth::{ManualClock, TokenService};
+use mailsluice::actors::token_manager::{GetAccessToken, ImportRefreshToken, TokenManager};
+use mailsluice::auth::{ManualClock, TokenError, TokenService};
 use mailsluice::secret::Secret;
-use mailsluice::store::Store;
+use mailsluice::store::{IdentitySource, Store};
+use mailsluice::telemetry::{SourceState, status};
 use support::{Oidc, OidcOptions};
 
 const SCOPE: &str = "openid offline_access email mail";
 
 fn setup(oidc: &Oidc, dir: &std::path::Path) -> (Arc<TokenService>, Arc<Store>, ManualClock) {
+    setup_source(oidc, dir, "mail")
+}
+
+/// [`setup`] with the source named `source` (the sources' live status is one per process:
+/// a test reading it uses a name of its own).
+fn setup_source(
+    oidc: &Oidc,
+    dir: &std::path::Path,
+    source: &str,
+) -> (Arc<TokenService>, Arc<Store>, ManualClock) {
     let toml = format!(
-        "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\ntoken_refresh_margin_secs = 1\n\n[providers.local]\nkind = \"oidc\"\nissuer = \"{iss}\"\nclient_id = \"collector\"\n\n[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nusername = \"alice@example.test\"\nauth = \"oauth2\"\nprovider = \"local\"\n",
+        "[node]\ndata_dir = \"{d}/data\"\nsecret_key_file = \"{d}/key\"\ntoken_refresh_margin_secs = 1\n\n[providers.local]\nkind = \"oidc\"\nissuer = \"{iss}\"\nclient_id = \"collector\"\n\n[sources.{source}]\nprotocol = \"imap\"\nhost = \"localhost\"\nusername = \"alice@example.test\"\nauth = \"oauth2\"\nprovider = \"local\"\n",
         d = dir.display(),
         iss = oidc.issuer
     );
@@ -266,4 +277,79 @@ async fn token_endpoint_faults_back_off_and_keep_the_refresh_token() {
         store.token("mail").unwrap().unwrap().refresh_token,
         good_refresh
     );
+}
+
+/// A mistyped (or forged) import through the TokenManager, with a real grant stored: refused
+/// with the provider's code, nothing written, the source not parked, and the stored grant
+/// still refreshes. A good import records who the provider's ID token names.
+#[actix_rt::test]
+async fn a_refused_import_leaves_the_working_grant_in_place() {
+    let oidc = Oidc::start(OidcOptions::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (service, store, clock) = setup_source(&oidc, dir.path(), "kept");
+    let manager = TokenManager::new(service).start();
+    let import = |refresh_token: String, identity: Option<&str>| {
+        manager.send(ImportRefreshToken {
+            source: "kept".into(),
+            refresh_token: Secret::new(refresh_token),
+            identity: identity.map(str::to_string),
+        })
+    };
+    let t = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
+    import(t.refresh_token.unwrap(), None)
+        .await
+        .unwrap()
+        .expect("a real grant is imported");
+    let good = store.token("kept").unwrap().unwrap();
+    assert_eq!(good.identity.as_deref(), Some("alice@example.test"));
+    assert_eq!(good.identity_source, Some(IdentitySource::IdToken));
+    status::set_state("kept", SourceState::Healthy);
+
+    oidc.reset_stats();
+    let e = import("not-a-refresh-token".into(), None)
+        .await
+        .unwrap()
+        .expect_err("garbage must be refused");
+    let shown = e.to_string();
+    assert!(matches!(e, TokenError::ImportRefused { .. }), "{shown}");
+    assert!(shown.contains("invalid_grant"), "{shown}");
+    assert!(
+        shown.contains("the stored grant was left unchanged"),
+        "{shown}"
+    );
+    assert_eq!(refreshes(&oidc, "error"), 1, "{}", oidc.stats());
+    assert_eq!(store.token("kept").unwrap().unwrap(), good);
+    assert_eq!(
+        status::get("kept").map(|s| s.state),
+        Some(SourceState::Healthy)
+    );
+
+    // Someone else's name beside a real grant: refused, naming both.
+    let other = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
+    let e = import(other.refresh_token.unwrap(), Some("bob@example.test"))
+        .await
+        .unwrap()
+        .expect_err("the provider names alice");
+    let shown = e.to_string();
+    assert!(
+        shown.contains("alice@example.test") && shown.contains("bob@example.test"),
+        "{shown}"
+    );
+    assert_eq!(store.token("kept").unwrap().unwrap(), good);
+
+    // The stored grant still gives access tokens, refreshed once its own expire.
+    clock.advance(Duration::from_secs(3600));
+    oidc.reset_stats();
+    let token = manager
+        .send(GetAccessToken {
+            source: "kept".into(),
+        })
+        .await
+        .unwrap()
+        .expect("the stored grant still works");
+    assert!(token.refreshed);
+    assert_eq!(refreshes(&oidc, "ok"), 1, "{}", oidc.stats());
+    let after = store.token("kept").unwrap().unwrap();
+    assert!(after.needs_reauth.is_none());
+    assert_ne!(after.refresh_token, good.refresh_token, "rotated");
 }

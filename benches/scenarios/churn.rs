@@ -260,6 +260,8 @@ fn churn(plan: &Plan, keep: bool, mailsluice: &Path) -> Result<Outcome, String> 
     }
     let work = tempfile::Builder::new()
         .prefix("mailsluice-churn-")
+        // Private: it holds the node's key, store and, for a moment, a refresh token.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(|e| format!("create the work directory: {e}"))?;
     let dir = work.path();
@@ -362,6 +364,9 @@ fn run_node(
     );
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
+        .default_headers(support::node_process::bearer(
+            &dir.join("data").join("api.token"),
+        )?)
         .build()
         .map_err(|e| format!("http client: {e}"))?;
     let mut next_progress = Duration::from_secs(60);

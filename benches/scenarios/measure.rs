@@ -347,23 +347,20 @@ pub fn disk_written() -> Option<u64> {
 /// pieces, then `fsync`, timed together (what `dd conv=fdatasync` measures).
 pub fn disk_write_rate(dir: &Path, bytes: usize) -> std::io::Result<f64> {
     use std::io::Write as _;
-    let path = dir.join("mailsluice-bench-disk-probe");
     let piece: Vec<u8> = (0..1 << 20)
         .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
+    // A file without a name (gone when closed): a fixed name in a shared directory could be
+    // a link planted by another user to a file of ours, which would then be overwritten.
+    let mut file = tempfile::tempfile_in(dir)?;
     let started = Instant::now();
-    let result = (|| {
-        let mut file = File::create(&path)?;
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(piece.len());
-            file.write_all(&piece[..n])?;
-            left -= n;
-        }
-        file.sync_all()
-    })();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(piece.len());
+        file.write_all(&piece[..n])?;
+        left -= n;
+    }
+    file.sync_all()?;
     let took = started.elapsed();
-    let _ = std::fs::remove_file(&path);
-    result?;
     Ok(bytes as f64 / took.as_secs_f64().max(1e-9))
 }

@@ -241,11 +241,17 @@ impl Node {
             .http()
             .ok_or("the node is ready but reported no address")?
             .to_string();
+        let client = reqwest::blocking::Client::builder()
+            .default_headers(crate::support::node_process::bearer(
+                &dir.join("data").join("api.token"),
+            )?)
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
         Ok(Node {
             process,
             http,
             log,
-            client: reqwest::blocking::Client::new(),
+            client,
         })
     }
 
@@ -697,6 +703,8 @@ pub fn run(args: &LiveArgs, mailsluice: &Path) -> LiveReport {
 
     let work = tempfile::Builder::new()
         .prefix("mailsluice-steady-")
+        // Private: it holds the node's key, store and, for a moment, a refresh token.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .expect("create the scenario's work directory");
     let config = work.path().join("mailsluice.toml");

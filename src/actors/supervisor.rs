@@ -371,6 +371,9 @@ pub struct NodeHandle {
     pub access_token: Recipient<GetAccessToken>,
     pub import: Recipient<ImportRefreshToken>,
     pub reauthorized: Recipient<ReauthorizedSource>,
+    /// The node's session permits (`node.max_sessions`), for sessions opened outside a
+    /// collector (test-login).
+    pub sessions: Recipient<SessionPermits>,
 }
 
 impl NodeHandle {
@@ -391,8 +394,23 @@ impl Supervisor {
             access_token: tokens.clone().recipient(),
             import: tokens.recipient(),
             reauthorized: addr.clone().recipient(),
+            sessions: addr.clone().recipient(),
         };
         (addr, handle)
+    }
+}
+
+/// The semaphore every IMAP/POP3 session takes a permit of (`node.max_sessions`; a reload
+/// that changes it replaces it).
+#[derive(Message)]
+#[rtype(result = "Arc<Semaphore>")]
+pub struct SessionPermits;
+
+impl Handler<SessionPermits> for Supervisor {
+    type Result = MessageResult<SessionPermits>;
+
+    fn handle(&mut self, _msg: SessionPermits, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.sessions.clone())
     }
 }
 

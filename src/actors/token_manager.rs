@@ -20,7 +20,8 @@ pub struct GetAccessToken {
     pub source: String,
 }
 
-/// Adopts a refresh token for a source and proves it with one refresh.
+/// Adopts a refresh token for a source once one refresh with it succeeded; a refused one
+/// leaves the stored grant as it was.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<AccessToken, TokenError>")]
 pub struct ImportRefreshToken {
@@ -55,9 +56,9 @@ impl Handler<SetTokenService> for TokenManager {
 
 type InFlight = Shared<LocalBoxFuture<'static, Result<AccessToken, TokenError>>>;
 
-/// A refresh the provider refused for good (an import's proving refresh included): the
-/// source's status says so at once, not only after its collector's next session, so every
-/// view of it agrees with the stored grant.
+/// A refresh the provider refused for good: the source's status says so at once, not only
+/// after its collector's next session, so every view of it agrees with the stored grant. (A
+/// refused import changes neither, so it is not reported here.)
 fn record_refusal(source: &str, result: &Result<AccessToken, TokenError>) {
     if let Err(e) = result
         && e.needs_reauth()
@@ -120,21 +121,25 @@ impl Handler<ImportRefreshToken> for TokenManager {
     type Result = ResponseFuture<Result<AccessToken, TokenError>>;
 
     fn handle(&mut self, msg: ImportRefreshToken, _ctx: &mut Context<Self>) -> Self::Result {
-        // An import replaces whatever is in flight for this credential.
-        self.in_flight.remove(&msg.source);
+        // The import runs after a refresh in flight for this credential, perhaps on the
+        // service a reload replaced (whose record lock is not this one's), so that refresh
+        // cannot write its grant back over the imported one. It is not joinable itself:
+        // collectors asking meanwhile want a token of the stored grant, which a refused
+        // import leaves in place, not the import's refusal.
+        let earlier = self
+            .in_flight
+            .get(&msg.source)
+            .filter(|f| f.peek().is_none())
+            .cloned();
         let service = self.service.clone();
-        let source = msg.source.clone();
-        let fut = self.join_or_start(msg.source, move || {
-            async move {
-                let result = service
-                    .import(&source, msg.refresh_token, msg.identity)
-                    .await;
-                record_refusal(&source, &result);
-                result
+        Box::pin(async move {
+            if let Some(earlier) = earlier {
+                let _ = earlier.await;
             }
-            .boxed_local()
-        });
-        Box::pin(fut)
+            service
+                .import(&msg.source, msg.refresh_token, msg.identity)
+                .await
+        })
     }
 }
 

@@ -16,8 +16,24 @@ use super::{
 };
 use crate::config::{Flow, ProviderKind, ProviderSettings, SourceSettings};
 use crate::secret::Secret;
-use crate::store::StoredToken;
+use crate::store::{IdentitySource, StoredToken};
 use crate::telemetry::ErrorKind;
+
+/// Why the provider's word on a grant's account could not be had.
+#[derive(Debug)]
+pub(super) enum IdentityError {
+    /// The ID token failed its checks (another client's, another issuer's, expired).
+    IdToken(IdTokenError),
+    /// The discovery document (for the expected issuer) could not be had.
+    Provider(TokenError),
+}
+
+/// Whether one of the provider's `names` for an account is `wanted`, ignoring case (how the
+/// configured username is matched at consent, and an importer's word at import).
+pub(super) fn names_include(names: &[String], wanted: &str) -> bool {
+    let wanted = wanted.to_lowercase();
+    names.iter().any(|n| n.to_lowercase() == wanted)
+}
 
 /// How `authorize` behaves.
 #[derive(Debug, Clone)]
@@ -33,6 +49,8 @@ pub struct ConsentOptions {
 pub struct Consent {
     /// Who signed in (verified against the configured username).
     pub identity: String,
+    /// Where the provider said so.
+    pub identity_source: IdentitySource,
     pub refresh_token: Option<Secret>,
     pub access_token: Secret,
     pub expires_at: i64,
@@ -191,6 +209,18 @@ pub fn identity_from_id_token(
         .collect())
 }
 
+/// How `tokens status` names who consented to a grant: the account, marked when only the
+/// importer said so (records written before this was kept are shown as they were).
+pub fn consented_by(identity: Option<&str>, from: Option<IdentitySource>) -> String {
+    match (identity, from) {
+        (None, _) => "unknown (imported)".to_string(),
+        (Some(who), Some(IdentitySource::Claimed)) => {
+            format!("{who} (claimed at import, not verified)")
+        }
+        (Some(who), _) => who.to_string(),
+    }
+}
+
 impl TokenService {
     fn consent_target(
         &self,
@@ -271,28 +301,28 @@ impl TokenService {
                     .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
             })
             .unwrap_or(super::DEFAULT_EXPIRES_IN);
-        let issuer = self
-            .discovery(provider)
-            .await?
-            .and_then(|d| d.get("issuer").and_then(|v| v.as_str()).map(str::to_string));
-        let mut names = Vec::new();
-        if let Some(id) = &tokens.id_token {
-            names = identity_from_id_token(id, &provider.client_id, issuer.as_deref(), self.now())
-                .map_err(|e| consent_err(&source.name, e.to_string()))?;
-        }
-        if names.is_empty() {
-            names = self.userinfo_names(provider, &tokens.access_token).await;
-        }
         let expected = source.username.to_lowercase();
-        if names.is_empty() {
-            return Err(consent_err(
-                &source.name,
-                format!(
-                    "the provider did not say who signed in (no ID token or userinfo email); expected {expected}. Add the `openid email` scopes"
-                ),
-            ));
-        }
-        if !names.iter().any(|n| n.to_lowercase() == expected) {
+        let (names, identity_source) = match self
+            .provider_identity(
+                provider,
+                tokens.id_token.as_deref(),
+                &Secret::new(tokens.access_token.clone()),
+            )
+            .await
+        {
+            Ok(Some(named)) => named,
+            Ok(None) => {
+                return Err(consent_err(
+                    &source.name,
+                    format!(
+                        "the provider did not say who signed in (no ID token or userinfo email); expected {expected}. Add the `openid email` scopes"
+                    ),
+                ));
+            }
+            Err(IdentityError::IdToken(e)) => return Err(consent_err(&source.name, e.to_string())),
+            Err(IdentityError::Provider(e)) => return Err(e),
+        };
+        if !names_include(&names, &expected) {
             return Err(consent_err(
                 &source.name,
                 format!(
@@ -311,10 +341,38 @@ impl TokenService {
         }
         Ok(Consent {
             identity: names[0].clone(),
+            identity_source,
             refresh_token: tokens.refresh_token.map(Secret::new),
             access_token: Secret::new(tokens.access_token),
             expires_at: self.now().saturating_add(expires_in),
         })
+    }
+
+    /// Who the provider says a grant belongs to, with where it said so: the names in the
+    /// ID token of its token response (checked by [`identity_from_id_token`]), else those
+    /// its userinfo endpoint gives for the grant's access token; `None` when it says
+    /// neither. `authorize` and `tokens import` both ask this, so both pin the same way.
+    pub(super) async fn provider_identity(
+        &self,
+        provider: &ProviderSettings,
+        id_token: Option<&str>,
+        access_token: &Secret,
+    ) -> Result<Option<(Vec<String>, IdentitySource)>, IdentityError> {
+        if let Some(id) = id_token {
+            let issuer = self
+                .discovery(provider)
+                .await
+                .map_err(IdentityError::Provider)?
+                .and_then(|d| d.get("issuer").and_then(|v| v.as_str()).map(str::to_string));
+            let names =
+                identity_from_id_token(id, &provider.client_id, issuer.as_deref(), self.now())
+                    .map_err(IdentityError::IdToken)?;
+            if !names.is_empty() {
+                return Ok(Some((names, IdentitySource::IdToken)));
+            }
+        }
+        let names = self.userinfo_names(provider, access_token.expose()).await;
+        Ok((!names.is_empty()).then_some((names, IdentitySource::Userinfo)))
     }
 
     async fn userinfo_names(&self, provider: &ProviderSettings, access_token: &str) -> Vec<String> {
@@ -349,6 +407,7 @@ impl TokenService {
             refresh_token_last_used: Some(t),
             refresh_token_obtained: Some(t),
             identity: Some(consent.identity.clone()),
+            identity_source: Some(consent.identity_source),
             needs_reauth: None,
         };
         self.store.put_token(source_name, &record).await?;
@@ -633,6 +692,24 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn only_the_importers_word_is_shown_as_claimed() {
+        assert_eq!(
+            consented_by(Some("a@x"), Some(IdentitySource::Claimed)),
+            "a@x (claimed at import, not verified)"
+        );
+        assert_eq!(
+            consented_by(Some("a@x"), Some(IdentitySource::IdToken)),
+            "a@x"
+        );
+        assert_eq!(
+            consented_by(Some("a@x"), Some(IdentitySource::Userinfo)),
+            "a@x"
+        );
+        assert_eq!(consented_by(Some("a@x"), None), "a@x");
+        assert_eq!(consented_by(None, None), "unknown (imported)");
     }
 
     #[test]

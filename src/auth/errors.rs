@@ -36,10 +36,72 @@ pub enum TokenError {
     /// Consent (authorize) did not produce a usable grant; nothing was stored.
     #[error("source {source_name}: authorization failed: {reason}")]
     Consent { source_name: String, reason: String },
+    /// A refresh token offered for import was not adopted. Nothing was written: a grant
+    /// stored before keeps working, so this never parks the source.
+    #[error(
+        "source {source_name}: refresh token not imported: {refusal}; {}",
+        if *.kept_grant { "the stored grant was left unchanged" } else { "nothing was stored" }
+    )]
+    ImportRefused {
+        source_name: String,
+        refusal: ImportRefusal,
+        /// Whether a grant (a refresh token) was stored for the source, and still is.
+        kept_grant: bool,
+    },
     #[error("{0}")]
     Unknown(String),
     #[error("{0}")]
     Store(String),
+}
+
+/// Why `tokens import` (or the import API) did not adopt a refresh token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ImportRefusal {
+    /// The proving refresh failed: the provider refused the token (its error code is in
+    /// here, e.g. `invalid_grant`), or it could not be asked.
+    #[error("{}", refresh_failure(.0))]
+    Refresh(Box<TokenError>),
+    /// The refresh answer's ID token failed its checks (another client's or issuer's,
+    /// expired). Shared, as the errors holding it are cloned for every asker.
+    #[error("the provider's ID token: {0}")]
+    IdToken(std::sync::Arc<super::IdTokenError>),
+    /// The provider names the grant's account, and it is not the one the importer named.
+    #[error(
+        "the provider says the grant belongs to {provider_says}, but the import named {claimed}"
+    )]
+    IdentityMismatch {
+        claimed: String,
+        provider_says: String,
+    },
+    /// The provider names the grant's account, and it is not the source's `username` (the
+    /// same pinning as `authorize`).
+    #[error(
+        "the provider says the grant belongs to {provider_says}, but the source's username is {username}"
+    )]
+    WrongAccount {
+        username: String,
+        provider_says: String,
+    },
+}
+
+/// A failed proving refresh in the words of an import: a refusal names the provider and its
+/// code without the "re-authorize" action, since the stored grant still works.
+fn refresh_failure(e: &TokenError) -> String {
+    match e {
+        TokenError::Reauth {
+            provider,
+            code,
+            description,
+            ..
+        } if description.is_empty() => format!("provider {provider} refused it: {code}"),
+        TokenError::Reauth {
+            provider,
+            code,
+            description,
+            ..
+        } => format!("provider {provider} refused it: {code}: {description}"),
+        other => other.to_string(),
+    }
 }
 
 impl From<StoreError> for TokenError {

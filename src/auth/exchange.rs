@@ -7,8 +7,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use oauth2::basic::BasicClient;
-use oauth2::{ClientId, ClientSecret, RefreshToken, Scope, TokenResponse, TokenUrl};
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+    BasicTokenType,
+};
+use oauth2::{
+    ClientId, ClientSecret, EndpointNotSet, EndpointSet, ExtraTokenFields, RefreshToken, Scope,
+    StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+};
+use serde::{Deserialize, Serialize};
 
 use super::{TokenError, TokenService, classify_provider_error, default_scopes, lock};
 use crate::config::{ProviderSettings, SourceSettings};
@@ -26,6 +33,9 @@ struct RawAnswer {
     status: u16,
     retry_after: Option<Duration>,
     body: Vec<u8>,
+    /// Why no answer arrived, with its causes (an untrusted certificate, a refused
+    /// connection): the OAuth2 client's own error says only "Request failed".
+    transport: Option<String>,
 }
 
 /// A Retry-After value: delay seconds, or an HTTP date counted from `now` (Unix seconds).
@@ -47,13 +57,13 @@ impl TokenService {
     ) -> Result<R, TokenError>
     where
         F: FnOnce(
-            BasicClientWithToken,
+            OidcClientWithToken,
             Arc<dyn Fn(oauth2::HttpRequest) -> HttpFuture + Send + Sync>,
         ) -> Fut,
         Fut: std::future::Future<Output = Result<R, String>>,
     {
         let token_url = self.token_url(provider).await?;
-        let mut client = BasicClient::new(ClientId::new(provider.client_id.clone())).set_token_uri(
+        let mut client = OidcClient::new(ClientId::new(provider.client_id.clone())).set_token_uri(
             TokenUrl::new(token_url.clone()).map_err(|e| TokenError::ProviderConfig {
                 provider: provider.name.clone(),
                 code: "token_url".into(),
@@ -81,10 +91,14 @@ impl TokenService {
                     for (k, v) in parts.headers.iter() {
                         rb = rb.header(k, v);
                     }
-                    let resp = rb
-                        .send()
-                        .await
-                        .map_err(|e| HttpError(e.without_url().to_string()))?;
+                    let resp = match rb.send().await {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            let why = super::service::with_causes(&e.without_url());
+                            lock(&raw).transport = Some(why.clone());
+                            return Err(HttpError(why));
+                        }
+                    };
                     let status = resp.status();
                     let headers = resp.headers().clone();
                     let bytes = resp
@@ -124,18 +138,19 @@ impl TokenService {
                     raw.status,
                     &raw.body,
                     raw.retry_after,
-                    &transport,
+                    raw.transport.as_deref().unwrap_or(&transport),
                 ))
             }
         }
     }
 
+    /// One refresh with `refresh_token`. Nothing is stored: the caller decides what the
+    /// answer replaces.
     pub(super) async fn refresh(
         &self,
-        _source: &SourceSettings,
         provider: &ProviderSettings,
         refresh_token: &Secret,
-    ) -> Result<(Secret, i64, Option<Secret>), TokenError> {
+    ) -> Result<Granted, TokenError> {
         let rt = RefreshToken::new(refresh_token.expose().to_string());
         self.token_request(provider, |client, send| async move {
             let resp = client
@@ -143,7 +158,7 @@ impl TokenService {
                 .request_async(&|req| send(req))
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(token_parts(&resp))
+            Ok(Granted::from(&resp))
         })
         .await
     }
@@ -152,7 +167,7 @@ impl TokenService {
         &self,
         source: &SourceSettings,
         provider: &ProviderSettings,
-    ) -> Result<(Secret, i64, Option<Secret>), TokenError> {
+    ) -> Result<Granted, TokenError> {
         let scopes = default_scopes(provider, Some(source));
         self.token_request(provider, |client, send| async move {
             let resp = client
@@ -161,20 +176,55 @@ impl TokenService {
                 .request_async(&|req| send(req))
                 .await
                 .map_err(|e| e.to_string())?;
-            let (a, e, _) = token_parts(&resp);
-            Ok((a, e, None))
+            // Client credentials have no refresh token and name no user.
+            Ok(Granted {
+                refresh_token: None,
+                id_token: None,
+                ..Granted::from(&resp)
+            })
         })
         .await
     }
 }
 
-type BasicClientWithToken = oauth2::basic::BasicClient<
-    oauth2::EndpointNotSet,
-    oauth2::EndpointNotSet,
-    oauth2::EndpointNotSet,
-    oauth2::EndpointNotSet,
-    oauth2::EndpointSet,
+/// The OIDC `id_token` beside the OAuth2 fields of a token response: a refresh with `openid`
+/// granted carries one, and it is what tells an imported grant's account.
+#[derive(Clone, Default, Deserialize, Serialize)]
+pub(super) struct IdTokenField {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
+}
+
+impl std::fmt::Debug for IdTokenField {
+    // An ID token names a person: it stays out of logs like the tokens beside it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdTokenField")
+            .field(
+                "id_token",
+                &self.id_token.as_ref().map(|_| Secret::default()),
+            )
+            .finish()
+    }
+}
+
+impl ExtraTokenFields for IdTokenField {}
+
+type OidcTokenResponse = StandardTokenResponse<IdTokenField, BasicTokenType>;
+
+type OidcClient<HasTokenUrl = EndpointNotSet> = oauth2::Client<
+    BasicErrorResponse,
+    OidcTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    HasTokenUrl,
 >;
+
+type OidcClientWithToken = OidcClient<EndpointSet>;
 
 type HttpFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, HttpError>> + Send>,
@@ -184,18 +234,32 @@ type HttpFuture = std::pin::Pin<
 #[error("{0}")]
 pub struct HttpError(String);
 
-/// The access token, its lifetime in seconds and the rotated refresh token, if any.
-fn token_parts(resp: &oauth2::basic::BasicTokenResponse) -> (Secret, i64, Option<Secret>) {
-    let expires_in = resp
-        .expires_in()
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(DEFAULT_EXPIRES_IN);
-    (
-        Secret::new(resp.access_token().secret().clone()),
-        expires_in,
-        resp.refresh_token()
-            .map(|r| Secret::new(r.secret().clone())),
-    )
+/// What a token endpoint granted.
+#[derive(Debug, Clone)]
+pub(super) struct Granted {
+    pub(super) access_token: Secret,
+    /// The access token's lifetime in seconds (`expires_in`, else [`DEFAULT_EXPIRES_IN`]).
+    pub(super) expires_in: i64,
+    /// A new refresh token, when the provider rotates them: the one presented may be spent.
+    pub(super) refresh_token: Option<Secret>,
+    /// The OIDC ID token, when the provider sent one.
+    pub(super) id_token: Option<Secret>,
+}
+
+impl From<&OidcTokenResponse> for Granted {
+    fn from(resp: &OidcTokenResponse) -> Granted {
+        Granted {
+            access_token: Secret::new(resp.access_token().secret().clone()),
+            expires_in: resp
+                .expires_in()
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .unwrap_or(DEFAULT_EXPIRES_IN),
+            refresh_token: resp
+                .refresh_token()
+                .map(|r| Secret::new(r.secret().clone())),
+            id_token: resp.extra_fields().id_token.clone().map(Secret::new),
+        }
+    }
 }
 
 #[cfg(test)]

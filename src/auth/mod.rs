@@ -3,7 +3,10 @@
 //! into "re-authorize", "fix the configuration" or "retry later".
 //!
 //! [`TokenService`] holds the logic and is used directly by the CLI and, through the
-//! TokenManager actor (which serializes refreshes per credential), by the collectors.
+//! TokenManager actor (which lets askers join a refresh in flight), by the collectors. A
+//! credential's stored record is read, refreshed and written by one caller at a time
+//! (refresh, import), and an import writes only after its token refreshed: a refused one
+//! leaves the stored grant as it was.
 //! Every decision about a credential's time (expiry, refresh margin, backoff, ID token and
 //! Retry-After dates) reads it from the service's [`Clock`], so tests step time by hand; only
 //! waits for a person (the consent timeouts) and latency measurements use real time.
@@ -12,7 +15,7 @@
 //! `service`; the OAuth2 token request itself (the `oauth2` crate over our HTTP client,
 //! keeping the raw answer for classification) is in `exchange`; a provider's endpoints
 //! (configured, built in, or found by OIDC discovery) and default scopes are in `provider`;
-//! the initial consent is in `consent`.
+//! the initial consent, and who the provider says a grant belongs to, are in `consent`.
 
 mod clock;
 mod consent;
@@ -28,8 +31,10 @@ use std::sync::Mutex;
 use crate::secret::Secret;
 
 pub use clock::{Clock, ManualClock};
-pub use consent::{Consent, ConsentOptions, DeviceFlowEvent, IdTokenError, identity_from_id_token};
-pub use errors::{TokenError, classify_provider_error};
+pub use consent::{
+    Consent, ConsentOptions, DeviceFlowEvent, IdTokenError, consented_by, identity_from_id_token,
+};
+pub use errors::{ImportRefusal, TokenError, classify_provider_error};
 pub use exchange::HttpError;
 pub use provider::default_scopes;
 pub use service::{SetupError, TokenService, refresh_margin_secs};

@@ -162,30 +162,25 @@ pub(super) enum EndpointUrlError {
     NotHttps { url: String },
     #[error("{url} must use https (http is allowed only on loopback)")]
     HttpOffLoopback { url: String },
+    #[error("an endpoint URL must not contain user credentials")]
+    Credentials,
+    #[error("an endpoint URL is not valid: {why}")]
+    NotUrl { why: String },
 }
 
-/// https, or http on a loopback address only (local test servers).
+/// https, or http on a loopback address only (local test servers); see
+/// [`crate::config::endpoint`].
 pub(super) fn check_endpoint_url(url: &str) -> Result<(), EndpointUrlError> {
-    if url.starts_with("https://") {
-        return Ok(());
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(EndpointUrlError::NotHttps { url: url.into() });
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    // `[::1]` and `[::1]:8080`: the port follows the bracket, not the last ':'.
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split_once(']').map_or(authority, |(h, _)| h),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback {
-        Ok(())
-    } else {
-        Err(EndpointUrlError::HttpOffLoopback { url: url.into() })
+    use crate::config::endpoint::{EndpointProblem, check_endpoint};
+    match check_endpoint(url) {
+        Ok(_) => Ok(()),
+        Err(EndpointProblem::HttpOffLoopback) => {
+            Err(EndpointUrlError::HttpOffLoopback { url: url.into() })
+        }
+        // Credentials are not echoed: the URL is named without them.
+        Err(EndpointProblem::Credentials) => Err(EndpointUrlError::Credentials),
+        Err(EndpointProblem::NotUrl(why)) => Err(EndpointUrlError::NotUrl { why }),
+        Err(EndpointProblem::NotHttps) => Err(EndpointUrlError::NotHttps { url: url.into() }),
     }
 }
 
@@ -215,5 +210,9 @@ mod tests {
         assert!(check_endpoint_url("http://127.0.0.1.example.com/token").is_err());
         let e = check_endpoint_url("ftp://idp.example.com/token").unwrap_err();
         assert!(matches!(e, EndpointUrlError::NotHttps { .. }));
+        // A discovery document naming a URL whose host only looks like loopback.
+        let e = check_endpoint_url("http://localhost:1@evil.example/token").unwrap_err();
+        assert_eq!(e, EndpointUrlError::Credentials);
+        assert!(!e.to_string().contains("evil"), "{e}");
     }
 }

@@ -1,7 +1,6 @@
 //! `mailsluice authorize`: the initial OAuth2 consent.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::anyhow;
@@ -34,10 +33,10 @@ pub(crate) fn authorize(
         Some(_) => None,
         None => Some(NodeApi::new(settings)?),
     };
-    let scratch = ScratchDir::new()?;
+    let scratch = scratch_dir()?;
     let store = match local {
         Some(s) => s,
-        None => Store::open(&scratch.0.join("db"), &scratch.0.join("key"))?,
+        None => Store::open(&scratch.path().join("db"), &scratch.path().join("key"))?,
     };
     let settings_arc = Arc::new(settings.clone());
     let service =
@@ -88,18 +87,14 @@ pub(crate) fn authorize(
         let Some(refresh) = &consent.refresh_token else {
             return Err(anyhow!("{source}: the provider returned no refresh token"));
         };
-        let url = format!("{}/api/tokens/{}/import", api.base, source);
-        let resp = rt.block_on(async {
-            api.http
-                .post(&url)
-                .query(&[("identity", consent.identity.as_str())])
-                .body(refresh.expose().to_string())
-                .send()
-                .await
-        })?;
-        let ok = resp.status().is_success();
-        let body = rt.block_on(resp.text())?;
-        if !ok {
+        let (status, body) = rt.block_on(api.post_json(
+            &format!("/api/tokens/{source}/import"),
+            &serde_json::json!({
+                "refresh_token": refresh.expose(),
+                "identity": consent.identity,
+            }),
+        ))?;
+        if !status.is_success() {
             return Err(anyhow!(
                 "{source}: the running node refused the new grant: {}",
                 body.trim()
@@ -119,24 +114,40 @@ pub(crate) fn authorize(
     Ok(())
 }
 
-/// A private (0700) scratch directory, removed when dropped.
-struct ScratchDir(PathBuf);
+/// A private (0700) scratch directory under an unpredictable name, removed when dropped.
+/// A fixed name (say, with the process id) could be created first by another local user,
+/// who would then own the directory the throw-away store and its key are written to.
+fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("mailsluice-authorize-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(builder.tempdir()?)
+}
 
-impl ScratchDir {
-    fn new() -> anyhow::Result<ScratchDir> {
-        let dir = std::env::temp_dir().join(format!("mailsluice-authorize-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another local user cannot guess the scratch directory's name ahead of time to plant
+    /// one of their own, nor read the throw-away key in it.
+    #[test]
+    fn scratch_directory_is_private_unpredictable_and_removed() {
+        let a = scratch_dir().unwrap();
+        let b = scratch_dir().unwrap();
+        assert_ne!(a.path(), b.path(), "two scratch directories, one name");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            let mode = std::fs::metadata(a.path()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "scratch directory mode {mode:o}");
         }
-        Ok(ScratchDir(dir))
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let path = a.path().to_path_buf();
+        std::fs::write(path.join("key"), "k").unwrap();
+        drop(a);
+        assert!(!path.exists(), "scratch directory left behind");
     }
 }

@@ -7,6 +7,10 @@ use mailsluice::config::{self, Settings};
 use super::UsageError;
 
 pub(crate) fn check_config(path: &Path, settings: &Settings) -> anyhow::Result<()> {
+    // Warnings, not errors: the node works, but others on the machine can read its secrets.
+    for loose in config::loose_secret_files(&config::secret_files(settings)) {
+        eprintln!("warning: {loose}");
+    }
     let missing = config::check_secrets(settings);
     if !missing.is_empty() {
         let mut msg = format!(

@@ -1,7 +1,15 @@
 //! `mailsluice messages list / show / export`, from the store or through the running node.
+//!
+//! Exported mail is as private as the store: files are created 0600 and directories the
+//! export creates 0700. An export never overwrites a file unless asked to (`--force`) and
+//! never writes through a symbolic link, which in a shared directory could have been planted
+//! by another user to point at one of ours: with `--force` a link at a file's name is refused
+//! rather than replaced, since removing it and creating the file is a second step another
+//! user could race.
 
+use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 
@@ -10,7 +18,7 @@ use mailsluice::config::Settings;
 use mailsluice::store::{MessageMeta, Store};
 
 use super::node_api::NodeApi;
-use super::{ExportFormat, MessagesCommand, open_store, runtime};
+use super::{ExportFormat, MessagesCommand, UsageError, open_store, runtime};
 
 /// Reads the store directly, or through the running node's API.
 enum Reader {
@@ -161,8 +169,9 @@ pub(crate) fn messages(settings: &Settings, command: MessagesCommand) -> anyhow:
             format,
             out: path,
             source,
+            force,
         } => {
-            let n = export(&reader, format, &path, source.as_deref())?;
+            let n = export(&reader, format, &path, source.as_deref(), force)?;
             writeln!(out, "exported {n} message(s) to {}", path.display())?;
         }
     }
@@ -174,6 +183,7 @@ fn export(
     format: ExportFormat,
     path: &Path,
     source: Option<&str>,
+    force: bool,
 ) -> anyhow::Result<u64> {
     let mut n = 0u64;
     // A progress bar on a terminal; the total is what the store counts.
@@ -190,10 +200,13 @@ fn export(
     });
     match format {
         ExportFormat::Eml => {
-            std::fs::create_dir_all(path).with_context(|| format!("--out {}", path.display()))?;
+            create_private_dir(path).with_context(|| format!("--out {}", path.display()))?;
             reader.each(source, usize::MAX, |m| {
                 let raw = reader.raw(m.id)?;
-                std::fs::write(path.join(format!("{}.eml", m.id)), raw)?;
+                let file = path.join(format!("{}.eml", m.id));
+                create_export_file(&file, force)?
+                    .write_all(&raw)
+                    .with_context(|| format!("write {}", file.display()))?;
                 n += 1;
                 if let Some(b) = &bar {
                     b.inc(1);
@@ -202,9 +215,7 @@ fn export(
             })?;
         }
         ExportFormat::Mbox => {
-            let mut f = std::io::BufWriter::new(
-                std::fs::File::create(path).with_context(|| format!("--out {}", path.display()))?,
-            );
+            let mut f = std::io::BufWriter::new(create_export_file(path, force)?);
             reader.each(source, usize::MAX, |m| {
                 let raw = reader.raw(m.id)?;
                 write_mboxrd(&mut f, &m, &raw)?;
@@ -217,9 +228,7 @@ fn export(
             f.flush()?;
         }
         ExportFormat::Jsonl => {
-            let mut f = std::io::BufWriter::new(
-                std::fs::File::create(path).with_context(|| format!("--out {}", path.display()))?,
-            );
+            let mut f = std::io::BufWriter::new(create_export_file(path, force)?);
             reader.each(source, usize::MAX, |m| {
                 serde_json::to_writer(&mut f, &m)?;
                 f.write_all(b"\n")?;
@@ -236,6 +245,109 @@ fn export(
         b.finish_and_clear();
     }
     Ok(n)
+}
+
+/// Why an export file was not created. All but `Io` are refusals: exit 2, naming the file.
+#[derive(Debug, thiserror::Error)]
+enum ExportFileError {
+    #[error("{} exists; not overwritten (pass --force to replace it)", .0.display())]
+    Exists(PathBuf),
+    #[error(
+        "{} is a symbolic link; an export never writes through one, not even with --force: remove it or export elsewhere",
+        .0.display()
+    )]
+    Symlink(PathBuf),
+    #[error("{} is not a regular file; not replaced", .0.display())]
+    NotAFile(PathBuf),
+    #[error("{} has other hard links; not replaced, which would change the other names too", .0.display())]
+    HardLinked(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Creates `dir` and any missing parents 0700 (the umask can only narrow that). A directory
+/// that exists is used as it is: it was there before the export.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// [`open_export_file`], its refusals usage errors (exit 2).
+fn create_export_file(path: &Path, force: bool) -> anyhow::Result<File> {
+    open_export_file(path, force).map_err(|e| match e {
+        ExportFileError::Io { .. } => anyhow::Error::new(e),
+        refusal => UsageError(refusal.to_string()).into(),
+    })
+}
+
+/// Opens `path` to write one export file into, created 0600. Without `force` the file must
+/// not exist (`O_EXCL`, which also refuses a symbolic link, dangling or not). With `force` an
+/// existing regular file is emptied and made 0600, opened with `O_NOFOLLOW` so a link at its
+/// name fails instead of being followed, and `O_NONBLOCK` so a FIFO planted there cannot
+/// hang the export; anything but a regular file with a single name is refused.
+fn open_export_file(path: &Path, force: bool) -> Result<File, ExportFileError> {
+    let io = |source| ExportFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true);
+    } else {
+        options.create_new(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+        options.custom_flags(libc::O_NOFOLLOW | if force { libc::O_NONBLOCK } else { 0 });
+    }
+    let file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            return Err(if link {
+                ExportFileError::Symlink(path.to_path_buf())
+            } else {
+                ExportFileError::Exists(path.to_path_buf())
+            });
+        }
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(ExportFileError::Symlink(path.to_path_buf()));
+        }
+        // A directory (EISDIR), or a FIFO or socket no one reads (ENXIO).
+        #[cfg(unix)]
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR | libc::ENXIO)) => {
+            return Err(ExportFileError::NotAFile(path.to_path_buf()));
+        }
+        Err(e) => return Err(io(e)),
+    };
+    if force {
+        let meta = file.metadata().map_err(io)?;
+        if !meta.file_type().is_file() {
+            return Err(ExportFileError::NotAFile(path.to_path_buf()));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            if meta.nlink() > 1 {
+                return Err(ExportFileError::HardLinked(path.to_path_buf()));
+            }
+            // A file replaced keeps its old mode otherwise.
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
+        }
+        file.set_len(0).map_err(io)?;
+    }
+    Ok(file)
 }
 
 /// mboxrd: a `From ` separator line, then the message with every line matching

@@ -131,13 +131,18 @@ pub(crate) enum Command {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum TokensCommand {
-    /// Adopt a refresh token obtained elsewhere (migration); proves it by one refresh.
+    /// Adopt a refresh token obtained elsewhere (migration): one refresh with it first,
+    /// and the stored grant is replaced only when that succeeds.
     Import {
         /// The source, as in [sources.NAME].
         source: String,
         /// File holding the refresh token (trailing newline ignored).
         #[arg(long)]
         refresh_token_file: PathBuf,
+        /// Who consented to the grant. Checked against what the provider says (ID token or
+        /// userinfo); recorded as claimed, not verified, when the provider says nothing.
+        #[arg(long)]
+        identity: Option<String>,
     },
     /// Per source: access-token expiry, refresh-token age and last use, state.
     Status,
@@ -169,8 +174,12 @@ pub(crate) enum MessagesCommand {
         raw: bool,
     },
     /// Export messages: eml (a directory of exact bytes), mbox (mboxrd) or jsonl (parsed fields).
+    ///
+    /// Files are created readable by their owner only (0600), directories the export creates
+    /// 0700. A file that exists is not overwritten (exit 2, naming it) unless --force is given;
+    /// a symbolic link at a file's name is never written through, not even with --force.
     #[command(
-        after_help = "Examples:\n  mailsluice messages export --out exported/             # one .eml per message, byte-exact\n  mailsluice messages export --format mbox --out all.mbox\n  mailsluice messages export --format jsonl --source support --out support.jsonl"
+        after_help = "Examples:\n  mailsluice messages export --out exported/             # one .eml per message, byte-exact\n  mailsluice messages export --format mbox --out all.mbox\n  mailsluice messages export --format jsonl --source support --out support.jsonl\n  mailsluice messages export --out exported/ --force     # again, replacing the files"
     )]
     Export {
         /// eml, mbox or jsonl.
@@ -182,6 +191,10 @@ pub(crate) enum MessagesCommand {
         /// Only this source's messages.
         #[arg(long)]
         source: Option<String>,
+        /// Replace export files that exist already (a regular file with no other hard link;
+        /// a symbolic link, directory or other kind of file in the way is still refused).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -234,7 +247,8 @@ pub(crate) fn dispatch(command: Command, settings: Settings, path: &Path) -> any
             TokensCommand::Import {
                 source,
                 refresh_token_file,
-            } => tokens::import(&settings, &source, &refresh_token_file),
+                identity,
+            } => tokens::import(&settings, &source, &refresh_token_file, identity),
             TokensCommand::Status => tokens::status(&settings),
         },
         Command::Messages { command } => messages::messages(&settings, command),

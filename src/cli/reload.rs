@@ -12,16 +12,8 @@ use super::{UsageError, runtime};
 pub(crate) fn reload(settings: &Settings) -> anyhow::Result<()> {
     let api = NodeApi::new(settings)?;
     let url = format!("{}/api/reload", api.base);
-    let (status, body) = runtime()?.block_on(async {
-        let r = api
-            .http
-            .post(&url)
-            .send()
-            .await
-            .with_context(|| format!("no running node answers at {url}"))?;
-        let status = r.status();
-        Ok::<_, anyhow::Error>((status, r.text().await.unwrap_or_default()))
-    })?;
+    let (status, body) =
+        runtime()?.block_on(api.post_json("/api/reload", &serde_json::json!({})))?;
     if status.is_success() {
         let report: ReloadReport = serde_json::from_str(&body)
             .with_context(|| format!("{url}: unexpected answer: {body}"))?;

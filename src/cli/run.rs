@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use actix_web::{App, HttpServer, web};
+use actix_web::HttpServer;
 use anyhow::{Context, anyhow};
 
 use mailsluice::actors::supervisor::{Reload, Shutdown, Supervisor, WaitOnce, reload_from_file};
@@ -31,6 +31,15 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
         return Err(UsageError(msg).into());
     }
     let bars = init_logging(&settings, once);
+    for loose in config::loose_secret_files(&config::secret_files(&settings)) {
+        tracing::warn!(
+            key = %loose.key,
+            file = %loose.path.display(),
+            mode = %format!("{:04o}", loose.mode),
+            "secret file open to group or others; only its owner should read it: chmod 600 {}",
+            loose.path.display()
+        );
+    }
     raise_open_files_limit();
     memory::spawn_trimmer();
     let store = Arc::new(Store::open(
@@ -63,6 +72,17 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
         ),
         None => None,
     };
+    // After the store opened (it creates the data directory, where the token file is
+    // by default) and before anything listens.
+    let credentials = api::credentials::Credentials::load(&settings, true)
+        .map_err(|e| UsageError(e.to_string()))?;
+    let https = match &settings.node.http_tls {
+        Some(tls) => Some(
+            api::tls::server_config(tls, settings.tls.min_version)
+                .map_err(|e| UsageError(e.to_string()))?,
+        ),
+        None => None,
+    };
     let live = Live::new(settings.clone(), connector, Some(path.to_path_buf()));
     let system = actix_rt::System::new();
     let store_for_end = store.clone();
@@ -72,20 +92,20 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
             supervisor = supervisor.once();
         }
         let (supervisor, node) = supervisor.start_with_handle();
-        let state = ApiState {
-            live: live.clone(),
-            store: store.clone(),
-            metrics,
-            node: node.clone(),
-        };
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(web::Data::new(state.clone()))
-                .configure(api::routes)
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)?
+        let state = ApiState::new(live.clone(), store.clone(), metrics, node.clone());
+        let access = Arc::new(api::access::Access::new(
+            live.clone(),
+            credentials,
+            addr,
+            https.is_some(),
+        ));
+        let server = HttpServer::new(move || api::app(state.clone(), access.clone()))
+            .workers(1)
+            .disable_signals();
+        let server = match https {
+            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+            None => server.listen(listener)?,
+        }
         .run();
         let handle = server.handle();
         actix_rt::spawn(server);

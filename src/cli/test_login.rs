@@ -38,15 +38,14 @@ pub(crate) fn test_login(settings: &Settings, source: &str) -> anyhow::Result<()
         }
         None => {
             let api = NodeApi::new(settings)?;
-            let url = format!("{}/api/sources/{}/test-login", api.base, source);
-            rt.block_on(async {
-                let resp = api
-                    .http
-                    .post(&url)
-                    .send()
-                    .await
-                    .with_context(|| format!("the running node's API at {url}"))?;
-                Ok::<_, anyhow::Error>(resp.json().await?)
+            let path = format!("/api/sources/{source}/test-login");
+            let (status, body) = rt.block_on(api.post_json(&path, &serde_json::json!({})))?;
+            serde_json::from_str(&body).with_context(|| {
+                format!(
+                    "the running node's API at {}{path}: HTTP {status}: {}",
+                    api.base,
+                    body.trim()
+                )
             })?
         }
     };

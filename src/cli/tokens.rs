@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow};
 
 use mailsluice::api::{self, TokenView};
-use mailsluice::auth::TokenService;
+use mailsluice::auth::{TokenService, consented_by};
 use mailsluice::config::{self, Settings};
 use mailsluice::secret::Secret;
 
@@ -14,14 +14,14 @@ use super::node_api::NodeApi;
 use super::{UsageError, open_store, runtime};
 
 pub(crate) fn status(settings: &Settings) -> anyhow::Result<()> {
-    let views: Vec<TokenView> = match open_store(settings)? {
+    let shown: Vec<TokenView> = match open_store(settings)? {
         Some(store) => api::token_views(settings, &store)?,
         None => runtime()?.block_on(NodeApi::new(settings)?.get_json("/api/tokens"))?,
     };
-    if views.is_empty() {
+    if shown.is_empty() {
         println!("no OAuth2 sources configured");
     }
-    for v in views {
+    for v in shown {
         println!("{} (provider {})", v.source, v.provider);
         println!(
             "  refresh token:        {}",
@@ -37,7 +37,7 @@ pub(crate) fn status(settings: &Settings) -> anyhow::Result<()> {
         );
         println!(
             "  consented by:         {}",
-            v.identity.unwrap_or_else(|| "unknown (imported)".into())
+            consented_by(v.identity.as_deref(), v.identity_source)
         );
         println!(
             "  refresh token used:   {}",
@@ -60,7 +60,12 @@ pub(crate) fn status(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn import(settings: &Settings, source: &str, file: &Path) -> anyhow::Result<()> {
+pub(crate) fn import(
+    settings: &Settings,
+    source: &str,
+    file: &Path,
+    identity: Option<String>,
+) -> anyhow::Result<()> {
     let Some(src) = settings.sources.get(source) else {
         return Err(UsageError(format!("no source named {source:?} in the configuration")).into());
     };
@@ -79,21 +84,26 @@ pub(crate) fn import(settings: &Settings, source: &str, file: &Path) -> anyhow::
             let settings = Arc::new(settings.clone());
             let service = TokenService::new(settings, Arc::new(store))
                 .map_err(|e| UsageError(e.to_string()))?;
-            let tok = rt.block_on(service.import(source, Secret::new(token), None))?;
+            let tok = rt.block_on(service.import(source, Secret::new(token), identity))?;
             let exp = chrono::DateTime::from_timestamp(tok.expires_at, 0)
                 .map(|d| d.to_rfc3339())
                 .unwrap_or_default();
+            let record = rt.block_on(service.status(source))?.unwrap_or_default();
             println!(
                 "{source}: refresh token imported and proven by one refresh; access token valid until {exp}"
+            );
+            println!(
+                "  consented by: {}",
+                consented_by(record.identity.as_deref(), record.identity_source)
             );
         }
         None => {
             let api = NodeApi::new(settings)?;
-            let url = format!("{}/api/tokens/{}/import", api.base, source);
-            let resp = rt.block_on(async { api.http.post(&url).body(token).send().await })?;
-            let ok = resp.status().is_success();
-            let body = rt.block_on(resp.text())?;
-            if !ok {
+            let (status, body) = rt.block_on(api.post_json(
+                &format!("/api/tokens/{source}/import"),
+                &serde_json::json!({ "refresh_token": token, "identity": identity }),
+            ))?;
+            if !status.is_success() {
                 return Err(anyhow!("{source}: import refused: {}", body.trim()));
             }
             println!(

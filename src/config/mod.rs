@@ -13,6 +13,7 @@
 //! - Loading has no side effects: it reads the file and the environment, nothing else.
 
 mod convert;
+pub mod endpoint;
 pub mod live;
 mod secret;
 pub mod settings;
@@ -22,7 +23,9 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use secret::{SecretError, check_secrets, read_secret};
+pub use secret::{
+    LooseSecretFile, SecretError, check_secrets, loose_secret_files, read_secret, secret_files,
+};
 pub use settings::*;
 
 use std::collections::HashMap;

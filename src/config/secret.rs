@@ -85,7 +85,104 @@ pub fn check_secrets(settings: &Settings) -> Vec<ConfigError> {
             ));
         }
     }
+    // The admin token file is created by the node's first run, so only the files the
+    // operator provides are checked here.
+    let mut token_files: Vec<(String, &std::path::Path)> = Vec::new();
+    if let Some(path) = &settings.node.metrics_token_file {
+        token_files.push(("node.metrics_token_file".into(), path));
+    }
+    for (name, client) in &settings.api_clients {
+        if let super::ApiTokenRef::File(path) = &client.token {
+            token_files.push((format!("api_clients.{name}.token_file"), path));
+        }
+    }
+    for (key, path) in token_files {
+        if let Err(e) = read_secret(&SecretRef::File(path.to_path_buf())) {
+            errors.push(ConfigError::new(key, e.to_string()));
+        }
+    }
     errors
+}
+
+/// A file holding a key, token or secret that group or others may read (or write): anyone
+/// else on the machine with that access could sign in as the node or open its tokens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{key}: {} is open to group or others (mode {mode:04o}); only its owner should read it: chmod 600 {}",
+    path.display(),
+    path.display()
+)]
+pub struct LooseSecretFile {
+    /// The config key naming the file (`node.secret_key_file`, `sources.NAME.password_file`).
+    pub key: String,
+    pub path: PathBuf,
+    /// Permission bits (`0o644`).
+    pub mode: u32,
+}
+
+/// Every file the configuration names that holds a key, token or secret, with the key naming
+/// it: `node.secret_key_file` and each `*_file` secret reference, of disabled sources and
+/// unused providers too (their secrets are just as readable).
+pub fn secret_files(settings: &Settings) -> Vec<(String, PathBuf)> {
+    let mut files = vec![(
+        "node.secret_key_file".to_owned(),
+        settings.node.secret_key_file.clone(),
+    )];
+    for (name, provider) in &settings.providers {
+        if let Some(SecretRef::File(path)) = &provider.client_secret {
+            files.push((format!("providers.{name}.client_secret_file"), path.clone()));
+        }
+    }
+    for (name, source) in &settings.sources {
+        if let SourceAuth::Password {
+            secret: SecretRef::File(path),
+        } = &source.auth
+        {
+            files.push((format!("sources.{name}.password_file"), path.clone()));
+        }
+    }
+    files.push((
+        "node.api_token_file".to_owned(),
+        settings.node.api_token_file.clone(),
+    ));
+    if let Some(path) = &settings.node.metrics_token_file {
+        files.push(("node.metrics_token_file".to_owned(), path.clone()));
+    }
+    if let Some(tls) = &settings.node.http_tls {
+        files.push(("node.http_tls_key_file".to_owned(), tls.key_file.clone()));
+    }
+    for (name, client) in &settings.api_clients {
+        if let super::ApiTokenRef::File(path) = &client.token {
+            files.push((format!("api_clients.{name}.token_file"), path.clone()));
+        }
+    }
+    files
+}
+
+/// Of `files` (config key, path), those that exist and that group or others may access.
+/// Missing files are left to [`check_secrets`]; a symbolic link is judged by its target,
+/// which is what a reader gets.
+pub fn loose_secret_files(files: &[(String, PathBuf)]) -> Vec<LooseSecretFile> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        files
+            .iter()
+            .filter_map(|(key, path)| {
+                let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+                (mode & 0o077 != 0).then(|| LooseSecretFile {
+                    key: key.clone(),
+                    path: path.clone(),
+                    mode,
+                })
+            })
+            .collect()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = files;
+        Vec::new()
+    }
 }
 
 /// Reads a secret: the variable's value, or the file's content without its trailing newline.

@@ -18,6 +18,8 @@ pub struct Settings {
     pub providers: BTreeMap<String, ProviderSettings>,
     /// `[sources.NAME]`, keyed by NAME (disabled sources included, with `enabled = false`).
     pub sources: BTreeMap<String, SourceSettings>,
+    /// `[api_clients.NAME]`: callers of `/api/` besides the admin token, keyed by NAME.
+    pub api_clients: BTreeMap<String, ApiClientSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +50,63 @@ pub struct NodeSettings {
     /// `node.store_compression`: how message bytes and parsed fields are written to the
     /// store (`zstd`, the default, or `none`). Either kind is always read.
     pub store_compression: crate::store::Compression,
+    /// `node.api_token_file`: the admin token of `/api/`, created (0600) on the node's first
+    /// run; commands on the same machine read it to talk to a running node.
+    pub api_token_file: PathBuf,
+    /// `node.metrics_token_file`: when set, `/metrics` needs this bearer token too.
+    pub metrics_token_file: Option<PathBuf>,
+    /// `node.http_tls_cert_file` + `node.http_tls_key_file`: serve HTTPS.
+    pub http_tls: Option<HttpTls>,
+    /// `node.http_allowed_hosts`: Host names (lowercase, no port) served beside loopback
+    /// names and addresses.
+    pub http_allowed_hosts: Vec<String>,
+    /// `node.http_allow_plaintext`: listening beyond loopback without TLS, on purpose.
+    pub http_allow_plaintext: bool,
+}
+
+/// The certificate chain and private key the node serves HTTPS with (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// What a caller of `/api/` may do. Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Sources, tokens status, sinks, cluster: state, never mail or secrets.
+    Read,
+    /// `read`, plus messages and events.
+    Mail,
+    /// Everything: reload, test-login, token import.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Mail => "mail",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// `[api_clients.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiClientSettings {
+    pub name: String,
+    pub role: Role,
+    pub token: ApiTokenRef,
+}
+
+/// Where an API client's token is known from. Neither form puts the token in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiTokenRef {
+    /// `token_file`: the token itself, read when the node starts or reloads.
+    File(PathBuf),
+    /// `token_sha256`: the SHA-256 of the token (the node never sees the token at rest).
+    Sha256([u8; 32]),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

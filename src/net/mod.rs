@@ -363,9 +363,13 @@ impl Connector {
                         TlsVersion::V1_3 => async_native_tls::Protocol::Tlsv12,
                     }));
                 if let Some(pem) = extra_ca {
-                    let cert = async_native_tls::Certificate::from_pem(pem)
-                        .map_err(|e| tls_err(format!("tls.extra_ca_file: {e}")))?;
-                    connector = connector.add_root_certificate(cert);
+                    // Every certificate of the file (`from_pem` would take the first only).
+                    for der in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+                        let der = der.map_err(|e| tls_err(format!("tls.extra_ca_file: {e}")))?;
+                        let cert = async_native_tls::Certificate::from_der(&der)
+                            .map_err(|e| tls_err(format!("tls.extra_ca_file: {e}")))?;
+                        connector = connector.add_root_certificate(cert);
+                    }
                 }
                 let tls =
                     match tokio::time::timeout(handshake_timeout, connector.connect(host, tcp))

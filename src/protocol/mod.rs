@@ -32,6 +32,12 @@ pub enum ProtocolError {
     LineTooLong(usize),
     #[error("server announced a {size}-byte literal, over the {limit}-byte limit")]
     LiteralTooLarge { size: u64, limit: u64 },
+    /// One response (its lines and literals together) over the cap, e.g. many literals each
+    /// under the literal cap chained in one response.
+    #[error(
+        "server sent a response of at least {size} bytes, over the {limit}-byte limit for one response"
+    )]
+    ResponseTooLarge { size: u64, limit: u64 },
     #[error("unexpected server response: {0}")]
     Malformed(String),
     #[error("server refused: {0}")]

@@ -5,7 +5,8 @@
 //!
 //! Only these operations are behind the traits. Everything else stays on the sled
 //! [`Store`] itself and is sled-only for now: reading messages back (`meta`, `raw`,
-//! `iter_meta`, `counts`: the API, `messages list/show/export`), listing token records and
+//! `raw_reader`, `iter_meta`, `iter_meta_from`, `counts`: the API, `messages
+//! list/show/export`), listing token records and
 //! rotating the at-rest key (`token_keys`, `rotate_key`), and the settings a reload changes
 //! (`set_compression`, `set_min_free_bytes`).
 //!
@@ -177,9 +178,11 @@ pub trait IngestStore: Send + Sync + 'static {
 /// - [`TokenStore::put_token`] returns only once the record is durable: with refresh-token
 ///   rotation the old token may already be spent, so the new one must survive a crash
 ///   before the new access token is used.
-/// - The last write wins. Within a node the TokenManager runs one refresh per credential
-///   at a time; a backend shared by several nodes must also keep two nodes from refreshing
-///   one credential at once (which the single-node sled store never has to).
+/// - The last write wins. Within a node the token service holds each credential's record
+///   across its read, provider request and write (a refresh, an import, dropping a refused
+///   access token), so those never interleave; a backend shared by several nodes must also
+///   keep two nodes from doing so for one credential at once (which the single-node sled
+///   store never has to).
 ///
 /// Nothing removes a record today: a refused grant is marked
 /// ([`StoredToken::needs_reauth`]), not deleted.

@@ -435,12 +435,29 @@ impl Store {
         get_chunked(&self.raw, id)
     }
 
+    /// A message's bytes as a reader that holds one stored piece at a time (what the API
+    /// streams); `None` when there is no message `id`.
+    pub fn raw_reader(&self, id: u64) -> Result<Option<super::values::ValueReader>, StoreError> {
+        super::values::read_chunked(&self.raw, id)
+    }
+
     /// Messages in storage order, optionally of one source.
     pub fn iter_meta<'a>(
         &'a self,
         source: Option<&'a str>,
     ) -> impl Iterator<Item = Result<MessageMeta, StoreError>> + 'a {
-        iter_chunked(&self.messages)
+        self.iter_meta_from(source, 0)
+    }
+
+    /// Messages with an id of `from` or more, in storage (= commit) order, optionally of
+    /// one source. Seeks to `from` by key: a page far into the store costs what a first
+    /// page costs.
+    pub fn iter_meta_from<'a>(
+        &'a self,
+        source: Option<&'a str>,
+        from: u64,
+    ) -> impl Iterator<Item = Result<MessageMeta, StoreError>> + 'a {
+        iter_chunked(&self.messages, from)
             .map(|item| {
                 let (id, v) = item?;
                 decode_meta(id, &v)

@@ -50,8 +50,8 @@ pub use backend::{IngestStore, TokenStore};
 pub use checkpoints::Checkpoint;
 pub use crypto::{KeyError, SealError, SecretBox};
 pub use messages::{Location, MessageMeta, NewMessage, Prepared, StoreOutcome};
-pub use tokens::StoredToken;
-pub use values::{CHUNK, Compression, SEGMENT_SIZE};
+pub use tokens::{IdentitySource, StoredToken};
+pub use values::{CHUNK, Compression, SEGMENT_SIZE, ValueReader};
 
 use tokens::open_key;
 use values::{BlobSync, LEGACY_SEGMENT_SIZE, existing_segment_size, sync_new_blobs};
@@ -75,6 +75,14 @@ pub enum StoreError {
     /// A token record could not be sealed.
     #[error("store: secret key: {0}")]
     Seal(#[from] SealError),
+    /// The data directory could not be created or made private (0700): it holds every
+    /// message and the sealed tokens, so the node does not run in one others may read.
+    #[error("node.data_dir {}: {what}: {reason}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        what: &'static str,
+        reason: std::io::Error,
+    },
     #[error(
         "store: disk almost full: {free} bytes free in {path}, {needed} needed (node.min_free_disk_bytes plus the batch); no mail is taken until there is room"
     )]
@@ -146,8 +154,13 @@ impl Store {
     /// Opens (or creates) the store in `dir`, with the at-rest key from `key_file`
     /// (created 0600 on first use).
     pub fn open(dir: &Path, key_file: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        restrict_dir(dir);
+        let data_dir = |what, reason| StoreError::DataDir {
+            path: dir.to_path_buf(),
+            what,
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| data_dir("cannot create it", e))?;
+        restrict_dir(dir).map_err(|e| data_dir("cannot set its mode to 0700", e))?;
         let segment_size = existing_segment_size(dir).unwrap_or(SEGMENT_SIZE);
         let db = match sled_config(dir, segment_size).open() {
             Ok(db) => db,
@@ -278,10 +291,12 @@ impl Store {
 }
 
 #[cfg(unix)]
-fn restrict_dir(dir: &Path) {
+fn restrict_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 #[cfg(not(unix))]
-fn restrict_dir(_dir: &Path) {}
+fn restrict_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}

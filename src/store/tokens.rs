@@ -22,8 +22,30 @@ pub struct StoredToken {
     pub refresh_token_obtained: Option<i64>,
     /// Who consented, when known.
     pub identity: Option<String>,
+    /// Where `identity` came from. `None` in records written before this was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_source: Option<IdentitySource>,
     /// Set when the provider refused the grant: the source needs re-authorization.
     pub needs_reauth: Option<String>,
+}
+
+/// Who said whom a grant belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// The ID token in the provider's token response (checked: audience, issuer, expiry).
+    IdToken,
+    /// The provider's userinfo endpoint, asked with the grant's own access token.
+    Userinfo,
+    /// Whoever imported the grant said so; the provider told nothing to check it against.
+    Claimed,
+}
+
+impl IdentitySource {
+    /// Whether the provider itself named the account.
+    pub fn verified(self) -> bool {
+        !matches!(self, IdentitySource::Claimed)
+    }
 }
 
 impl std::fmt::Debug for StoredToken {
@@ -40,6 +62,7 @@ impl std::fmt::Debug for StoredToken {
             .field("access_expires_at", &self.access_expires_at)
             .field("refresh_token_last_used", &self.refresh_token_last_used)
             .field("identity", &self.identity)
+            .field("identity_source", &self.identity_source)
             .field("needs_reauth", &self.needs_reauth)
             .finish()
     }

@@ -202,6 +202,72 @@ pub(super) fn decode(id: u64, joined: Vec<u8>, compressed: bool) -> Result<Vec<u
         .map_err(|e| StoreError::Corrupt(format!("value {id}: zstd: {e}")))
 }
 
+/// The pieces of one value, read as a byte stream one piece at a time: a large message is
+/// never whole in memory.
+pub struct Pieces {
+    iter: sled::Iter,
+    current: sled::IVec,
+    pos: usize,
+}
+
+impl std::io::Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.pos < self.current.len() {
+                let n = buf.len().min(self.current.len() - self.pos);
+                buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            match self.iter.next() {
+                Some(Ok((_, v))) => {
+                    self.current = v;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+    }
+}
+
+/// A stored value read as it is streamed: its pieces, through zstd when they are a frame.
+/// Both variants boxed, so the reader is small to move whichever it is.
+pub enum ValueReader {
+    Plain(Box<Pieces>),
+    Zstd(Box<zstd::stream::read::Decoder<'static, std::io::BufReader<Pieces>>>),
+}
+
+impl std::io::Read for ValueReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ValueReader::Plain(p) => p.read(buf),
+            ValueReader::Zstd(z) => z.read(buf),
+        }
+    }
+}
+
+/// The value under `id` as a reader, `None` when there is none. See [`get_chunked`] for
+/// the layout.
+pub(super) fn read_chunked(tree: &sled::Tree, id: u64) -> Result<Option<ValueReader>, StoreError> {
+    let mut iter = tree.scan_prefix(id.to_be_bytes());
+    let Some(first) = iter.next() else {
+        return Ok(None);
+    };
+    let (key, value) = first?;
+    let pieces = Pieces {
+        iter,
+        current: value,
+        pos: 0,
+    };
+    if !is_zstd_key(&key) {
+        return Ok(Some(ValueReader::Plain(Box::new(pieces))));
+    }
+    let decoder = zstd::stream::read::Decoder::new(pieces)
+        .map_err(|e| StoreError::Corrupt(format!("value {id}: zstd: {e}")))?;
+    Ok(Some(ValueReader::Zstd(Box::new(decoder))))
+}
+
 /// Whether `key` is a piece of a compressed value ([`ZSTD_CHUNK`]).
 pub(super) fn is_zstd_key(key: &[u8]) -> bool {
     key.len() == 12 && key[8] & 0x80 != 0
@@ -246,11 +312,13 @@ pub(super) fn get_chunked(tree: &sled::Tree, id: u64) -> Result<Option<Vec<u8>>,
         .transpose()
 }
 
-/// Every value of `tree` in id order, pieces joined (see [`get_chunked`]).
+/// Every value of `tree` with an id of `from` or more, in id order, pieces joined (see
+/// [`get_chunked`]). Starts at `from` by key, without reading what comes before.
 pub(super) fn iter_chunked(
     tree: &sled::Tree,
+    from: u64,
 ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> {
-    let mut items = tree.iter().peekable();
+    let mut items = tree.range(from.to_be_bytes()..).peekable();
     std::iter::from_fn(move || {
         let (k, v) = match items.next()? {
             Ok(kv) => kv,

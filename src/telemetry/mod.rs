@@ -234,6 +234,12 @@ pub const CATALOG: &[MetricDef] = &[
         "Messages seen on the server but not yet stored, as of the last session."
     ),
     m!(
+        "api_requests_total",
+        Counter,
+        ["route", "code"],
+        "HTTP requests by route (the path pattern, or \"unmatched\") and status code; 401, 403 and 429 are refused callers."
+    ),
+    m!(
         "build_info",
         Gauge,
         ["version"],

@@ -120,12 +120,20 @@ impl Node {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The admin token the node wrote on its first run (`data/api.token`).
+    pub fn api_token(&self) -> String {
+        crate::support::read_api_token(&self.dir.path().join("data").join("api.token"))
+            .unwrap_or_else(|e| panic!("{e}; node log:\n{}", self.log()))
+    }
+
     pub fn try_get(&self, path: &str) -> Option<String> {
         let url = format!("http://{}{}", self.http, path);
+        let token = self.api_token();
         std::thread::scope(|s| {
             s.spawn(|| {
                 reqwest::blocking::Client::new()
                     .get(url)
+                    .bearer_auth(token)
                     .timeout(Duration::from_secs(5))
                     .send()
                     .ok()?
@@ -223,10 +231,14 @@ impl Node {
     /// `POST path` on the node's API: (status, body).
     pub fn post(&self, path: &str) -> (u16, String) {
         let url = format!("http://{}{}", self.http, path);
+        let token = self.api_token();
         std::thread::scope(|s| {
             s.spawn(|| {
                 let r = reqwest::blocking::Client::new()
                     .post(url)
+                    .bearer_auth(token)
+                    .header("Content-Type", "application/json")
+                    .body("{}")
                     .timeout(Duration::from_secs(30))
                     .send()
                     .expect("POST");
@@ -298,12 +310,14 @@ impl Node {
         }
     }
 
-    /// sha256 of every stored message, from a jsonl export (node stopped).
+    /// sha256 of every stored message, from a jsonl export (node stopped; each call
+    /// replaces the last export).
     pub fn stored_hashes(&self) -> Vec<String> {
         let out = self.dir.path().join("hashes.jsonl");
         self.cli_ok(&[
             "messages",
             "export",
+            "--force",
             "--format",
             "jsonl",
             "--out",

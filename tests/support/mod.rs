@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 pub use certs::{Ca, ca};
 pub use dovecot::{Dovecot, DovecotOptions};
-pub use node_process::NodeProcess;
+pub use node_process::{NodeProcess, read_api_token};
 pub use oidc::{Oidc, OidcOptions, TokenResponse};
 
 /// How long a server may take to become ready before the harness gives up.

@@ -177,6 +177,30 @@ impl Drop for NodeProcess {
     }
 }
 
+/// The admin token a node wrote to its `node.api_token_file` (by default `api.token` in
+/// its data directory) on its first run: what `/api/` wants as `Authorization: Bearer`.
+pub fn read_api_token(file: &Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("API token {}: {e}", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("API token {}: empty", file.display()));
+    }
+    Ok(token.to_owned())
+}
+
+/// Headers that carry the node's admin token (from [`read_api_token`]): for an HTTP
+/// client that talks to `/api/`.
+pub fn bearer(file: &Path) -> Result<reqwest::header::HeaderMap, String> {
+    let token = read_api_token(file)?;
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|e| format!("API token {}: {e}", file.display()))?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(headers)
+}
+
 /// One `GET /readyz`: `Ok` on 200, else what came back. Plain HTTP/1.1 over a std socket, so
 /// it works on any thread, inside an async runtime or not.
 fn readyz(addr: SocketAddr) -> Result<(), String> {

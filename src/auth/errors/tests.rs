@@ -504,6 +504,12 @@ fn only_a_lost_grant_needs_reauthorization() {
         },
         TokenError::Unknown(s()),
         TokenError::Store(s()),
+        // A refused import leaves the stored grant in place: nothing to re-authorize.
+        TokenError::ImportRefused {
+            source_name: s(),
+            refusal: ImportRefusal::Refresh(Box::new(reauth[0].clone())),
+            kept_grant: true,
+        },
     ];
     for e in &reauth {
         assert!(e.needs_reauth(), "{e:?}");
@@ -514,6 +520,56 @@ fn only_a_lost_grant_needs_reauthorization() {
     }
     assert_eq!(other[3].kind(), ErrorKind::Token);
     assert_eq!(other[4].kind(), ErrorKind::Store);
+    assert_eq!(other[5].kind(), ErrorKind::Token);
+}
+
+#[test]
+fn a_refused_import_names_the_providers_code_and_what_was_kept() {
+    let refused = |kept_grant| TokenError::ImportRefused {
+        source_name: "mail".into(),
+        refusal: ImportRefusal::Refresh(Box::new(classify_provider_error(
+            "local",
+            400,
+            br#"{"error":"invalid_grant","error_description":"grant request is invalid"}"#,
+            None,
+            "",
+        ))),
+        kept_grant,
+    };
+    assert_eq!(
+        refused(true).to_string(),
+        "source mail: refresh token not imported: provider local refused it: invalid_grant: grant request is invalid; the stored grant was left unchanged"
+    );
+    assert_eq!(
+        refused(false).to_string(),
+        "source mail: refresh token not imported: provider local refused it: invalid_grant: grant request is invalid; nothing was stored"
+    );
+    let mismatch = TokenError::ImportRefused {
+        source_name: "mail".into(),
+        refusal: ImportRefusal::IdentityMismatch {
+            claimed: "bob@example.test".into(),
+            provider_says: "alice@example.test".into(),
+        },
+        kept_grant: true,
+    };
+    assert_eq!(
+        mismatch.to_string(),
+        "source mail: refresh token not imported: the provider says the grant belongs to alice@example.test, but the import named bob@example.test; the stored grant was left unchanged"
+    );
+    // Other failures keep their own words (a transient one says to try again later).
+    let transient = TokenError::ImportRefused {
+        source_name: "mail".into(),
+        refusal: ImportRefusal::Refresh(Box::new(classify_provider_error(
+            "local", 503, b"", None, "",
+        ))),
+        kept_grant: true,
+    };
+    assert!(
+        transient
+            .to_string()
+            .contains("provider local: temporary failure: HTTP 503"),
+        "{transient}"
+    );
 }
 
 #[test]

@@ -228,6 +228,7 @@ fn env_overrides_nested_keys() {
             ),
             ("MAILSLUICE__SOURCES__SUPPORT__IDLE", "false"),
             ("MAILSLUICE__NODE__HTTP_LISTEN", "0.0.0.0:9000"),
+            ("MAILSLUICE__NODE__HTTP_ALLOW_PLAINTEXT", "true"),
             // try_parsing turns these into numbers; they must stay the exact text.
             ("MAILSLUICE__TLS__MIN_VERSION", "1.3"),
             ("MAILSLUICE__PROVIDERS__O365__CLIENT_ID", "12345"),

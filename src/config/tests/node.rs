@@ -39,3 +39,128 @@ fn native_backend_needs_the_feature() {
         assert_contains(&at(&errs, "tls.backend").message, "--features native-tls");
     }
 }
+
+#[test]
+fn listening_beyond_loopback_needs_tls_or_a_plaintext_opt_in() {
+    let errs = errors(&format!("[node]\nhttp_listen = \"0.0.0.0:9898\"\n\n{BASE}"));
+    let m = &at(&errs, "node.http_listen").message;
+    assert_contains(m, "http_tls_cert_file");
+    assert_contains(m, "http_allow_plaintext");
+    let s = ok(&format!(
+        "[node]\nhttp_listen = \"0.0.0.0:9898\"\nhttp_allow_plaintext = true\n\n{BASE}"
+    ));
+    assert!(s.node.http_allow_plaintext);
+    let s = ok(&format!(
+        "[node]\nhttp_listen = \"[::]:9898\"\nhttp_tls_cert_file = \"c.pem\"\nhttp_tls_key_file = \"k.pem\"\n\n{BASE}"
+    ));
+    assert_eq!(s.node.http_tls.unwrap().key_file, PathBuf::from("k.pem"));
+    // Loopback needs neither.
+    let s = ok(&format!("[node]\nhttp_listen = \"[::1]:9898\"\n\n{BASE}"));
+    assert!(s.node.http_tls.is_none());
+}
+
+#[test]
+fn a_certificate_without_its_key_is_an_error_not_plain_http() {
+    let errs = errors(&format!("[node]\nhttp_tls_cert_file = \"c.pem\"\n\n{BASE}"));
+    assert_contains(&at(&errs, "node.http_tls_key_file").message, "required");
+    let errs = errors(&format!("[node]\nhttp_tls_key_file = \"k.pem\"\n\n{BASE}"));
+    assert_contains(&at(&errs, "node.http_tls_cert_file").message, "required");
+}
+
+#[test]
+fn allowed_hosts_are_host_names_as_a_host_header_carries_them() {
+    let s = ok(&format!(
+        "[node]\nhttp_allowed_hosts = [\"Ingest.Example.com\", \"10.0.0.5\"]\n\n{BASE}"
+    ));
+    assert_eq!(
+        s.node.http_allowed_hosts,
+        ["ingest.example.com", "10.0.0.5"]
+    );
+    for bad in [
+        "https://x.example",
+        "x.example:9898",
+        "x.example/path",
+        "",
+        "a..b",
+    ] {
+        let errs = errors(&format!(
+            "[node]\nhttp_allowed_hosts = [\"ok.example\", {bad:?}]\n\n{BASE}"
+        ));
+        assert_contains(
+            &at(&errs, "node.http_allowed_hosts[1]").message,
+            "not a host name",
+        );
+    }
+}
+
+#[test]
+fn the_api_token_file_defaults_to_the_data_directory() {
+    let s = ok(&format!("[node]\ndata_dir = \"/var/lib/ms\"\n\n{BASE}"));
+    assert_eq!(
+        s.node.api_token_file,
+        PathBuf::from("/var/lib/ms/api.token")
+    );
+    let s = ok(&format!(
+        "[node]\napi_token_file = \"/etc/ms/api.token\"\n\n{BASE}"
+    ));
+    assert_eq!(s.node.api_token_file, PathBuf::from("/etc/ms/api.token"));
+}
+
+#[test]
+fn api_clients_have_a_role_and_exactly_one_token_reference() {
+    let sha = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+    let s = ok(&format!(
+        "{BASE}\n[api_clients.grafana]\nrole = \"read\"\ntoken_sha256 = \"{sha}\"\n\
+         [api_clients.ops]\nrole = \"admin\"\ntoken_file = \"/etc/ops.token\"\n"
+    ));
+    assert_eq!(s.api_clients["grafana"].role, Role::Read);
+    assert_eq!(
+        s.api_clients["ops"].token,
+        ApiTokenRef::File(PathBuf::from("/etc/ops.token"))
+    );
+    let cases = [
+        ("role = \"read\"\n", "api_clients.x", "needs token_file"),
+        (
+            "role = \"read\"\ntoken_file = \"f\"\ntoken_sha256 = \"00\"\n",
+            "api_clients.x",
+            "both set",
+        ),
+        ("token_file = \"f\"\n", "api_clients.x.role", "required"),
+        (
+            "role = \"root\"\ntoken_file = \"f\"\n",
+            "api_clients.x.role",
+            "root",
+        ),
+        (
+            "role = \"read\"\ntoken_sha256 = \"my-secret-token\"\n",
+            "api_clients.x.token_sha256",
+            "64 hexadecimal",
+        ),
+        (
+            "role = \"read\"\ntoken = \"abc\"\n",
+            "api_clients.x.token",
+            "never inline",
+        ),
+    ];
+    for (body, key, needle) in cases {
+        let errs = errors(&format!("{BASE}\n[api_clients.x]\n{body}"));
+        let m = &at(&errs, key).message;
+        assert_contains(m, needle);
+        assert!(!m.contains("my-secret-token"), "{m}");
+    }
+}
+
+#[test]
+fn native_tls_with_a_1_3_minimum_is_refused_not_weakened() {
+    let errs = errors(&format!(
+        "{BASE}\n[tls]\nbackend = \"native\"\nmin_version = \"1.3\"\n"
+    ));
+    let m = &at(&errs, "tls.min_version").message;
+    assert_contains(m, "cannot be enforced");
+    assert_contains(m, "rustls");
+    // rustls enforces it.
+    let s = ok(&format!(
+        "{BASE}\n[tls]\nbackend = \"rustls\"\nmin_version = \"1.3\"\n"
+    ));
+    assert_eq!(s.tls.min_version, TlsVersion::V1_3);
+}

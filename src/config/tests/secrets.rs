@@ -134,3 +134,95 @@ fn read_secret_never_returns_the_value_in_errors() {
     }
     assert_eq!(err.kind(), crate::telemetry::ErrorKind::Auth);
 }
+
+/// Another local user reading the node's key or a secret file: every file that holds one is
+/// named with the key that configures it, and the ones group or others may open are reported
+/// with `chmod 600`. Missing files are not this check's business.
+#[cfg(unix)]
+#[test]
+fn secret_files_open_to_group_or_others_are_reported_with_their_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, "s3cret-value\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let key = file("key", 0o644);
+    let client = file("client", 0o600);
+    let password = file("password", 0o640);
+    let disabled = file("disabled", 0o604);
+    let api = file("api", 0o600);
+    let metrics = file("metrics", 0o400);
+    let grafana = file("grafana", 0o620);
+    let text = format!(
+        "[node]\nsecret_key_file = {key:?}\napi_token_file = {api:?}\nmetrics_token_file = {metrics:?}\n
+[api_clients.grafana]
+role = \"read\"
+token_file = {grafana:?}
+
+[providers.o365]
+kind = \"office365\"
+client_id = \"app-id\"
+client_secret_file = {client:?}
+
+[sources.a]
+protocol = \"imap\"
+host = \"h\"
+username = \"u\"
+auth = \"password\"
+password_file = {password:?}
+
+[sources.b]
+protocol = \"imap\"
+host = \"h\"
+username = \"u\"
+auth = \"password\"
+password_file = {disabled:?}
+enabled = false
+
+[sources.c]
+protocol = \"imap\"
+host = \"h\"
+username = \"u\"
+auth = \"oauth2\"
+provider = \"o365\"
+"
+    );
+    let s = ok(&text);
+    let files = secret_files(&s);
+    assert_eq!(
+        files,
+        vec![
+            ("node.secret_key_file".to_owned(), key.clone()),
+            ("providers.o365.client_secret_file".to_owned(), client),
+            ("sources.a.password_file".to_owned(), password.clone()),
+            ("sources.b.password_file".to_owned(), disabled.clone()),
+            ("node.api_token_file".to_owned(), api.clone()),
+            ("node.metrics_token_file".to_owned(), metrics.clone()),
+            ("api_clients.grafana.token_file".to_owned(), grafana.clone()),
+        ]
+    );
+    let loose = loose_secret_files(&files);
+    let named: Vec<(&str, u32)> = loose.iter().map(|l| (l.key.as_str(), l.mode)).collect();
+    assert_eq!(
+        named,
+        [
+            ("node.secret_key_file", 0o644),
+            ("sources.a.password_file", 0o640),
+            ("sources.b.password_file", 0o604),
+            ("api_clients.grafana.token_file", 0o620),
+        ]
+    );
+    let shown = loose[0].to_string();
+    assert_contains(&shown, "node.secret_key_file");
+    assert_contains(&shown, &key.display().to_string());
+    assert_contains(&shown, "mode 0644");
+    assert_contains(&shown, &format!("chmod 600 {}", key.display()));
+    assert!(!shown.contains("s3cret"), "{shown}");
+
+    // A missing file is not reported (check_secrets says it is missing).
+    let absent = [("node.api_token_file".to_owned(), dir.path().join("absent"))];
+    assert!(loose_secret_files(&absent).is_empty());
+}

@@ -117,3 +117,21 @@ fn delete_after_days_only_for_pop3_delete() {
         "applies only to protocol = \"pop3\"",
     );
 }
+
+/// A source's message allowance is what a server may make the node buffer for one message:
+/// capped at 1 GiB when the config is loaded, so a typo (or an extra digit) cannot hand a
+/// hostile server the node's memory. Exactly 1 GiB passes; one byte more is refused.
+#[test]
+fn max_message_bytes_is_capped_at_one_gib() {
+    let with = |n: u64| {
+        BASE.replace(
+            "auth = \"oauth2\"",
+            &format!("auth = \"oauth2\"\nmax_message_bytes = {n}"),
+        )
+    };
+    let s = ok(&with(1 << 30));
+    assert_eq!(source(&s, "support").max_message_bytes, 1 << 30);
+    let errs = errors(&with((1 << 30) + 1));
+    let m = &at(&errs, "sources.support.max_message_bytes").message;
+    assert_contains(m, "must be at most 1073741824 (1 GiB), found 1073741825");
+}

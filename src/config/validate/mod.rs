@@ -8,6 +8,7 @@
 //! URL-valued keys. This file holds the entry point and the rules more than one section
 //! shares: `*_secs` bounds, section names, and `X_env` / `X_file` secret references.
 
+mod api;
 mod node;
 mod providers;
 mod sources;
@@ -23,7 +24,7 @@ use super::settings::*;
 use super::tree::{Ctx, Table, closest};
 use super::{ENV_PREFIX, ENV_SEPARATOR};
 
-const TOP_KEYS: &[&str] = &["node", "tls", "providers", "sources"];
+const TOP_KEYS: &[&str] = &["node", "tls", "providers", "sources", "api_clients"];
 
 /// Upper bound of every `*_secs` key: one year is longer than any sensible interval and far
 /// from the point where `Instant + Duration` overflows.
@@ -37,11 +38,13 @@ pub(super) fn settings(ctx: &mut Ctx, root: &Map<String, Value>) -> Settings {
     let tls = tls::tls(ctx, &tls_table);
     let (providers, provider_names) = providers::providers(ctx, top.get("providers"));
     let sources = sources::sources(ctx, top.get("sources"), &providers, &provider_names);
+    let api_clients = api::api_clients(ctx, top.get("api_clients"));
     Settings {
         node,
         tls,
         providers,
         sources,
+        api_clients,
     }
 }
 

@@ -22,6 +22,12 @@ pub(super) const NODE_KEYS: &[&str] = &[
     "read_timeout_secs",
     "min_free_disk_bytes",
     "store_compression",
+    "api_token_file",
+    "metrics_token_file",
+    "http_tls_cert_file",
+    "http_tls_key_file",
+    "http_allowed_hosts",
+    "http_allow_plaintext",
 ];
 
 const DEFAULT_HTTP_LISTEN: SocketAddr =
@@ -66,6 +72,24 @@ pub(super) fn node(ctx: &mut Ctx, t: &Table) -> NodeSettings {
     let secret_key_file = t
         .non_empty(ctx, "secret_key_file")
         .unwrap_or_else(|| "data/secret.key".into());
+    let api_token_file = t
+        .non_empty(ctx, "api_token_file")
+        .map_or_else(|| PathBuf::from(&data_dir).join("api.token"), PathBuf::from);
+    let metrics_token_file = t.non_empty(ctx, "metrics_token_file").map(PathBuf::from);
+    let http_tls = http_tls(ctx, t);
+    let http_allowed_hosts = allowed_hosts(ctx, t);
+    let http_allow_plaintext = t.bool(ctx, "http_allow_plaintext", false);
+    if http_tls.is_none() && !http_allow_plaintext && !http_listen.ip().is_loopback() {
+        ctx.error(
+            &t.key("http_listen"),
+            format!(
+                "{http_listen} is reachable beyond this machine, and plain HTTP would carry API \
+                 tokens and mail in the clear: set node.http_tls_cert_file and \
+                 node.http_tls_key_file, or node.http_allow_plaintext = true when a TLS proxy \
+                 in front of the node is the only way in"
+            ),
+        );
+    }
     NodeSettings {
         data_dir: PathBuf::from(data_dir),
         http_listen,
@@ -78,5 +102,69 @@ pub(super) fn node(ctx: &mut Ctx, t: &Table) -> NodeSettings {
         read_timeout: secs(ctx, t, "read_timeout_secs", 120),
         min_free_disk_bytes: t.uint(ctx, "min_free_disk_bytes", 0, u64::MAX, 64 * 1024 * 1024),
         store_compression,
+        api_token_file,
+        metrics_token_file,
+        http_tls,
+        http_allowed_hosts,
+        http_allow_plaintext,
     }
+}
+
+/// Both files or neither: a certificate without its key (or the reverse) is a mistake, not a
+/// request for plain HTTP.
+fn http_tls(ctx: &mut Ctx, t: &Table) -> Option<HttpTls> {
+    let cert = t.non_empty(ctx, "http_tls_cert_file");
+    let key = t.non_empty(ctx, "http_tls_key_file");
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(HttpTls {
+            cert_file: PathBuf::from(cert),
+            key_file: PathBuf::from(key),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            ctx.error(
+                &t.key("http_tls_key_file"),
+                "required with node.http_tls_cert_file: the private key (PEM) of that certificate",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            ctx.error(
+                &t.key("http_tls_cert_file"),
+                "required with node.http_tls_key_file: the certificate chain (PEM) to serve",
+            );
+            None
+        }
+    }
+}
+
+/// Host names as a browser sends them in `Host`: lowercase, no port, no scheme, no path.
+fn allowed_hosts(ctx: &mut Ctx, t: &Table) -> Vec<String> {
+    let Some(hosts) = t.list(ctx, "http_allowed_hosts") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let h = host.trim().to_ascii_lowercase();
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && (h.parse::<std::net::IpAddr>().is_ok()
+                || h.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                }));
+        if ok {
+            out.push(h);
+        } else {
+            ctx.error(
+                &format!("{}[{i}]", t.key("http_allowed_hosts")),
+                format!(
+                    "{host:?} is not a host name or IP address as a Host header carries it \
+                     (no scheme, port or path), e.g. \"ingest.example.com\""
+                ),
+            );
+        }
+    }
+    out
 }

@@ -35,6 +35,9 @@ const SOURCE_KEYS: &[&str] = &[
 ];
 
 const DEFAULT_MAX_MESSAGE_BYTES: u64 = 50 * 1024 * 1024;
+/// The largest `max_message_bytes` accepted. Mail servers refuse messages far smaller (tens
+/// of MiB); what a server sends is buffered whole, up to this plus a small envelope.
+const MAX_MESSAGE_BYTES_CAP: u64 = 1024 * 1024 * 1024;
 
 pub(super) fn sources(
     ctx: &mut Ctx,
@@ -183,13 +186,24 @@ fn source(
     } else {
         0
     };
-    let max_message_bytes = t.uint(
+    let mut max_message_bytes = t.uint(
         ctx,
         "max_message_bytes",
         1,
         u64::MAX,
         DEFAULT_MAX_MESSAGE_BYTES,
     );
+    if max_message_bytes > MAX_MESSAGE_BYTES_CAP {
+        ctx.error(
+            &t.key("max_message_bytes"),
+            format!(
+                "must be at most {MAX_MESSAGE_BYTES_CAP} (1 GiB), found {max_message_bytes}: a \
+                 message is held in memory whole while it is read and stored, so a larger \
+                 allowance only lets a server exhaust the node's memory"
+            ),
+        );
+        max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES;
+    }
     let max_connections = t.uint(ctx, "max_connections", 1, u64::from(u32::MAX), 2);
     let enabled = t.bool(ctx, "enabled", true);
 

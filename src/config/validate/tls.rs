@@ -54,6 +54,15 @@ pub(super) fn tls(ctx: &mut Ctx, t: &Table) -> TlsSettings {
              only rustls (use backend = \"rustls\")",
         );
     }
+    if backend == TlsBackend::Native && min_version == Some(TlsVersion::V1_3) {
+        // native-tls cannot ask for 1.3 as a minimum on every platform; it would quietly
+        // allow 1.2. Refused rather than weakened.
+        ctx.error(
+            &t.key("min_version"),
+            "\"1.3\" cannot be enforced with backend = \"native\" (the platform library's \
+             minimum stops at 1.2): use backend = \"rustls\", or min_version = \"1.2\"",
+        );
+    }
     TlsSettings {
         min_version: min_version.unwrap_or(TlsVersion::V1_2),
         extra_ca_file,

@@ -372,4 +372,219 @@ mod tests {
         assert_eq!(encode_mutf7("A&B"), "A&-B");
         assert_eq!(mailbox_arg("inbox"), "INBOX");
     }
+
+    /// Every command a collector sends, byte for byte, with the tag counting up by one.
+    #[test]
+    fn every_command_has_its_exact_bytes() {
+        let mut c = Commands::default();
+        let sent: Vec<Vec<u8>> = vec![
+            c.capability().bytes,
+            c.starttls().bytes,
+            c.authenticate("XOAUTH2", Some("dXNlcg==")).bytes,
+            c.authenticate("PLAIN", None).bytes,
+            c.login("bob", "pw").unwrap().bytes,
+            c.select("INBOX", false).bytes,
+            c.select("Archiv", true).bytes,
+            c.uid_fetch_bodies(5, Some(9)).bytes,
+            c.uid_fetch_sizes(1, None).bytes,
+            c.uid_fetch_sizes(3, Some(8)).bytes,
+            c.uid_fetch_set(&[1, 2, 3, 7]).bytes,
+            c.uid_fetch_header_star().bytes,
+            c.uid_store_add_flag(&[4, 5], "\\Seen").bytes,
+            c.uid_expunge(&[4, 6]).bytes,
+            c.uid_move(&[4], "Done & Dusted").bytes,
+            c.create("Entwürfe").bytes,
+            c.uid_copy(&[9, 10], "inbox").bytes,
+            c.logout().bytes,
+            c.noop().bytes,
+            c.idle().bytes,
+            c.list("%").bytes,
+        ];
+        let expected = [
+            "A0001 CAPABILITY",
+            "A0002 STARTTLS",
+            "A0003 AUTHENTICATE XOAUTH2 dXNlcg==",
+            "A0004 AUTHENTICATE PLAIN",
+            "A0005 LOGIN \"bob\" \"pw\"",
+            "A0006 SELECT INBOX",
+            "A0007 EXAMINE \"Archiv\"",
+            "A0008 UID FETCH 5:9 (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])",
+            "A0009 UID FETCH 1:* (UID RFC822.SIZE)",
+            "A0010 UID FETCH 3:8 (UID RFC822.SIZE)",
+            "A0011 UID FETCH 1:3,7 (UID RFC822.SIZE INTERNALDATE BODY.PEEK[])",
+            "A0012 UID FETCH * (UID BODY.PEEK[HEADER])",
+            "A0013 UID STORE 4:5 +FLAGS.SILENT (\\Seen)",
+            "A0014 UID EXPUNGE 4,6",
+            "A0015 UID MOVE 4 \"Done &- Dusted\"",
+            "A0016 CREATE \"Entw&APw-rfe\"",
+            "A0017 UID COPY 9:10 INBOX",
+            "A0018 LOGOUT",
+            "A0019 NOOP",
+            "A0020 IDLE",
+            "A0021 LIST \"\" \"%\"",
+        ];
+        assert_eq!(sent.len(), expected.len());
+        for (got, want) in sent.iter().zip(expected) {
+            assert_eq!(String::from_utf8_lossy(got), format!("{want}\r\n"));
+        }
+        assert_eq!(IDLE_DONE, b"DONE\r\n");
+    }
+
+    #[test]
+    fn tags_are_four_digits_and_grow_past_them() {
+        let mut c = Commands::default();
+        let tags: Vec<String> = (0..10_000).map(|_| c.noop().tag).collect();
+        assert_eq!(tags[0], "A0001");
+        assert_eq!(tags[8], "A0009");
+        assert_eq!(tags[9_998], "A9999");
+        assert_eq!(tags[9_999], "A10000");
+        let cmd = c.noop();
+        assert!(cmd.bytes.starts_with(format!("{} ", cmd.tag).as_bytes()));
+    }
+
+    #[test]
+    fn a_commands_debug_shows_its_tag_and_name_but_never_its_arguments() {
+        let mut c = Commands::default();
+        let login = c.login("bob", "hunter2").unwrap();
+        let shown = format!("{login:?}");
+        assert_eq!(shown, "Command { tag: \"A0001\", name: \"LOGIN\", .. }");
+        let auth = c.authenticate("PLAIN", Some("c2VjcmV0"));
+        let shown = format!("{auth:?}");
+        assert_eq!(
+            shown,
+            "Command { tag: \"A0002\", name: \"AUTHENTICATE\", .. }"
+        );
+        // A command without arguments: the name without its CRLF.
+        assert_eq!(
+            format!("{:?}", c.logout()),
+            "Command { tag: \"A0003\", name: \"LOGOUT\", .. }"
+        );
+        let nameless = Command {
+            tag: "x".into(),
+            bytes: b"x".to_vec(),
+        };
+        assert_eq!(
+            format!("{nameless:?}"),
+            "Command { tag: \"x\", name: \"\", .. }"
+        );
+    }
+
+    #[test]
+    fn login_refuses_each_byte_a_quoted_string_cannot_carry() {
+        let mut c = Commands::default();
+        for bad in ["a\rb", "a\nb", "a\0b"] {
+            assert!(c.login(bad, "pw").is_none(), "user {bad:?}");
+            assert!(c.login("bob", bad).is_none(), "password {bad:?}");
+        }
+        // Refused logins use no tag.
+        assert_eq!(
+            c.login("b\\o\"b", "").unwrap().bytes,
+            b"A0001 LOGIN \"b\\\\o\\\"b\" \"\"\r\n"
+        );
+    }
+
+    #[test]
+    fn mailbox_arguments_are_quoted_modified_utf7_except_inbox() {
+        assert_eq!(mailbox_arg("INBOX"), "INBOX");
+        assert_eq!(mailbox_arg("InBox"), "INBOX");
+        assert_eq!(mailbox_arg("INBOX/Sub"), "\"INBOX/Sub\"");
+        assert_eq!(mailbox_arg("a \"b\" \\c"), "\"a \\\"b\\\" \\\\c\"");
+        assert_eq!(mailbox_arg("Ärger"), "\"&AMQ-rger\"");
+        // CR and LF are not printable ASCII: encoded, they cannot end the command line.
+        assert_eq!(mailbox_arg("a\r\nb"), "\"a&AA0ACg-b\"");
+        let mut c = Commands::default();
+        assert_eq!(c.list("a\nb").bytes, b"A0001 LIST \"\" \"a&AAo-b\"\r\n");
+        assert_eq!(
+            c.list("日本/*").bytes,
+            "A0002 LIST \"\" \"&ZeVnLA-/*\"\r\n".as_bytes()
+        );
+    }
+
+    #[test]
+    fn modified_utf7_encodes_runs_and_keeps_printable_ascii() {
+        assert_eq!(encode_mutf7(""), "");
+        assert_eq!(encode_mutf7(" ~"), " ~");
+        assert_eq!(encode_mutf7("&"), "&-");
+        assert_eq!(encode_mutf7("日本"), "&ZeVnLA-");
+        assert_eq!(encode_mutf7("日x本"), "&ZeU-x&Zyw-");
+        // Base64's '/' becomes ',' (U+03FF is 0x03FF: 000000 111111 11..).
+        assert_eq!(encode_mutf7("\u{3ff}"), "&A,8-");
+        // Outside the BMP: a surrogate pair.
+        assert_eq!(encode_mutf7("\u{1F600}"), "&2D3eAA-");
+        // Control characters are not printable ASCII.
+        assert_eq!(encode_mutf7("\t"), "&AAk-");
+    }
+
+    #[test]
+    fn modified_utf7_decodes_and_keeps_what_is_not_valid() {
+        assert_eq!(decode_mutf7(b""), "");
+        assert_eq!(decode_mutf7(b"plain"), "plain");
+        assert_eq!(decode_mutf7(b"&-"), "&");
+        assert_eq!(decode_mutf7(b"a&-b&-c"), "a&b&c");
+        assert_eq!(
+            decode_mutf7(b"x&ZeVnLA-y&AOk-z"),
+            "x\u{65e5}\u{672c}y\u{e9}z"
+        );
+        assert_eq!(decode_mutf7(b"&A,8-"), "\u{3ff}");
+        assert_eq!(decode_mutf7(b"&2D3eAA-"), "\u{1F600}");
+        // Unterminated: the rest as it is.
+        assert_eq!(decode_mutf7(b"ab&ZeVnLA"), "ab&ZeVnLA");
+        // An odd number of bytes, a lone surrogate, bad base64: kept as they are, and what
+        // follows still decodes.
+        assert_eq!(decode_mutf7(b"&AA-x&AOk-"), "&AA-x\u{e9}");
+        assert_eq!(decode_mutf7(b"a&2AA-b"), "a&2AA-b");
+        assert_eq!(decode_mutf7(b"a&!!-&-"), "a&!!-&");
+        // Invalid UTF-8 outside a run shows lossily.
+        assert_eq!(decode_mutf7(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn list_patterns_match_like_the_server() {
+        assert!(pattern_matches("", "", Some('/')));
+        assert!(!pattern_matches("", "a", Some('/')));
+        assert!(!pattern_matches("a", "", Some('/')));
+        assert!(pattern_matches("*", "", Some('/')));
+        assert!(pattern_matches("%", "", Some('/')));
+        assert!(pattern_matches("*", "a/b/c", Some('/')));
+        assert!(pattern_matches("a*c", "abbbc", Some('/')));
+        assert!(!pattern_matches("a*c", "abbbd", Some('/')));
+        assert!(!pattern_matches("abc", "xbc", Some('/')));
+        assert!(!pattern_matches("abc", "abx", Some('/')));
+        assert!(pattern_matches("%", "Sent", Some('/')));
+        assert!(!pattern_matches("%", "a/b", Some('/')));
+        assert!(pattern_matches("%/b", "a/b", Some('/')));
+        assert!(pattern_matches("a%", "a", Some('/')));
+        assert!(pattern_matches("%b", "ab", Some('/')));
+        assert!(pattern_matches("%.b", "a.b", Some('/')));
+        // Without a hierarchy delimiter `%` is `*`.
+        assert!(pattern_matches("%", "a/b", None));
+        assert!(pattern_matches("a/%", "a/b.c", Some('/')));
+        assert!(!pattern_matches("a/%", "a/b.c", Some('.')));
+        assert!(!pattern_matches("Support/%", "Support", Some('/')));
+    }
+
+    #[test]
+    fn is_pattern_needs_one_wildcard_of_either_kind() {
+        assert!(is_pattern("*"));
+        assert!(is_pattern("a%"));
+        assert!(is_pattern("*%"));
+        assert!(!is_pattern("Sent"));
+        assert!(!is_pattern(""));
+    }
+
+    #[test]
+    fn uid_sets_compress_runs_wherever_they_are() {
+        assert_eq!(uid_set(&[]), "");
+        assert_eq!(uid_set(&[1, 2]), "1:2");
+        assert_eq!(uid_set(&[1, 3]), "1,3");
+        assert_eq!(uid_set(&[1, 3, 4]), "1,3:4");
+        assert_eq!(uid_set(&[1, 2, 4]), "1:2,4");
+        assert_eq!(uid_set(&[5, 6, 7, 8]), "5:8");
+        assert_eq!(uid_set(&[2, 4, 6]), "2,4,6");
+        assert_eq!(uid_set(&[10, 11, 13, 14, 20]), "10:11,13:14,20");
+        // Not sorted: each break in the run starts a new member, nothing is lost.
+        assert_eq!(uid_set(&[3, 1, 2]), "3,1:2");
+        assert_eq!(uid_set(&[7, 7]), "7,7");
+        assert_eq!(uid_set(&[u32::MAX - 1, u32::MAX]), "4294967294:4294967295");
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! Four pieces, none of which touches a socket, a runtime or a clock:
 //! - [`Framer`] finds where the next complete server response ends in a byte buffer (a line,
-//!   plus any `{n}` literals and the lines after them), with hard caps on line and literal
-//!   size so a hostile server cannot make us buffer without bound.
+//!   plus any `{n}` literals and the lines after them), with hard caps on line size, literal
+//!   size and the size of the whole response, so a hostile server cannot make us buffer
+//!   without bound.
 //! - [`parse_response`] turns one complete frame into an owned [`ServerResponse`], using
 //!   imap-codec's response parser (we do not hand-parse IMAP grammar).
 //! - [`Commands`] produces tagged command bytes for the handful of commands a collector needs.
@@ -35,12 +36,21 @@ pub use commands::*;
 /// capability lists and SEARCH results while bounding memory.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
 
+/// What one response may hold beside its largest allowed literal: the FETCH items around the
+/// message (UID, sizes, dates, flags) and any small literals among them. A response is capped
+/// at `max_literal` plus this much.
+pub const RESPONSE_ENVELOPE_BYTES: u64 = 1024 * 1024;
+
 /// Finds frame boundaries. Keeps its scan position between calls so a large literal that
 /// arrives in many reads is not rescanned (linear, not quadratic).
 #[derive(Debug)]
 pub struct Framer {
     max_line: usize,
     max_literal: u64,
+    /// Cap on one whole response, its lines and literals together. Capping each literal is
+    /// not enough: a server could chain any number of literals just under `max_literal` in
+    /// one response, and the frame is buffered whole.
+    max_response: u64,
     /// Offset where the current (unfinished) line starts.
     line_start: usize,
     /// Offset up to which the buffer has been scanned for CRLF.
@@ -48,13 +58,41 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// A framer whose responses may be up to `max_literal` plus [`RESPONSE_ENVELOPE_BYTES`]
+    /// long in all.
     pub fn new(max_line: usize, max_literal: u64) -> Self {
         Framer {
             max_line,
             max_literal,
+            max_response: max_literal.saturating_add(RESPONSE_ENVELOPE_BYTES),
             line_start: 0,
             scanned: 0,
         }
+    }
+
+    /// The same framer with another cap on one whole response.
+    pub fn with_max_response(self, max_response: u64) -> Self {
+        Framer {
+            max_response,
+            ..self
+        }
+    }
+
+    /// The largest response accepted, its lines and literals together.
+    pub fn max_response(&self) -> u64 {
+        self.max_response
+    }
+
+    /// Fails once the response being framed is known to be `size` bytes or longer, when that
+    /// is over the cap.
+    fn check_response(&self, size: u64) -> Result<(), ProtocolError> {
+        if size > self.max_response {
+            return Err(ProtocolError::ResponseTooLarge {
+                size,
+                limit: self.max_response,
+            });
+        }
+        Ok(())
     }
 
     /// Length of the first complete response in `buf`, or `None` if more bytes are needed.
@@ -71,6 +109,8 @@ impl Framer {
                 if buf.len() - self.line_start > self.max_line {
                     return Err(ProtocolError::LineTooLong(self.max_line));
                 }
+                // Everything buffered belongs to this response: its line is not complete.
+                self.check_response(buf.len() as u64)?;
                 return Ok(None);
             };
             let lf = from + rel;
@@ -86,12 +126,15 @@ impl Framer {
                             limit: self.max_literal,
                         });
                     }
+                    // Refused when announced, before any of it is buffered.
+                    self.check_response((lf as u64 + 1).saturating_add(n))?;
                     // Skip the literal: the next line starts right after it.
                     self.line_start = lf + 1 + n as usize;
                     self.scanned = self.line_start;
                 }
                 None => {
                     let end = lf + 1;
+                    self.check_response(end as u64)?;
                     self.line_start = 0;
                     self.scanned = 0;
                     return Ok(Some(end));
@@ -532,241 +575,4 @@ fn frame_status_word(line: &str) -> Option<Completion> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frames(input: &[u8], chunk: usize) -> Vec<Vec<u8>> {
-        let mut framer = Framer::new(1024, 1 << 20);
-        let mut buf = Vec::new();
-        let mut out = Vec::new();
-        for piece in input.chunks(chunk) {
-            buf.extend_from_slice(piece);
-            while let Some(n) = framer.next_frame(&buf).unwrap() {
-                out.push(buf.drain(..n).collect());
-            }
-        }
-        assert!(
-            buf.is_empty(),
-            "leftover {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        out
-    }
-
-    const FETCH: &[u8] = b"* 1 FETCH (UID 7 RFC822.SIZE 11 INTERNALDATE \"17-Jul-1996 02:44:25 -0700\" BODY[] {11}\r\nHello\r\nX}\r\n)\r\nA0003 OK UID FETCH completed\r\n";
-
-    #[test]
-    fn frames_literals_whatever_the_read_size() {
-        for chunk in [1, 2, 3, 7, 64, 4096] {
-            let f = frames(FETCH, chunk);
-            assert_eq!(f.len(), 2, "chunk {chunk}");
-            assert!(f[0].ends_with(b")\r\n"));
-        }
-    }
-
-    #[test]
-    fn literal_that_looks_like_announcement_is_skipped() {
-        // The literal content itself ends with "{5}\r\n"; it must not be read as a literal.
-        let input = b"* 2 FETCH (UID 8 BODY[] {7}\r\nab{5}\r\n)\r\n";
-        let f = frames(input, 1);
-        assert_eq!(f.len(), 1);
-        match parse_response(&f[0]).unwrap() {
-            ServerResponse::Fetch(m) => assert_eq!(m.body.unwrap(), b"ab{5}\r\n"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn owned_parse_hands_the_body_back_in_the_frames_allocation() {
-        let body: Vec<u8> = (0..200_000u32)
-            .map(|i| b"abc\r\n{5}"[(i % 8) as usize])
-            .collect();
-        let mut frame = format!(
-            "* 3 FETCH (UID 41 RFC822.SIZE {n} INTERNALDATE \"01-Jan-2024 10:00:00 +0000\" BODY[] {{{n}}}\r\n",
-            n = body.len()
-        )
-        .into_bytes();
-        frame.extend_from_slice(&body);
-        frame.extend_from_slice(b")\r\n");
-        let borrowed = parse_response(&frame).unwrap();
-        let at = frame.as_ptr();
-        let owned = parse_response_owned(frame).unwrap();
-        // The same answer as the borrowing parse, body and all...
-        assert_eq!(owned, borrowed);
-        let ServerResponse::Fetch(m) = owned else {
-            panic!("{owned:?}")
-        };
-        assert_eq!((m.uid, m.rfc822_size), (Some(41), Some(200_000)));
-        let got = m.body.unwrap();
-        assert_eq!(got, body);
-        // ...in the frame's own memory, not a copy.
-        assert_eq!(got.as_ptr(), at);
-        // Responses without a body are unchanged.
-        assert_eq!(
-            parse_response_owned(b"* 4 FETCH (UID 9 RFC822.SIZE 10)\r\n".to_vec()).unwrap(),
-            parse_response(b"* 4 FETCH (UID 9 RFC822.SIZE 10)\r\n").unwrap()
-        );
-        assert_eq!(
-            parse_response_owned(b"a1 OK done\r\n".to_vec()).unwrap(),
-            parse_response(b"a1 OK done\r\n").unwrap()
-        );
-        // A quoted body (copied by the parser) still comes back whole.
-        let ServerResponse::Fetch(q) =
-            parse_response_owned(b"* 5 FETCH (UID 2 BODY[] \"hi\")\r\n".to_vec()).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(q.body.as_deref(), Some(&b"hi"[..]));
-    }
-
-    /// A FETCH frame announcing `body` as a literal, with `before` and `after` around it.
-    fn fetch_frame(before: &str, body: &[u8], after: &str) -> Vec<u8> {
-        let mut frame = format!("{before}{{{}}}\r\n", body.len()).into_bytes();
-        frame.extend_from_slice(body);
-        frame.extend_from_slice(after.as_bytes());
-        frame
-    }
-
-    #[test]
-    fn a_body_with_nul_bytes_is_fetched() {
-        // Real mail does carry NUL bytes (binary parts sent unencoded). The parser refuses
-        // them in a literal; the body is cut out before it parses, so the message arrives.
-        let mut body = b"Subject: x\r\n\r\n".to_vec();
-        body.extend((0..5000u32).map(|i| if i % 97 == 0 { 0 } else { b'a' }));
-        let frame = fetch_frame("* 7 FETCH (UID 12 BODY[] ", &body, " FLAGS (\\Seen))\r\n");
-        assert!(
-            parse_response(&frame).is_err(),
-            "the parser itself refuses NUL in a literal"
-        );
-        let ServerResponse::Fetch(m) = parse_response_owned(frame).unwrap() else {
-            panic!()
-        };
-        assert_eq!((m.uid, m.body.as_deref()), (Some(12), Some(&body[..])));
-    }
-
-    #[test]
-    fn the_skeleton_parse_agrees_with_the_whole_frame_parse() {
-        let body: Vec<u8> = (0..3000u32).map(|i| b"xyz\r\n"[(i % 5) as usize]).collect();
-        let header = b"Message-ID: <a@b>\r\n\r\n".to_vec();
-        let cases = vec![
-            // The body first, with a small header literal after it.
-            {
-                let mut f = fetch_frame("* 1 FETCH (UID 5 BODY[] ", &body, " BODY[HEADER] ");
-                f.extend_from_slice(&fetch_frame("", &header, ")\r\n"));
-                f
-            },
-            // A header literal larger than the body: the largest literal is not the body,
-            // so the whole frame is parsed.
-            {
-                let big_header = [b"X-Pad: ".as_slice(), &[b'p'; 4000], b"\r\n\r\n"].concat();
-                let mut f = fetch_frame("* 2 FETCH (UID 6 BODY[HEADER] ", &big_header, " BODY[] ");
-                f.extend_from_slice(&fetch_frame("", &body[..1500], ")\r\n"));
-                f
-            },
-            // RFC822 instead of BODY[], and bare LF line endings.
-            fetch_frame("* 3 FETCH (RFC822 ", &body, " UID 9)\n"),
-            // literal8 (BINARY) is not a body this client asks for; it must not break.
-            fetch_frame("* 4 FETCH (UID 10 BINARY[] ~", &body, ")\r\n"),
-        ];
-        for frame in cases {
-            let whole = parse_response(&frame);
-            let owned = parse_response_owned(frame.clone());
-            assert_eq!(
-                format!("{owned:?}"),
-                format!("{whole:?}"),
-                "{}",
-                first_line(&frame)
-            );
-        }
-    }
-
-    #[test]
-    fn line_and_literal_caps() {
-        let mut framer = Framer::new(16, 100);
-        assert!(matches!(
-            framer.next_frame(b"* OK this line is way too long for the cap"),
-            Err(ProtocolError::LineTooLong(16))
-        ));
-        let mut framer = Framer::new(1024, 100);
-        assert!(matches!(
-            framer.next_frame(b"* 1 FETCH (BODY[] {101}\r\n"),
-            Err(ProtocolError::LiteralTooLarge { size: 101, .. })
-        ));
-    }
-
-    #[test]
-    fn parses_fetch_items_by_name_in_any_order() {
-        let f = frames(FETCH, 4096);
-        let ServerResponse::Fetch(m) = parse_response(&f[0]).unwrap() else {
-            panic!()
-        };
-        assert_eq!(m.uid, Some(7));
-        assert_eq!(m.rfc822_size, Some(11));
-        assert_eq!(m.body.as_deref(), Some(&b"Hello\r\nX}\r\n"[..]));
-        assert_eq!(
-            m.internal_date.unwrap().to_rfc3339(),
-            "1996-07-17T02:44:25-07:00"
-        );
-        let reordered = b"* 3 FETCH (RFC822.SIZE 2 BODY[] {2}\r\nhi UID 9)\r\n";
-        let ServerResponse::Fetch(m) = parse_response(reordered).unwrap() else {
-            panic!()
-        };
-        assert_eq!((m.uid, m.body.as_deref()), (Some(9), Some(&b"hi"[..])));
-    }
-
-    #[test]
-    fn parses_status_codes_and_capabilities() {
-        let r = parse_response(b"* OK [UIDVALIDITY 1700000000] UIDs valid\r\n").unwrap();
-        assert_eq!(
-            r,
-            ServerResponse::UntaggedStatus {
-                code: Some(ResponseCode::UidValidity(1700000000)),
-                line: "* OK [UIDVALIDITY 1700000000] UIDs valid".into()
-            }
-        );
-        let r = parse_response(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2 IDLE\r\n").unwrap();
-        let ServerResponse::Capabilities(c) = r else {
-            panic!()
-        };
-        assert!(c.contains("AUTH=XOAUTH2") && c.contains("SASL-IR") && c.contains("IDLE"));
-        let r =
-            parse_response(b"A0002 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n").unwrap();
-        let ServerResponse::Tagged {
-            tag,
-            completion,
-            line,
-            ..
-        } = r
-        else {
-            panic!()
-        };
-        assert_eq!((tag.as_str(), completion), ("A0002", Completion::No));
-        assert!(line.contains("AUTHENTICATIONFAILED"));
-        let r = parse_response(b"+ eyJzdGF0dXMiOiI0MDEifQ==\r\n").unwrap();
-        assert_eq!(
-            r,
-            ServerResponse::Continue("eyJzdGF0dXMiOiI0MDEifQ==".into())
-        );
-        let r = parse_response(b"* BYE Server shutting down\r\n").unwrap();
-        assert!(matches!(r, ServerResponse::Bye { .. }));
-    }
-
-    #[test]
-    fn greeting_with_capabilities() {
-        let (ok, caps) =
-            parse_greeting(b"* OK [CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN] Dovecot ready.\r\n")
-                .unwrap();
-        assert!(ok);
-        assert!(caps.unwrap().contains("STARTTLS"));
-        assert!(parse_greeting(b"* BYE go away\r\n").is_err());
-    }
-
-    #[test]
-    fn unknown_untagged_is_ignored_but_bad_fetch_is_an_error() {
-        assert_eq!(
-            parse_response(b"* XWEIRD 1 2 (((\r\n").unwrap(),
-            ServerResponse::Other
-        );
-        assert!(parse_response(b"* 1 FETCH (UID x BODY[] \r\n").is_err());
-    }
-}
+mod tests;

@@ -662,3 +662,56 @@ fn pop3_uidls_and_tokens() {
         }
     }
 }
+
+#[test]
+fn a_message_read_as_a_stream_is_its_bytes_compressed_or_not_and_pages_seek_by_id() {
+    use std::io::Read;
+    let (_d, s) = store();
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    let mut x: u32 = 1;
+    while big.len() < 1024 * 1024 + 77 {
+        // Text that compresses, and noise that does not.
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        big.extend_from_slice(format!("line {x:08x} of the message\r\n").as_bytes());
+        big.push((x >> 16) as u8);
+    }
+    let mut ids = Vec::new();
+    for (uid, compression) in [(1, Compression::Zstd), (2, Compression::None)] {
+        s.set_compression(compression);
+        let StoreOutcome::Stored(id) = s.store(imap_msg(uid, 1, &big)).unwrap() else {
+            panic!()
+        };
+        ids.push(id);
+        let mut streamed = Vec::new();
+        let mut reader = s.raw_reader(id).unwrap().expect("stored");
+        // Small reads: pieces are crossed many times.
+        let mut buf = [0u8; 1000];
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            streamed.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(streamed, big, "{compression:?}");
+    }
+    let empty = s.store(imap_msg(3, 1, b"")).unwrap();
+    let StoreOutcome::Stored(empty) = empty else {
+        panic!()
+    };
+    let mut out = Vec::new();
+    s.raw_reader(empty)
+        .unwrap()
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    assert!(out.is_empty());
+    assert!(s.raw_reader(9999).unwrap().is_none());
+    // A page starts at its id without the ones before.
+    let from: Vec<u64> = s
+        .iter_meta_from(None, ids[1])
+        .map(|m| m.unwrap().id)
+        .collect();
+    assert_eq!(from, vec![ids[1], empty]);
+    assert!(s.iter_meta_from(None, empty + 1).next().is_none());
+}

@@ -230,6 +230,16 @@ pub const OVERVIEW: &[Row] = &[
                 ..PANEL
             },
             Panel {
+                title: "API requests / s, by route and code",
+                description: "Requests to the node's HTTP endpoints. 401 (no or wrong token), 403 (role not enough, foreign Host, cross-site browser request) and 429 (too many failures from one peer) are callers turned away: a rise means someone is trying.",
+                unit: "reqps",
+                targets: &[(
+                    "sum by (route, code) (rate(mailsluice_api_requests_total[$__rate_interval]))",
+                    "{{route}} {{code}}",
+                )],
+                ..PANEL
+            },
+            Panel {
                 title: "Build",
                 description: "The version each node runs.",
                 viz: Viz::Names,

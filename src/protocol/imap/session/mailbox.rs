@@ -594,3 +594,6 @@ impl Plan for Idle {
         (from, wake)
     }
 }
+
+#[cfg(test)]
+mod tests;

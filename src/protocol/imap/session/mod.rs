@@ -514,3 +514,100 @@ fn tagged<'r>(response: &'r ServerResponse, tag: &str) -> Option<(Completion, &'
         _ => None,
     }
 }
+
+/// Drives exchanges in the tests of the session's modules: server bytes in, sent bytes and
+/// outcomes out.
+#[cfg(test)]
+mod testing {
+    use super::*;
+
+    /// Where [`pump`] stopped.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Stop {
+        Done,
+        NeedMore,
+        Waiting,
+    }
+
+    /// What an exchange did with the bytes it was given.
+    pub struct Pumped<I> {
+        /// Everything it asked to send, in order, as text.
+        pub sent: String,
+        pub items: Vec<I>,
+        pub stop: Stop,
+    }
+
+    /// Advances `run` with what is in `buf` until it needs more bytes, waits in IDLE or is
+    /// done.
+    pub fn pump<P: Plan>(run: &mut Run<P>, buf: &mut Vec<u8>) -> Pumped<P::Item> {
+        let mut sent = String::new();
+        let mut items = Vec::new();
+        loop {
+            match run.advance(buf) {
+                Step::Send(bytes) => sent.push_str(&String::from_utf8_lossy(&bytes)),
+                Step::Item(item) => items.push(item),
+                Step::NeedMore { .. } => {
+                    return Pumped {
+                        sent,
+                        items,
+                        stop: Stop::NeedMore,
+                    };
+                }
+                Step::Waiting => {
+                    return Pumped {
+                        sent,
+                        items,
+                        stop: Stop::Waiting,
+                    };
+                }
+                Step::Done => {
+                    return Pumped {
+                        sent,
+                        items,
+                        stop: Stop::Done,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Runs an exchange on `server`'s bytes (all there at once) and ends it: what it sent,
+    /// and how it ended.
+    pub fn exchange<P: Plan>(
+        mut run: Run<P>,
+        server: &str,
+    ) -> (String, Result<P::To, Failure<P::From>>) {
+        let mut buf = server.as_bytes().to_vec();
+        let pumped = pump(&mut run, &mut buf);
+        (pumped.sent, run.finish())
+    }
+
+    /// A core with these (space-separated) capabilities.
+    pub fn core(caps: &str) -> Core {
+        let mut core = Core::new(1 << 20);
+        core.caps = caps.split_whitespace().map(str::to_string).collect();
+        core
+    }
+
+    pub fn not_authenticated(caps: &str) -> NotAuthenticated {
+        NotAuthenticated { core: core(caps) }
+    }
+
+    pub fn authenticated(caps: &str) -> Authenticated {
+        Authenticated { core: core(caps) }
+    }
+
+    pub fn selected(caps: &str, exists: u32) -> Selected {
+        Selected {
+            core: core(caps),
+            mailbox: MailboxStatus {
+                uidvalidity: 7,
+                uidnext: Some(9),
+                exists,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

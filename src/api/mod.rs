@@ -1,10 +1,23 @@
 //! The node's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (alive), `/readyz`
 //! (store open, supervisor running, config loaded) and `/api/...`, which the CLI uses when a
 //! running node holds the store (sled allows one process).
+//!
+//! Who may call what is decided in [`access`] before any handler runs; the tokens are kept
+//! by [`credentials`]. [`app`] puts the two together with the routes: the node and the tests
+//! serve the same application.
+
+pub mod access;
+pub mod credentials;
+mod limits;
+#[cfg(test)]
+mod tests;
+pub mod tls;
 
 use std::sync::Arc;
 
-use actix_web::{HttpResponse, web};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +36,51 @@ pub struct ApiState {
     pub metrics: PrometheusHandle,
     /// What the API may ask of the running node.
     pub node: NodeHandle,
+    /// Test-login: one at a time per source, a pause between two.
+    pub test_logins: Arc<limits::TestLogins>,
+}
+
+impl ApiState {
+    pub fn new(
+        live: crate::config::live::Live,
+        store: Arc<Store>,
+        metrics: PrometheusHandle,
+        node: NodeHandle,
+    ) -> ApiState {
+        ApiState {
+            live,
+            store,
+            metrics,
+            node,
+            test_logins: Arc::new(limits::TestLogins::default()),
+        }
+    }
+}
+
+/// Request bodies larger than this are refused (413) before a handler sees them: the
+/// largest body the API takes is a refresh token in JSON, a few kilobytes.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The whole HTTP application: access rules, body limits and routes.
+pub fn app(
+    state: ApiState,
+    access: Arc<access::Access>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(state))
+        .app_data(web::Data::new(access))
+        .app_data(web::JsonConfig::default().limit(MAX_BODY_BYTES))
+        .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+        .wrap(actix_web::middleware::from_fn(access::guard))
+        .configure(routes)
 }
 
 /// Per-source view served at `/api/sources` and printed by `mailsluice status`.
@@ -70,6 +128,9 @@ pub struct TokenView {
     pub state: Option<String>,
     /// Who consented (identity pinning), when known.
     pub identity: Option<String>,
+    /// Where `identity` comes from: the provider's answer, or the importer's word.
+    #[serde(default)]
+    pub identity_source: Option<crate::store::IdentitySource>,
     /// Expiry horizons coming up (client secret, idle refresh token), with the action.
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -98,6 +159,7 @@ pub fn token_views(settings: &Settings, store: &Store) -> Result<Vec<TokenView>,
             refresh_token_obtained: ts(rec.refresh_token_obtained),
             needs_reauth: rec.needs_reauth.clone(),
             identity: rec.identity.clone(),
+            identity_source: rec.identity_source,
             warnings: settings
                 .providers
                 .get(provider)
@@ -221,17 +283,33 @@ struct ListQuery {
 }
 
 async fn list_messages(state: web::Data<ApiState>, q: web::Query<ListQuery>) -> HttpResponse {
-    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let limit = q
+        .limit
+        .unwrap_or(limits::PAGE_DEFAULT)
+        .min(limits::PAGE_MAX);
     // Ids start at 0, so "no `after`" is not "after 0".
-    let after = q.after;
-    let items: Result<Vec<MessageMeta>, _> = state
-        .store
-        .iter_meta(q.source.as_deref())
-        .filter(|m| m.as_ref().map_or(true, |m| after.is_none_or(|a| m.id > a)))
-        .take(limit)
-        .collect();
-    match items {
-        Ok(v) => HttpResponse::Ok().json(v),
+    let from = match q.after {
+        None => 0,
+        Some(a) => match a.checked_add(1) {
+            Some(from) => from,
+            None => return HttpResponse::Ok().json(Vec::<MessageMeta>::new()),
+        },
+    };
+    let store = state.store.clone();
+    let source = q.source.clone();
+    let page = web::block(move || {
+        limits::page(
+            store.iter_meta_from(source.as_deref(), from),
+            limit,
+            limits::PAGE_MAX_BYTES,
+        )
+    })
+    .await;
+    match page {
+        Ok(Ok(body)) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body),
+        Ok(Err(e)) => HttpResponse::InternalServerError().body(e.to_string()),
         Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
     }
 }
@@ -244,50 +322,128 @@ async fn show_message(state: web::Data<ApiState>, id: web::Path<u64>) -> HttpRes
     }
 }
 
+/// Bytes read from the store per piece of a streamed body.
+const STREAM_PIECE: usize = 64 * 1024;
+
+/// `GET /api/messages/{id}/raw`: the bytes exactly as received, streamed: a thread reads
+/// the store a piece at a time into a channel of two pieces, so a large message costs the
+/// node about 128 KiB however large it is, and a slow reader slows the thread, not memory.
 async fn raw_message(state: web::Data<ApiState>, id: web::Path<u64>) -> HttpResponse {
-    match state.store.raw(*id) {
-        Ok(Some(raw)) => HttpResponse::Ok().content_type("message/rfc822").body(raw),
-        Ok(None) => HttpResponse::NotFound().body(format!("no message {id}\n")),
-        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
-    }
+    let id = *id;
+    let store = state.store.clone();
+    let opened = web::block(move || store.raw_reader(id)).await;
+    let mut reader = match opened {
+        Ok(Ok(Some(reader))) => reader,
+        Ok(Ok(None)) => return HttpResponse::NotFound().body(format!("no message {id}\n")),
+        Ok(Err(e)) => return HttpResponse::InternalServerError().body(e.to_string()),
+        Err(e) => return HttpResponse::InternalServerError().body(e.to_string()),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(2);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        loop {
+            let mut piece = vec![0u8; STREAM_PIECE];
+            let item = match reader.read(&mut piece) {
+                Ok(0) => break,
+                Ok(n) => {
+                    piece.truncate(n);
+                    Ok(web::Bytes::from(piece))
+                }
+                Err(e) => {
+                    tracing::warn!(message = id, error = %e, "reading a stored message failed mid-stream");
+                    Err(e)
+                }
+            };
+            let failed = item.is_err();
+            // The client went away: stop reading.
+            if tx.blocking_send(item).is_err() || failed {
+                break;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    HttpResponse::Ok()
+        .content_type("message/rfc822")
+        .streaming(body)
 }
 
+/// The body of `POST /api/tokens/{source}/import`.
 #[derive(Deserialize)]
-struct ImportQuery {
+struct ImportBody {
+    refresh_token: Secret,
+    /// Who consented, in the caller's words (the provider's answer, when it says, wins).
     identity: Option<String>,
 }
 
-/// `POST /api/tokens/{source}/import[?identity=who]` with the refresh token as the body.
+/// `POST /api/tokens/{source}/import` with `{"refresh_token": "...", "identity": "..."}`.
 async fn import_token(
     state: web::Data<ApiState>,
     source: web::Path<String>,
-    q: web::Query<ImportQuery>,
-    body: String,
+    req: HttpRequest,
+    body: web::Json<ImportBody>,
 ) -> HttpResponse {
-    let token = body.trim().to_string();
+    let body = body.into_inner();
+    let token = body.refresh_token.expose().trim();
     if token.is_empty() {
-        return HttpResponse::BadRequest().body("empty refresh token\n");
+        return HttpResponse::BadRequest().json(serde_json::json!({
+            "error": "empty refresh token"
+        }));
     }
-    match import_and_resume(
-        &state.node,
-        source.into_inner(),
-        Secret::new(token),
-        q.into_inner().identity,
-    )
-    .await
-    {
+    let token = Secret::new(token.to_owned());
+    let source = source.into_inner();
+    if let Some(caller) = req.extensions().get::<credentials::Caller>() {
+        tracing::info!(source = %source, caller = %caller.name, "refresh token import asked over the API");
+    }
+    match import_and_resume(&state.node, source, token, body.identity).await {
         Ok(t) => HttpResponse::Ok().json(serde_json::json!({
             "access_token_expires_at": ts(Some(t.expires_at)),
         })),
-        Err(e) => HttpResponse::BadRequest().body(format!("{e}\n")),
+        Err(e) => HttpResponse::BadRequest().json(serde_json::json!({ "error": e.to_string() })),
     }
 }
 
 /// `POST /api/sources/{source}/test-login`: the step-by-step check, run by the node (which
 /// holds the tokens). Answers the JSON report; 200 only when a mailbox was opened.
+///
+/// A login is a real session at the provider, so this is bounded like the collectors' own:
+/// it takes one of `node.max_sessions`' permits, runs at most once at a time per source and
+/// not again within [`limits::TEST_LOGIN_INTERVAL`] (429 with `Retry-After` otherwise); a
+/// loop of requests cannot get the mailbox throttled or locked.
 async fn test_login(state: web::Data<ApiState>, source: web::Path<String>) -> HttpResponse {
     let name = source.into_inner();
     let current = state.live.get();
+    if !current.settings.sources.contains_key(&name) {
+        return HttpResponse::NotFound().json(serde_json::json!({
+            "error": format!("no source {name:?} in the configuration")
+        }));
+    }
+    let _turn = match state.test_logins.begin(&name, std::time::Instant::now()) {
+        Ok(turn) => turn,
+        Err(wait) => {
+            return HttpResponse::TooManyRequests()
+                .insert_header(("Retry-After", wait.as_secs().max(1).to_string()))
+                .json(serde_json::json!({
+                    "error": format!(
+                        "a test-login of {name} ran or runs less than {} s ago; retry later",
+                        limits::TEST_LOGIN_INTERVAL.as_secs()
+                    )
+                }));
+        }
+    };
+    let permits = match state
+        .node
+        .sessions
+        .send(crate::actors::supervisor::SessionPermits)
+        .await
+    {
+        Ok(permits) => permits,
+        Err(e) => return HttpResponse::ServiceUnavailable().body(e.to_string()),
+    };
+    let Ok(_permit) = permits.acquire_owned().await else {
+        return HttpResponse::ServiceUnavailable().body("the node is shutting down\n");
+    };
     let token = match current.settings.sources.get(&name).map(|s| &s.auth) {
         Some(crate::config::SourceAuth::OAuth2 { .. }) => {
             let asked = state
