@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand::RngCore;
+use zeroize::Zeroizing;
 
 use crate::telemetry::ErrorKind;
 
+/// The at-rest cipher. Its key is wiped when it is dropped (the cipher is
+/// `ZeroizeOnDrop`), as is every copy made on the way (file text, hex, bytes).
 pub struct SecretBox {
     cipher: ChaCha20Poly1305,
 }
@@ -79,27 +82,40 @@ pub fn pending_path(key_file: &Path) -> std::path::PathBuf {
 }
 
 /// The key in a key file's text, or [`KeyError::Malformed`].
-fn parse_key(path: &Path, text: &str) -> Result<Vec<u8>, KeyError> {
-    hex::decode(text.trim())
-        .ok()
-        .filter(|k| k.len() == 32)
-        .ok_or_else(|| KeyError::Malformed {
+fn parse_key(path: &Path, text: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let key = Zeroizing::new(hex::decode(text.trim()).unwrap_or_default());
+    if key.len() == 32 {
+        Ok(key)
+    } else {
+        Err(KeyError::Malformed {
             path: path.to_path_buf(),
         })
+    }
+}
+
+/// The key file's text, wiped when dropped.
+fn read_key_text(path: &Path) -> std::io::Result<Zeroizing<String>> {
+    std::fs::read_to_string(path).map(Zeroizing::new)
+}
+
+/// A new random key, and writes it (hex, 0600) to `path`, which must not exist.
+fn new_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let mut key = Zeroizing::new(vec![0u8; 32]);
+    rand::rng().fill_bytes(&mut key);
+    let text = Zeroizing::new(hex::encode(&*key));
+    write_private(path, text.as_bytes()).map_err(KeyError::io(path))?;
+    Ok(key)
 }
 
 impl SecretBox {
     pub fn load_or_create(path: &Path) -> Result<SecretBox, KeyError> {
-        let key = match std::fs::read_to_string(path) {
+        let key = match read_key_text(path) {
             Ok(text) => parse_key(path, &text)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = vec![0u8; 32];
-                rand::rng().fill_bytes(&mut key);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(KeyError::io(parent))?;
                 }
-                write_private(path, hex::encode(&key).as_bytes()).map_err(KeyError::io(path))?;
-                key
+                new_key_file(path)?
             }
             Err(e) => return Err(KeyError::io(path)(e)),
         };
@@ -110,9 +126,7 @@ impl SecretBox {
 
     /// A fresh random key, written to `path` (0600, must not exist).
     pub fn create_at(path: &Path) -> Result<SecretBox, KeyError> {
-        let mut key = vec![0u8; 32];
-        rand::rng().fill_bytes(&mut key);
-        write_private(path, hex::encode(&key).as_bytes()).map_err(KeyError::io(path))?;
+        let key = new_key_file(path)?;
         Ok(SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
         })
@@ -120,7 +134,7 @@ impl SecretBox {
 
     /// Loads an existing key file.
     pub fn load(path: &Path) -> Result<SecretBox, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(KeyError::io(path))?;
+        let text = read_key_text(path).map_err(KeyError::io(path))?;
         let key = parse_key(path, &text)?;
         Ok(SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
@@ -171,6 +185,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// The cipher that holds the key wipes it on drop; a dependency update that lost this
+    /// would fail to compile here.
+    #[test]
+    fn the_key_is_wiped_when_the_box_is_dropped() {
+        fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wipes_on_drop::<chacha20poly1305::ChaCha20Poly1305>();
+    }
+
     use super::*;
 
     #[test]
