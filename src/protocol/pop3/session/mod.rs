@@ -442,10 +442,11 @@ impl<P: Plan> Run<P> {
     /// Ends the exchange: the next state, or why not. Called before [`Step::Done`], the
     /// exchange counts as cut short and the session as unusable.
     pub fn finish(self) -> Result<P::To, Failure<P::From>> {
-        let settled = self.outbox.is_none() && self.opened.is_none();
+        // An exchange succeeds by reading its last reply, so nothing is left to send or
+        // read then; one with nothing asked (RETRs all answered) has not ended but is done.
         match self.end {
-            Some(End::Succeeded) if settled => Ok(self.plan.complete(self.state)),
-            None if settled && !self.plan.awaiting() => Ok(self.plan.complete(self.state)),
+            Some(End::Succeeded) => Ok(self.plan.complete(self.state)),
+            None if !self.plan.awaiting() => Ok(self.plan.complete(self.state)),
             Some(End::Refused(error)) => Err(Failure::Refused {
                 state: self.state,
                 error,
