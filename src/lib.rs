@@ -26,7 +26,7 @@
 //! ## Modules, and what each may import
 //! | module | holds | imports (crate) |
 //! |---|---|---|
-//! | `protocol` | IMAP framing, parsing, commands and the session state machine with typed states; POP3 replies and commands; SASL encodings. No I/O, no clock. | `secret` |
+//! | `protocol` | IMAP framing, parsing, commands and the session state machine with typed states; POP3 replies and commands, and its session state machine (authorization, transaction; STLS, USER/PASS and two-step SASL AUTH as transitions; pipelined RETR); SASL encodings. No I/O, no clock. | `secret` |
 //! | `net` | sockets: TCP, TLS (rustls; native-tls behind a feature), STARTTLS, timeouts; pumps bytes through `protocol` | `protocol`, `secret`, `telemetry` |
 //! | `parse` | mail-parser → the stored message model; the only importer of mail_parser | — |
 //! | `store` | the traits ingest (`IngestStore`) and auth (`TokenStore`) use, with the guarantees a backend keeps; the sled `Store` behind them: trees, keys, chunked and compressed values, messages, checkpoints, post-action records, tokens, encryption at rest; the only importer of sled | `parse`, `secret`, `telemetry` |

@@ -86,8 +86,9 @@ pub(super) async fn run_pop3<S: IngestStore>(
                     next.push((n, uid, size));
                 }
                 if !next.is_empty() {
-                    let numbers: Vec<u32> = next.iter().map(|(n, _, _)| *n).collect();
-                    session.send_retrs(&numbers).await?;
+                    let messages: Vec<(u32, u64)> =
+                        next.iter().map(|(n, _, size)| (*n, *size)).collect();
+                    session.send_retrs(&messages, limit).await?;
                     sent.extend(next);
                 }
             }
@@ -95,7 +96,7 @@ pub(super) async fn run_pop3<S: IngestStore>(
                 break;
             };
             let permit = take_budget(size).await?;
-            let body = session.retr_reply(size, limit).await?;
+            let body = session.retr_reply().await?;
             let permit = budget_for(permit, body.len()).await?;
             let fetched = Fetched {
                 location: Location::Pop3 { uidl: uid },

@@ -1,135 +1,119 @@
-//! A POP3 session over a [`Conn`]: greeting, STLS, CAPA, USER/PASS or the two-step
-//! `AUTH XOAUTH2` / `AUTH OAUTHBEARER`, UIDL, LIST, RETR, QUIT.
+//! A POP3 session over a [`TlsConn`]: this driver only moves bytes between the connection
+//! and the sans-IO session in [`crate::protocol::pop3::session`], which decides what to send
+//! and what the answers mean. Here: connecting, the TLS upgrade, timeouts, and turning the
+//! protocol's outcomes into [`SessionError`]s that name the server.
 //!
-//! Invariants as for IMAP: no credential before TLS (the session holds a [`TlsConn`]; STLS
-//! consumes the plain connection); capabilities re-read after STLS; a SASL error challenge
-//! is answered, not waited out.
+//! Invariants as for IMAP: the session holds a [`TlsConn`] from the moment `open` returns,
+//! so there is no way to send credentials without TLS; STLS consumes the plain connection.
+//! Capabilities learned before STLS are discarded (by the protocol state machine).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::protocol::pop3::{self, Reader, Reply};
+use crate::protocol::pop3::session::{
+    self, Authorization, Failure, Plan, Pop3Error, Retrieve, Run, State, Step, Transaction,
+};
 use crate::protocol::sasl::Login;
-use crate::protocol::{ProtocolError, sasl, suggested_backoff};
-use crate::secret::Secret;
 
 use super::{Conn, Connector, Security, SessionError, TlsConn, TlsInfo};
 
+/// Where the session is. The protocol's states are types; this enum holds whichever the
+/// last exchange left, so the driver can offer one set of methods.
+enum Phase {
+    Authorization(Authorization),
+    Transaction(Transaction),
+    /// RETRs whose messages are read with `retr_reply`.
+    Retrieving(Box<Run<Retrieve>>),
+    /// An exchange failed and left the connection unusable (or is being run).
+    Broken,
+}
+
 pub struct Pop3Session {
     conn: TlsConn,
-    reader: Reader,
-    /// From CAPA in the current state (post-TLS).
+    phase: Phase,
+    /// From CAPA in the current state (post-TLS, post-sign-in), for reports. A copy: the
+    /// protocol state decides from its own.
     pub capabilities: BTreeSet<String>,
 }
 
-/// One reply line, read with the read timeout.
-async fn read_reply<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
-    reader: &mut Reader,
-    during: &'static str,
-) -> Result<Reply, SessionError> {
+/// Pumps one exchange: sends what it asks, reads (with the read timeout) when it needs
+/// more. Returns at the exchange's next item, or `None` when it is done.
+async fn pump<S, P>(conn: &mut Conn<S>, run: &mut Run<P>) -> Result<Option<P::Item>, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    P: Plan,
+{
     loop {
-        match reader.reply(&conn.buf) {
-            Ok(Some((reply, used))) => {
-                conn.buf.drain(..used);
-                return Ok(reply);
+        match run.advance(&mut conn.buf) {
+            Step::Send(bytes) => conn.send(&bytes).await?,
+            Step::NeedMore { room } => {
+                if let Some(end) = room {
+                    conn.make_room_for(end);
+                }
+                conn.fill(run.during()).await?
             }
-            Ok(None) => conn.fill(during).await?,
-            Err(e) => return Err(conn.protocol_error(e)),
+            Step::Item(item) => return Ok(Some(item)),
+            Step::Done => return Ok(None),
         }
     }
 }
 
-/// A multi-line body after `+OK`, dot-unstuffed.
-async fn read_multiline<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
-    reader: &mut Reader,
-    limit: u64,
-    during: &'static str,
-) -> Result<Vec<u8>, SessionError> {
-    loop {
-        match reader.multiline(&conn.buf, limit) {
-            Ok(Some((body, used))) => {
-                conn.consume(used);
-                return Ok(body);
-            }
-            Ok(None) => conn.fill(during).await?,
-            Err(e) => return Err(conn.protocol_error(e)),
-        }
-    }
-}
-
-async fn read_capa<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
-    reader: &mut Reader,
-) -> Result<BTreeSet<String>, SessionError> {
-    conn.send(pop3::capa()).await?;
-    match read_reply(conn, reader, "CAPA").await? {
-        Reply::Ok(_) => {
-            let listing = read_multiline(conn, reader, 1 << 20, "CAPA").await?;
-            Ok(pop3::parse_capa(&listing))
-        }
-        // RFC 2449 servers answer CAPA; an old one may not, and then we know nothing.
-        Reply::Err(_) | Reply::Continue(_) => Ok(BTreeSet::new()),
-    }
-}
-
-/// The greeting must be `+OK`.
-async fn greeting<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
-    reader: &mut Reader,
-) -> Result<(), SessionError> {
-    match read_reply(conn, reader, "waiting for the greeting").await? {
-        Reply::Ok(_) => Ok(()),
-        other => Err(conn.protocol_error(ProtocolError::Rejected(other.line()))),
+/// A protocol outcome as a session error naming `server`.
+fn session_error(server: &str, e: Pop3Error) -> SessionError {
+    let server = server.to_string();
+    match e {
+        Pop3Error::Protocol(source) => SessionError::Protocol { server, source },
+        Pop3Error::Throttled { line, backoff } => SessionError::Throttled {
+            server,
+            reply: line,
+            backoff: Some(backoff),
+        },
+        Pop3Error::AuthRefused { reply } => SessionError::Auth { server, reply },
+        Pop3Error::Unavailable { reply } => SessionError::Unavailable { server, reply },
+        e @ (Pop3Error::NoStls | Pop3Error::StlsRefused { .. }) => SessionError::Tls {
+            server,
+            detail: e.to_string(),
+        },
     }
 }
 
 impl Pop3Session {
+    /// Connects, reads the greeting, upgrades with STLS when asked and learns the
+    /// capabilities. Fails before any credential is sent if TLS cannot be had.
     pub async fn open(
         connector: &Connector,
         host: &str,
         port: u16,
         security: Security,
     ) -> Result<Pop3Session, SessionError> {
-        let mut reader = Reader::default();
-        let mut conn = match security {
+        let (conn, state) = match security {
             Security::Tls => {
                 let mut conn = connector.connect_tls(host, port).await?;
-                greeting(&mut conn, &mut reader).await?;
-                conn
+                let mut run = Run::implicit_tls();
+                pump(&mut conn, &mut run).await?;
+                let state = run.secured().map_err(|e| session_error(&conn.server, e))?;
+                (conn, state)
             }
             Security::StartTls => {
                 let mut plain = connector.connect_plain(host, port).await?;
-                greeting(&mut plain, &mut reader).await?;
-                let caps = read_capa(&mut plain, &mut reader).await?;
-                if !caps.contains("STLS") {
-                    return Err(SessionError::Tls {
-                        server: plain.server.clone(),
-                        detail: "server does not offer STLS; refusing to continue without TLS"
-                            .into(),
-                    });
-                }
-                plain.send(pop3::stls()).await?;
-                match read_reply(&mut plain, &mut reader, "STLS").await? {
-                    Reply::Ok(_) => {}
-                    other => {
-                        return Err(SessionError::Tls {
-                            server: plain.server.clone(),
-                            detail: format!("STLS refused: {}", other.line()),
-                        });
-                    }
-                }
-                connector.upgrade(plain, host).await?
+                let mut run = Run::stls();
+                pump(&mut plain, &mut run).await?;
+                let awaiting = run
+                    .awaiting_tls()
+                    .map_err(|e| session_error(&plain.server, e))?;
+                let mut conn = connector.upgrade(plain, host).await?;
+                let mut run = awaiting.tls_established();
+                pump(&mut conn, &mut run).await?;
+                let state = run.secured().map_err(|e| session_error(&conn.server, e))?;
+                (conn, state)
             }
         };
-        let capabilities = read_capa(&mut conn, &mut reader).await?;
         Ok(Pop3Session {
+            capabilities: state.capabilities().clone(),
             conn,
-            reader,
-            capabilities,
+            phase: Phase::Authorization(state),
         })
     }
 
@@ -142,149 +126,81 @@ impl Pop3Session {
         Some(self.conn.tls_info())
     }
 
-    async fn reply(&mut self, during: &'static str) -> Result<Reply, SessionError> {
-        read_reply(&mut self.conn, &mut self.reader, during).await
+    fn error(&self, e: Pop3Error) -> SessionError {
+        session_error(&self.conn.server, e)
     }
 
-    async fn multiline(
-        &mut self,
-        limit: u64,
-        during: &'static str,
-    ) -> Result<Vec<u8>, SessionError> {
-        read_multiline(&mut self.conn, &mut self.reader, limit, during).await
-    }
-
-    /// Sends a command expecting `+OK` then a multi-line listing.
-    async fn listing(
-        &mut self,
-        cmd: &[u8],
-        during: &'static str,
-        limit: u64,
-    ) -> Result<Vec<u8>, SessionError> {
-        self.conn.send(cmd).await?;
-        match self.reply(during).await? {
-            Reply::Ok(_) => self.multiline(limit, during).await,
-            other => Err(self.refused(other)),
+    /// The error for a method called in a state it has no meaning in, or after a failure
+    /// that left the connection unusable.
+    fn unusable(&self, what: &str) -> SessionError {
+        SessionError::Closed {
+            server: self.conn.server.clone(),
+            last: format!(": the session cannot {what} now (an earlier step failed)"),
         }
     }
 
-    fn refused(&self, reply: Reply) -> SessionError {
-        let line = reply.line();
-        if let Some(backoff) = suggested_backoff(&line) {
-            return SessionError::Throttled {
-                server: self.conn.server.clone(),
-                reply: line,
-                backoff: Some(backoff),
-            };
+    /// Runs an exchange to its end; a refusal puts the state it came from back.
+    async fn run<P: Plan>(
+        &mut self,
+        mut run: Run<P>,
+        back: fn(P::From) -> Phase,
+    ) -> Result<P::To, SessionError> {
+        self.phase = Phase::Broken;
+        pump(&mut self.conn, &mut run).await?;
+        run.finish().map_err(|f| self.failed(f, back))
+    }
+
+    fn failed<S>(&mut self, failure: Failure<S>, back: fn(S) -> Phase) -> SessionError {
+        match failure {
+            Failure::Refused { state, error } => {
+                self.phase = back(state);
+                self.error(error)
+            }
+            Failure::Fatal(error) => self.error(error),
         }
-        self.conn.protocol_error(ProtocolError::Rejected(line))
     }
 
-    async fn capa(&mut self) -> Result<BTreeSet<String>, SessionError> {
-        read_capa(&mut self.conn, &mut self.reader).await
+    /// The transaction state, also after RETRs whose replies have all been read.
+    fn take_transaction(&mut self, what: &str) -> Result<Transaction, SessionError> {
+        match std::mem::replace(&mut self.phase, Phase::Broken) {
+            Phase::Transaction(s) => Ok(s),
+            Phase::Retrieving(run) => run.finish().map_err(|f| self.failed(f, Phase::Transaction)),
+            other => {
+                self.phase = other;
+                Err(self.unusable(what))
+            }
+        }
     }
 
+    /// Signs in. Returns the server's `+OK` line.
     pub async fn login(&mut self, login: &Login<'_>) -> Result<String, SessionError> {
-        let (mechanism, response, oauthbearer) = match login {
-            Login::Password { user, password } => return self.user_pass(user, password).await,
-            Login::XOAuth2 { user, token } => ("XOAUTH2", sasl::xoauth2(user, token), false),
-            Login::OAuthBearer {
-                user,
-                token,
-                host,
-                port,
-            } => (
-                "OAUTHBEARER",
-                sasl::oauthbearer(user, host, *port, token),
-                true,
-            ),
+        let state = match std::mem::replace(&mut self.phase, Phase::Broken) {
+            Phase::Authorization(s) => s,
+            other => {
+                self.phase = other;
+                return Err(self.unusable("sign in"));
+            }
         };
-        // Some servers list SASL mechanisms only after TLS or not at all (Office 365 before
-        // TLS); an unlisted mechanism is still tried, and the server's answer reported.
-        self.conn.send(&pop3::auth(mechanism)).await?;
-        let mut sent_response = false;
-        let mut challenge_text = None;
-        loop {
-            match self.reply("authenticating").await? {
-                Reply::Continue(challenge) => {
-                    if !sent_response {
-                        sent_response = true;
-                        self.conn.send(&pop3::sasl_line(response.expose())).await?;
-                    } else {
-                        challenge_text = Some(sasl::describe_challenge(&challenge));
-                        self.conn
-                            .send(&pop3::sasl_line(sasl::error_challenge_reply(oauthbearer)))
-                            .await?;
-                    }
-                }
-                Reply::Ok(text) => {
-                    self.capabilities = self.capa().await?;
-                    return Ok(format!("+OK {text}"));
-                }
-                Reply::Err(text) if text.to_ascii_uppercase().contains("[SYS/TEMP]") => {
-                    return Err(SessionError::Unavailable {
-                        server: self.conn.server.clone(),
-                        reply: format!("-ERR {text}"),
-                    });
-                }
-                Reply::Err(text) => {
-                    let reply = match challenge_text {
-                        Some(c) if !c.is_empty() => format!("-ERR {text} (challenge: {c})"),
-                        _ => format!("-ERR {text}"),
-                    };
-                    return Err(SessionError::Auth {
-                        server: self.conn.server.clone(),
-                        reply,
-                    });
-                }
-            }
-        }
-    }
-
-    async fn user_pass(&mut self, user: &str, password: &Secret) -> Result<String, SessionError> {
-        let (Some(user_cmd), Some(pass_cmd)) = (pop3::user(user), pop3::pass(password.expose()))
-        else {
-            return Err(SessionError::Auth {
-                server: self.conn.server.clone(),
-                reply: "user name or password contains CR, LF or NUL".into(),
-            });
-        };
-        self.conn.send(&user_cmd).await?;
-        if let Reply::Err(text) = self.reply("USER").await? {
-            if text.to_ascii_uppercase().contains("[SYS/TEMP]") {
-                return Err(SessionError::Unavailable {
-                    server: self.conn.server.clone(),
-                    reply: format!("-ERR {text}"),
-                });
-            }
-            return Err(SessionError::Auth {
-                server: self.conn.server.clone(),
-                reply: format!("-ERR {text}"),
-            });
-        }
-        self.conn.send(&pass_cmd).await?;
-        match self.reply("PASS").await? {
-            Reply::Ok(text) => {
-                self.capabilities = self.capa().await?;
-                Ok(format!("+OK {text}"))
-            }
-            other => Err(SessionError::Auth {
-                server: self.conn.server.clone(),
-                reply: other.line(),
-            }),
-        }
+        let (state, line) = self.run(state.login(login), Phase::Authorization).await?;
+        self.capabilities = state.capabilities().clone();
+        self.phase = Phase::Transaction(state);
+        Ok(line)
     }
 
     /// `(message number, unique id)` for every message in the maildrop.
     pub async fn uidl(&mut self) -> Result<Vec<(u32, String)>, SessionError> {
-        let listing = self.listing(pop3::uidl(), "UIDL", 64 << 20).await?;
-        pop3::parse_uidl(&listing).map_err(|e| self.conn.protocol_error(e))
+        let state = self.take_transaction("list unique ids")?;
+        let (state, uidl) = self.run(state.uidl(), Phase::Transaction).await?;
+        self.phase = Phase::Transaction(state);
+        Ok(uidl)
     }
 
     /// `(message number, size)` for every message.
     pub async fn list(&mut self) -> Result<Vec<(u32, u64)>, SessionError> {
-        let listing = self.listing(pop3::list(), "LIST", 64 << 20).await?;
-        pop3::parse_list(&listing).map_err(|e| self.conn.protocol_error(e))
+        let state = self.take_transaction("list messages")?;
+        let (state, list) = self.run(state.list(), Phase::Transaction).await?;
+        self.phase = Phase::Transaction(state);
+        Ok(list)
     }
 
     /// Whether the server takes commands before it has answered the ones before them
@@ -293,66 +209,168 @@ impl Pop3Session {
         self.capabilities.contains("PIPELINING")
     }
 
-    /// Sends `RETR` for each of `numbers` in one write, without reading a reply: each is
-    /// then read, in order, with [`Pop3Session::retr_reply`]. Only with
-    /// [`Pop3Session::pipelining`], or one at a time.
-    pub async fn send_retrs(&mut self, numbers: &[u32]) -> Result<(), SessionError> {
-        let commands: Vec<u8> = numbers.iter().flat_map(|n| pop3::retr(*n)).collect();
-        self.conn.send(&commands).await
+    /// Asks for `messages` (number, size from LIST), each capped at `limit` bytes: their
+    /// RETRs are sent now in one write when the server allows pipelining ([`Self::pipelining`]),
+    /// else one at a time as replies are read. Read the replies, in order, with
+    /// [`Pop3Session::retr_reply`].
+    pub async fn send_retrs(
+        &mut self,
+        messages: &[(u32, u64)],
+        limit: u64,
+    ) -> Result<(), SessionError> {
+        let mut run = match std::mem::replace(&mut self.phase, Phase::Broken) {
+            Phase::Transaction(s) => Box::new(s.retrieve(messages, limit)),
+            Phase::Retrieving(mut run) => {
+                run.request(messages);
+                run
+            }
+            other => {
+                self.phase = other;
+                return Err(self.unusable("retrieve messages"));
+            }
+        };
+        let due = run.to_send();
+        self.phase = Phase::Retrieving(run);
+        if let Some(bytes) = due {
+            self.conn.send(&bytes).await?;
+        }
+        Ok(())
     }
 
-    /// The reply to the oldest `RETR` sent with [`Pop3Session::send_retrs`] and not yet read:
-    /// the message, dot-unstuffed, exactly as the server sent it otherwise. `listed` is its
-    /// size from LIST (the reply is read into one allocation of about that).
-    pub async fn retr_reply(&mut self, listed: u64, limit: u64) -> Result<Vec<u8>, SessionError> {
-        match self.reply("RETR").await? {
-            Reply::Ok(_) => {
-                // Dot-stuffing makes the reply a little longer than the listed size.
-                let expected = listed.min(limit).saturating_add(listed / 64 + 1024);
-                self.conn
-                    .make_room_for(usize::try_from(expected).unwrap_or(usize::MAX));
-                self.multiline(limit, "RETR").await
+    /// The reply to the oldest message asked for with [`Pop3Session::send_retrs`] and not
+    /// yet read: the message, dot-unstuffed, exactly as the server sent it otherwise.
+    pub async fn retr_reply(&mut self) -> Result<Vec<u8>, SessionError> {
+        let Phase::Retrieving(run) = &mut self.phase else {
+            return Err(self.unusable("read a message"));
+        };
+        match pump(&mut self.conn, run.as_mut()).await {
+            Ok(Some(message)) => return Ok(message),
+            Ok(None) => {}
+            Err(e) => {
+                self.phase = Phase::Broken;
+                return Err(e);
             }
-            other => Err(self.refused(other)),
         }
+        // Done without a message: refused, or nothing was asked for.
+        let state = self.take_transaction("read a message")?;
+        self.phase = Phase::Transaction(state);
+        Err(self.unusable("read a message that was not asked for"))
     }
 
     /// `DELE n`: marks a message; the server deletes it at QUIT (a dropped session deletes
     /// nothing).
     pub async fn dele(&mut self, n: u32) -> Result<(), SessionError> {
-        self.conn.send(&pop3::dele(n)).await?;
-        match self.reply("DELE").await? {
-            Reply::Ok(_) => Ok(()),
-            other => Err(self.refused(other)),
-        }
+        let state = self.take_transaction("delete a message")?;
+        let (state, ()) = self.run(state.dele(n), Phase::Transaction).await?;
+        self.phase = Phase::Transaction(state);
+        Ok(())
+    }
+
+    /// `TOP n 0`: the header of message `n` (for `test-login`).
+    pub async fn top_header(&mut self, n: u32) -> Result<Vec<u8>, SessionError> {
+        let state = self.take_transaction("read a header")?;
+        let (state, header) = self.run(state.top_header(n), Phase::Transaction).await?;
+        self.phase = Phase::Transaction(state);
+        Ok(header)
     }
 
     /// QUIT, and an error when the server does not confirm it (then DELEs may not have
     /// taken effect; they are redone next session).
     pub async fn quit_checked(mut self) -> Result<(), SessionError> {
-        self.conn.send(pop3::quit()).await?;
-        let reply = self.reply("QUIT").await?;
+        let phase = std::mem::replace(&mut self.phase, Phase::Broken);
+        let said = self.quit_from(phase).await;
         self.conn.shutdown().await;
-        match reply {
-            Reply::Ok(_) => Ok(()),
-            other => Err(self.refused(other)),
+        match said? {
+            true => Ok(()),
+            false => Err(self.unusable("quit")),
         }
     }
 
-    /// `TOP n 0`: the header of message `n` (for `test-login`).
-    pub async fn top_header(&mut self, n: u32) -> Result<Vec<u8>, SessionError> {
-        self.listing(format!("TOP {n} 0\r\n").as_bytes(), "TOP", 1 << 20)
-            .await
+    /// QUIT: ends the session (and, on a server, commits any DELE), best effort.
+    pub async fn quit(mut self) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Broken);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.quit_from(phase)).await;
+        self.conn.shutdown().await;
     }
 
-    /// QUIT: ends the session (and, on a server, commits any DELE).
-    pub async fn quit(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            if self.conn.send(pop3::quit()).await.is_ok() {
-                let _ = self.reply("QUIT").await;
-            }
-        })
-        .await;
-        self.conn.shutdown().await;
+    /// QUIT from whatever state `phase` holds; `Ok(false)` when none can say it.
+    async fn quit_from(&mut self, phase: Phase) -> Result<bool, SessionError> {
+        match phase {
+            Phase::Authorization(s) => self.quit_state(s).await.map(|()| true),
+            Phase::Transaction(s) => self.quit_state(s).await.map(|()| true),
+            Phase::Retrieving(run) => match run.finish() {
+                Ok(s) => self.quit_state(s).await.map(|()| true),
+                // RETR replies still on their way: nothing sensible can be said.
+                Err(_) => Ok(false),
+            },
+            Phase::Broken => Ok(false),
+        }
+    }
+
+    async fn quit_state<S: State>(&mut self, state: S) -> Result<(), SessionError> {
+        let mut run = session::quit(state);
+        pump(&mut self.conn, &mut run).await?;
+        run.finish()
+            .map(|session::Closed| ())
+            .map_err(|f| self.error(f.into_error()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProtocolError;
+
+    /// Every protocol outcome gets the error kind (and so the metric label and retry
+    /// decision) IMAP gives the same outcome.
+    #[test]
+    fn outcomes_map_to_the_same_error_kinds_as_imap() {
+        use crate::telemetry::ErrorKind;
+        let cases = [
+            (
+                Pop3Error::Protocol(ProtocolError::Rejected("x".into())),
+                ErrorKind::Protocol,
+            ),
+            (
+                Pop3Error::Throttled {
+                    line: "x".into(),
+                    backoff: Duration::from_millis(5),
+                },
+                ErrorKind::Throttled,
+            ),
+            (
+                Pop3Error::AuthRefused { reply: "x".into() },
+                ErrorKind::Auth,
+            ),
+            (
+                Pop3Error::Unavailable { reply: "x".into() },
+                ErrorKind::Connect,
+            ),
+            (Pop3Error::NoStls, ErrorKind::Tls),
+            (Pop3Error::StlsRefused { line: "x".into() }, ErrorKind::Tls),
+        ];
+        for (e, kind) in cases {
+            assert_eq!(session_error("h:1", e.clone()).kind(), kind, "{e:?}");
+        }
+        let e = session_error(
+            "h:1",
+            Pop3Error::StlsRefused {
+                line: "-ERR no TLS here".into(),
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "h:1: TLS failed: STLS refused: -ERR no TLS here"
+        );
+        let e = session_error(
+            "h:1",
+            Pop3Error::AuthRefused {
+                reply: "-ERR [AUTH] failed".into(),
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "h:1: authentication refused: -ERR [AUTH] failed"
+        );
     }
 }

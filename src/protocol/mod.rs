@@ -1,11 +1,13 @@
-//! Mail access protocols without I/O: the IMAP client session as a state machine, framing,
-//! parsing and command building for IMAP and POP3, and the SASL encodings.
+//! Mail access protocols without I/O: the IMAP and POP3 client sessions as state machines,
+//! framing, parsing and command building for both, and the SASL encodings.
 //!
 //! What this module holds:
 //! - [`imap`]: framing, parsing and commands; [`imap::session`], the session's typed states
 //!   (not authenticated, authenticated, selected) and the exchanges between them (STARTTLS,
 //!   SASL, SELECT, UID FETCH streaming, IDLE, the post-ingest actions, LOGOUT).
-//! - [`pop3`]: reply and multi-line readers, listings, commands.
+//! - [`pop3`]: reply and multi-line readers, listings, commands; [`pop3::session`], the
+//!   session's typed states (authorization, transaction) and the exchanges between them
+//!   (STLS, USER/PASS, two-step SASL AUTH, UIDL, LIST, pipelined RETR, DELE, QUIT).
 //! - [`sasl`]: how to sign in ([`sasl::Login`]) and the SASL encodings.
 //!
 //! Invariants:

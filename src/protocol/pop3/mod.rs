@@ -2,11 +2,14 @@
 //!
 //! [`Reader`] pulls replies out of a byte buffer: single-line `+OK`/`-ERR`/`+ ` replies, and
 //! multi-line bodies ended by a lone `.` with dot-unstuffing. "Need more bytes" is `Ok(None)`.
-//! Commands are plain byte strings from the functions at the bottom.
+//! Commands are plain byte strings from the functions at the bottom. [`session`] is the
+//! session itself: its typed states and the exchanges between them, built on these.
 
 use std::collections::BTreeSet;
 
 use super::ProtocolError;
+
+pub mod session;
 
 /// RFC 2449 bounds response lines to 512 octets; real servers (and long UIDs) stay well
 /// below 8 KiB, so that is the cap for one line.
@@ -197,6 +200,10 @@ pub fn retr(n: u32) -> Vec<u8> {
 }
 pub fn dele(n: u32) -> Vec<u8> {
     format!("DELE {n}\r\n").into_bytes()
+}
+/// `TOP n lines`: the header of message `n` and its first `lines` body lines (RFC 1939 §7).
+pub fn top(n: u32, lines: u32) -> Vec<u8> {
+    format!("TOP {n} {lines}\r\n").into_bytes()
 }
 /// `USER name`. `None` when the name holds CR/LF (it would inject a command).
 pub fn user(name: &str) -> Option<Vec<u8>> {
@@ -536,6 +543,7 @@ mod tests {
         assert_eq!(quit(), b"QUIT\r\n");
         assert_eq!(retr(4_294_967_295), b"RETR 4294967295\r\n");
         assert_eq!(dele(1), b"DELE 1\r\n");
+        assert_eq!(top(12, 0), b"TOP 12 0\r\n");
         assert_eq!(
             user("bob@example.com").unwrap(),
             b"USER bob@example.com\r\n"
