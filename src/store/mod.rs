@@ -133,6 +133,14 @@ pub struct Store {
     commits: std::sync::Mutex<u64>,
 }
 
+/// Whether `incoming` more bytes fit in `free` while `min` stays free; the bytes needed
+/// when they do not. Stored data costs up to about twice its size until sled compacts its
+/// log.
+fn room(free: u64, min: u64, incoming: u64) -> Result<(), u64> {
+    let needed = min.saturating_add(incoming.saturating_mul(2));
+    if free < needed { Err(needed) } else { Ok(()) }
+}
+
 /// sled's page cache per store. sled caches up to 1 GiB by default; a collector mostly
 /// writes, so a small cache keeps memory bounded whatever the store size (a quarter of
 /// this made no difference, BENCHMARKS.md).
@@ -254,17 +262,12 @@ impl Store {
     /// (sled does not recover well from one).
     pub fn ensure_room(&self, incoming: u64) -> Result<(), StoreError> {
         let min = self.min_free.load(std::sync::atomic::Ordering::Relaxed);
-        // Stored data costs up to about twice its size until sled compacts its log.
-        let needed = min.saturating_add(incoming.saturating_mul(2));
-        match fs4::available_space(&self.dir) {
-            Ok(free) if free < needed => Err(StoreError::DiskFull {
-                path: self.dir.display().to_string(),
-                free,
-                needed,
-            }),
-            Ok(_) => Ok(()),
-            Err(e) => Err(StoreError::Sled(sled::Error::Io(e))),
-        }
+        let free = fs4::available_space(&self.dir).map_err(|e| StoreError::Sled(e.into()))?;
+        room(free, min, incoming).map_err(|needed| StoreError::DiskFull {
+            path: self.dir.display().to_string(),
+            free,
+            needed,
+        })
     }
 
     /// Makes everything written so far durable. Flushes run on the store's flusher thread,

@@ -270,7 +270,9 @@ fn ids_are_given_in_commit_order() {
     let mut seen = std::collections::BTreeSet::new();
     let mut after = 0u64;
     let total = 4 * 50 * 3;
-    while seen.len() < total {
+    // Until every writer has finished (or failed), and once more after that.
+    loop {
+        let finished = writers.iter().all(|w| w.is_finished());
         for m in s.iter_meta(None) {
             let id = m.unwrap().id;
             if id > after {
@@ -284,6 +286,9 @@ fn ids_are_given_in_commit_order() {
             after,
             "a smaller id appeared after {after}"
         );
+        if finished || seen.len() == total {
+            break;
+        }
     }
     for w in writers {
         w.join().unwrap();

@@ -79,6 +79,17 @@ fn the_data_directory_is_private() {
     assert_eq!(mode & 0o777, 0o700);
 }
 
+/// Room is what the disk has beyond the margin, twice the incoming bytes counted, to the
+/// byte; nothing overflows.
+#[test]
+fn room_counts_twice_the_incoming_bytes_beside_the_margin() {
+    assert_eq!(room(100, 60, 20), Ok(()));
+    assert_eq!(room(99, 60, 20), Err(100));
+    assert_eq!(room(0, 0, 0), Ok(()));
+    assert_eq!(room(u64::MAX - 1, u64::MAX, 1), Err(u64::MAX));
+    assert_eq!(room(u64::MAX - 1, 1, u64::MAX), Err(u64::MAX));
+}
+
 /// Mail is taken only while it fits beside `node.min_free_disk_bytes`.
 #[tokio::test]
 async fn room_is_the_free_space_beyond_the_margin() {
