@@ -49,8 +49,9 @@ fn uidl_list_top_and_dele_send_their_commands_and_read_their_answers() {
 #[test]
 fn err_to_a_transaction_command_is_refused_and_the_state_stays_usable() {
     type Refusal = Result<Transaction, Failure<Transaction>>;
+    type Command = fn(Transaction, &str) -> Refusal;
     let err = "-ERR not now\r\n";
-    let cases: [(&str, fn(Transaction, &str) -> Refusal); 4] = [
+    let cases: [(&str, Command); 4] = [
         ("UIDL", |t, s| exchange(t.uidl(), s).1.map(|(t, _)| t)),
         ("LIST", |t, s| exchange(t.list(), s).1.map(|(t, _)| t)),
         ("TOP", |t, s| exchange(t.top_header(1), s).1.map(|(t, _)| t)),
