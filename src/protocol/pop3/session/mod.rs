@@ -161,11 +161,6 @@ pub struct Core {
 }
 
 impl Core {
-    /// Upper-cased capabilities of the current state, as [`pop3::parse_capa`] lists them.
-    pub fn capabilities(&self) -> &BTreeSet<String> {
-        &self.caps
-    }
-
     fn has(&self, cap: &str) -> bool {
         self.caps.contains(cap)
     }
@@ -198,7 +193,7 @@ macro_rules! state {
         }
 
         impl $t {
-            /// Upper-cased capabilities of this state.
+            /// Upper-cased capabilities of this state, as [`pop3::parse_capa`] lists them.
             pub fn capabilities(&self) -> &BTreeSet<String> {
                 &self.core.caps
             }

@@ -47,11 +47,63 @@ fn uidl_list_top_and_dele_send_their_commands_and_read_their_answers() {
 }
 
 #[test]
+fn listings_of_a_large_maildrop_are_read() {
+    // 100 000 messages: listings of several MiB, far over what a reply line or CAPA may be.
+    let mut uidl = b"+OK\r\n".to_vec();
+    let mut list = b"+OK\r\n".to_vec();
+    for n in 1..=100_000u32 {
+        uidl.extend_from_slice(format!("{n} 0000{n:08x}6b169822\r\n").as_bytes());
+        list.extend_from_slice(format!("{n} 123456\r\n").as_bytes());
+    }
+    uidl.extend_from_slice(b".\r\n");
+    list.extend_from_slice(b".\r\n");
+    assert!(uidl.len() > 2 << 20);
+
+    let mut run = transaction("").uidl();
+    let mut buf = Vec::new();
+    assert!(pump(&mut run, &mut buf, &uidl, usize::MAX).done);
+    let (_, found) = run.finish().unwrap();
+    assert_eq!(found.len(), 100_000);
+    assert_eq!(found[99_999], (100_000, "0000000186a06b169822".into()));
+
+    let mut run = transaction("").list();
+    assert!(pump(&mut run, &mut buf, &list, usize::MAX).done);
+    let (_, found) = run.finish().unwrap();
+    assert_eq!(found.len(), 100_000);
+    assert_eq!(found[0], (1, 123_456));
+}
+
+#[test]
+fn a_header_may_have_1_mib_and_no_more() {
+    // Lines of 64 bytes.
+    let line = format!("X-Header: {}\r\n", "h".repeat(52));
+    let header_of = |len: usize| {
+        let mut server = b"+OK\r\n".to_vec();
+        server.extend_from_slice(line.repeat(len / 64).as_bytes());
+        server.extend_from_slice(b".\r\n");
+        server
+    };
+    let mut buf = Vec::new();
+    let mut run = transaction("").top_header(1);
+    assert!(pump(&mut run, &mut buf, &header_of(1 << 20), usize::MAX).done);
+    assert_eq!(run.finish().unwrap().1.len(), 1 << 20);
+
+    let mut run = transaction("").top_header(1);
+    assert!(pump(&mut run, &mut buf, &header_of((1 << 20) + 1100), usize::MAX).done);
+    assert!(matches!(
+        run.finish(),
+        Err(Failure::Fatal(Pop3Error::Protocol(
+            ProtocolError::LiteralTooLarge { limit, .. }
+        ))) if limit == 1 << 20
+    ));
+}
+
+#[test]
 fn err_to_a_transaction_command_is_refused_and_the_state_stays_usable() {
     type Refusal = Result<Transaction, Failure<Transaction>>;
-    type Command = fn(Transaction, &str) -> Refusal;
+    type Case = (&'static str, fn(Transaction, &str) -> Refusal);
     let err = "-ERR not now\r\n";
-    let cases: [(&str, Command); 4] = [
+    let cases: [Case; 4] = [
         ("UIDL", |t, s| exchange(t.uidl(), s).1.map(|(t, _)| t)),
         ("LIST", |t, s| exchange(t.list(), s).1.map(|(t, _)| t)),
         ("TOP", |t, s| exchange(t.top_header(1), s).1.map(|(t, _)| t)),
