@@ -30,6 +30,15 @@ fn one_hundred_thousand_messages_with_bounded_memory() {
         dovecot.imaps_port
     );
     let mut node = Node::new(&dovecot.ca_pem, &body);
+    // Dovecot indexes a 100,000-message folder at its first SELECT and UID FETCH; on a busy
+    // machine that takes longer than the harness's 20 s read timeout, and every session cut
+    // off leaves Dovecot indexing again. The node's default (120 s) is what it would run with.
+    let config = std::fs::read_to_string(&node.config).expect("config");
+    std::fs::write(
+        &node.config,
+        config.replace("read_timeout_secs = 20", "read_timeout_secs = 120"),
+    )
+    .expect("config");
     node.env.push(("PW".into(), "alice-password".into()));
     let started = Instant::now();
     node.start();
