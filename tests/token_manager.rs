@@ -60,13 +60,14 @@ async fn concurrent_askers_share_one_refresh_and_rotation_is_persisted() {
     let oidc = Oidc::start(OidcOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let (service, store, clock) = setup(&oidc, dir.path());
+    let binding = service.binding("mail").unwrap();
     let first = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
     let original_refresh = first.refresh_token.clone().unwrap();
     service
         .import("mail", Secret::new(original_refresh.clone()), None)
         .await
         .expect("import");
-    let after_import = store.token("mail").unwrap().unwrap();
+    let after_import = store.token(&binding).unwrap().unwrap();
     assert_ne!(
         after_import.refresh_token.as_deref(),
         Some(original_refresh.as_str()),
@@ -76,7 +77,7 @@ async fn concurrent_askers_share_one_refresh_and_rotation_is_persisted() {
     // Make the access token look expired, then ask ten times at once.
     let mut rec = after_import.clone();
     rec.access_expires_at = Some(clock.clock().unix_secs() - 1);
-    store.put_token("mail", &rec).await.unwrap();
+    store.put_token(&binding, &rec).await.unwrap();
     oidc.reset_stats();
     let manager = TokenManager::new(service.clone()).start();
     let asks: Vec<_> = (0..10)
@@ -103,7 +104,7 @@ async fn concurrent_askers_share_one_refresh_and_rotation_is_persisted() {
     );
 
     // The rotated refresh token was persisted: the previous one is spent.
-    let now = store.token("mail").unwrap().unwrap();
+    let now = store.token(&binding).unwrap().unwrap();
     assert_ne!(now.refresh_token, after_import.refresh_token);
     assert!(
         oidc.refresh("collector", after_import.refresh_token.as_deref().unwrap())
@@ -128,15 +129,16 @@ async fn refused_grant_parks_the_credential() {
     let oidc = Oidc::start(OidcOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let (service, store, _clock) = setup(&oidc, dir.path());
+    let binding = service.binding("mail").unwrap();
     let t = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
     service
         .import("mail", Secret::new(t.refresh_token.unwrap()), None)
         .await
         .unwrap();
     oidc.revoke_user("alice@example.test");
-    let mut rec = store.token("mail").unwrap().unwrap();
+    let mut rec = store.token(&binding).unwrap().unwrap();
     rec.access_expires_at = Some(0);
-    store.put_token("mail", &rec).await.unwrap();
+    store.put_token(&binding, &rec).await.unwrap();
     oidc.reset_stats();
     let manager = TokenManager::new(service).start();
     for _ in 0..5 {
@@ -156,7 +158,14 @@ async fn refused_grant_parks_the_credential() {
         "{}",
         oidc.stats()
     );
-    assert!(store.token("mail").unwrap().unwrap().needs_reauth.is_some());
+    assert!(
+        store
+            .token(&binding)
+            .unwrap()
+            .unwrap()
+            .needs_reauth
+            .is_some()
+    );
 }
 
 #[actix_rt::test]
@@ -164,14 +173,15 @@ async fn provider_5xx_with_retry_after_is_honoured_without_a_refresh_storm() {
     let oidc = Oidc::start(OidcOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let (service, store, _clock) = setup(&oidc, dir.path());
+    let binding = service.binding("mail").unwrap();
     let t = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
     service
         .import("mail", Secret::new(t.refresh_token.unwrap()), None)
         .await
         .unwrap();
-    let mut rec = store.token("mail").unwrap().unwrap();
+    let mut rec = store.token(&binding).unwrap().unwrap();
     rec.access_expires_at = Some(0);
-    store.put_token("mail", &rec).await.unwrap();
+    store.put_token(&binding, &rec).await.unwrap();
     oidc.reset_stats();
     oidc.queue_token_faults(serde_json::json!([{"status": 503, "headers": {"Retry-After": "30"}}]));
     let manager = TokenManager::new(service).start();
@@ -198,7 +208,14 @@ async fn provider_5xx_with_retry_after_is_honoured_without_a_refresh_storm() {
     );
     assert_eq!(refreshes(&oidc, "ok"), 0, "{stats}");
     // The refresh token is untouched and still good.
-    assert!(store.token("mail").unwrap().unwrap().needs_reauth.is_none());
+    assert!(
+        store
+            .token(&binding)
+            .unwrap()
+            .unwrap()
+            .needs_reauth
+            .is_none()
+    );
 }
 
 #[actix_rt::test]
@@ -222,16 +239,18 @@ async fn token_endpoint_faults_back_off_and_keep_the_refresh_token() {
             .with_clock(clock.clock());
         (Arc::new(service), store)
     };
+    let binding = service.binding("mail").unwrap();
+
     let t = oidc.login_auth_code("collector", "alice@example.test", "alice-password", SCOPE);
     service
         .import("mail", Secret::new(t.refresh_token.unwrap()), None)
         .await
         .unwrap();
-    let good_refresh = store.token("mail").unwrap().unwrap().refresh_token;
+    let good_refresh = store.token(&binding).unwrap().unwrap().refresh_token;
     let expire = || async {
-        let mut rec = store.token("mail").unwrap().unwrap();
+        let mut rec = store.token(&binding).unwrap().unwrap();
         rec.access_expires_at = Some(0);
-        store.put_token("mail", &rec).await.unwrap();
+        store.put_token(&binding, &rec).await.unwrap();
     };
     for (fault, what) in [
         (serde_json::json!({"status": 500}), "HTTP 500"),
@@ -256,10 +275,17 @@ async fn token_endpoint_faults_back_off_and_keep_the_refresh_token() {
         assert_eq!(again.to_string(), e.to_string());
         assert_eq!(oidc.stats()["token_requests"]["refresh_token"], before);
         assert_eq!(
-            store.token("mail").unwrap().unwrap().refresh_token,
+            store.token(&binding).unwrap().unwrap().refresh_token,
             good_refresh
         );
-        assert!(store.token("mail").unwrap().unwrap().needs_reauth.is_none());
+        assert!(
+            store
+                .token(&binding)
+                .unwrap()
+                .unwrap()
+                .needs_reauth
+                .is_none()
+        );
         // Past the backoff (5 s + up to 25 % jitter).
         clock.advance(Duration::from_millis(6300));
     }
@@ -274,7 +300,7 @@ async fn token_endpoint_faults_back_off_and_keep_the_refresh_token() {
     assert_eq!(left, 600, "assumed lifetime");
     // No refresh_token in that answer: the stored one is kept.
     assert_eq!(
-        store.token("mail").unwrap().unwrap().refresh_token,
+        store.token(&binding).unwrap().unwrap().refresh_token,
         good_refresh
     );
 }
@@ -287,6 +313,7 @@ async fn a_refused_import_leaves_the_working_grant_in_place() {
     let oidc = Oidc::start(OidcOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let (service, store, clock) = setup_source(&oidc, dir.path(), "kept");
+    let binding = service.binding("kept").unwrap();
     let manager = TokenManager::new(service).start();
     let import = |refresh_token: String, identity: Option<&str>| {
         manager.send(ImportRefreshToken {
@@ -300,7 +327,7 @@ async fn a_refused_import_leaves_the_working_grant_in_place() {
         .await
         .unwrap()
         .expect("a real grant is imported");
-    let good = store.token("kept").unwrap().unwrap();
+    let good = store.token(&binding).unwrap().unwrap();
     assert_eq!(good.identity.as_deref(), Some("alice@example.test"));
     assert_eq!(good.identity_source, Some(IdentitySource::IdToken));
     status::set_state("kept", SourceState::Healthy);
@@ -318,7 +345,7 @@ async fn a_refused_import_leaves_the_working_grant_in_place() {
         "{shown}"
     );
     assert_eq!(refreshes(&oidc, "error"), 1, "{}", oidc.stats());
-    assert_eq!(store.token("kept").unwrap().unwrap(), good);
+    assert_eq!(store.token(&binding).unwrap().unwrap(), good);
     assert_eq!(
         status::get("kept").map(|s| s.state),
         Some(SourceState::Healthy)
@@ -335,7 +362,7 @@ async fn a_refused_import_leaves_the_working_grant_in_place() {
         shown.contains("alice@example.test") && shown.contains("bob@example.test"),
         "{shown}"
     );
-    assert_eq!(store.token("kept").unwrap().unwrap(), good);
+    assert_eq!(store.token(&binding).unwrap().unwrap(), good);
 
     // The stored grant still gives access tokens, refreshed once its own expire.
     clock.advance(Duration::from_secs(3600));
@@ -349,7 +376,7 @@ async fn a_refused_import_leaves_the_working_grant_in_place() {
         .expect("the stored grant still works");
     assert!(token.refreshed);
     assert_eq!(refreshes(&oidc, "ok"), 1, "{}", oidc.stats());
-    let after = store.token("kept").unwrap().unwrap();
+    let after = store.token(&binding).unwrap().unwrap();
     assert!(after.needs_reauth.is_none());
     assert_ne!(after.refresh_token, good.refresh_token, "rotated");
 }

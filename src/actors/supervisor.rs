@@ -93,7 +93,9 @@ impl Supervisor {
             let Some(p) = settings.providers.get(provider) else {
                 continue;
             };
-            let record = self.store.token(name).ok().flatten();
+            let record = crate::auth::stored_grant(&settings, &self.store, name)
+                .ok()
+                .flatten();
             for w in crate::auth::horizons::warnings(p, record.as_ref(), now) {
                 tracing::warn!(source = %name, provider = %provider, "{w}");
             }

@@ -149,7 +149,7 @@ pub fn token_views(settings: &Settings, store: &Store) -> Result<Vec<TokenView>,
         let crate::config::SourceAuth::OAuth2 { provider, .. } = &src.auth else {
             continue;
         };
-        let rec = store.token(name)?.unwrap_or_default();
+        let rec = crate::auth::stored_grant(settings, store, name)?.unwrap_or_default();
         out.push(TokenView {
             source: name.clone(),
             provider: provider.clone(),
@@ -185,7 +185,9 @@ pub fn source_views(settings: &Settings, store: &Store) -> Result<Vec<SourceView
             let st = live.get(name);
             let (token, warnings) = match &src.auth {
                 crate::config::SourceAuth::OAuth2 { provider, .. } => {
-                    let rec = store.token(name).ok().flatten();
+                    let rec = crate::auth::stored_grant(settings, store, name)
+                        .ok()
+                        .flatten();
                     let warnings = settings
                         .providers
                         .get(provider)

@@ -409,8 +409,11 @@ impl TokenService {
             identity: Some(consent.identity.clone()),
             identity_source: Some(consent.identity_source),
             needs_reauth: None,
+            bound_elsewhere: false,
         };
-        self.store.put_token(source_name, &record).await?;
+        self.store
+            .put_token(&self.binding(source_name)?, &record)
+            .await?;
         super::lock(&self.backoff_until).remove(source_name);
         crate::telemetry::access_token_expiry(source_name, consent.expires_at);
         crate::telemetry::refresh_token_last_used(source_name, t);

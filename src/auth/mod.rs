@@ -36,7 +36,7 @@ pub use consent::{
 };
 pub use errors::{ImportRefusal, TokenError, classify_provider_error};
 pub use exchange::HttpError;
-pub use provider::default_scopes;
+pub use provider::{default_scopes, grant_binding, stored_grant};
 pub use service::{SetupError, TokenService, refresh_margin_secs};
 
 use exchange::{DEFAULT_EXPIRES_IN, parse_retry_after};

@@ -6,6 +6,7 @@
 use super::{TokenError, TokenService, lock};
 use crate::config::{Flow, ProviderKind, ProviderSettings, SourceSettings};
 use crate::secret::Secret;
+use crate::store::GrantBinding;
 
 /// Default delegated scopes by provider kind and protocol (PROTOCOLS §1.2, §2.2).
 pub fn default_scopes(provider: &ProviderSettings, source: Option<&SourceSettings>) -> Vec<String> {
@@ -41,6 +42,45 @@ pub fn default_scopes(provider: &ProviderSettings, source: Option<&SourceSetting
             vec!["openid".into(), "offline_access".into(), "email".into()]
         }
     }
+}
+
+/// What a source's grant is sealed with ([`GrantBinding`]): the source, and where its tokens
+/// go and for which client: the provider's token endpoint (configured, or derived from the
+/// kind), else its issuer (whose discovery document names the endpoint), and its client id.
+/// Renaming a provider changes neither; pointing it at another tenant, issuer or client does.
+pub fn grant_binding(source_name: &str, provider: &ProviderSettings) -> GrantBinding {
+    let authority = provider
+        .token_url
+        .as_deref()
+        .or(provider.issuer.as_deref())
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
+    GrantBinding {
+        source: source_name.to_string(),
+        authority,
+        client_id: provider.client_id.clone(),
+    }
+}
+
+/// The grant stored for `source_name`, read with its binding under `settings`, as status
+/// views show it (`None` for a source without OAuth2 or without a record). A client
+/// credentials token kept for another client is no grant: it is shown as nothing stored.
+pub fn stored_grant(
+    settings: &crate::config::Settings,
+    store: &crate::store::Store,
+    source_name: &str,
+) -> Result<Option<crate::store::StoredToken>, crate::store::StoreError> {
+    let Some(crate::config::SourceAuth::OAuth2 { provider, .. }) =
+        settings.sources.get(source_name).map(|s| &s.auth)
+    else {
+        return Ok(None);
+    };
+    let Some(provider) = settings.providers.get(provider) else {
+        return Ok(None);
+    };
+    let record = store.token(&grant_binding(source_name, provider))?;
+    Ok(record.filter(|r| !(r.bound_elsewhere && provider.flow == Flow::AppOnly)))
 }
 
 impl TokenService {

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use super::consent::{IdentityError, names_include};
 use super::exchange::Granted;
+use super::provider::grant_binding;
 use super::{AccessToken, Clock, ImportRefusal, TokenError, lock};
 use crate::config::{Flow, ProviderSettings, Settings, SourceAuth, SourceSettings};
 use crate::secret::Secret;
-use crate::store::{IdentitySource, StoredToken, TokenStore};
+use crate::store::{GrantBinding, IdentitySource, StoredToken, TokenStore};
 use crate::telemetry;
 
 /// The refresh margin takes at most this fraction (1/n) of a token's lifetime. A margin
@@ -222,7 +223,12 @@ impl TokenService {
     /// [`Self::access_token`], the record already held.
     async fn access_token_held(&self, source_name: &str) -> Result<AccessToken, TokenError> {
         let (source, provider) = self.source(source_name)?;
-        let mut record = self.store.token(source_name).await?.unwrap_or_default();
+        let binding = grant_binding(source_name, provider);
+        let mut record = self.store.token(&binding).await?.unwrap_or_default();
+        if record.bound_elsewhere && provider.flow == Flow::AppOnly {
+            // A client-credentials token is no grant: the new client simply asks for one.
+            record = StoredToken::default();
+        }
         if let Some(reason) = &record.needs_reauth {
             return Err(TokenError::NeedsReauth {
                 source_name: source_name.to_string(),
@@ -282,7 +288,7 @@ impl TokenService {
                 }
                 // Persist (flushed) before anyone uses the new access token: with rotation
                 // the old refresh token may already be spent.
-                self.store.put_token(source_name, &record).await?;
+                self.store.put_token(&binding, &record).await?;
                 telemetry::access_token_expiry(source_name, expires_at);
                 Ok(AccessToken {
                     token: granted.access_token,
@@ -295,7 +301,7 @@ impl TokenService {
             Err(e) if e.needs_reauth() => {
                 record.needs_reauth = Some(e.to_string());
                 record.access_token = None;
-                self.store.put_token(source_name, &record).await?;
+                self.store.put_token(&binding, &record).await?;
                 Err(TokenError::NeedsReauth {
                     source_name: source_name.to_string(),
                     reason: e.to_string(),
@@ -343,9 +349,10 @@ impl TokenService {
             )));
         }
         let _held = self.hold_record(source_name).await;
+        let binding = grant_binding(source_name, provider);
         let kept_grant = self
             .store
-            .token(source_name)
+            .token(&binding)
             .await?
             .is_some_and(|r| r.refresh_token.is_some());
         let refused = |refusal| TokenError::ImportRefused {
@@ -382,8 +389,9 @@ impl TokenService {
             identity,
             identity_source,
             needs_reauth: None,
+            bound_elsewhere: false,
         };
-        self.store.put_token(source_name, &record).await?;
+        self.store.put_token(&binding, &record).await?;
         lock(&self.backoff_until).remove(source_name);
         lock(&self.lifetimes).insert(source_name.to_string(), granted.expires_in);
         telemetry::access_token_expiry(source_name, expires_at);
@@ -443,17 +451,26 @@ impl TokenService {
     /// Forgets the stored access token (the server refused it), keeping the refresh token.
     pub async fn invalidate_access_token(&self, source_name: &str) -> Result<(), TokenError> {
         let _held = self.hold_record(source_name).await;
-        if let Some(mut record) = self.store.token(source_name).await? {
+        let binding = self.binding(source_name)?;
+        if let Some(mut record) = self.store.token(&binding).await?
+            && !record.bound_elsewhere
+        {
             record.access_token = None;
             record.access_expires_at = None;
-            self.store.put_token(source_name, &record).await?;
+            self.store.put_token(&binding, &record).await?;
         }
         Ok(())
     }
 
     /// What `tokens status` shows for one source.
     pub async fn status(&self, source_name: &str) -> Result<Option<StoredToken>, TokenError> {
-        Ok(self.store.token(source_name).await?)
+        Ok(self.store.token(&self.binding(source_name)?).await?)
+    }
+
+    /// What the source's stored grant is bound to under the current configuration.
+    pub fn binding(&self, source_name: &str) -> Result<GrantBinding, TokenError> {
+        let (_, provider) = self.source(source_name)?;
+        Ok(grant_binding(source_name, provider))
     }
 }
 

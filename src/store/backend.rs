@@ -26,7 +26,7 @@ use std::collections::HashSet;
 
 use futures_util::future::BoxFuture;
 
-use super::{Checkpoint, NewMessage, Store, StoreError, StoreOutcome, StoredToken};
+use super::{Checkpoint, GrantBinding, NewMessage, Store, StoreError, StoreOutcome, StoredToken};
 
 /// What one source's collection cycle (`crate::ingest`) needs from the store.
 ///
@@ -175,6 +175,8 @@ pub trait IngestStore: Send + Sync + 'static {
 /// # Guarantees an implementation keeps
 /// - Records are sealed at rest: refresh and access tokens never reach the disk (or the
 ///   network, for a remote backend) in the clear.
+/// - Records are bound to their [`GrantBinding`] (source, issuer or token endpoint, client
+///   id): a record read for another binding never yields its tokens.
 /// - [`TokenStore::put_token`] returns only once the record is durable: with refresh-token
 ///   rotation the old token may already be spent, so the new one must survive a crash
 ///   before the new access token is used.
@@ -187,13 +189,18 @@ pub trait IngestStore: Send + Sync + 'static {
 /// Nothing removes a record today: a refused grant is marked
 /// ([`StoredToken::needs_reauth`]), not deleted.
 pub trait TokenStore: Send + Sync {
-    /// The record stored under `key` (the source's name), opened.
-    fn token<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<StoredToken>, StoreError>>;
+    /// The record stored for `binding.source`, opened. A record sealed for another binding
+    /// comes back without its tokens, marked as needing re-authorization.
+    fn token<'a>(
+        &'a self,
+        binding: &'a GrantBinding,
+    ) -> BoxFuture<'a, Result<Option<StoredToken>, StoreError>>;
 
-    /// Seals and writes `token` under `key`, durably (see the guarantees above).
+    /// Seals `token` with `binding` and writes it for `binding.source`, durably (see the
+    /// guarantees above).
     fn put_token<'a>(
         &'a self,
-        key: &'a str,
+        binding: &'a GrantBinding,
         token: &'a StoredToken,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
@@ -280,15 +287,18 @@ impl IngestStore for Store {
 }
 
 impl TokenStore for Store {
-    fn token<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<StoredToken>, StoreError>> {
-        Box::pin(async move { Store::token(self, key) })
+    fn token<'a>(
+        &'a self,
+        binding: &'a GrantBinding,
+    ) -> BoxFuture<'a, Result<Option<StoredToken>, StoreError>> {
+        Box::pin(async move { Store::token(self, binding) })
     }
 
     fn put_token<'a>(
         &'a self,
-        key: &'a str,
+        binding: &'a GrantBinding,
         token: &'a StoredToken,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(Store::put_token(self, key, token))
+        Box::pin(Store::put_token(self, binding, token))
     }
 }

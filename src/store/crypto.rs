@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand::RngCore;
 use zeroize::Zeroizing;
@@ -142,25 +142,36 @@ impl SecretBox {
     }
 
     pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.seal_with(plain, b"")
+    }
+
+    /// Seals `plain` with `aad` as associated data: the record opens only with the same
+    /// `aad` ([`SecretBox::open_with`]), which is not stored in it.
+    pub fn seal_with(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let mut out = nonce.to_vec();
         let sealed = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), plain)
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
             .map_err(|_| SealError::Encrypt)?;
         out.extend_from_slice(&sealed);
         Ok(out)
     }
 
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.open_with(sealed, b"")
+    }
+
+    /// Opens a record sealed by [`SecretBox::seal_with`] with the same `aad`.
+    pub fn open_with(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, SealError> {
         // Nonce plus Poly1305 tag: anything shorter was cut, not sealed by us.
         if sealed.len() < 12 + 16 {
             return Err(SealError::TooShort);
         }
         let (nonce, body) = sealed.split_at(12);
         self.cipher
-            .decrypt(Nonce::from_slice(nonce), body)
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad })
             .map_err(|_| SealError::Decrypt)
     }
 }
@@ -336,6 +347,20 @@ mod tests {
         let empty = b.seal(b"").unwrap();
         assert_eq!(empty.len(), 12 + 16);
         assert_eq!(b.open(&empty).unwrap(), b"");
+    }
+
+    #[test]
+    fn associated_data_must_match_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SecretBox::load_or_create(&dir.path().join("k")).unwrap();
+        let sealed = b.seal_with(b"grant", b"source a").unwrap();
+        assert_eq!(b.open_with(&sealed, b"source a").unwrap(), b"grant");
+        assert_eq!(b.open_with(&sealed, b"source b"), Err(SealError::Decrypt));
+        assert_eq!(b.open(&sealed), Err(SealError::Decrypt));
+        // Without associated data, as records written before it was used.
+        let plain = b.seal(b"grant").unwrap();
+        assert_eq!(b.open_with(&plain, b"").unwrap(), b"grant");
+        assert_eq!(b.open_with(&plain, b"source a"), Err(SealError::Decrypt));
     }
 
     #[test]

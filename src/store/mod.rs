@@ -17,7 +17,8 @@
 //! - `pending`: IMAP location key → nothing: a stored message whose post-action (seen,
 //!   move, delete) is not yet done on the server.
 //! - `counts`: source → number of stored messages (u64 BE).
-//! - `tokens`: credential key → encrypted [`StoredToken`].
+//! - `tokens`: source name → [`StoredToken`] sealed with its [`GrantBinding`] as associated
+//!   data (records from before bindings were kept: sealed without; re-sealed on write).
 //!
 //! How values are cut into pieces and compressed is in `values`.
 //!
@@ -50,7 +51,7 @@ pub use backend::{IngestStore, TokenStore};
 pub use checkpoints::Checkpoint;
 pub use crypto::{KeyError, SealError, SecretBox};
 pub use messages::{Location, MessageMeta, NewMessage, Prepared, StoreOutcome};
-pub use tokens::{IdentitySource, StoredToken};
+pub use tokens::{GrantBinding, IdentitySource, StoredToken};
 pub use values::{CHUNK, Compression, SEGMENT_SIZE, ValueReader};
 
 use tokens::open_key;

@@ -5,7 +5,7 @@ use super::*;
 use crate::auth::ManualClock;
 use crate::store::Store;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[test]
@@ -36,6 +36,14 @@ fn still_good_counts_milliseconds() {
 /// A token endpoint on loopback that answers every request with a new access token of
 /// `lifetime_secs` (and a rotated refresh token), counting the requests.
 async fn token_endpoint(lifetime_secs: u64) -> (String, Arc<AtomicUsize>) {
+    token_endpoint_failing_on(lifetime_secs, Arc::new(AtomicBool::new(false))).await
+}
+
+/// [`token_endpoint`], answering HTTP 500 while `failing` is set.
+async fn token_endpoint_failing_on(
+    lifetime_secs: u64,
+    failing: Arc<AtomicBool>,
+) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/token", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
@@ -63,6 +71,12 @@ async fn token_endpoint(lifetime_secs: u64) -> (String, Arc<AtomicUsize>) {
                         break;
                     }
                 }
+            }
+            if failing.load(Ordering::SeqCst) {
+                let _ = conn
+                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                continue;
             }
             let body = format!(
                 r#"{{"access_token":"access-{n}","token_type":"Bearer","expires_in":{lifetime_secs},"refresh_token":"refresh-{n}"}}"#
@@ -330,58 +344,89 @@ async fn an_hour_long_token_keeps_the_configured_margin() {
 
 #[tokio::test]
 async fn a_transient_failure_backs_off_until_the_clock_passes_it() {
-    let (url, requests) = token_endpoint(30).await;
+    let failing = Arc::new(AtomicBool::new(false));
+    let (url, requests) = token_endpoint_failing_on(30, failing.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_at(T0_MILLIS);
     let service = service(dir.path(), &url, false, &clock);
     import(&service).await;
-    let failing = failing_token_endpoint().await;
-    let service = TokenService {
-        settings: Arc::new(with_token_url(&service.settings, &failing)),
-        ..service
-    };
+    failing.store(true, Ordering::SeqCst);
     clock.advance(Duration::from_secs(23));
     let e = service.access_token("mail").await.unwrap_err();
     assert!(matches!(e, TokenError::Transient { .. }), "{e}");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
 
     // The provider is back, but within the backoff (5 s plus up to 25 % jitter) the
     // failure is repeated without a request.
-    let service = TokenService {
-        settings: Arc::new(with_token_url(&service.settings, &url)),
-        ..service
-    };
+    failing.store(false, Ordering::SeqCst);
     clock.advance(Duration::from_millis(4_999));
     let again = service.access_token("mail").await.unwrap_err();
     assert_eq!(again.to_string(), e.to_string());
-    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
     // Once the clock has passed it, the provider is asked again.
     clock.advance(Duration::from_millis(1_252));
     assert!(service.access_token("mail").await.unwrap().refreshed);
-    assert_eq!(requests.load(Ordering::SeqCst), 2);
-}
-
-fn with_token_url(settings: &Settings, url: &str) -> Settings {
-    let mut settings = settings.clone();
-    for p in settings.providers.values_mut() {
-        p.token_url = Some(url.to_string());
-    }
-    settings
-}
-
-/// A token endpoint that answers every request with HTTP 500.
-async fn failing_token_endpoint() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/token", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf).await;
-            let _ = conn
-                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
-        }
-    });
-    url
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
 }
 
 mod import;
+
+/// A grant stored under one token endpoint, read after the provider was pointed at
+/// another: the new endpoint never sees its refresh token; the source needs authorizing
+/// there, and `tokens status` says why. Pointed back, the grant works again.
+#[tokio::test]
+async fn a_grant_is_never_sent_to_a_provider_that_did_not_issue_it() {
+    let (first_url, first_requests) = token_endpoint(30).await;
+    let (other_url, other_requests) = token_endpoint(30).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(T0_MILLIS);
+    {
+        let service = service(dir.path(), &first_url, false, &clock);
+        import(&service).await;
+    }
+    assert_eq!(first_requests.load(Ordering::SeqCst), 1);
+    // The access token has run out: the next ask needs the refresh token.
+    clock.advance(Duration::from_secs(60));
+    let moved = service(dir.path(), &other_url, false, &clock);
+    match moved.access_token("mail").await {
+        Err(TokenError::NeedsReauth { reason, .. }) => {
+            assert!(reason.contains(&first_url), "{reason}");
+            assert!(reason.contains(&other_url), "{reason}");
+            assert!(!reason.contains("refresh-"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(other_requests.load(Ordering::SeqCst), 0);
+    let shown = moved.status("mail").await.unwrap().unwrap();
+    assert!(shown.refresh_token.is_none() && shown.access_token.is_none());
+    assert!(shown.needs_reauth.is_some());
+    // A refused access token dropped meanwhile does not rewrite the record for the new
+    // provider.
+    moved.invalidate_access_token("mail").await.unwrap();
+    drop(moved);
+
+    let back = service(dir.path(), &first_url, false, &clock);
+    assert!(back.access_token("mail").await.unwrap().refreshed);
+    assert_eq!(first_requests.load(Ordering::SeqCst), 2);
+    assert_eq!(other_requests.load(Ordering::SeqCst), 0);
+}
+
+/// Client credentials hold no grant: a token kept for another client is dropped and a new
+/// one asked for, not a re-authorization.
+#[tokio::test]
+async fn client_credentials_start_over_at_a_new_endpoint() {
+    let (first_url, _) = token_endpoint(3600).await;
+    let (other_url, other_requests) = token_endpoint(3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(T0_MILLIS);
+    {
+        let service = service(dir.path(), &first_url, true, &clock);
+        service.access_token("mail").await.unwrap();
+    }
+    let moved = service(dir.path(), &other_url, true, &clock);
+    let token = moved.access_token("mail").await.unwrap();
+    assert!(token.refreshed);
+    assert_eq!(other_requests.load(Ordering::SeqCst), 1);
+    let stored = moved.status("mail").await.unwrap().unwrap();
+    assert!(stored.needs_reauth.is_none() && stored.access_token.is_some());
+}

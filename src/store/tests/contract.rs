@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::super::{
     Checkpoint, IngestStore, Location, NewMessage, StoreOutcome, StoredToken, TokenStore,
 };
-use super::store;
+use super::{bound, store};
 
 fn imap(source: &str, uid: u32, uidvalidity: u32, raw: &str) -> NewMessage {
     NewMessage {
@@ -220,7 +220,7 @@ async fn room_and_flush<S: IngestStore>(s: S) {
 
 /// A token record reads back as written; the last write wins.
 async fn tokens_read_back_as_written(s: Arc<dyn TokenStore>) {
-    assert_eq!(s.token("s").await.unwrap(), None);
+    assert_eq!(s.token(&bound("s")).await.unwrap(), None);
     let mut tok = StoredToken {
         refresh_token: Some("r1".into()),
         access_token: Some("a1".into()),
@@ -228,13 +228,13 @@ async fn tokens_read_back_as_written(s: Arc<dyn TokenStore>) {
         identity: Some("alice@example.test".into()),
         ..Default::default()
     };
-    s.put_token("s", &tok).await.unwrap();
-    assert_eq!(s.token("s").await.unwrap(), Some(tok.clone()));
+    s.put_token(&bound("s"), &tok).await.unwrap();
+    assert_eq!(s.token(&bound("s")).await.unwrap(), Some(tok.clone()));
     tok.refresh_token = Some("r2".into());
     tok.needs_reauth = Some("invalid_grant".into());
-    s.put_token("s", &tok).await.unwrap();
-    assert_eq!(s.token("s").await.unwrap(), Some(tok));
-    assert_eq!(s.token("t").await.unwrap(), None);
+    s.put_token(&bound("s"), &tok).await.unwrap();
+    assert_eq!(s.token(&bound("s")).await.unwrap(), Some(tok));
+    assert_eq!(s.token(&bound("t")).await.unwrap(), None);
 }
 
 /// Runs a check against a fresh sled store.

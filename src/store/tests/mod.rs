@@ -8,6 +8,15 @@ use sha2::{Digest, Sha256};
 mod contract;
 mod sled_store;
 
+/// A binding for tests: the source, at one provider and client.
+fn bound(source: &str) -> GrantBinding {
+    GrantBinding {
+        source: source.into(),
+        authority: "https://idp.example/token".into(),
+        client_id: "collector".into(),
+    }
+}
+
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("db"), &dir.path().join("key")).unwrap();
@@ -599,17 +608,17 @@ fn key_rotation_reencrypts_and_survives_an_interruption() {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
-            .block_on(s.put_token("a", &tok))
+            .block_on(s.put_token(&bound("a"), &tok))
             .unwrap();
         let before = std::fs::read_to_string(&key).unwrap();
         assert_eq!(s.rotate_key().unwrap(), 1);
         assert_ne!(std::fs::read_to_string(&key).unwrap(), before);
-        assert_eq!(s.token("a").unwrap().unwrap(), tok);
+        assert_eq!(s.token(&bound("a")).unwrap().unwrap(), tok);
         assert!(!crypto::pending_path(&key).exists());
     }
     // Reopen with the rotated key.
     let s = reopen(&dir.path().join("db"), &key);
-    assert_eq!(s.token("a").unwrap().unwrap(), tok);
+    assert_eq!(s.token(&bound("a")).unwrap().unwrap(), tok);
     // Interrupted before the rename: records are under the pending key.
     let pending = crypto::pending_path(&key);
     let new_box = SecretBox::create_at(&pending).unwrap();
@@ -618,13 +627,13 @@ fn key_rotation_reencrypts_and_survives_an_interruption() {
     s.flush_sync().unwrap();
     drop(s);
     let s = reopen(&dir.path().join("db"), &key);
-    assert_eq!(s.token("a").unwrap().unwrap(), tok);
+    assert_eq!(s.token(&bound("a")).unwrap().unwrap(), tok);
     assert!(!pending.exists());
     // Interrupted before any record moved: the old key stays, the pending one goes.
     SecretBox::create_at(&pending).unwrap();
     drop(s);
     let s = reopen(&dir.path().join("db"), &key);
-    assert_eq!(s.token("a").unwrap().unwrap(), tok);
+    assert_eq!(s.token(&bound("a")).unwrap().unwrap(), tok);
     assert!(!pending.exists());
 }
 
@@ -650,9 +659,9 @@ fn pop3_uidls_and_tokens() {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
-        .block_on(s.put_token("p", &tok))
+        .block_on(s.put_token(&bound("p"), &tok))
         .unwrap();
-    assert_eq!(s.token("p").unwrap().unwrap(), tok);
+    assert_eq!(s.token(&bound("p")).unwrap().unwrap(), tok);
     assert!(!format!("{tok:?}").contains("very-secret"));
     drop(s);
     // The token bytes never reach the disk in clear.

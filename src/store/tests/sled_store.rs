@@ -3,7 +3,7 @@
 
 use super::super::values::get_chunked;
 use super::super::*;
-use super::{imap_msg, store};
+use super::{bound, imap_msg, store};
 
 /// A copy of the store's files as they are on disk right now (what a power cut would
 /// leave), opened as a store of its own.
@@ -181,8 +181,10 @@ async fn token_records_are_listed_and_their_secrets_never_shown() {
         needs_reauth: Some("invalid_grant".into()),
         ..Default::default()
     };
-    s.put_token("b", &tok).await.unwrap();
-    s.put_token("a", &StoredToken::default()).await.unwrap();
+    s.put_token(&bound("b"), &tok).await.unwrap();
+    s.put_token(&bound("a"), &StoredToken::default())
+        .await
+        .unwrap();
     assert_eq!(s.token_keys().unwrap(), ["a", "b"]);
     let shown = format!("{tok:?}");
     assert!(!shown.contains("secret"), "{shown}");
@@ -204,7 +206,7 @@ fn records_and_keys_that_do_not_open_are_named() {
     s.tokens
         .insert("s", b"sealed by nobody, thirty bytes!".to_vec())
         .unwrap();
-    match s.token("s") {
+    match s.token(&bound("s")) {
         Err(StoreError::Corrupt(m)) => {
             assert_eq!(m, "token s: cannot decrypt (wrong node.secret_key_file?)")
         }
@@ -266,4 +268,142 @@ fn the_page_cache_is_bounded() {
         config.contains(&format!("segment_size: {SEGMENT_SIZE}")),
         "{config}"
     );
+}
+
+/// Token records are bound to their source, issuer or endpoint, and client: read under
+/// another binding (the provider reconfigured, or the sealed bytes copied under another
+/// source's key) they yield no token; an edited binding does not open at all.
+#[tokio::test]
+async fn token_records_open_only_for_their_binding() {
+    let (_d, s) = store();
+    let tok = StoredToken {
+        refresh_token: Some("rt-secret".into()),
+        access_token: Some("at-secret".into()),
+        access_expires_at: Some(1_900_000_000),
+        identity: Some("alice@example.test".into()),
+        ..Default::default()
+    };
+    let a = bound("a");
+    s.put_token(&a, &tok).await.unwrap();
+    assert_eq!(s.token(&a).unwrap(), Some(tok.clone()));
+    let sealed = s.tokens.get("a").unwrap().unwrap();
+    assert!(sealed.starts_with(b"MSG\x01"));
+
+    // The provider now points elsewhere.
+    let moved = GrantBinding {
+        authority: "https://other.example/token".into(),
+        ..a.clone()
+    };
+    let read = s.token(&moved).unwrap().unwrap();
+    assert!(read.bound_elsewhere);
+    assert_eq!(read.refresh_token, None);
+    assert_eq!(read.access_token, None);
+    assert_eq!(read.access_expires_at, None);
+    assert_eq!(read.identity, tok.identity);
+    assert_eq!(
+        read.needs_reauth.as_deref(),
+        Some(
+            "the stored grant was issued by https://idp.example/token to client \"collector\"; \
+             the source now signs in at https://other.example/token as client \"collector\": \
+             authorize it again there"
+        )
+    );
+    let other_client = GrantBinding {
+        client_id: "another".into(),
+        ..a.clone()
+    };
+    assert!(s.token(&other_client).unwrap().unwrap().bound_elsewhere);
+    // Reading changed nothing: pointed back, the grant is there.
+    assert_eq!(s.tokens.get("a").unwrap().unwrap(), sealed);
+    assert_eq!(s.token(&a).unwrap(), Some(tok.clone()));
+
+    // The sealed bytes copied under another source's key.
+    s.tokens.insert("b", sealed.clone()).unwrap();
+    let copied = s.token(&bound("b")).unwrap().unwrap();
+    assert_eq!(copied.refresh_token, None);
+    assert!(
+        copied
+            .needs_reauth
+            .unwrap()
+            .starts_with("the stored grant was sealed for source \"a\", not \"b\"")
+    );
+
+    // The binding is readable in the record, but editing it breaks the seal.
+    let text = String::from_utf8_lossy(&sealed).into_owned();
+    assert!(text.contains("https://idp.example/token"));
+    let edited = text.replace("idp.example", "xyz.example");
+    let mut forged = sealed.to_vec();
+    let at = text.find("idp.example").unwrap();
+    forged[at..at + 11].copy_from_slice(b"xyz.example");
+    assert_ne!(edited, text);
+    s.tokens.insert("a", forged).unwrap();
+    let forged_binding = GrantBinding {
+        authority: "https://xyz.example/token".into(),
+        ..a.clone()
+    };
+    match s.token(&forged_binding) {
+        Err(StoreError::Corrupt(m)) => {
+            assert_eq!(m, "token a: cannot decrypt (wrong node.secret_key_file?)")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Records sealed before bindings were kept (no associated data) still open under the
+/// binding asked for, and the next write seals them with it. A key rotation keeps each
+/// record's binding, or its lack of one.
+#[tokio::test]
+async fn records_from_before_bindings_are_read_and_sealed_on_write() {
+    let (_d, s) = store();
+    let tok = StoredToken {
+        refresh_token: Some("legacy-rt".into()),
+        ..Default::default()
+    };
+    let plain = serde_json::to_vec(&tok).unwrap();
+    let legacy = s.secret_box.read().unwrap().seal(&plain).unwrap();
+    s.tokens.insert("old", legacy).unwrap();
+    s.put_token(&bound("new"), &tok).await.unwrap();
+
+    assert_eq!(s.rotate_key().unwrap(), 2);
+    assert!(
+        !s.tokens
+            .get("old")
+            .unwrap()
+            .unwrap()
+            .starts_with(b"MSG\x01")
+    );
+    assert!(
+        s.tokens
+            .get("new")
+            .unwrap()
+            .unwrap()
+            .starts_with(b"MSG\x01")
+    );
+    assert_eq!(s.token(&bound("old")).unwrap(), Some(tok.clone()));
+    assert_eq!(s.token(&bound("new")).unwrap(), Some(tok.clone()));
+    assert!(s.token(&bound("x")).unwrap().is_none());
+    let elsewhere = GrantBinding {
+        source: "new".into(),
+        authority: "https://other.example".into(),
+        client_id: "collector".into(),
+    };
+    assert!(s.token(&elsewhere).unwrap().unwrap().bound_elsewhere);
+
+    // Written again (any refresh does): bound from now on.
+    let mut read = s.token(&bound("old")).unwrap().unwrap();
+    read.refresh_token_last_used = Some(1);
+    s.put_token(&bound("old"), &read).await.unwrap();
+    assert!(
+        s.tokens
+            .get("old")
+            .unwrap()
+            .unwrap()
+            .starts_with(b"MSG\x01")
+    );
+    assert_eq!(s.token(&bound("old")).unwrap(), Some(read));
+    let old_elsewhere = GrantBinding {
+        source: "old".into(),
+        ..elsewhere
+    };
+    assert!(s.token(&old_elsewhere).unwrap().unwrap().bound_elsewhere);
 }

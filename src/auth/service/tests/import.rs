@@ -326,7 +326,11 @@ async fn a_good_import_lifts_a_parked_source() {
         needs_reauth: Some("provider local: invalid_grant".into()),
         ..StoredToken::default()
     };
-    service.store.put_token("mail", &parked).await.unwrap();
+    service
+        .store
+        .put_token(&service.binding("mail").unwrap(), &parked)
+        .await
+        .unwrap();
     provider.accept("new");
     service
         .import("mail", Secret::new("new"), None)
