@@ -132,12 +132,6 @@ pub enum TlsSetupError {
         path: std::path::PathBuf,
         reason: rustls::pki_types::pem::Error,
     },
-    /// The native backend reads the file itself.
-    #[error("tls.extra_ca_file {}: {reason}", path.display())]
-    CaFileIo {
-        path: std::path::PathBuf,
-        reason: io::Error,
-    },
     /// A certificate in the file is not one rustls accepts as a root.
     #[error("tls.extra_ca_file {}: {reason}", path.display())]
     CaCertificateRejected {
@@ -167,7 +161,8 @@ enum TlsBackendConfig {
     #[cfg(feature = "native-tls")]
     Native {
         min: TlsVersion,
-        extra_ca: Option<Vec<u8>>,
+        /// Every certificate of `tls.extra_ca_file`, read and decoded at start-up.
+        extra_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
 }
 
@@ -191,28 +186,38 @@ pub fn root_store(
         let _ = roots.add(cert);
     }
     if let Some(path) = extra_ca_file {
-        let unreadable = |reason| TlsSetupError::CaFileUnreadable {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(unreadable)?;
-        let mut added = 0;
-        for cert in certs {
-            roots.add(cert.map_err(unreadable)?).map_err(|reason| {
-                TlsSetupError::CaCertificateRejected {
+        for cert in extra_ca_certs(path)? {
+            roots
+                .add(cert)
+                .map_err(|reason| TlsSetupError::CaCertificateRejected {
                     path: path.to_path_buf(),
                     reason,
-                }
-            })?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(TlsSetupError::NoCertificate {
-                path: path.to_path_buf(),
-            });
+                })?;
         }
     }
     Ok(roots)
+}
+
+/// Every certificate in a `tls.extra_ca_file` (PEM; a bundle holds several), for both
+/// backends. A file with none is an error: a typo'd path to the wrong PEM would otherwise
+/// leave the private CA silently untrusted.
+pub fn extra_ca_certs(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsSetupError> {
+    let unreadable = |reason| TlsSetupError::CaFileUnreadable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(unreadable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unreadable)?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
 }
 
 /// The rustls client configuration for a minimum version and root store.
@@ -249,13 +254,8 @@ impl Connector {
             TlsBackend::Native => TlsBackendConfig::Native {
                 min: tls.min_version,
                 extra_ca: match &tls.extra_ca_file {
-                    Some(p) => {
-                        Some(std::fs::read(p).map_err(|reason| TlsSetupError::CaFileIo {
-                            path: p.clone(),
-                            reason,
-                        })?)
-                    }
-                    None => None,
+                    Some(p) => extra_ca_certs(p)?,
+                    None => Vec::new(),
                 },
             },
             #[cfg(not(feature = "native-tls"))]
@@ -362,14 +362,11 @@ impl Connector {
                         TlsVersion::V1_2 => async_native_tls::Protocol::Tlsv12,
                         TlsVersion::V1_3 => async_native_tls::Protocol::Tlsv12,
                     }));
-                if let Some(pem) = extra_ca {
-                    // Every certificate of the file (`from_pem` would take the first only).
-                    for der in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-                        let der = der.map_err(|e| tls_err(format!("tls.extra_ca_file: {e}")))?;
-                        let cert = async_native_tls::Certificate::from_der(&der)
-                            .map_err(|e| tls_err(format!("tls.extra_ca_file: {e}")))?;
-                        connector = connector.add_root_certificate(cert);
-                    }
+                // Every certificate of the file (`Certificate::from_pem` takes the first only).
+                for der in extra_ca {
+                    let cert = async_native_tls::Certificate::from_der(der)
+                        .map_err(|e| tls_err(format!("tls.extra_ca_file: {e}")))?;
+                    connector = connector.add_root_certificate(cert);
                 }
                 let tls =
                     match tokio::time::timeout(handshake_timeout, connector.connect(host, tcp))
@@ -689,6 +686,95 @@ mod tests {
             Connector::new(tls, Duration::from_secs(1), Duration::from_secs(1)),
             Err(TlsSetupError::NoCertificate { .. })
         ));
+    }
+
+    /// A throw-away CA named `name`: its certificate (PEM) and what signs with it.
+    fn ca(name: &str) -> (String, rcgen::Certificate, rcgen::KeyPair) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), cert, key)
+    }
+
+    /// A TLS server for `localhost` whose certificate `ca` signed; greets and closes.
+    async fn tls_server(ca: &rcgen::Certificate, ca_key: &rcgen::KeyPair) -> u16 {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, ca, ca_key)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let _ = tls.write_all(b"* OK ready\r\n").await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// Every certificate of a CA bundle in `tls.extra_ca_file` is trusted, by each backend
+    /// built in: the server's CA is the second in the file. Without it, the same server is
+    /// refused.
+    #[tokio::test]
+    async fn every_certificate_of_the_extra_ca_file_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        // Distinct names, as in any real bundle (OpenSSL picks an issuer by name).
+        let (first_pem, _, _) = ca("First Test CA");
+        let (second_pem, second, second_key) = ca("Second Test CA");
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, format!("{first_pem}{second_pem}")).unwrap();
+        let first_only = dir.path().join("first.pem");
+        std::fs::write(&first_only, &first_pem).unwrap();
+        assert_eq!(extra_ca_certs(&bundle).unwrap().len(), 2);
+        let port = tls_server(&second, &second_key).await;
+
+        let backends = [
+            Some(TlsBackend::Rustls),
+            cfg!(feature = "native-tls").then_some(TlsBackend::Native),
+        ];
+        for backend in backends.into_iter().flatten() {
+            let connector = |file: &std::path::Path| {
+                let tls = TlsOptions {
+                    min_version: TlsVersion::V1_2,
+                    extra_ca_file: Some(file.to_path_buf()),
+                    backend,
+                };
+                Connector::new(tls, Duration::from_secs(5), Duration::from_secs(5)).unwrap()
+            };
+            let mut conn = connector(&bundle)
+                .connect_tls("localhost", port)
+                .await
+                .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+            conn.fill("greeting").await.unwrap();
+            assert!(conn.buf.starts_with(b"* OK ready"), "{backend:?}");
+            match connector(&first_only).connect_tls("localhost", port).await {
+                Err(SessionError::Tls { .. }) => {}
+                Err(e) => panic!("{backend:?}: {e}"),
+                Ok(_) => panic!("{backend:?}: a server no trusted CA signed was accepted"),
+            }
+        }
     }
 
     /// A literal of known length is read into the one allocation made for it when its
