@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::certs::{Ca, ca_in};
-use super::{START_TIMEOUT, read_log, tail, wait_for};
+use super::{START_TIMEOUT, read_log, spawn_watchdog, tail, wait_for};
 
 /// How many times a start is retried when a picked port was taken before Dovecot bound it.
 const START_ATTEMPTS: usize = 5;
@@ -221,7 +221,7 @@ impl Dovecot {
                 spawned,
             ) {
                 Ok(()) => {
-                    let watchdog = spawn_watchdog(child.id());
+                    let watchdog = spawn_watchdog(child.id(), "dovecot-watchdog");
                     return Dovecot {
                         imaps_port,
                         imap_port,
@@ -444,7 +444,7 @@ impl Dovecot {
                 tail(&read_log(&self.log_path), 40)
             );
         }
-        self.watchdog = spawn_watchdog(child.id());
+        self.watchdog = spawn_watchdog(child.id(), "dovecot-watchdog");
         self.child = child;
     }
 }
@@ -630,23 +630,6 @@ fn free_ports() -> [u16; 4] {
         .map(|l| l.local_addr().expect("local address").port())
         .collect();
     [ports[0], ports[1], ports[2], ports[3]]
-}
-
-/// `sh` holding our pipe: `read` returns at EOF, i.e. when this process is gone, and then it
-/// kills Dovecot's process group. It joins that group, so it shares Dovecot's fate and a
-/// terminal's Ctrl-C (sent to our group) cannot kill it before it did its job.
-fn spawn_watchdog(pgid: u32) -> Option<Child> {
-    Command::new("sh")
-        .process_group(pgid as i32)
-        .arg("-c")
-        .arg(r#"read -r _ ; kill -KILL "-$1" 2>/dev/null"#)
-        .arg("dovecot-watchdog")
-        .arg(pgid.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
 }
 
 fn dovecot_binary() -> PathBuf {

@@ -18,17 +18,27 @@
 //!   talk to the servers directly.
 //! - [`recorder::Recorder`]: a TLS relay in front of Dovecot's plain port that writes each
 //!   connection down as an ingest transcript (`tests/transcripts/ingest/`).
+//! - [`nats::NatsServer`]: Debian's `nats-server` 2.9 with JetStream (`-js`), a file store in
+//!   its temporary directory, optionally a small `max_payload`; stop, kill and restart on the
+//!   same port and store; functions that read a stream or an object back with `async-nats`.
+//! - [`webhook::WebhookReceiver`]: an HTTP/1.1 (optionally HTTPS) receiver that checks
+//!   Standard Webhooks signatures with its own HMAC code, records every request and answers
+//!   per a plan the test changes while it runs (errors, 429/503 with Retry-After, slow
+//!   answers, redirects, dropped connections, a closed port).
 //! - [`node_process::NodeProcess`]: the `mailsluice run` process itself, on a port the system
 //!   picked, ready when `/readyz` says so (also used by the benchmarks and the demo).
 //!
-//! Everything here is synchronous (std::process, std::net). HTTP goes through blocking reqwest
-//! on a short-lived thread of its own, so the helpers also work when called from inside an
-//! async test (`#[tokio::test]`, `#[actix_rt::test]`), where blocking reqwest may not run.
+//! Starting and stopping servers is synchronous (std::process, std::net). HTTP goes through
+//! blocking reqwest on a short-lived thread of its own, so these functions also work when
+//! called from inside an async test (`#[tokio::test]`, `#[actix_rt::test]`), where blocking
+//! reqwest may not run. The exceptions are async by nature: the NATS functions that use
+//! `async-nats` are `async fn`s, and the webhook receiver serves from a Tokio runtime on a
+//! thread of its own (its controls stay synchronous).
 //!
-//! Prerequisites (`scripts/install-deps`): `dovecot-imapd`, `dovecot-pop3d`, Node.js and
-//! `npm ci` in `tests/support/oidc`. Readiness is waited for on the event (the server's
-//! readiness line, its greeting), never by sleeping, with [`START_TIMEOUT`]; a server that does
-//! not come up panics with its log.
+//! Prerequisites (`scripts/install-deps`): `dovecot-imapd`, `dovecot-pop3d`, `nats-server`,
+//! Node.js and `npm ci` in `tests/support/oidc`. Readiness is waited for on the event (the
+//! server's readiness line, its greeting), never by sleeping, with [`START_TIMEOUT`]; a server
+//! that does not come up panics with its log.
 //!
 //! Use from a file in `tests/`: `mod support;` then e.g.
 //! `let oidc = support::Oidc::start(Default::default());`.
@@ -38,10 +48,12 @@
 
 pub mod certs;
 pub mod dovecot;
+pub mod nats;
 pub mod node_process;
 pub mod oidc;
 pub mod prometheus;
 pub mod recorder;
+pub mod webhook;
 pub mod wire;
 
 use std::path::Path;
@@ -49,8 +61,10 @@ use std::time::{Duration, Instant};
 
 pub use certs::{Ca, ca};
 pub use dovecot::{Dovecot, DovecotOptions};
+pub use nats::{NatsOptions, NatsServer};
 pub use node_process::{NodeProcess, read_api_token};
 pub use oidc::{Oidc, OidcOptions, TokenResponse};
+pub use webhook::{Reply, WebhookOptions, WebhookReceiver};
 
 /// How long a server may take to become ready before the harness gives up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -137,6 +151,27 @@ pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
         Ok(value) => value,
         Err(panic) => std::panic::resume_unwind(panic),
     })
+}
+
+/// `sh` holding our pipe: `read` returns at EOF, i.e. when this process is gone, and then it
+/// kills the process group `pgid` (a server spawned with `process_group(0)`, for servers that
+/// do not watch their stdin). It joins that group, so it shares the server's fate and a
+/// terminal's Ctrl-C (sent to our group) cannot kill it before it did its job. `name` is its
+/// `$0`, what `ps` shows.
+pub fn spawn_watchdog(pgid: u32, name: &str) -> Option<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    Command::new("sh")
+        .process_group(pgid as i32)
+        .arg("-c")
+        .arg(r#"read -r _ ; kill -KILL "-$1" 2>/dev/null"#)
+        .arg(name)
+        .arg(pgid.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
 }
 
 /// Reads a log file for a panic message or an assertion; a missing file reads as a note.
