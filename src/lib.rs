@@ -75,5 +75,6 @@ pub mod net;
 pub mod parse;
 pub mod protocol;
 pub mod secret;
+pub mod sinks;
 pub mod store;
 pub mod telemetry;
