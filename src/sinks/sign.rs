@@ -105,10 +105,10 @@ impl fmt::Debug for SigningKey {
 /// in the order the secrets are written; the value itself is never part of the error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretFormatError {
-    #[error("holds no secret; write one or more \"whsec_\" + base64 secrets, separated by spaces")]
+    #[error("no secret found; write one or more \"whsec_\" + base64 secrets, separated by spaces")]
     Empty,
     #[error(
-        "holds {count} secrets; at most {MAX_SECRETS} (one, or two during a rotation) are used"
+        "{count} secrets found; at most {MAX_SECRETS} (one, or two during a rotation) are used"
     )]
     TooMany { count: usize },
     #[error("secret {position} does not start with \"whsec_\"")]
