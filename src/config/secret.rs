@@ -141,10 +141,7 @@ fn check_sink_secret(name: &str, target: &SinkTarget) -> Option<ConfigError> {
         SecretRef::Env(var) => format!("environment variable {var}"),
         SecretRef::File(file) => format!("secret file {}", file.display()),
     };
-    Some(ConfigError::new(
-        path,
-        format!("{holder}: {e}"),
-    ))
+    Some(ConfigError::new(path, format!("{holder}: {e}")))
 }
 
 /// A file holding a key, token or secret that group or others may read (or write): anyone

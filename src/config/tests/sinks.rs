@@ -67,6 +67,71 @@ fn the_nats(s: &Settings) -> &NatsSink {
 }
 
 #[test]
+fn the_example_sinks_load() {
+    let s = ok(EXAMPLE);
+    assert_eq!(s.sinks.len(), 2);
+    let helpdesk = &s.sinks["helpdesk"];
+    assert_eq!(
+        helpdesk.target,
+        SinkTarget::Webhook(WebhookSink {
+            url: "https://helpdesk.example/hooks/mail".into(),
+            secret: SecretRef::Env("HELPDESK_WEBHOOK_SECRET".into()),
+            allow_private_addresses: false,
+        })
+    );
+    assert_eq!(
+        helpdesk.delivery.sources,
+        SourceFilter::Only(vec!["support".into(), "alerts".into()])
+    );
+    assert_eq!(helpdesk.delivery.events, vec![SinkEvent::MessageStored]);
+    assert_eq!(s.sinks["stream"].kind(), SinkKind::Nats);
+    assert!(s.sinks["stream"].delivery.include_raw);
+    assert!(warnings(&s).is_empty());
+}
+
+/// The service layout ships its sinks commented out (they need a receiver first); with the
+/// comment marks removed they load.
+#[test]
+fn the_service_example_sinks_load_once_uncommented() {
+    let block = CONTRIB_EXAMPLE
+        .split_once("# --- Sinks")
+        .expect("contrib/mailsluice.toml has a Sinks block")
+        .1;
+    let toml: String = block
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            l.starts_with("[sinks.")
+                || l.split_once(" = ")
+                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let base = CONTRIB_EXAMPLE.split_once("# --- Sinks").unwrap().0;
+    let s = ok(&format!("{base}{toml}"));
+    assert_eq!(s.sinks.len(), 2, "{toml}");
+    assert_eq!(s.sinks["stream"].kind(), SinkKind::Nats);
+}
+
+/// The README's sink example is what the loader accepts.
+#[test]
+fn the_readme_sink_example_loads() {
+    let readme = include_str!("../../../README.md");
+    let section = readme.split_once("\n## Sinks\n").unwrap().1;
+    let toml = section
+        .split_once("```toml\n")
+        .unwrap()
+        .1
+        .split_once("```")
+        .unwrap()
+        .0;
+    let s = ok(&format!("{BASE}{toml}"));
+    assert_eq!(s.sinks.len(), 2);
+    // "sales*" matches no source of BASE: loaded, with a warning.
+    assert_eq!(warnings(&s).len(), 1);
+}
+
+#[test]
 fn a_minimal_webhook_gets_every_default() {
     let s = ok(&webhook(""));
     let sink = &s.sinks["hook"];
@@ -229,15 +294,16 @@ fn unknown_and_inline_secret_keys_are_named() {
 
 #[test]
 fn sink_names_are_lowercase() {
-    let errs = errors(&with_sink(&WEBHOOK.replace("[sinks.hook]", "[sinks.HelpDesk]")));
+    let errs = errors(&with_sink(
+        &WEBHOOK.replace("[sinks.hook]", "[sinks.HelpDesk]"),
+    ));
     assert_contains(&at(&errs, "sinks.HelpDesk").message, "lowercase");
 }
 
 #[test]
 fn webhook_urls_are_https_or_loopback_http_without_credentials() {
-    let with_url = |url: &str| {
-        with_sink(&WEBHOOK.replace("https://helpdesk.example/hooks/mail", url))
-    };
+    let with_url =
+        |url: &str| with_sink(&WEBHOOK.replace("https://helpdesk.example/hooks/mail", url));
     for url in [
         "http://127.0.0.1:8080/hook",
         "http://localhost/hook",
@@ -282,9 +348,7 @@ fn metadata_and_link_local_url_literals_need_allow_private_addresses() {
         let m = &at(&errs, "sinks.hook.url").message;
         assert_contains(m, "sinks.hook.allow_private_addresses = true");
         assert_eq!(
-            crate::sinks::address::refusal(
-                host.trim_matches(['[', ']']).parse().unwrap()
-            ),
+            crate::sinks::address::refusal(host.trim_matches(['[', ']']).parse().unwrap()),
             Some(reason)
         );
         ok(&text.replace(
@@ -419,8 +483,16 @@ fn delivery_bounds_are_enforced_at_their_keys() {
         ("concurrency = 257", "concurrency", "at most 256"),
         ("max_age_secs = 59", "max_age_secs", "at least 60"),
         ("max_backoff_secs = 0", "max_backoff_secs", "at least 1"),
-        ("max_backoff_secs = 86401", "max_backoff_secs", "at most 86400"),
-        ("include_raw = \"yes\"", "include_raw", "expected true or false"),
+        (
+            "max_backoff_secs = 86401",
+            "max_backoff_secs",
+            "at most 86400",
+        ),
+        (
+            "include_raw = \"yes\"",
+            "include_raw",
+            "expected true or false",
+        ),
     ] {
         let errs = errors(&webhook(line));
         assert_contains(&at(&errs, &format!("sinks.hook.{key}")).message, message);
@@ -463,7 +535,14 @@ fn nats_servers_are_tls_or_loopback_nats() {
 
 #[test]
 fn stream_and_bucket_names_follow_jetstream_rules() {
-    for name in ["MAIL.IN", "MAIL*", "MAIL>", "MAIL IN", "a/b", "x".repeat(65).as_str()] {
+    for name in [
+        "MAIL.IN",
+        "MAIL*",
+        "MAIL>",
+        "MAIL IN",
+        "a/b",
+        "x".repeat(65).as_str(),
+    ] {
         let errs = errors(&nats(&format!("stream = {name:?}")));
         assert_contains(
             &at(&errs, "sinks.stream.stream").message,
@@ -485,7 +564,10 @@ fn subjects_fall_under_the_stream_and_use_only_the_source_placeholder() {
         "mailsluice.{source}",
         "mailsluice.in-{source}.mail_v1",
     ] {
-        assert_eq!(the_nats(&ok(&nats(&format!("subject = {good:?}")))).subject, good);
+        assert_eq!(
+            the_nats(&ok(&nats(&format!("subject = {good:?}")))).subject,
+            good
+        );
     }
     for (bad, message) in [
         ("mail.{source}", "must start with \"mailsluice.\""),
@@ -512,12 +594,16 @@ fn duplicate_window_covers_twice_the_longest_backoff() {
         &at(&errs, "sinks.stream.duplicate_window_secs").message,
         "must be at least twice max_backoff_secs (3602), found the default 3600",
     );
-    let errs = errors(&nats("max_backoff_secs = 600\nduplicate_window_secs = 1000"));
+    let errs = errors(&nats(
+        "max_backoff_secs = 600\nduplicate_window_secs = 1000",
+    ));
     assert_contains(
         &at(&errs, "sinks.stream.duplicate_window_secs").message,
         "(1200), found 1000",
     );
-    let s = ok(&nats("max_backoff_secs = 3600\nduplicate_window_secs = 7200"));
+    let s = ok(&nats(
+        "max_backoff_secs = 3600\nduplicate_window_secs = 7200",
+    ));
     assert_eq!(the_nats(&s).duplicate_window, Duration::from_secs(7_200));
 }
 
@@ -528,7 +614,9 @@ fn nats_signs_in_one_way_at_most() {
         the_nats(&s).auth,
         NatsAuth::Token(SecretRef::Env("NATS_TOKEN".into()))
     );
-    let s = ok(&nats("user = \"mailsluice\"\npassword_env = \"NATS_PASSWORD\""));
+    let s = ok(&nats(
+        "user = \"mailsluice\"\npassword_env = \"NATS_PASSWORD\"",
+    ));
     assert_eq!(
         the_nats(&s).auth,
         NatsAuth::UserPassword {
@@ -541,7 +629,9 @@ fn nats_signs_in_one_way_at_most() {
         &at(&errs, "sinks.stream").message,
         "creds_file and token_env are each a way to sign in to NATS; give at most one",
     );
-    let errs = errors(&nats("token_env = \"T\"\nuser = \"u\"\npassword_env = \"P\""));
+    let errs = errors(&nats(
+        "token_env = \"T\"\nuser = \"u\"\npassword_env = \"P\"",
+    ));
     assert_contains(&at(&errs, "sinks.stream").message, "user + password_env");
     let errs = errors(&nats("user = \"u\""));
     assert_contains(
@@ -575,8 +665,11 @@ fn sink_keys_take_environment_overrides() {
     assert_eq!(sink.delivery.events, vec![SinkEvent::MessageStored]);
     assert_eq!(the_webhook(&s).url, "https://other.example/hook");
 
-    let err = load_env(&webhook(""), &[("MAILSLUICE__SINKS__HOOKS__TIMEOUT_SECS", "30")])
-        .unwrap_err();
+    let err = load_env(
+        &webhook(""),
+        &[("MAILSLUICE__SINKS__HOOKS__TIMEOUT_SECS", "30")],
+    )
+    .unwrap_err();
     assert_contains(
         &at(&err.0, "sinks.hooks").message,
         "did you mean [sinks.hook]?",
@@ -645,7 +738,10 @@ fn check_secrets_reads_and_checks_sink_secrets_without_echoing_them() {
     // Missing file, unset variable.
     let errs = check_secrets(&s);
     assert_eq!(errs.len(), 2, "{}", ConfigErrors(errs.clone()));
-    assert_contains(&at(&errs, "sinks.hook.secret_file").message, "does not exist");
+    assert_contains(
+        &at(&errs, "sinks.hook.secret_file").message,
+        "does not exist",
+    );
     assert_contains(
         &at(&errs, "sinks.stream.token_env").message,
         "MAILSLUICE_TEST_SURELY_UNSET_7F3C is not set",
@@ -668,7 +764,10 @@ fn check_secrets_reads_and_checks_sink_secrets_without_echoing_them() {
             "secret 2 does not start with \"whsec_\"",
         ),
         ("whsec_MfKQ9r8GKYqrTwjU", "secret 1 is a key of 12 bytes"),
-        ("whsec_MfKQ9r8GKYqrTw!!PD8ILPZIo2LaLaSw", "secret 1 is not base64"),
+        (
+            "whsec_MfKQ9r8GKYqrTw!!PD8ILPZIo2LaLaSw",
+            "secret 1 is not base64",
+        ),
     ] {
         std::fs::write(&secret, content).unwrap();
         let errs = check_secrets(&s);

@@ -25,7 +25,14 @@ use super::settings::*;
 use super::tree::{Ctx, Table, closest};
 use super::{ENV_PREFIX, ENV_SEPARATOR};
 
-const TOP_KEYS: &[&str] = &["node", "tls", "providers", "sources", "api_clients", "sinks"];
+const TOP_KEYS: &[&str] = &[
+    "node",
+    "tls",
+    "providers",
+    "sources",
+    "api_clients",
+    "sinks",
+];
 
 /// Upper bound of every `*_secs` key: one year is longer than any sensible interval and far
 /// from the point where `Instant + Duration` overflows.

@@ -27,7 +27,12 @@ const DELIVERY_KEYS: &[&str] = &[
     "max_age_secs",
     "max_backoff_secs",
 ];
-const WEBHOOK_KEYS: &[&str] = &["url", "secret_file", "secret_env", "allow_private_addresses"];
+const WEBHOOK_KEYS: &[&str] = &[
+    "url",
+    "secret_file",
+    "secret_env",
+    "allow_private_addresses",
+];
 const NATS_KEYS: &[&str] = &[
     "servers",
     "stream",
@@ -133,13 +138,7 @@ fn delivery(ctx: &mut Ctx, t: &Table, source_names: &[String]) -> SinkDelivery {
     let sources = sources(ctx, t, source_names);
     let events = events(ctx, t);
     let include_raw = t.bool(ctx, "include_raw", false);
-    let mut max_raw_bytes = t.uint(
-        ctx,
-        "max_raw_bytes",
-        1,
-        u64::MAX,
-        DEFAULT_MAX_RAW_BYTES,
-    );
+    let mut max_raw_bytes = t.uint(ctx, "max_raw_bytes", 1, u64::MAX, DEFAULT_MAX_RAW_BYTES);
     if max_raw_bytes > MAX_RAW_BYTES_CAP {
         ctx.error(
             &t.key("max_raw_bytes"),
@@ -370,7 +369,12 @@ fn nats(ctx: &mut Ctx, t: &Table, max_backoff: Duration) -> Option<NatsSink> {
         );
     }
     let object_bucket = match t.non_empty(ctx, "object_bucket") {
-        Some(s) => nats_name(ctx, &t.key("object_bucket"), s.trim(), "an object store bucket"),
+        Some(s) => nats_name(
+            ctx,
+            &t.key("object_bucket"),
+            s.trim(),
+            "an object store bucket",
+        ),
         None => Some(DEFAULT_OBJECT_BUCKET.to_owned()),
     };
     let auth = nats_auth(ctx, t);
@@ -426,13 +430,14 @@ fn nats_server(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if s.chars().any(char::is_whitespace) {
-        return Err(format!("is not a server URL ({EXAMPLE}): it contains whitespace"));
+        return Err(format!(
+            "is not a server URL ({EXAMPLE}): it contains whitespace"
+        ));
     }
     let u = ::url::Url::parse(s).map_err(|e| format!("is not a server URL ({EXAMPLE}): {e}"))?;
     if !u.username().is_empty() || u.password().is_some() {
         return Err(
-            "must not contain credentials: use creds_file, token_env or user + password_env"
-                .into(),
+            "must not contain credentials: use creds_file, token_env or user + password_env".into(),
         );
     }
     let host = u.host_str().unwrap_or_default();
@@ -555,7 +560,10 @@ fn nats_auth(ctx: &mut Ctx, t: &Table) -> Option<NatsAuth> {
     let ways: Vec<&str> = [
         (t.has("creds_file"), "creds_file"),
         (t.has("token_env"), "token_env"),
-        (t.has("user") || t.has("password_env"), "user + password_env"),
+        (
+            t.has("user") || t.has("password_env"),
+            "user + password_env",
+        ),
     ]
     .iter()
     .filter(|(given, _)| *given)
@@ -579,7 +587,10 @@ fn nats_auth(ctx: &mut Ctx, t: &Table) -> Option<NatsAuth> {
         return None;
     }
     if t.has("password_env") && !t.has("user") {
-        ctx.error(&t.key("user"), "required with password_env: the NATS user name");
+        ctx.error(
+            &t.key("user"),
+            "required with password_env: the NATS user name",
+        );
         return None;
     }
     match (creds, token, user, password) {
@@ -615,8 +626,7 @@ pub(in crate::config) fn unmatched_patterns(settings: &Settings) -> Vec<(String,
             continue;
         };
         for (i, pattern) in patterns.iter().enumerate() {
-            if pattern.contains('*') && !settings.sources.keys().any(|s| glob_matches(pattern, s))
-            {
+            if pattern.contains('*') && !settings.sources.keys().any(|s| glob_matches(pattern, s)) {
                 out.push((
                     format!("sinks.{name}.sources[{i}]"),
                     format!("{pattern:?} matches no source; this sink gets no events through it"),
