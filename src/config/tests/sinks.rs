@@ -276,7 +276,7 @@ fn unknown_and_inline_secret_keys_are_named() {
     );
     assert_contains(
         &at(&errs, "sinks.hook.secret").message,
-        "secrets are never inline: use secret_env or secret_file",
+        "secrets are never inline: name the variable or file that holds it",
     );
     let errs = errors(&nats("password = \"hunter2\"\ntoken = \"hunter2\""));
     assert_contains(
