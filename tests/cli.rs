@@ -75,9 +75,17 @@ fn shipped_example_config_passes_check_config_when_its_secrets_resolve() {
     let (code, out, err) = run(
         dir.path(),
         &["-c", example.to_str().unwrap(), "check-config"],
-        &[("O365_SECRET", "s1"), ("ALERTS_IMAP_PASSWORD", "p1")],
+        &[
+            ("O365_SECRET", "s1"),
+            ("ALERTS_IMAP_PASSWORD", "p1"),
+            (
+                "HELPDESK_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
+        ],
     );
     assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 sink(s)"), "{out}");
     assert!(out.contains("ok"), "{out}");
 }
 
@@ -702,6 +710,59 @@ fn check_config_warns_about_secret_files_others_can_read() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(!err.contains("warning"), "{err}");
+}
+
+/// A sink: check-config reads its secret and refuses a malformed one without showing it,
+/// warns about a source pattern that matches nothing and about a secret file others can
+/// read, and counts the sink.
+#[cfg(unix)]
+#[test]
+fn check_config_checks_sink_secrets_and_warns_about_unmatched_patterns() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hook.whsec");
+    std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let cfg = config_with_secret_files(dir.path(), 0o600);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text}\n[sinks.hook]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n\
+             secret_file = \"{}\"\nsources = [\"mail\", \"billing-*\"]\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "check-config"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 sink(s)"), "{out}");
+    assert!(
+        err.contains(
+            "warning: sinks.hook.sources[1]: \"billing-*\" matches no source; this sink gets \
+             no events through it"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("warning: sinks.hook.secret_file: "), "{err}");
+
+    std::fs::write(&secret, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &["-c", cfg.to_str().unwrap(), "check-config"],
+        &[],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("sinks.hook.secret_file: secret file ")
+            && err.contains("secret 1 does not start with \"whsec_\""),
+        "{err}"
+    );
+    assert!(!err.contains("MfKQ9r8G"), "{err}");
 }
 
 /// The same when the node starts: `run` logs a warning naming the key and the file.

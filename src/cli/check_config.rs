@@ -11,6 +11,9 @@ pub(crate) fn check_config(path: &Path, settings: &Settings) -> anyhow::Result<(
     for loose in config::loose_secret_files(&config::secret_files(settings)) {
         eprintln!("warning: {loose}");
     }
+    for warning in config::warnings(settings) {
+        eprintln!("warning: {warning}");
+    }
     let missing = config::check_secrets(settings);
     if !missing.is_empty() {
         let mut msg = format!(
@@ -24,11 +27,12 @@ pub(crate) fn check_config(path: &Path, settings: &Settings) -> anyhow::Result<(
         return Err(UsageError(msg).into());
     }
     println!(
-        "{}: ok ({} provider(s), {} source(s), {} enabled)",
+        "{}: ok ({} provider(s), {} source(s), {} enabled, {} sink(s))",
         path.display(),
         settings.providers.len(),
         settings.sources.len(),
-        settings.sources.values().filter(|s| s.enabled).count()
+        settings.sources.values().filter(|s| s.enabled).count(),
+        settings.sinks.len()
     );
     Ok(())
 }

@@ -40,6 +40,9 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
             loose.path.display()
         );
     }
+    for warning in config::warnings(&settings) {
+        tracing::warn!(key = %warning.path, "{}", warning.message);
+    }
     raise_open_files_limit();
     memory::spawn_trimmer();
     let store = Arc::new(Store::open(

@@ -1,10 +1,15 @@
-//! Validated settings turned into the types the session layers take. `net` and `protocol`
-//! do not know the configuration; they define their own types and the conversions live
+//! Validated settings turned into the types the session layers and sinks take. `net`,
+//! `protocol` and `sinks` do not know the configuration; they define their own types and the conversions live
 //! here, on the side that knows both.
 
-use super::{AfterIngest, Security, TlsBackend, TlsSettings, TlsVersion};
+use super::{
+    AfterIngest, Security, SinkDelivery, SinkSettings, SinkTarget, TlsBackend, TlsSettings,
+    TlsVersion,
+};
 use crate::net;
 use crate::protocol::imap::session::PostAction;
+use crate::sinks::address::AddressPolicy;
+use crate::sinks::backoff::Schedule;
 
 impl From<Security> for net::Security {
     fn from(s: Security) -> Self {
@@ -38,6 +43,30 @@ impl From<&TlsSettings> for net::TlsOptions {
                 TlsBackend::Rustls => net::TlsBackend::Rustls,
                 TlsBackend::Native => net::TlsBackend::Native,
             },
+        }
+    }
+}
+
+impl From<&SinkDelivery> for Schedule {
+    fn from(d: &SinkDelivery) -> Self {
+        Schedule {
+            max_backoff: d.max_backoff,
+            max_age: d.max_age,
+        }
+    }
+}
+
+impl SinkSettings {
+    /// Where this sink may send: a webhook's address policy. `None` for NATS: its servers
+    /// are the operator's own infrastructure (often on link-local or private networks),
+    /// while a webhook URL often names someone else's host and DNS.
+    pub fn address_policy(&self) -> Option<AddressPolicy> {
+        match &self.target {
+            SinkTarget::Webhook(w) => Some(AddressPolicy {
+                sink: self.name.clone(),
+                allow_private_addresses: w.allow_private_addresses,
+            }),
+            SinkTarget::Nats(_) => None,
         }
     }
 }

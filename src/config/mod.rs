@@ -61,6 +61,24 @@ impl ConfigError {
     }
 }
 
+/// Something that loads but is most likely not what was meant (a sink's source pattern that
+/// matches no source). `check-config` prints it, `run` logs it; neither refuses the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigWarning {
+    /// Dotted key path, as in [`ConfigError`].
+    pub path: String,
+    pub message: String,
+}
+
+/// Every warning about valid settings, in key order.
+pub fn warnings(settings: &Settings) -> Vec<ConfigWarning> {
+    validate::sinks::unmatched_patterns(settings)
+        .into_iter()
+        .map(|(path, message)| ConfigWarning { path, message })
+        .collect()
+}
+
 /// Every problem found in one load, in key order. Never empty when returned as an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);

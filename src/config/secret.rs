@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::{ConfigError, SecretRef, Settings, SourceAuth};
+use super::{ConfigError, NatsAuth, SecretRef, Settings, SinkTarget, SourceAuth};
 use crate::telemetry::ErrorKind;
 
 /// Why a secret could not be read: the variable or file, and what is wrong with it.
@@ -39,7 +39,8 @@ impl SecretError {
 }
 
 /// Checks that every secret the node will need is present and non-empty: the password of each
-/// enabled password source and the client secret of each provider used by an enabled source.
+/// enabled password source, the client secret of each provider used by an enabled source,
+/// and each sink's credentials (a webhook's secrets must also be well-formed `whsec_` ones).
 /// Separate from [`load`](super::load) because read-only commands (`status`, `messages ...`) need no
 /// secret. The messages name the variable or file, never the value.
 pub fn check_secrets(settings: &Settings) -> Vec<ConfigError> {
@@ -101,7 +102,46 @@ pub fn check_secrets(settings: &Settings) -> Vec<ConfigError> {
             errors.push(ConfigError::new(key, e.to_string()));
         }
     }
+    for (name, sink) in &settings.sinks {
+        if let Some(e) = check_sink_secret(name, &sink.target) {
+            errors.push(e);
+        }
+    }
     errors
+}
+
+/// A sink's secret: readable, and for a webhook a list of `whsec_` secrets. The format error
+/// names the variable or file and the secret's position in it, never the value.
+fn check_sink_secret(name: &str, target: &SinkTarget) -> Option<ConfigError> {
+    let (key, secret, webhook) = match target {
+        SinkTarget::Webhook(w) => {
+            let key = match &w.secret {
+                SecretRef::Env(_) => "secret_env",
+                SecretRef::File(_) => "secret_file",
+            };
+            (key, w.secret.clone(), true)
+        }
+        SinkTarget::Nats(n) => match &n.auth {
+            NatsAuth::None => return None,
+            NatsAuth::CredsFile(path) => ("creds_file", SecretRef::File(path.clone()), false),
+            NatsAuth::Token(r) => ("token_env", r.clone(), false),
+            NatsAuth::UserPassword { password, .. } => ("password_env", password.clone(), false),
+        },
+    };
+    let path = format!("sinks.{name}.{key}");
+    let value = match read_secret(&secret) {
+        Ok(value) => zeroize::Zeroizing::new(value),
+        Err(e) => return Some(ConfigError::new(path, e.to_string())),
+    };
+    if !webhook {
+        return None;
+    }
+    let e = crate::sinks::sign::parse_secrets(&value).err()?;
+    let holder = match &secret {
+        SecretRef::Env(var) => format!("environment variable {var}"),
+        SecretRef::File(file) => format!("secret file {}", file.display()),
+    };
+    Some(ConfigError::new(path, format!("{holder}: {e}")))
 }
 
 /// A file holding a key, token or secret that group or others may read (or write): anyone
@@ -121,8 +161,9 @@ pub struct LooseSecretFile {
 }
 
 /// Every file the configuration names that holds a key, token or secret, with the key naming
-/// it: `node.secret_key_file` and each `*_file` secret reference, of disabled sources and
-/// unused providers too (their secrets are just as readable).
+/// it: `node.secret_key_file` and each `*_file` secret reference (sinks' `secret_file` and
+/// `creds_file` included), of disabled sources and unused providers too (their secrets are
+/// just as readable).
 pub fn secret_files(settings: &Settings) -> Vec<(String, PathBuf)> {
     let mut files = vec![(
         "node.secret_key_file".to_owned(),
@@ -154,6 +195,20 @@ pub fn secret_files(settings: &Settings) -> Vec<(String, PathBuf)> {
     for (name, client) in &settings.api_clients {
         if let super::ApiTokenRef::File(path) = &client.token {
             files.push((format!("api_clients.{name}.token_file"), path.clone()));
+        }
+    }
+    for (name, sink) in &settings.sinks {
+        match &sink.target {
+            SinkTarget::Webhook(w) => {
+                if let SecretRef::File(path) = &w.secret {
+                    files.push((format!("sinks.{name}.secret_file"), path.clone()));
+                }
+            }
+            SinkTarget::Nats(n) => {
+                if let NatsAuth::CredsFile(path) = &n.auth {
+                    files.push((format!("sinks.{name}.creds_file"), path.clone()));
+                }
+            }
         }
     }
     files

@@ -20,6 +20,9 @@ pub struct Settings {
     pub sources: BTreeMap<String, SourceSettings>,
     /// `[api_clients.NAME]`: callers of `/api/` besides the admin token, keyed by NAME.
     pub api_clients: BTreeMap<String, ApiClientSettings>,
+    /// `[sinks.NAME]`: where events (stored messages, source state changes) are delivered,
+    /// keyed by NAME.
+    pub sinks: BTreeMap<String, SinkSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,4 +252,184 @@ pub struct SourceSettings {
     pub max_message_bytes: u64,
     pub max_connections: usize,
     pub enabled: bool,
+}
+
+/// `[sinks.NAME]`: one receiver of events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSettings {
+    /// The NAME in `[sinks.NAME]`.
+    pub name: String,
+    /// Where the events go, by `kind`.
+    pub target: SinkTarget,
+    /// Which events, with what, how fast and how persistently.
+    pub delivery: SinkDelivery,
+}
+
+impl SinkSettings {
+    pub fn kind(&self) -> SinkKind {
+        match self.target {
+            SinkTarget::Webhook(_) => SinkKind::Webhook,
+            SinkTarget::Nats(_) => SinkKind::Nats,
+        }
+    }
+}
+
+/// `kind` of a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SinkKind {
+    Webhook,
+    Nats,
+}
+
+impl SinkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Webhook => "webhook",
+            SinkKind::Nats => "nats",
+        }
+    }
+}
+
+/// A sink's receiver and what only that kind has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkTarget {
+    Webhook(WebhookSink),
+    Nats(NatsSink),
+}
+
+/// `kind = "webhook"`: signed HTTPS POSTs (Standard Webhooks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSink {
+    /// `url`: https, or http to a loopback address; no credentials in it.
+    pub url: String,
+    /// `secret_file` / `secret_env`: one or more `whsec_` secrets (two during a rotation),
+    /// read when the sink starts; their format is checked by `check_secrets`.
+    pub secret: SecretRef,
+    /// `allow_private_addresses`: send to link-local and cloud metadata addresses too.
+    pub allow_private_addresses: bool,
+}
+
+/// `kind = "nats"`: JetStream publishes, acknowledged before an event counts as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSink {
+    /// `servers`: `nats://` (loopback only) or `tls://` URLs, as written.
+    pub servers: Vec<String>,
+    /// `stream`: created when absent, file-backed, with subjects `mailsluice.>`.
+    pub stream: String,
+    /// `subject`: starts with `mailsluice.`; `{source}` is replaced by the source's name.
+    pub subject: String,
+    /// `duplicate_window_secs`: the stream's window for dropping a repeated event id; at
+    /// least twice `max_backoff_secs`.
+    pub duplicate_window: Duration,
+    /// `object_bucket`: object store for messages too large for one NATS message.
+    pub object_bucket: String,
+    /// `creds_file` / `token_env` / `user` + `password_env`.
+    pub auth: NatsAuth,
+    /// `tls_ca_file`: PEM roots for `tls://` servers beside the system roots.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// How a NATS sink signs in. References only; the secrets are read when it connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials (a server that needs none, e.g. on loopback).
+    None,
+    /// `creds_file`: a NATS credentials file (user JWT and NKey seed).
+    CredsFile(PathBuf),
+    /// `token_env`.
+    Token(SecretRef),
+    /// `user` + `password_env`.
+    UserPassword { user: String, password: SecretRef },
+}
+
+/// Delivery settings every kind has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkDelivery {
+    /// `sources`: whose events; all by default.
+    pub sources: SourceFilter,
+    /// `events`: which kinds; both by default. Never empty.
+    pub events: Vec<SinkEvent>,
+    /// `include_raw`: raw bytes inline (base64) up to `max_raw_bytes`; larger ones, and all
+    /// of them without it, by URL. A message that did not parse always carries them.
+    pub include_raw: bool,
+    /// `max_raw_bytes`: largest message sent inline (before base64), at most 64 MiB.
+    pub max_raw_bytes: u64,
+    /// `timeout_secs`: one attempt (request and answer, or publish and ack).
+    pub timeout: Duration,
+    /// `concurrency`: attempts in flight across sources (one per source at a time).
+    pub concurrency: usize,
+    /// `max_age_secs`: an event this old (since its commit) is marked failed after its next
+    /// failed attempt.
+    pub max_age: Duration,
+    /// `max_backoff_secs`: the longest wait between attempts, before jitter.
+    pub max_backoff: Duration,
+}
+
+impl SinkDelivery {
+    /// Whether this sink delivers events of `kind` about `source`.
+    pub fn wants(&self, kind: SinkEvent, source: &str) -> bool {
+        self.events.contains(&kind) && self.sources.matches(source)
+    }
+}
+
+/// An event kind a sink may be given (`events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SinkEvent {
+    MessageStored,
+    SourceStateChanged,
+}
+
+impl SinkEvent {
+    pub const ALL: [SinkEvent; 2] = [SinkEvent::MessageStored, SinkEvent::SourceStateChanged];
+
+    /// The event's `type` on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkEvent::MessageStored => "message.stored",
+            SinkEvent::SourceStateChanged => "source.state_changed",
+        }
+    }
+}
+
+/// `sources` of a sink: every source, or those named or matched by a `*` pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceFilter {
+    All,
+    /// Names and patterns (`*` matches any run of characters, including none).
+    Only(Vec<String>),
+}
+
+impl SourceFilter {
+    pub fn matches(&self, source: &str) -> bool {
+        match self {
+            SourceFilter::All => true,
+            SourceFilter::Only(patterns) => patterns.iter().any(|p| glob_matches(p, source)),
+        }
+    }
+}
+
+/// `*` matches any run of characters (none included); every other character itself.
+/// Linear backtracking over the last `*`, so no pattern takes more than
+/// pattern x name steps.
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }

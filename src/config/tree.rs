@@ -132,6 +132,10 @@ pub(super) fn describe(v: &Value) -> &'static str {
 pub(super) fn inline_secret(key: &str) -> Option<&'static str> {
     match key.to_ascii_lowercase().as_str() {
         "password" => Some("secrets are never inline: use password_env or password_file"),
+        "secret" => Some(
+            "secrets are never inline: name the variable or file that holds it with the \
+             section's *_env or *_file key (secret_env or secret_file in a webhook sink)",
+        ),
         "client_secret" => {
             Some("secrets are never inline: use client_secret_env or client_secret_file")
         }

@@ -8,6 +8,7 @@
 mod node;
 mod providers;
 mod secrets;
+mod sinks;
 mod sources;
 
 use std::collections::HashMap;

@@ -4,13 +4,14 @@
 //! result away when any error was recorded.
 //!
 //! One file per section of the config file: [`node`] (`[node]`), [`tls`] (`[tls]`),
-//! [`providers`] (`[providers.NAME]`) and [`sources`] (`[sources.NAME]`), plus [`url`] for
-//! URL-valued keys. This file holds the entry point and the rules more than one section
+//! [`providers`] (`[providers.NAME]`), [`sources`] (`[sources.NAME]`), [`api`]
+//! (`[api_clients.NAME]`) and [`sinks`] (`[sinks.NAME]`), plus [`url`] for URL-valued keys. This file holds the entry point and the rules more than one section
 //! shares: `*_secs` bounds, section names, and `X_env` / `X_file` secret references.
 
 mod api;
 mod node;
 mod providers;
+pub(super) mod sinks;
 mod sources;
 mod tls;
 mod url;
@@ -24,7 +25,14 @@ use super::settings::*;
 use super::tree::{Ctx, Table, closest};
 use super::{ENV_PREFIX, ENV_SEPARATOR};
 
-const TOP_KEYS: &[&str] = &["node", "tls", "providers", "sources", "api_clients"];
+const TOP_KEYS: &[&str] = &[
+    "node",
+    "tls",
+    "providers",
+    "sources",
+    "api_clients",
+    "sinks",
+];
 
 /// Upper bound of every `*_secs` key: one year is longer than any sensible interval and far
 /// from the point where `Instant + Duration` overflows.
@@ -37,14 +45,17 @@ pub(super) fn settings(ctx: &mut Ctx, root: &Map<String, Value>) -> Settings {
     let tls_table = Table::open_value(ctx, "tls", top.get("tls"), tls::TLS_KEYS);
     let tls = tls::tls(ctx, &tls_table);
     let (providers, provider_names) = providers::providers(ctx, top.get("providers"));
-    let sources = sources::sources(ctx, top.get("sources"), &providers, &provider_names);
+    let (sources, source_names) =
+        sources::sources(ctx, top.get("sources"), &providers, &provider_names);
     let api_clients = api::api_clients(ctx, top.get("api_clients"));
+    let sinks = sinks::sinks(ctx, top.get("sinks"), &source_names);
     Settings {
         node,
         tls,
         providers,
         sources,
         api_clients,
+        sinks,
     }
 }
 

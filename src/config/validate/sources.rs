@@ -39,27 +39,31 @@ const DEFAULT_MAX_MESSAGE_BYTES: u64 = 50 * 1024 * 1024;
 /// of MiB); what a server sends is buffered whole, up to this plus a small envelope.
 const MAX_MESSAGE_BYTES_CAP: u64 = 1024 * 1024 * 1024;
 
+/// The valid sources, and the names of every source in the file, valid or not (so a sink
+/// naming a source with an error is not also told that the source does not exist).
 pub(super) fn sources(
     ctx: &mut Ctx,
     v: Option<&Value>,
     providers: &BTreeMap<String, ProviderSettings>,
     provider_names: &[String],
-) -> BTreeMap<String, SourceSettings> {
+) -> (BTreeMap<String, SourceSettings>, Vec<String>) {
     let entries = tree::named(ctx, "sources", v, "source");
     let in_file = file_names(ctx, "sources", &entries);
     let mut out = BTreeMap::new();
+    let mut names = Vec::new();
     for (name, map) in &entries {
         let path = format!("sources.{name}");
         if orphan(ctx, "sources", name, map, "protocol", &in_file) {
             continue;
         }
+        names.push((*name).to_owned());
         check_name(ctx, &path, name, "source");
         let t = Table::open(ctx, &path, map, SOURCE_KEYS);
         if let Some(s) = source(ctx, name, &t, providers, provider_names) {
             out.insert((*name).to_owned(), s);
         }
     }
-    out
+    (out, names)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
