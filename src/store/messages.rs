@@ -145,6 +145,9 @@ impl ContentKey {
     }
 }
 
+/// An event as written to the `events` tree: its key (seq, u64 BE) and its JSON.
+type EventEntry = ([u8; 8], Vec<u8>);
+
 /// What a prepared message becomes in its commit.
 pub(super) enum Step {
     /// Its location is stored already, under this id.
@@ -312,13 +315,13 @@ impl Store {
     }
 
     /// The `message.stored` events of the messages `plan` stores, in order, with seqs from
-    /// `next_seq` on: key (seq BE) and JSON.
+    /// `next_seq` on.
     fn message_events(
         &self,
         prepared: &[Prepared],
         plan: &[Step],
         next_seq: u64,
-    ) -> Result<Vec<([u8; 8], Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<EventEntry>, StoreError> {
         let mut out = Vec::new();
         let mut stamp = None;
         for (p, step) in prepared.iter().zip(plan) {

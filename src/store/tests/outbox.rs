@@ -54,7 +54,7 @@ fn event_ids_are_the_documented_digests() {
         uidvalidity: 3_857_529_045,
         uid: 4242,
     };
-    let by_hand = Sha256::digest(b"message.stored\0imap\0work\0INBOX\03857529045\04242");
+    let by_hand = Sha256::digest(b"message.stored\x00imap\x00work\x00INBOX\x003857529045\x004242");
     assert_eq!(
         event_id(&imap),
         format!("evt_{}", hex::encode(&by_hand[..16]))
