@@ -17,10 +17,11 @@
 //!      │ protocol: IMAP/POP3 state machines (bytes in, commands out)
 //!      │ ingest::pipeline → workers: parse (mail-parser), checksum, compress
 //!      ▼
-//!   store (sled): message + checkpoint in one transaction, ids in commit order,
-//!   flushed before any change on the server
+//!   store (sled): message + checkpoint + outbox event in one transaction, ids and
+//!   event seqs in commit order, flushed before any change on the server
 //!      │
 //!      └─ outcomes → telemetry::status (one owner of per-source status) → API, CLI, gauges
+//!                      └─ state changes → Supervisor → outbox event
 //! ```
 //!
 //! ## Modules, and what each may import
@@ -29,7 +30,7 @@
 //! | `protocol` | IMAP framing, parsing, commands and the session state machine with typed states; POP3 replies and commands, and its session state machine (authorization, transaction; STLS, USER/PASS and two-step SASL AUTH as transitions; pipelined RETR); SASL encodings. No I/O, no clock. | `secret` |
 //! | `net` | sockets: TCP, TLS (rustls; native-tls behind a feature), STARTTLS, timeouts; pumps bytes through `protocol` | `protocol`, `secret`, `telemetry` |
 //! | `parse` | mail-parser → the stored message model; the only importer of mail_parser | — |
-//! | `store` | the traits ingest (`IngestStore`) and auth (`TokenStore`) use, with the guarantees a backend keeps; the sled `Store` behind them: trees, keys, chunked and compressed values, messages, checkpoints, post-action records, tokens, encryption at rest; the only importer of sled | `parse`, `secret`, `telemetry` |
+//! | `store` | the traits ingest (`IngestStore`) and auth (`TokenStore`) use, with the guarantees a backend keeps; the sled `Store` behind them: trees, keys, chunked and compressed values, messages, checkpoints, post-action records, the outbox (events, sink delivery records, retention), tokens, encryption at rest; the only importer of sled | `parse`, `secret`, `telemetry` |
 //! | `auth` | OAuth2 providers, flows (PKCE loopback, device code, client credentials), the token service and its clock, horizons | `config`, `secret`, `store`, `telemetry` |
 //! | `ingest` | one source's collection cycle as plain code: session → list → fetch → parse-and-store → checkpoint → post-action | `config`, `net`, `protocol`, `parse`, `store`, `secret`, `telemetry` |
 //! | `actors` | supervisor, collector, token manager: thin shells over `ingest` and `auth`; what they decide is in `actors::policy`, plain functions | `auth`, `config`, `ingest`, `net`, `store`, `secret`, `telemetry` |
@@ -46,7 +47,8 @@
 //! ## Process-wide singletons
 //! - the metrics recorder and its handle (`telemetry::install`);
 //! - `telemetry::status`: per-source status, written by collectors, sessions and the token
-//!   manager, read by the API, the CLI and the gauges;
+//!   manager, read by the API, the CLI and the gauges; its announced state changes are
+//!   written to the outbox by the supervisor;
 //! - the parse-and-store worker threads (`ingest::workers`) and the node-wide read-ahead
 //!   budget of fetched bytes (`ingest::pipeline`);
 //! - a zstd compressor per worker thread (`store::values`);
@@ -58,8 +60,8 @@
 //! ## Rules
 //! - `protocol` is sans-IO: "need more bytes" is a return value; every rule is tested from
 //!   transcripts and fuzzed. Only `net` touches sockets. Neither imports `config`.
-//! - Exactly-once: a message, its index entries and its folder checkpoint are one store
-//!   transaction; the store is flushed before the server is changed.
+//! - Exactly-once: a message, its index entries, its folder checkpoint and its outbox event
+//!   are one store transaction; the store is flushed before the server is changed.
 //! - `actors` hold no logic that cannot be tested without actix.
 //! - Errors are one `thiserror` enum per layer with a `kind()` used for metric labels and
 //!   retry decisions. Secrets never reach logs, metrics, errors or `Debug` output.

@@ -1,8 +1,9 @@
 //! Crash safety: the node is SIGKILLed at random moments during a backfill of a few
 //! thousand messages with `after_ingest = "delete"`, 20 times, then left to finish. After
 //! every kill: each seeded message is still on the server or stored (nothing deleted before
-//! it was durably stored) and nothing is stored twice; at the end every message is stored
-//! exactly once and the server is empty.
+//! it was durably stored) and nothing is stored twice, and every stored message has exactly
+//! one event in the outbox, with seqs gap-free and increasing; at the end every message is
+//! stored exactly once and the server is empty.
 
 mod node;
 mod support;
@@ -10,6 +11,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use mailsluice::store::{Event, EventKind, Store};
 use node::{Node, sha256};
 use rand::{Rng, SeedableRng};
 use support::{Dovecot, DovecotOptions};
@@ -68,6 +70,57 @@ fn check_invariants(
     }
 }
 
+/// The outbox of the stopped node: every stored message has exactly one `message.stored`
+/// event naming it (with the id its location gives), every such event names a stored
+/// message, and the seqs run from 1 without a gap (nothing is pruned here).
+fn check_outbox(round: usize, node: &Node) {
+    let store = Store::open(
+        &node.dir.path().join("data"),
+        &node.dir.path().join("secret.key"),
+    )
+    .unwrap();
+    let mut events = Vec::new();
+    loop {
+        let after = events.last().map_or(0, |e: &Event| e.seq);
+        let page = store.events_after(after, 1000).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        events.extend(page);
+    }
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "round {round}: seqs with a gap or out of order"
+    );
+    assert_eq!(store.last_event_seq(), events.len() as u64, "round {round}");
+    let mut announced: BTreeMap<u64, String> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.kind == EventKind::MessageStored) {
+        let id = e.message.expect("a message event names its message");
+        assert!(
+            announced.insert(id, e.id.clone()).is_none(),
+            "round {round}: message {id} announced twice"
+        );
+    }
+    let mut stored = 0;
+    for meta in store.iter_meta(None) {
+        let meta = meta.unwrap();
+        stored += 1;
+        assert_eq!(
+            announced.get(&meta.id),
+            Some(&meta.event_id()),
+            "round {round}: message {} without its event",
+            meta.id
+        );
+    }
+    assert_eq!(
+        announced.len(),
+        stored,
+        "round {round}: an event for a message not stored"
+    );
+}
+
 fn crash_loop(protocol: &str, n: usize, seed: u64) {
     let dovecot = Dovecot::start(DovecotOptions::default());
     let messages = seeded(n);
@@ -94,6 +147,7 @@ fn crash_loop(protocol: &str, n: usize, seed: u64) {
         let stored = node.stored_hashes();
         let on_server = server_hashes(&dovecot);
         check_invariants(round, &expected, &on_server, &stored);
+        check_outbox(round, &node);
         progress.insert(round, (stored.len(), on_server.len()));
     }
     // The crashes must have landed mid-backfill, not all before or after it.
@@ -112,6 +166,7 @@ fn crash_loop(protocol: &str, n: usize, seed: u64) {
     let stored = node.stored_hashes();
     let on_server = server_hashes(&dovecot);
     check_invariants(KILLS, &expected, &on_server, &stored);
+    check_outbox(KILLS, &node);
     assert_eq!(stored.len(), n, "every message stored exactly once");
     assert!(
         on_server.is_empty(),

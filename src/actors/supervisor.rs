@@ -102,6 +102,38 @@ impl Supervisor {
         }
     }
 
+    /// Writes each announced change of a source's state ([`status::StateTransition`]) to
+    /// the outbox as a `source.state_changed` event. States are set from synchronous code
+    /// (the collectors' bookkeeping, the token manager) on the arbiter's thread; an event
+    /// must be flushed before it counts, so it is written here instead, one change at a
+    /// time in the order they happened, and no collector waits on a disk flush. Listening
+    /// starts before any collector does, so a source's first change is not missed.
+    fn record_state_changes(&self, ctx: &mut Context<Self>) {
+        let mut changes = status::watch_transitions();
+        let store = self.store.clone();
+        let live = self.live.clone();
+        let record = async move {
+            while let Some(change) = changes.recv().await {
+                // Status is process-wide: only this node's sources are its to announce.
+                if !live.settings().sources.contains_key(&change.source) {
+                    continue;
+                }
+                let written = store
+                    .append_state_event(
+                        &change.source,
+                        change.from.as_str(),
+                        change.to.as_str(),
+                        change.reason.as_deref(),
+                    )
+                    .await;
+                if let Err(e) = written {
+                    tracing::error!(source = %change.source, from = change.from.as_str(), to = change.to.as_str(), error = %e, "source state change not written to the outbox");
+                }
+            }
+        };
+        ctx.spawn(record.into_actor(self));
+    }
+
     fn start_collector(&mut self, name: &str, ctx: &mut Context<Self>) {
         let Current {
             settings,
@@ -128,6 +160,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.record_state_changes(ctx);
         let settings = self.live.settings();
         register_providers(&settings);
         self.warn_horizons();
@@ -492,4 +525,91 @@ pub async fn import_and_resume(
         .await??;
     node.reauthorized.do_send(ReauthorizedSource { source });
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Event, EventKind};
+
+    /// A source whose server refuses connections goes from starting to degraded: the node
+    /// writes that as a `source.state_changed` event with the error as its reason. A
+    /// disabled source and a source of no node of this store say nothing.
+    #[actix_rt::test]
+    async fn source_state_changes_become_outbox_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("pw"), "pw").unwrap();
+        let text = format!(
+            "[node]\ndata_dir = \"{data}\"\nsecret_key_file = \"{data}/secret.key\"\n\
+             [sources.supervisor-test-refused]\nprotocol = \"imap\"\nhost = \"127.0.0.1\"\nport = 1\n\
+             username = \"u\"\nauth = \"password\"\npassword_file = \"{pw}\"\n\
+             [sources.supervisor-test-off]\nprotocol = \"imap\"\nhost = \"127.0.0.1\"\nport = 1\n\
+             username = \"u\"\nauth = \"password\"\npassword_file = \"{pw}\"\nenabled = false\n",
+            data = d.join("data").display(),
+            pw = d.join("pw").display(),
+        );
+        let settings = Arc::new(crate::config::load_str(&text, &Default::default()).unwrap());
+        let store =
+            Arc::new(Store::open(&settings.node.data_dir, &settings.node.secret_key_file).unwrap());
+        let connector = Connector::new(
+            &settings.tls,
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let live = Live::new(settings.clone(), connector, None);
+        let tokens = Arc::new(TokenService::new(settings, store.clone()).unwrap());
+        let watch = store.event_watch();
+        // Every event from `after` on, once one of them is from `source`.
+        let until = |after: u64, source: &'static str| {
+            let store = store.clone();
+            let mut watch = watch.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(30), async {
+                    loop {
+                        let events: Vec<Event> = store.events_after(after, 100).unwrap();
+                        if events.iter().any(|e| e.source == source) {
+                            return events;
+                        }
+                        watch.changed().await.unwrap();
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| panic!("no event of {source} within 30 s"))
+            }
+        };
+        let _node = Supervisor::new(live, store.clone(), tokens).start();
+        let changes = until(0, "supervisor-test-refused").await;
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let e = &changes[0];
+        assert_eq!(e.kind, EventKind::SourceStateChanged);
+        assert_eq!(e.source, "supervisor-test-refused");
+        let change = e.state.as_ref().unwrap();
+        assert_eq!(
+            (change.from.as_str(), change.to.as_str()),
+            ("starting", "degraded")
+        );
+        let reason = change.reason.as_deref().unwrap_or_default();
+        assert!(!reason.is_empty(), "{change:?}");
+        // Changes are written in the order they happen: once a later change of this node's
+        // source is written, an earlier one of a source it does not have would have been.
+        status::set_state("supervisor-test-elsewhere", SourceState::Degraded);
+        status::set_state("supervisor-test-refused", SourceState::Healthy);
+        let later = until(e.seq, "supervisor-test-refused").await;
+        assert!(
+            later.iter().all(|e| e.source == "supervisor-test-refused"),
+            "{later:?}"
+        );
+        let change = later[0].state.as_ref().unwrap();
+        assert_eq!(
+            (
+                change.from.as_str(),
+                change.to.as_str(),
+                change.reason.as_deref()
+            ),
+            ("degraded", "healthy", None)
+        );
+        status::remove("supervisor-test-elsewhere");
+    }
 }

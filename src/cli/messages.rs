@@ -22,14 +22,15 @@ use super::{ExportFormat, MessagesCommand, UsageError, open_store, runtime};
 
 /// Reads the store directly, or through the running node's API.
 enum Reader {
-    Local(Store),
+    /// Boxed: a store handle is several times the size of the other variant.
+    Local(Box<Store>),
     Remote(NodeApi, tokio::runtime::Runtime),
 }
 
 impl Reader {
     fn open(settings: &Settings) -> anyhow::Result<Reader> {
         Ok(match open_store(settings)? {
-            Some(s) => Reader::Local(s),
+            Some(s) => Reader::Local(Box::new(s)),
             None => Reader::Remote(NodeApi::new(settings)?, runtime()?),
         })
     }

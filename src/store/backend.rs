@@ -1,18 +1,20 @@
 //! What ingest and auth need from a store, as the traits a store backend implements:
-//! [`IngestStore`] (message records, checkpoints, post-action records, durability) for a
-//! collection cycle, [`TokenStore`] (sealed OAuth2 grants) for the token service. The
+//! [`IngestStore`] (message records with their outbox events, checkpoints, post-action
+//! records, durability) for a collection cycle, [`TokenStore`] (sealed OAuth2 grants) for the token service. The
 //! embedded sled [`Store`] implements both; it is the only backend today.
 //!
 //! Only these operations are behind the traits. Everything else stays on the sled
 //! [`Store`] itself and is sled-only for now: reading messages back (`meta`, `raw`,
 //! `raw_reader`, `iter_meta`, `iter_meta_from`, `counts`: the API, `messages
-//! list/show/export`), listing token records and
+//! list/show/export`), the rest of the outbox (state change events, sink records,
+//! pruning), listing token records and
 //! rotating the at-rest key (`token_keys`, `rotate_key`), and the settings a reload changes
 //! (`set_compression`, `set_min_free_bytes`).
 //!
 //! Why two traits and not one per concern: one commit writes a message, its location, its
-//! folder checkpoint step and its post-action record together (that is what exactly-once
-//! rests on), so a backend provides messages, checkpoints and post-actions as one unit.
+//! folder checkpoint step, its post-action record and its outbox event together (that is
+//! what exactly-once storing and announcing rest on), so a backend provides messages,
+//! checkpoints, post-actions and the outbox as one unit.
 //! Tokens are independent of all that, and the token service needs nothing else.
 //!
 //! Ingest is generic over [`IngestStore`] (static dispatch: the commit path is the same
@@ -26,7 +28,9 @@ use std::collections::HashSet;
 
 use futures_util::future::BoxFuture;
 
-use super::{Checkpoint, GrantBinding, NewMessage, Store, StoreError, StoreOutcome, StoredToken};
+use super::{
+    Checkpoint, Event, GrantBinding, NewMessage, Store, StoreError, StoreOutcome, StoredToken,
+};
 
 /// What one source's collection cycle (`crate::ingest`) needs from the store.
 ///
@@ -43,8 +47,16 @@ use super::{Checkpoint, GrantBinding, NewMessage, Store, StoreError, StoreOutcom
 /// is visible.
 ///
 /// **One commit is atomic.** Everything [`IngestStore::commit_batch`] writes for a batch
-/// (messages, their locations, checkpoint steps, post-action records) is there after a
-/// crash, or none of it is.
+/// (messages, their locations, checkpoint steps, post-action records, events) is there
+/// after a crash, or none of it is.
+///
+/// **One event per newly stored message.** Each newly stored message gets exactly one
+/// `message.stored` event ([`Event::message`] its id), in the same commit, with a seq
+/// in commit order: larger than every seq given before (across restarts and pruning
+/// too; never reused), and within a batch in the batch's order. Re-matched or already
+/// stored messages get none: old mail is never announced again as new. Events are seen
+/// by readers ([`IngestStore::events_after`]) only once durable, so a crash never takes
+/// back an event someone has seen.
 ///
 /// **Checkpoints never pass an unstored message.** A message committed with its flag set
 /// moves its folder's checkpoint in the same commit, by [`Checkpoint::advanced`]: further
@@ -157,6 +169,16 @@ pub trait IngestStore: Send + Sync + 'static {
         uidvalidity: u32,
         uids: &[u32],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // --- The outbox ---
+
+    /// Up to `limit` durable events with a seq above `after`, in seq order (what the
+    /// delivery engine and `/api/events` read).
+    fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
 
     // --- Room and durability ---
 
@@ -275,6 +297,10 @@ impl IngestStore for Store {
         uids: &[u32],
     ) -> Result<(), StoreError> {
         Store::actions_done(self, source, folder, uidvalidity, uids)
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        Store::events_after(self, after, limit)
     }
 
     async fn ensure_room(&self, incoming: u64) -> Result<(), StoreError> {

@@ -1,6 +1,6 @@
-//! Message records: what a message becomes in its commit (stored under the next id,
-//! found stored already, or re-matched to a copy stored under an earlier UIDVALIDITY), and
-//! reading them back.
+//! Message records: what a message becomes in its commit (stored under the next id with
+//! its outbox event, found stored already, or re-matched to a copy stored under an earlier
+//! UIDVALIDITY), and reading them back.
 
 use std::collections::HashSet;
 
@@ -13,6 +13,7 @@ use crate::parse::ParsedFields;
 
 use super::checkpoints::Checkpoint;
 use super::keys::{content_key, folder_key, id_of, imap_key, pop3_key, pop3_prefix};
+use super::outbox::{EventKey, EventKind, MessageEventRecord, event_id, timestamp};
 use super::values::{StoredValue, get_chunked, iter_chunked, put_chunked};
 use super::{Store, StoreError, abort};
 
@@ -74,6 +75,33 @@ fn is_unset(id: &u64) -> bool {
     *id == 0
 }
 
+impl Location {
+    /// What the id of the event announcing the message stored here is computed from.
+    pub fn event_key<'a>(&'a self, source: &'a str) -> EventKey<'a> {
+        match self {
+            Location::Imap {
+                folder,
+                uidvalidity,
+                uid,
+            } => EventKey::Imap {
+                source,
+                folder,
+                uidvalidity: *uidvalidity,
+                uid: *uid,
+            },
+            Location::Pop3 { uidl } => EventKey::Pop3 { source, uidl },
+        }
+    }
+}
+
+impl MessageMeta {
+    /// The id of the `message.stored` event announcing this message: from a message to
+    /// its event without a lookup.
+    pub fn event_id(&self) -> String {
+        event_id(&self.location.event_key(&self.source))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreOutcome {
     /// Newly stored under this id.
@@ -93,6 +121,8 @@ pub struct Prepared {
     rematch: bool,
     needs_pending: bool,
     source_key: Vec<u8>,
+    /// The id of the event announcing it, if it is newly stored.
+    event_id: String,
     meta: StoredValue,
     raw: StoredValue,
 }
@@ -114,6 +144,9 @@ impl ContentKey {
         k
     }
 }
+
+/// An event as written to the `events` tree: its key (seq, u64 BE) and its JSON.
+type EventEntry = ([u8; 8], Vec<u8>);
 
 /// What a prepared message becomes in its commit.
 pub(super) enum Step {
@@ -181,16 +214,19 @@ impl Store {
 
     /// The second half of [`Store::store_batch`]: one transaction for the prepared messages.
     ///
-    /// Ids are given here, in commit order, under the commit lock. What each message becomes
-    /// (already stored, re-matched to a stored copy, or stored) is decided under the same
-    /// lock before the transaction: only commits write the index and content trees, so what
-    /// is read then stays true until the transaction has run.
+    /// Ids and event seqs are given here, in commit order, under the commit lock. What each
+    /// message becomes (already stored, re-matched to a stored copy, or stored) is decided
+    /// under the same lock before the transaction: only commits write the index and content
+    /// trees, so what is read then stays true until the transaction has run. Each message
+    /// stored gets its `message.stored` event in the same transaction, serialized before
+    /// it (a retried transaction only repeats the inserts).
     pub fn commit_batch(&self, prepared: &[Prepared]) -> Result<Vec<StoreOutcome>, StoreError> {
-        let mut next_id = self
+        let mut seqs = self
             .commits
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let plan = self.plan(prepared, *next_id)?;
+        let plan = self.plan(prepared, seqs.next_id)?;
+        let events = self.message_events(prepared, &plan, seqs.next_seq)?;
         let result = (
             &self.messages,
             &self.raw,
@@ -199,10 +235,12 @@ impl Store {
             &self.checkpoints,
             &self.pending,
             &self.counts,
+            &self.events,
         )
             .transaction(
-                |(messages, raw, index, content, checkpoints, pending, counts)| {
+                |(messages, raw, index, content, checkpoints, pending, counts, outbox)| {
                     let mut stored_per_source: Vec<(&[u8], u64)> = Vec::new();
+                    let mut events = events.iter();
                     for (p, step) in prepared.iter().zip(&plan) {
                         let id = match step {
                             Step::Already(_) => continue,
@@ -213,6 +251,9 @@ impl Store {
                             Step::Store(id) => {
                                 put_chunked(messages, *id, &p.meta)?;
                                 put_chunked(raw, *id, &p.raw)?;
+                                if let Some((seq, event)) = events.next() {
+                                    outbox.insert(seq, event.as_slice())?;
+                                }
                                 match stored_per_source
                                     .iter_mut()
                                     .find(|(s, _)| *s == p.source_key.as_slice())
@@ -256,17 +297,51 @@ impl Store {
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         }
+        if !events.is_empty() {
+            seqs.next_seq += events.len() as u64;
+            self.progress.committed(seqs.next_seq - 1);
+        }
         let mut outcomes = Vec::with_capacity(plan.len());
         for step in plan {
             outcomes.push(match step {
                 Step::Already(id) | Step::Rematch { id, .. } => StoreOutcome::AlreadyStored(id),
                 Step::Store(id) => {
-                    *next_id = id + 1;
+                    seqs.next_id = id + 1;
                     StoreOutcome::Stored(id)
                 }
             });
         }
         Ok(outcomes)
+    }
+
+    /// The `message.stored` events of the messages `plan` stores, in order, with seqs from
+    /// `next_seq` on.
+    fn message_events(
+        &self,
+        prepared: &[Prepared],
+        plan: &[Step],
+        next_seq: u64,
+    ) -> Result<Vec<EventEntry>, StoreError> {
+        let mut out = Vec::new();
+        let mut stamp = None;
+        for (p, step) in prepared.iter().zip(plan) {
+            let Step::Store(id) = step else { continue };
+            let timestamp = stamp.get_or_insert_with(|| timestamp(chrono::Utc::now()));
+            let seq = next_seq + out.len() as u64;
+            let record = MessageEventRecord {
+                seq,
+                id: &p.event_id,
+                kind: EventKind::MessageStored,
+                source: std::str::from_utf8(&p.source_key)
+                    .map_err(|e| StoreError::Corrupt(format!("source name: {e}")))?,
+                timestamp,
+                message: *id,
+            };
+            let json =
+                serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push((seq.to_be_bytes(), json));
+        }
+        Ok(out)
     }
 
     /// What each prepared message becomes, read under the commit lock (see
@@ -367,6 +442,7 @@ impl Store {
             Location::Pop3 { uidl } => (pop3_key(&msg.source, uidl), None, None),
         };
         let needs_pending = msg.post_action && matches!(msg.location, Location::Imap { .. });
+        let event_id = event_id(&msg.location.event_key(&msg.source));
         let rematch = msg.rematch;
         let source_key = msg.source.as_bytes().to_vec();
         let (parsed, parse_error) = match msg.parsed {
@@ -401,6 +477,7 @@ impl Store {
             rematch,
             needs_pending,
             source_key,
+            event_id,
             meta: StoredValue::new(meta_bytes, compression),
             raw: StoredValue::new(msg.raw, compression),
         })

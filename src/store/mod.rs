@@ -19,6 +19,12 @@
 //! - `counts`: source → number of stored messages (u64 BE).
 //! - `tokens`: source name → [`StoredToken`] sealed with its [`GrantBinding`] as associated
 //!   data (records from before bindings were kept: sealed without; re-sealed on write).
+//! - `events`: seq (u64 BE) → [`Event`] (JSON): the outbox, one event per newly stored
+//!   message and per announced source state change (see `outbox`).
+//! - `outbox`: `pruned_through` → the largest seq ever pruned (u64 BE).
+//! - `sinks`: sink name → its delivery record (JSON): watermark, counters, the events done
+//!   above the watermark as ranges.
+//! - `sink_failed`: `sink\0` + seq (u64 BE) → [`FailedDelivery`] (JSON).
 //!
 //! How values are cut into pieces and compressed is in `values`.
 //!
@@ -28,6 +34,15 @@
 //!   several messages in one transaction (each with its own checkpoint step), which is the
 //!   same guarantee for each of them: sled's per-transaction cost is high (it seals and writes
 //!   its log buffer twice per transaction).
+//! - Each newly stored message gets exactly one event, written in its commit: after a crash
+//!   a message and its event are both there or neither is. A message found stored already
+//!   or re-matched after a UIDVALIDITY change gets none (old mail is never announced again).
+//! - Seqs are given under the same lock as message ids, in commit order, and never twice:
+//!   at open the next one follows the largest of the last event kept and the last pruned.
+//!   Pruning removes events from the oldest on only, and records how far it went in the
+//!   transaction that removes them.
+//! - Readers of the outbox see only durable events (the flusher moves the mark after each
+//!   flush), so an event handed out is never taken back by a crash.
 //! - Callers [`Store::flush`] before changing anything on a server, so "stored" means on disk.
 
 mod backend;
@@ -36,6 +51,7 @@ mod crypto;
 mod flusher;
 mod keys;
 mod messages;
+mod outbox;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -51,6 +67,9 @@ pub use backend::{IngestStore, TokenStore};
 pub use checkpoints::Checkpoint;
 pub use crypto::{KeyError, SealError, SecretBox};
 pub use messages::{Location, MessageMeta, NewMessage, Prepared, StoreOutcome};
+pub use outbox::{
+    Event, EventKey, EventKind, FailedDelivery, MAX_SINK_GAPS, SinkState, StateChange, event_id,
+};
 pub use tokens::{GrantBinding, IdentitySource, StoredToken};
 pub use values::{CHUNK, Compression, SEGMENT_SIZE, ValueReader};
 
@@ -92,6 +111,10 @@ pub enum StoreError {
         free: u64,
         needed: u64,
     },
+    /// A sink's delivery record was asked something it cannot do (an event that is not in
+    /// the outbox, more gaps than any delivery window leaves): a bug in the caller.
+    #[error("store: sink {sink}: {what}")]
+    Sink { sink: String, what: String },
 }
 
 impl StoreError {
@@ -128,10 +151,33 @@ pub struct Store {
     blob_sync: Option<std::sync::Arc<BlobSync>>,
     /// Makes the store durable for everyone waiting (see [`Store::flush`]).
     flusher: flusher::Flusher,
-    /// The next message id, locked for the whole of each commit: ids are given in commit
-    /// order, so a reader paging by id (`/api/messages?after=`) never sees a larger id
-    /// before a smaller one is visible. (sled runs transactions one at a time anyway.)
-    commits: std::sync::Mutex<u64>,
+    /// The outbox (see `outbox`).
+    events: sled::Tree,
+    /// The outbox's own bookkeeping: how far it was pruned.
+    outbox: sled::Tree,
+    /// Sink name → its delivery record.
+    sinks: sled::Tree,
+    /// A sink's failed events.
+    sink_failed: sled::Tree,
+    /// How far the outbox is written and how far it is durable; the flusher moves the
+    /// latter.
+    progress: std::sync::Arc<outbox::EventProgress>,
+    /// The next message id and event seq, locked for the whole of each commit: both are
+    /// given in commit order, so a reader paging by id (`/api/messages?after=`) or by seq
+    /// never sees a larger one before a smaller one is visible. (sled runs transactions
+    /// one at a time anyway.)
+    commits: std::sync::Mutex<Sequences>,
+}
+
+/// What the commit lock guards.
+struct Sequences {
+    /// The next message id.
+    next_id: u64,
+    /// The next event seq.
+    next_seq: u64,
+    /// When the last state change event happened (Unix ms): the next one is later, as
+    /// its time is part of its id.
+    last_state_millis: i64,
 }
 
 /// Whether `incoming` more bytes fit in `free` while `min` stays free; the bytes needed
@@ -188,18 +234,30 @@ impl Store {
                 synced: Default::default(),
             })
         });
+        let events = db.open_tree("events")?;
+        let outbox = db.open_tree("outbox")?;
+        let last_seq = outbox::last_seq(&events, &outbox)?;
+        // What this process finds is what readers may see: made durable now, should it
+        // be a dead process's writes still only in the system's page cache.
+        if last_seq > 0 {
+            db.flush()?;
+        }
+        let progress = std::sync::Arc::new(outbox::EventProgress::new(last_seq));
         let flusher = {
             let db = db.clone();
             let blobs = blob_sync.clone();
+            let progress = progress.clone();
             flusher::Flusher::start(move || {
+                let upto = progress.flush_starts();
                 db.flush()?;
-                match &blobs {
-                    Some(state) => sync_new_blobs(state).map_err(|e| match e {
+                if let Some(state) = &blobs {
+                    sync_new_blobs(state).map_err(|e| match e {
                         StoreError::Sled(e) => e,
                         other => sled::Error::Io(std::io::Error::other(other.to_string())),
-                    }),
-                    None => Ok(()),
+                    })?;
                 }
+                progress.flushed(upto);
+                Ok(())
             })
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
         };
@@ -223,6 +281,11 @@ impl Store {
             counts: db.open_tree("counts")?,
             checkpoints: db.open_tree("checkpoints")?,
             tokens,
+            events,
+            outbox,
+            sinks: db.open_tree("sinks")?,
+            sink_failed: db.open_tree("sink_failed")?,
+            progress,
             db,
             secret_box: std::sync::RwLock::new(secret_box),
             key_file: key_file.to_path_buf(),
@@ -231,7 +294,11 @@ impl Store {
             zstd: std::sync::atomic::AtomicBool::new(Compression::default() == Compression::Zstd),
             blob_sync,
             flusher,
-            commits: std::sync::Mutex::new(next_id),
+            commits: std::sync::Mutex::new(Sequences {
+                next_id,
+                next_seq: last_seq + 1,
+                last_state_millis: 0,
+            }),
         })
     }
 
@@ -286,10 +353,12 @@ impl Store {
     }
 
     pub fn flush_sync(&self) -> Result<(), StoreError> {
+        let upto = self.progress.flush_starts();
         self.db.flush()?;
         if let Some(state) = &self.blob_sync {
             sync_new_blobs(state)?;
         }
+        self.progress.flushed(upto);
         Ok(())
     }
 }

@@ -7,6 +7,10 @@
 //!
 //! Process-wide, like the metrics recorder it feeds: the sessions that report progress run
 //! deep inside `ingest`, which holds no handle of the node's.
+//!
+//! It also tells who listens ([`watch_transitions`]) when a source's state changes in a way
+//! worth announcing ([`StateTransition`]): the node writes each as a `source.state_changed`
+//! event to the outbox.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -33,6 +37,8 @@ pub struct SourceStatus {
     pub running_since: Option<String>,
     /// The session running now, or the last one.
     pub session: SessionProgress,
+    /// The last state announced as a change ([`StateTransition`]); `None` until the first.
+    pub announced: Option<SourceState>,
 }
 
 /// What the current (or last) session of a source found and did.
@@ -59,6 +65,7 @@ impl Default for SourceStatus {
             sessions_failed: 0,
             running_since: None,
             session: SessionProgress::default(),
+            announced: None,
         }
     }
 }
@@ -85,9 +92,73 @@ pub fn update(source: &str, f: impl FnOnce(&mut SourceStatus)) {
     });
 }
 
-/// Sets the state and mirrors it to the `source_state` gauge.
+/// A change of a source's state worth announcing: among the states that say how it is
+/// doing (healthy, degraded, throttled, needs_reauth), from the last one announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateTransition {
+    pub source: String,
+    /// `starting` for a source's first announced state.
+    pub from: SourceState,
+    pub to: SourceState,
+    /// The source's last error, for any state but healthy.
+    pub reason: Option<String>,
+}
+
+/// The state a change to `to` is announced from, if it is announced, given the last state
+/// announced. `starting` and `disabled` are passed over (a collector restarting, a source
+/// switched off and on), so a source that comes back as it was says nothing; one that comes
+/// back otherwise is announced as a change from the state it had. A source's first state is
+/// announced only when it is not healthy (starting well is no news), as from `starting`.
+fn announced_from(last: Option<SourceState>, to: SourceState) -> Option<SourceState> {
+    match (to, last) {
+        (SourceState::Starting | SourceState::Disabled, _) => None,
+        (SourceState::Healthy, None) => None,
+        (_, None) => Some(SourceState::Starting),
+        (to, Some(last)) if last == to => None,
+        (_, Some(last)) => Some(last),
+    }
+}
+
+type Watchers = Vec<tokio::sync::mpsc::UnboundedSender<StateTransition>>;
+
+static WATCHERS: Mutex<Watchers> = Mutex::new(Vec::new());
+
+/// A receiver of every state change announced from now on, in the order they happened.
+/// Unbounded: changes come a few per session at most, and the one reader (the node's
+/// outbox writer) takes them as they come. Dropping the receiver unsubscribes.
+pub fn watch_transitions() -> tokio::sync::mpsc::UnboundedReceiver<StateTransition> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    WATCHERS.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+    rx
+}
+
+/// Sets the state, mirrors it to the `source_state` gauge, and tells the watchers when it
+/// is a change worth announcing.
 pub fn set_state(source: &str, state: SourceState) {
-    update(source, |s| s.state = state);
+    update(source, |s| {
+        s.state = state;
+        let Some(from) = announced_from(s.announced, state) else {
+            if !matches!(state, SourceState::Starting | SourceState::Disabled) {
+                s.announced = Some(state);
+            }
+            return;
+        };
+        s.announced = Some(state);
+        let change = StateTransition {
+            source: source.to_string(),
+            from,
+            to: state,
+            reason: (state != SourceState::Healthy)
+                .then(|| s.last_error.clone())
+                .flatten(),
+        };
+        // Sent under the status lock, so watchers get one source's changes in the order
+        // its states were set.
+        WATCHERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|w| w.send(change.clone()).is_ok());
+    });
     super::state(source, state);
 }
 
@@ -150,6 +221,71 @@ pub fn publish_gauges() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only changes of how a source is doing are announced, each once, from the last one
+    /// announced; a normal start and the starting/disabled states in between are not.
+    #[test]
+    fn state_changes_are_announced_once_from_the_last_announced_state() {
+        use SourceState::*;
+        assert_eq!(announced_from(None, Starting), None);
+        assert_eq!(announced_from(None, Healthy), None, "a normal start");
+        assert_eq!(announced_from(None, NeedsReauth), Some(Starting));
+        assert_eq!(announced_from(None, Disabled), None);
+        assert_eq!(announced_from(Some(Healthy), Degraded), Some(Healthy));
+        assert_eq!(announced_from(Some(Degraded), Degraded), None, "no repeat");
+        assert_eq!(announced_from(Some(Degraded), Throttled), Some(Degraded));
+        assert_eq!(announced_from(Some(NeedsReauth), Starting), None);
+        assert_eq!(
+            announced_from(Some(NeedsReauth), Healthy),
+            Some(NeedsReauth)
+        );
+        assert_eq!(announced_from(Some(Healthy), Disabled), None);
+    }
+
+    /// Through `set_state`: a restart in between is passed over; the reason is the last
+    /// error; watchers get the changes in order.
+    #[test]
+    fn watchers_get_each_announced_change_with_its_reason() {
+        let name = "status-test-transitions";
+        let mut rx = watch_transitions();
+        let mut mine = || {
+            let mut out = Vec::new();
+            while let Ok(t) = rx.try_recv() {
+                if t.source == name {
+                    out.push((t.from, t.to, t.reason));
+                }
+            }
+            out
+        };
+        set_state(name, SourceState::Starting);
+        set_state(name, SourceState::Healthy);
+        update(name, |s| s.last_error = Some("connection refused".into()));
+        set_state(name, SourceState::Degraded);
+        set_state(name, SourceState::Degraded);
+        set_state(name, SourceState::Starting);
+        set_state(name, SourceState::Degraded);
+        set_state(name, SourceState::Starting);
+        set_state(name, SourceState::Healthy);
+        assert_eq!(
+            mine(),
+            vec![
+                (
+                    SourceState::Healthy,
+                    SourceState::Degraded,
+                    Some("connection refused".into())
+                ),
+                (SourceState::Degraded, SourceState::Healthy, None),
+            ]
+        );
+        remove(name);
+        // Forgotten with the source: its next first state is news only when not healthy.
+        set_state(name, SourceState::NeedsReauth);
+        assert_eq!(
+            mine(),
+            vec![(SourceState::Starting, SourceState::NeedsReauth, None)]
+        );
+        remove(name);
+    }
 
     #[test]
     fn backlog_is_what_was_listed_and_not_yet_dealt_with() {

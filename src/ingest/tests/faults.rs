@@ -112,6 +112,14 @@ impl IngestStore for Faulty {
         IngestStore::actions_done(&*self.store, source, folder, uidvalidity, uids).await
     }
 
+    async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Event>, StoreError> {
+        IngestStore::events_after(&*self.store, after, limit).await
+    }
+
     async fn ensure_room(&self, incoming: u64) -> Result<(), StoreError> {
         IngestStore::ensure_room(&*self.store, incoming).await
     }

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use super::super::{
-    Checkpoint, IngestStore, Location, NewMessage, StoreOutcome, StoredToken, TokenStore,
+    Checkpoint, EventKind, IngestStore, Location, NewMessage, StoreOutcome, StoredToken,
+    TokenStore, event_id,
 };
 use super::{bound, store};
 
@@ -211,6 +212,86 @@ async fn pop3_uidls_are_known_with_their_time<S: IngestStore>(s: S) {
     assert_eq!(s.pop3_stored_at("s", "nope").await.unwrap(), None);
 }
 
+/// Each newly stored message gets one event naming it, in the commit that stores it, with
+/// seqs in commit order; one found stored already or re-matched gets none. Readers see
+/// them once flushed.
+async fn each_new_message_gets_one_event_in_commit_order<S: IngestStore>(s: S) {
+    let same = "Subject: same\r\n\r\nx\r\n";
+    let first = commit(&s, vec![imap("s", 1, 7, same), pop3("s", "U1")]);
+    s.reset_checkpoint("s", "INBOX", 8, None).await.unwrap();
+    let second = commit(
+        &s,
+        vec![
+            NewMessage {
+                rematch: true,
+                ..imap("s", 1, 8, same)
+            },
+            pop3("s", "U1"),
+            imap("t", 5, 7, "Subject: t\r\n\r\n5\r\n"),
+            pop3("s", "U2"),
+            pop3("s", "U2"),
+        ],
+    );
+    assert!(
+        matches!(second[0], StoreOutcome::AlreadyStored(_)),
+        "re-matched"
+    );
+    s.flush().await.unwrap();
+    let events = s.events_after(0, 100).await.unwrap();
+    let expected = [
+        (
+            stored(&first[0]),
+            event_id(
+                &Location::Imap {
+                    folder: "INBOX".into(),
+                    uidvalidity: 7,
+                    uid: 1,
+                }
+                .event_key("s"),
+            ),
+        ),
+        (
+            stored(&first[1]),
+            event_id(&Location::Pop3 { uidl: "U1".into() }.event_key("s")),
+        ),
+        (
+            stored(&second[2]),
+            event_id(
+                &Location::Imap {
+                    folder: "INBOX".into(),
+                    uidvalidity: 7,
+                    uid: 5,
+                }
+                .event_key("t"),
+            ),
+        ),
+        (
+            stored(&second[3]),
+            event_id(&Location::Pop3 { uidl: "U2".into() }.event_key("s")),
+        ),
+    ];
+    let got: Vec<(u64, String)> = events
+        .iter()
+        .map(|e| (e.message.expect("a message event"), e.id.clone()))
+        .collect();
+    assert_eq!(got, expected);
+    assert!(events.iter().all(|e| e.kind == EventKind::MessageStored));
+    assert!(
+        events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "seqs in commit order: {:?}",
+        events.iter().map(|e| e.seq).collect::<Vec<_>>()
+    );
+    // Read from a seq on: the rest, in order.
+    let rest = s.events_after(events[1].seq, 100).await.unwrap();
+    assert_eq!(rest, events[2..]);
+    // A later commit's events come after every earlier one.
+    let third = commit(&s, vec![pop3("s", "U3")]);
+    s.flush().await.unwrap();
+    let more = s.events_after(events[3].seq, 100).await.unwrap();
+    assert_eq!(more.len(), 1);
+    assert_eq!(more[0].message, Some(stored(&third[0])));
+}
+
 /// Room for a little more, and a flush that returns.
 async fn room_and_flush<S: IngestStore>(s: S) {
     s.ensure_room(1).await.unwrap();
@@ -259,6 +340,7 @@ mod on_sled {
         each_copy_answers_for_one_uid,
         post_actions_are_pending_from_the_commit_until_done,
         pop3_uidls_are_known_with_their_time,
+        each_new_message_gets_one_event_in_commit_order,
         room_and_flush,
     );
 

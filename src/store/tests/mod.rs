@@ -6,6 +6,7 @@ use super::*;
 use sha2::{Digest, Sha256};
 
 mod contract;
+mod outbox;
 mod sled_store;
 
 /// A binding for tests: the source, at one provider and client.
@@ -21,6 +22,28 @@ fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&dir.path().join("db"), &dir.path().join("key")).unwrap();
     (dir, s)
+}
+
+/// A copy of the store's files as they are on disk right now (what a power cut would
+/// leave), opened as a store of its own.
+fn disk_image(dir: &tempfile::TempDir) -> (tempfile::TempDir, Store) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+    let image = tempfile::tempdir().unwrap();
+    copy(&dir.path().join("db"), &image.path().join("db"));
+    std::fs::copy(dir.path().join("key"), image.path().join("key")).unwrap();
+    let s = Store::open(&image.path().join("db"), &image.path().join("key")).unwrap();
+    (image, s)
 }
 
 fn imap_msg(uid: u32, uv: u32, raw: &[u8]) -> NewMessage {

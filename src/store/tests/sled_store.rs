@@ -3,29 +3,7 @@
 
 use super::super::values::get_chunked;
 use super::super::*;
-use super::{bound, imap_msg, store};
-
-/// A copy of the store's files as they are on disk right now (what a power cut would
-/// leave), opened as a store of its own.
-fn disk_image(dir: &tempfile::TempDir) -> (tempfile::TempDir, Store) {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), &target).unwrap();
-            }
-        }
-    }
-    let image = tempfile::tempdir().unwrap();
-    copy(&dir.path().join("db"), &image.path().join("db"));
-    std::fs::copy(dir.path().join("key"), image.path().join("key")).unwrap();
-    let s = Store::open(&image.path().join("db"), &image.path().join("key")).unwrap();
-    (image, s)
-}
+use super::{bound, disk_image, imap_msg, store};
 
 fn uid_stored(s: &Store, uid: u32) -> bool {
     s.iter_meta(None)
