@@ -34,3 +34,4 @@ pub mod address;
 pub mod backoff;
 pub mod envelope;
 pub mod sign;
+pub mod transport;

@@ -1,0 +1,107 @@
+//! The seam between the delivery engine and a destination. The engine decides what is sent
+//! when (order per source, concurrency, retries, giving up); a [`Transport`] only carries
+//! one event to its receiver and says whether the receiver has it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use super::envelope::{self, EnvelopeError, EnvelopeEvent, EventData, Raw, StateChangeData};
+use crate::store::{Event, EventKind, MessageMeta};
+
+/// One event, with what its envelope is built from. The engine reads the message and, when
+/// the sink wants them ([`envelope::raw_wanted`]), its raw bytes before handing it over.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event: Event,
+    /// The stored message of a `message.stored` event.
+    pub message: Option<MessageMeta>,
+    /// The message's raw bytes, when the sink wants them inline (or moves them aside, as
+    /// NATS does for a message larger than its `max_payload`).
+    pub raw: Option<Arc<Vec<u8>>>,
+}
+
+impl Delivery {
+    /// The envelope's bytes with `raw` as the message's raw part (ignored for a state
+    /// change). The same inputs give the same bytes: a repeat is the body sent before.
+    pub fn envelope(&self, raw: Raw<'_>) -> Result<Vec<u8>, DeliveryError> {
+        let e = &self.event;
+        let header = EnvelopeEvent {
+            id: &e.id,
+            seq: e.seq,
+            kind: e.kind.as_str(),
+            timestamp: &e.timestamp,
+            source: &e.source,
+        };
+        let data = match (e.kind, &self.message, &e.state) {
+            (EventKind::MessageStored, Some(meta), _) => EventData::MessageStored { meta, raw },
+            (EventKind::SourceStateChanged, _, Some(change)) => {
+                EventData::SourceStateChanged(StateChangeData {
+                    from: &change.from,
+                    to: &change.to,
+                    reason: change.reason.as_deref(),
+                })
+            }
+            _ => {
+                return Err(DeliveryError::permanent(format!(
+                    "event {} (seq {}): its {} is missing from the store",
+                    e.id,
+                    e.seq,
+                    match e.kind {
+                        EventKind::MessageStored => "message",
+                        EventKind::SourceStateChanged => "state change",
+                    }
+                )));
+            }
+        };
+        envelope::build(&header, &data)
+            .map_err(|e: EnvelopeError| DeliveryError::permanent(e.to_string()))
+    }
+}
+
+/// Why an attempt did not deliver. `detail` names the receiver's answer (status line,
+/// connection error, NATS error), never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct DeliveryError {
+    pub detail: String,
+    /// The receiver asked for this wait (`Retry-After` on 429/503).
+    pub retry_after: Option<Duration>,
+    /// Retrying cannot help (the event cannot be built): marked failed at once.
+    pub permanent: bool,
+    /// Short, fixed label for `sink_deliveries_total{outcome}` and logs: `http_5xx`,
+    /// `http_4xx`, `http_429`, `timeout`, `connect`, `tls`, `refused_address`, `redirect`,
+    /// `nats`, `build`.
+    pub kind: &'static str,
+}
+
+impl DeliveryError {
+    /// A failure worth retrying.
+    pub fn transient(kind: &'static str, detail: impl Into<String>) -> DeliveryError {
+        DeliveryError {
+            detail: detail.into(),
+            retry_after: None,
+            permanent: false,
+            kind,
+        }
+    }
+
+    /// A failure no retry can mend.
+    pub fn permanent(detail: impl Into<String>) -> DeliveryError {
+        DeliveryError {
+            detail: detail.into(),
+            retry_after: None,
+            permanent: true,
+            kind: "build",
+        }
+    }
+}
+
+/// Carries one event to a receiver. `Ok` only once the receiver has it durably: a webhook's
+/// 2xx within the timeout, a JetStream PubAck (a duplicate ack included: the stream had it).
+/// Implementations hold their connections and reuse them; several `deliver` calls run at
+/// once (one per source, up to the sink's `concurrency`).
+pub trait Transport: Send + Sync + 'static {
+    fn deliver<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), DeliveryError>>;
+}
