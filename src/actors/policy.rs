@@ -169,6 +169,17 @@ pub struct ReloadReport {
     pub unchanged: Vec<String>,
     /// Keys that changed but take effect only when the node restarts.
     pub needs_restart: Vec<String>,
+    /// Sinks started (new in the file).
+    #[serde(default)]
+    pub sinks_added: Vec<String>,
+    /// Sinks stopped and forgotten (gone from the file), with what they had still to
+    /// deliver dropped.
+    #[serde(default)]
+    pub sinks_removed: Vec<String>,
+    /// Sinks restarted from where they were (settings, secret, `[tls]` or the API base
+    /// changed).
+    #[serde(default)]
+    pub sinks_restarted: Vec<String>,
 }
 
 /// What a reload does to one source.

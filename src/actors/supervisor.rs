@@ -1,9 +1,11 @@
-//! The Supervisor actor: starts the TokenManager and one Collector per enabled source,
-//! restarts a collector that ended unexpectedly (capped, jittered backoff), never restarts
-//! one whose source needs re-authorization until it is re-authorized, applies a reloaded
-//! configuration source by source, and stops everything on shutdown.
+//! The Supervisor actor: starts the TokenManager, one Collector per enabled source and one
+//! delivery worker per sink, restarts a collector that ended unexpectedly (capped, jittered
+//! backoff), never restarts one whose source needs re-authorization until it is
+//! re-authorized, applies a reloaded configuration source by source and sink by sink,
+//! prunes the outbox, and stops everything on shutdown.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,10 +23,12 @@ use super::collector::{
 };
 pub use super::policy::ReloadReport;
 use super::policy::{Restart, SourceAction, Stopped, enabled, plan_reload, restart};
+use super::sinks::{self as sink_set, RunningSink, SinkHandle};
 use super::token_manager::{
     GetAccessToken, ImportRefreshToken, InvalidateAccessToken, SetTokenService, TokenManager,
 };
 use crate::config::live::{Current, Live};
+use crate::sinks::engine::{CommandError, ReplayReport, RetryReport};
 
 pub struct Supervisor {
     /// The configuration and connector in force (replaced by reloads).
@@ -45,6 +49,16 @@ pub struct Supervisor {
     once: bool,
     once_results: BTreeMap<String, Result<(), String>>,
     once_done: Option<tokio::sync::oneshot::Sender<BTreeMap<String, Result<(), String>>>>,
+    /// The sinks whose worker runs.
+    sinks: HashMap<String, SinkHandle>,
+    /// Sinks whose worker is stopping (for a reload, or to be removed); started again, or
+    /// their record dropped, once it has stopped.
+    sinks_stopping: HashSet<String>,
+    /// Configured sinks that could not start, and why (a reload tries again).
+    sinks_failed: HashMap<String, String>,
+    /// The address the HTTP listener got (the base of `raw_url` without
+    /// `node.http_public_url`); `None` before it is known.
+    listen: Option<SocketAddr>,
 }
 
 impl Supervisor {
@@ -63,7 +77,18 @@ impl Supervisor {
             once: false,
             once_results: BTreeMap::new(),
             once_done: None,
+            sinks: HashMap::new(),
+            sinks_stopping: HashSet::new(),
+            sinks_failed: HashMap::new(),
+            listen: None,
         }
+    }
+
+    /// The address the node's HTTP listener got: with `node.http_listen` on port 0, only it
+    /// says where receivers find the raw bytes a sink's `raw_url` names.
+    pub fn listening_on(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
     }
 
     /// `run --once`: every enabled source runs one session (no IDLE), then its collector
@@ -154,6 +179,225 @@ impl Supervisor {
         let addr = Collector::new(deps, ctx.address().recipient()).start();
         self.collectors.insert(name.to_string(), addr);
     }
+
+    /// At start: drops the records of sinks no longer configured (removed while the node
+    /// was down), then starts every configured sink.
+    fn start_sinks(&mut self, ctx: &mut Context<Self>) {
+        let settings = self.live.settings();
+        let forgotten: Vec<String> = match self.store.sink_names() {
+            Ok(names) => names
+                .into_iter()
+                .filter(|n| !settings.sinks.contains_key(n))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the sinks the store has records of");
+                Vec::new()
+            }
+        };
+        for name in forgotten {
+            self.sinks_stopping.insert(name.clone());
+            self.remove_sink_record(name, ctx);
+        }
+        for name in settings.sinks.keys() {
+            self.start_sink(name);
+        }
+    }
+
+    /// Starts `name`'s worker with the current settings, unless it runs or is stopping.
+    fn start_sink(&mut self, name: &str) {
+        if self.stopping || self.sinks.contains_key(name) || self.sinks_stopping.contains(name) {
+            return;
+        }
+        let settings = self.live.settings();
+        let Some(sink) = settings.sinks.get(name) else {
+            return;
+        };
+        let base = sink_set::api_base(&settings, self.listen);
+        match sink_set::start(&settings, sink, &base, self.store.clone()) {
+            Ok(handle) => {
+                self.sinks_failed.remove(name);
+                self.sinks.insert(name.to_string(), handle);
+            }
+            Err(e) => {
+                tracing::error!(sink = %name, error = %e, "sink not started; its events wait in the outbox (a reload tries again)");
+                self.sinks_failed.insert(name.to_string(), e.to_string());
+            }
+        }
+    }
+
+    /// Stops `name`'s worker; once it has stopped, the sink starts again if it is still
+    /// configured, or its record is dropped if not.
+    fn stop_sink(&mut self, name: &str, ctx: &mut Context<Self>) {
+        self.sinks_failed.remove(name);
+        let Some(handle) = self.sinks.remove(name) else {
+            return;
+        };
+        self.sinks_stopping.insert(name.to_string());
+        let stopped = handle.stop();
+        let name = name.to_string();
+        ctx.spawn(
+            async move {
+                let _ = stopped.await;
+            }
+            .into_actor(self)
+            .map(move |(), act, ctx| act.sink_stopped(name, ctx)),
+        );
+    }
+
+    fn sink_stopped(&mut self, name: String, ctx: &mut Context<Self>) {
+        if self.stopping {
+            self.sinks_stopping.remove(&name);
+            return;
+        }
+        if self.live.settings().sinks.contains_key(&name) {
+            self.sinks_stopping.remove(&name);
+            self.start_sink(&name);
+        } else {
+            self.remove_sink_record(name, ctx);
+        }
+    }
+
+    /// Drops the store's record of a sink that is no longer configured (its worker has
+    /// stopped), logging what it still had to deliver; starts it afresh should a reload
+    /// have brought it back meanwhile.
+    fn remove_sink_record(&mut self, name: String, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let sink = name.clone();
+        ctx.spawn(
+            async move { store.sink_remove(&sink).await }
+                .into_actor(self)
+                .map(move |removed, act, _ctx| {
+                    match removed {
+                        Ok(dropped) => {
+                            tracing::warn!(sink = %name, dropped_events = dropped, "sink removed from the configuration; its delivery record is dropped, with {dropped} event(s) it had not delivered or held as failed");
+                            telemetry::sink_backlog(&name, 0, 0.0);
+                        }
+                        Err(e) => {
+                            tracing::error!(sink = %name, error = %e, "the removed sink's record could not be dropped; the next start tries again")
+                        }
+                    }
+                    act.sinks_stopping.remove(&name);
+                    if act.live.settings().sinks.contains_key(&name) {
+                        act.start_sink(&name);
+                    }
+                }),
+        );
+    }
+
+    /// Applies a reload to the sinks; returns (added, removed, restarted).
+    fn reload_sinks(
+        &mut self,
+        old: &Settings,
+        new: &Settings,
+        ctx: &mut Context<Self>,
+    ) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let base = sink_set::api_base(new, self.listen);
+        let running: BTreeMap<String, RunningSink<'_>> = self
+            .sinks
+            .iter()
+            .map(|(name, h)| {
+                (
+                    name.clone(),
+                    RunningSink {
+                        settings: &h.settings,
+                        api_base: &h.api_base,
+                        secret_digest: h.secret_digest,
+                    },
+                )
+            })
+            .collect();
+        let plan = sink_set::plan_reload(old, new, &running, &base, sink_set::secret_digest);
+        // A sink stopping for an earlier reload is not running, so the plan starts it: it
+        // starts once stopped (or, removed meanwhile, its record is dropped then).
+        let was_configured = |n: &String| old.sinks.contains_key(n);
+        let added: Vec<String> = plan
+            .start
+            .iter()
+            .filter(|n| !was_configured(n))
+            .cloned()
+            .collect();
+        let mut removed = plan.remove.clone();
+        for name in &plan.start {
+            self.start_sink(name);
+        }
+        for name in plan.remove.iter().chain(&plan.restart) {
+            self.stop_sink(name, ctx);
+        }
+        // Configured before, gone now, and not running (it could not start): dropped too.
+        for name in old.sinks.keys() {
+            if !new.sinks.contains_key(name)
+                && !removed.contains(name)
+                && !self.sinks_stopping.contains(name)
+            {
+                self.sinks_failed.remove(name);
+                self.sinks_stopping.insert(name.clone());
+                self.remove_sink_record(name.clone(), ctx);
+                removed.push(name.clone());
+            }
+        }
+        (added, removed, plan.restart)
+    }
+
+    /// Prunes the outbox now and again: every [`sink_set::prune_every`] of the retention in
+    /// force, off the actor's thread.
+    fn schedule_prune(&self, ctx: &mut Context<Self>) {
+        let retention = self.live.settings().node.events_retention;
+        ctx.run_later(sink_set::prune_every(retention), |act, ctx| {
+            if act.stopping {
+                return;
+            }
+            let settings = act.live.settings();
+            let sinks: Vec<String> = settings.sinks.keys().cloned().collect();
+            let retention = settings.node.events_retention;
+            let store = act.store.clone();
+            ctx.spawn(
+                async move {
+                    tokio::task::spawn_blocking(move || sink_set::prune(&store, &sinks, retention))
+                        .await
+                        .unwrap_or(0)
+                }
+                .into_actor(act)
+                .map(|pruned, act, ctx| {
+                    if pruned > 0 {
+                        tracing::debug!(events = pruned, "outbox pruned");
+                    }
+                    act.schedule_prune(ctx);
+                }),
+            );
+        });
+    }
+
+    /// The worker of `sink` to send a command to, or why there is none.
+    fn sink_commands(
+        &self,
+        sink: &str,
+    ) -> Result<tokio::sync::mpsc::Sender<crate::sinks::engine::Command>, CommandError> {
+        if let Some(handle) = self.sinks.get(sink) {
+            return Ok(handle.commands());
+        }
+        let configured = self.live.settings().sinks.contains_key(sink);
+        if !configured {
+            return Err(CommandError::UnknownSink {
+                sink: sink.to_string(),
+            });
+        }
+        let why = if self.stopping {
+            "the node is stopping".to_string()
+        } else if self.once {
+            "`run --once` delivers nothing".to_string()
+        } else if self.sinks_stopping.contains(sink) {
+            "it is restarting after a reload; ask again in a moment".to_string()
+        } else {
+            self.sinks_failed
+                .get(sink)
+                .cloned()
+                .unwrap_or_else(|| "it has not started".to_string())
+        };
+        Err(CommandError::NotRunning {
+            sink: sink.to_string(),
+            why,
+        })
+    }
 }
 
 impl Actor for Supervisor {
@@ -174,7 +418,16 @@ impl Actor for Supervisor {
                 status::set_state(name, SourceState::Disabled);
             }
         }
-        tracing::info!(sources = self.collectors.len(), "supervisor started");
+        // `run --once` collects and exits: its events wait for the next `run`.
+        if !self.once {
+            self.start_sinks(ctx);
+            self.schedule_prune(ctx);
+        }
+        tracing::info!(
+            sources = self.collectors.len(),
+            sinks = self.sinks.len(),
+            "supervisor started"
+        );
         self.once_finished();
     }
 }
@@ -284,12 +537,19 @@ impl Handler<Reload> for Supervisor {
                 SourceAction::Keep => {}
             }
         }
-        let report = plan.report;
+        let mut report = plan.report;
+        let (added, removed, restarted) = self.reload_sinks(&old, &new, ctx);
+        report.sinks_added = added;
+        report.sinks_removed = removed;
+        report.sinks_restarted = restarted;
         tracing::info!(
             added = ?report.added,
             removed = ?report.removed,
             restarted = ?report.restarted,
             unchanged = report.unchanged.len(),
+            sinks_added = ?report.sinks_added,
+            sinks_removed = ?report.sinks_removed,
+            sinks_restarted = ?report.sinks_restarted,
             "configuration reloaded"
         );
         if !report.needs_restart.is_empty() {
@@ -409,6 +669,10 @@ pub struct NodeHandle {
     /// The node's session permits (`node.max_sessions`), for sessions opened outside a
     /// collector (test-login).
     pub sessions: Recipient<SessionPermits>,
+    /// `sinks retry`.
+    pub retry_sink: Recipient<RetrySink>,
+    /// `sinks replay`.
+    pub replay_sink: Recipient<ReplaySink>,
 }
 
 impl NodeHandle {
@@ -430,6 +694,8 @@ impl Supervisor {
             import: tokens.recipient(),
             reauthorized: addr.clone().recipient(),
             sessions: addr.clone().recipient(),
+            retry_sink: addr.clone().recipient(),
+            replay_sink: addr.clone().recipient(),
         };
         (addr, handle)
     }
@@ -449,7 +715,42 @@ impl Handler<SessionPermits> for Supervisor {
     }
 }
 
-/// Stops every collector and waits (bounded) for them to finish the message in hand.
+/// `sinks retry SINK`: every event the sink holds as failed gets another attempt.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<RetryReport, CommandError>")]
+pub struct RetrySink {
+    pub sink: String,
+}
+
+impl Handler<RetrySink> for Supervisor {
+    type Result = ResponseFuture<Result<RetryReport, CommandError>>;
+
+    fn handle(&mut self, msg: RetrySink, _ctx: &mut Context<Self>) -> Self::Result {
+        let commands = self.sink_commands(&msg.sink);
+        Box::pin(async move { SinkHandle::retry(commands?, msg.sink).await })
+    }
+}
+
+/// `sinks replay SINK --from SEQ`: every kept event from `from` on is delivered again.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<ReplayReport, CommandError>")]
+pub struct ReplaySink {
+    pub sink: String,
+    pub from: u64,
+}
+
+impl Handler<ReplaySink> for Supervisor {
+    type Result = ResponseFuture<Result<ReplayReport, CommandError>>;
+
+    fn handle(&mut self, msg: ReplaySink, _ctx: &mut Context<Self>) -> Self::Result {
+        let commands = self.sink_commands(&msg.sink);
+        let retention = self.live.settings().node.events_retention.as_secs();
+        Box::pin(async move { SinkHandle::replay(commands?, msg.sink, msg.from, retention).await })
+    }
+}
+
+/// Stops every collector and sink and waits (bounded) for them to finish the message or
+/// delivery in hand.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
@@ -468,6 +769,8 @@ impl Handler<Shutdown> for Supervisor {
                 addr.do_send(StopCollector);
             }
         }
+        let sinks: Vec<tokio::task::JoinHandle<()>> =
+            self.sinks.drain().map(|(_, h)| h.stop()).collect();
         let store = self.store.clone();
         Box::pin(
             async move {
@@ -478,6 +781,15 @@ impl Handler<Shutdown> for Supervisor {
                     .is_err()
                 {
                     tracing::warn!("collectors did not stop within 30s; stopping anyway");
+                }
+                // Sink workers give deliveries in flight a few seconds, then record what
+                // is done; anything cut off is delivered again after the restart.
+                let all = futures_util::future::join_all(sinks);
+                if tokio::time::timeout(Duration::from_secs(30), all)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("sinks did not stop within 30s; stopping anyway");
                 }
                 if let Err(e) = store.flush().await {
                     tracing::error!(error = %e, "final store flush failed");

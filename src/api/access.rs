@@ -42,6 +42,8 @@ pub const API_ROUTES: &[(&str, &str, Role)] = &[
     ("GET", "/api/messages/{id}", Role::Mail),
     ("GET", "/api/messages/{id}/raw", Role::Mail),
     ("POST", "/api/reload", Role::Admin),
+    ("POST", "/api/sinks/{sink}/retry", Role::Admin),
+    ("POST", "/api/sinks/{sink}/replay", Role::Admin),
     ("POST", "/api/sources/{source}/test-login", Role::Admin),
     ("POST", "/api/tokens/{source}/import", Role::Admin),
 ];

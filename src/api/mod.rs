@@ -471,11 +471,79 @@ async fn test_login(state: web::Data<ApiState>, source: web::Path<String>) -> Ht
     }
 }
 
+/// The answer to a sink command that was not carried out: 404 for a sink not configured,
+/// 503 for one not running now, 422 for a replay asked from a pruned event or past the
+/// last, 500 for the store.
+fn sink_refusal(e: &crate::sinks::engine::CommandError) -> HttpResponse {
+    use crate::sinks::engine::CommandError as E;
+    let body = serde_json::json!({ "error": e.to_string() });
+    match e {
+        E::UnknownSink { .. } => HttpResponse::NotFound().json(body),
+        E::NotRunning { .. } => HttpResponse::ServiceUnavailable().json(body),
+        E::BelowRetained { .. } | E::PastEnd { .. } => {
+            HttpResponse::UnprocessableEntity().json(body)
+        }
+        E::Store { .. } => HttpResponse::InternalServerError().json(body),
+    }
+}
+
+/// `POST /api/sinks/{sink}/retry`: every event the sink holds as failed gets another
+/// attempt. 200 with their seqs.
+async fn retry_sink(
+    state: web::Data<ApiState>,
+    sink: web::Path<String>,
+    req: HttpRequest,
+) -> HttpResponse {
+    let sink = sink.into_inner();
+    if let Some(caller) = req.extensions().get::<credentials::Caller>() {
+        tracing::info!(sink = %sink, caller = %caller.name, "sink retry asked over the API");
+    }
+    let asked = crate::actors::supervisor::RetrySink { sink };
+    match state.node.retry_sink.send(asked).await {
+        Ok(Ok(report)) => HttpResponse::Ok().json(report),
+        Ok(Err(e)) => sink_refusal(&e),
+        Err(e) => HttpResponse::ServiceUnavailable().body(e.to_string()),
+    }
+}
+
+/// The body of `POST /api/sinks/{sink}/replay`.
+#[derive(Deserialize)]
+struct ReplayBody {
+    /// The first event to deliver again.
+    from: u64,
+}
+
+/// `POST /api/sinks/{sink}/replay` with `{"from": SEQ}`: every kept event from SEQ on is
+/// delivered again. 200 with the range; 422 when SEQ was pruned (the answer names the
+/// oldest event kept and `node.events_retention_secs`) or is past the last event.
+async fn replay_sink(
+    state: web::Data<ApiState>,
+    sink: web::Path<String>,
+    req: HttpRequest,
+    body: web::Json<ReplayBody>,
+) -> HttpResponse {
+    let sink = sink.into_inner();
+    if let Some(caller) = req.extensions().get::<credentials::Caller>() {
+        tracing::info!(sink = %sink, from = body.from, caller = %caller.name, "sink replay asked over the API");
+    }
+    let asked = crate::actors::supervisor::ReplaySink {
+        sink,
+        from: body.from,
+    };
+    match state.node.replay_sink.send(asked).await {
+        Ok(Ok(report)) => HttpResponse::Ok().json(report),
+        Ok(Err(e)) => sink_refusal(&e),
+        Err(e) => HttpResponse::ServiceUnavailable().body(e.to_string()),
+    }
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/api/reload", web::post().to(reload))
+        .route("/api/sinks/{sink}/retry", web::post().to(retry_sink))
+        .route("/api/sinks/{sink}/replay", web::post().to(replay_sink))
         .route("/api/sources", web::get().to(sources))
         .route(
             "/api/sources/{source}/test-login",

@@ -98,7 +98,10 @@ fn request(method: &str, path: &str, token: Option<&str>) -> TestRequest {
 }
 
 fn concrete(pattern: &str) -> String {
-    pattern.replace("{id}", "1").replace("{source}", "down")
+    pattern
+        .replace("{id}", "1")
+        .replace("{source}", "down")
+        .replace("{sink}", "hook")
 }
 
 macro_rules! service {

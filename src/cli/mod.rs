@@ -3,7 +3,7 @@
 //!
 //! - [`run`]: the node itself (wiring, HTTP listener, signals, `--once` progress).
 //! - [`check_config`], [`reload`], [`status`], [`test_login`], [`authorize`], [`tokens`],
-//!   [`messages`] (with the mboxrd export), [`secrets`]: the other commands.
+//!   [`messages`] (with the mboxrd export), [`secrets`], [`sinks`]: the other commands.
 //! - [`node_api`]: the running node's HTTP API, for commands that find the store locked
 //!   (sled allows one process), and where that node listens.
 //!
@@ -17,6 +17,7 @@ pub mod node_api;
 pub mod reload;
 pub mod run;
 pub mod secrets;
+pub mod sinks;
 pub mod status;
 pub mod test_login;
 pub mod tokens;
@@ -113,6 +114,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: MessagesCommand,
     },
+    /// Sinks: send failed events again, replay events from a point (running node).
+    Sinks {
+        #[command(subcommand)]
+        command: SinksCommand,
+    },
     /// At-rest encryption of tokens.
     Secrets {
         #[command(subcommand)]
@@ -146,6 +152,30 @@ pub(crate) enum TokensCommand {
     },
     /// Per source: access-token expiry, refresh-token age and last use, state.
     Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SinksCommand {
+    /// Give every event the sink marked failed (still undelivered at max_age_secs)
+    /// another attempt now; one delivered has its mark cleared, one that fails again is
+    /// marked failed again.
+    #[command(after_help = "Example:\n  mailsluice sinks retry helpdesk")]
+    Retry {
+        /// The sink, as in [sinks.NAME].
+        sink: String,
+    },
+    /// Deliver every event from SEQ on again (same ids and bodies), in order per source.
+    ///
+    /// Only events still kept can be replayed: an event leaves the outbox once every sink
+    /// has it and it is older than node.events_retention_secs.
+    #[command(after_help = "Example:\n  mailsluice sinks replay helpdesk --from 1200")]
+    Replay {
+        /// The sink, as in [sinks.NAME].
+        sink: String,
+        /// The first event (its seq) to deliver again.
+        #[arg(long)]
+        from: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -252,6 +282,10 @@ pub(crate) fn dispatch(command: Command, settings: Settings, path: &Path) -> any
             TokensCommand::Status => tokens::status(&settings),
         },
         Command::Messages { command } => messages::messages(&settings, command),
+        Command::Sinks { command } => match command {
+            SinksCommand::Retry { sink } => sinks::retry(&settings, &sink),
+            SinksCommand::Replay { sink, from } => sinks::replay(&settings, &sink, from),
+        },
         Command::Secrets {
             command: SecretsCommand::RotateKey,
         } => secrets::rotate_key(&settings),

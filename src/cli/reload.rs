@@ -23,6 +23,9 @@ pub(crate) fn reload(settings: &Settings) -> anyhow::Result<()> {
             ("restarted", &report.restarted),
             ("unchanged", &report.unchanged),
             ("needs_restart", &report.needs_restart),
+            ("sinks_added", &report.sinks_added),
+            ("sinks_removed", &report.sinks_removed),
+            ("sinks_restart", &report.sinks_restarted),
         ] {
             let shown = if names.is_empty() {
                 "-".to_string()

@@ -90,7 +90,8 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
     let system = actix_rt::System::new();
     let store_for_end = store.clone();
     let failed = system.block_on(async move {
-        let mut supervisor = Supervisor::new(live.clone(), store.clone(), token_service);
+        let mut supervisor =
+            Supervisor::new(live.clone(), store.clone(), token_service).listening_on(addr);
         if once {
             supervisor = supervisor.once();
         }

@@ -2,14 +2,18 @@
 //! `protocol` and `sinks` do not know the configuration; they define their own types and the conversions live
 //! here, on the side that knows both.
 
+use std::sync::Arc;
+
 use super::{
-    AfterIngest, Security, SinkDelivery, SinkSettings, SinkTarget, TlsBackend, TlsSettings,
-    TlsVersion,
+    AfterIngest, Security, SinkDelivery, SinkEvent, SinkSettings, SinkTarget, TlsBackend,
+    TlsSettings, TlsVersion,
 };
 use crate::net;
 use crate::protocol::imap::session::PostAction;
 use crate::sinks::address::AddressPolicy;
 use crate::sinks::backoff::Schedule;
+use crate::sinks::engine::SinkOptions;
+use crate::store::EventKind;
 
 impl From<Security> for net::Security {
     fn from(s: Security) -> Self {
@@ -67,6 +71,30 @@ impl SinkSettings {
                 allow_private_addresses: w.allow_private_addresses,
             }),
             SinkTarget::Nats(_) => None,
+        }
+    }
+
+    /// What this sink's delivery worker runs with; `api_base` is where the node's API is
+    /// reached from outside (the base of `raw_url`).
+    pub fn engine_options(&self, api_base: &str) -> SinkOptions {
+        let delivery = self.delivery.clone();
+        SinkOptions {
+            name: self.name.clone(),
+            wants: Arc::new(move |kind, source| delivery.wants(kind.into(), source)),
+            include_raw: self.delivery.include_raw,
+            max_raw_bytes: self.delivery.max_raw_bytes,
+            concurrency: self.delivery.concurrency,
+            schedule: (&self.delivery).into(),
+            api_base: api_base.to_owned(),
+        }
+    }
+}
+
+impl From<EventKind> for SinkEvent {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::MessageStored => SinkEvent::MessageStored,
+            EventKind::SourceStateChanged => SinkEvent::SourceStateChanged,
         }
     }
 }

@@ -62,7 +62,7 @@ impl ConfigError {
 }
 
 /// Something that loads but is most likely not what was meant (a sink's source pattern that
-/// matches no source). `check-config` prints it, `run` logs it; neither refuses the file.
+/// matches no source, a `max_age_secs` shorter than a minute). `check-config` prints it, `run` logs it; neither refuses the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct ConfigWarning {
@@ -73,8 +73,11 @@ pub struct ConfigWarning {
 
 /// Every warning about valid settings, in key order.
 pub fn warnings(settings: &Settings) -> Vec<ConfigWarning> {
-    validate::sinks::unmatched_patterns(settings)
-        .into_iter()
+    let mut all = validate::sinks::unreachable_raw_url(settings);
+    all.extend(validate::sinks::unmatched_patterns(settings));
+    all.extend(validate::sinks::short_max_age(settings));
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.into_iter()
         .map(|(path, message)| ConfigWarning { path, message })
         .collect()
 }

@@ -65,6 +65,13 @@ pub struct NodeSettings {
     pub http_allowed_hosts: Vec<String>,
     /// `node.http_allow_plaintext`: listening beyond loopback without TLS, on purpose.
     pub http_allow_plaintext: bool,
+    /// `node.http_public_url`: where others reach this node's API (behind a proxy, or
+    /// listening on every address), without a trailing `/`: the base of the `raw_url` sinks
+    /// send. `None`: the address the node listens on.
+    pub http_public_url: Option<String>,
+    /// `node.events_retention_secs`: how long an event every sink has handled stays in the
+    /// outbox, for consumers that pull `/api/events`.
+    pub events_retention: Duration,
 }
 
 /// The certificate chain and private key the node serves HTTPS with (PEM files).

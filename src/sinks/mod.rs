@@ -32,6 +32,8 @@
 
 pub mod address;
 pub mod backoff;
+pub mod engine;
 pub mod envelope;
 pub mod sign;
 pub mod transport;
+pub mod webhook;

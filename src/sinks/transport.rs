@@ -11,7 +11,8 @@ use super::envelope::{self, EnvelopeError, EnvelopeEvent, EventData, Raw, StateC
 use crate::store::{Event, EventKind, MessageMeta};
 
 /// One event, with what its envelope is built from. The engine reads the message and, when
-/// the sink wants them ([`envelope::raw_wanted`]), its raw bytes before handing it over.
+/// the sink sends them inline ([`envelope::raw_inline`]) or the transport moves them aside
+/// ([`Transport::moves_raw_aside`]), its raw bytes before handing it over.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub event: Event,
@@ -20,9 +21,29 @@ pub struct Delivery {
     /// The message's raw bytes, when the sink wants them inline (or moves them aside, as
     /// NATS does for a message larger than its `max_payload`).
     pub raw: Option<Arc<Vec<u8>>>,
+    /// Whether the envelope carries `raw` inline (`raw_base64`); else it names `raw_url`.
+    pub inline: bool,
+    /// Where the node serves the message's raw bytes (`{api_base}/api/messages/{id}/raw`);
+    /// `None` for a state change.
+    pub raw_url: Option<String>,
 }
 
 impl Delivery {
+    /// The envelope as the sink's settings want it: raw bytes inline when they were chosen
+    /// so, else their URL. The same event gives the same bytes on every attempt.
+    pub fn body(&self) -> Result<Vec<u8>, DeliveryError> {
+        match (&self.raw, self.inline, &self.raw_url) {
+            (Some(bytes), true, _) => self.envelope(Raw::Base64(bytes)),
+            (_, _, Some(url)) => self.envelope(Raw::Url(url)),
+            // A state change's envelope has no raw part: what is passed is not looked at.
+            _ if self.event.kind == EventKind::SourceStateChanged => self.envelope(Raw::Url("")),
+            _ => Err(DeliveryError::permanent(format!(
+                "event {} (seq {}): neither its raw bytes nor their URL were given",
+                self.event.id, self.event.seq
+            ))),
+        }
+    }
+
     /// The envelope's bytes with `raw` as the message's raw part (ignored for a state
     /// change). The same inputs give the same bytes: a repeat is the body sent before.
     pub fn envelope(&self, raw: Raw<'_>) -> Result<Vec<u8>, DeliveryError> {
@@ -104,4 +125,12 @@ impl DeliveryError {
 /// once (one per source, up to the sink's `concurrency`).
 pub trait Transport: Send + Sync + 'static {
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), DeliveryError>>;
+
+    /// Whether this transport may carry a message's raw bytes beside the envelope (NATS:
+    /// an object store for a message larger than the server takes), so the engine reads
+    /// them for every message that carries raw bytes at all ([`envelope::raw_wanted`]),
+    /// not only for those sent inline.
+    fn moves_raw_aside(&self) -> bool {
+        false
+    }
 }

@@ -68,7 +68,8 @@ pub use checkpoints::Checkpoint;
 pub use crypto::{KeyError, SealError, SecretBox};
 pub use messages::{Location, MessageMeta, NewMessage, Prepared, StoreOutcome};
 pub use outbox::{
-    Event, EventKey, EventKind, FailedDelivery, MAX_SINK_GAPS, SinkState, StateChange, event_id,
+    Event, EventKey, EventKind, FailedDelivery, MAX_SINK_GAPS, Rewind, SinkState, StateChange,
+    event_id,
 };
 pub use tokens::{GrantBinding, IdentitySource, StoredToken};
 pub use values::{CHUNK, Compression, SEGMENT_SIZE, ValueReader};
@@ -167,6 +168,10 @@ pub struct Store {
     /// never sees a larger one before a smaller one is visible. (sled runs transactions
     /// one at a time anyway.)
     commits: std::sync::Mutex<Sequences>,
+    /// Held while pruning decides and deletes, and while a sink is rewound for a replay:
+    /// a replay checks that its first event is still kept and lowers the sink's watermark
+    /// as one step, so pruning cannot delete the events in between.
+    retention: std::sync::Mutex<()>,
 }
 
 /// What the commit lock guards.
@@ -299,6 +304,7 @@ impl Store {
                 next_seq: last_seq + 1,
                 last_state_millis: 0,
             }),
+            retention: std::sync::Mutex::new(()),
         })
     }
 

@@ -256,6 +256,18 @@ pub struct SinkState {
     pub done_above: u64,
 }
 
+/// What [`Store::sink_rewind`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewind {
+    /// The sink delivers again from `from` on; its watermark is now this.
+    Rewound { delivered_through: u64 },
+    /// `from` is below the oldest event still kept (`None`: none is kept); events before
+    /// that one were pruned and cannot be delivered again.
+    BelowRetained { oldest: Option<u64> },
+    /// `from` is past the last event: there is nothing to deliver again.
+    PastEnd { last: u64 },
+}
+
 /// Why a sink gave up on an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedDelivery {
@@ -320,6 +332,22 @@ impl SinkRecord {
             self.ahead.remove(0);
         }
         true
+    }
+
+    /// Undoes everything from `from` on: the watermark drops below it (when above), and
+    /// ranges done above the watermark keep only their part below it.
+    fn rewind(&mut self, from: u64) {
+        let below = from.saturating_sub(1);
+        if self.delivered_through > below {
+            self.delivered_through = below;
+            // Every range lay above the old watermark, so above `below` too.
+            self.ahead.clear();
+            return;
+        }
+        self.ahead.retain(|&(start, _)| start < from);
+        if let Some(last) = self.ahead.last_mut() {
+            last.1 = last.1.min(below);
+        }
     }
 
     fn done_above(&self) -> u64 {
@@ -495,6 +523,10 @@ impl Store {
         older_than: chrono::DateTime<chrono::Utc>,
         max: usize,
     ) -> Result<usize, StoreError> {
+        let _retention = self
+            .retention
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut limit = self.progress.durable();
         for sink in sinks {
             limit = limit.min(self.sink_record(sink)?.delivered_through);
@@ -660,6 +692,51 @@ impl Store {
         Ok(seqs)
     }
 
+    /// The events `sink` has done above its watermark, as inclusive ranges in seq order:
+    /// a delivery that resumes from the watermark passes over them instead of sending them
+    /// again.
+    pub fn sink_done_above(&self, sink: &str) -> Result<Vec<(u64, u64)>, StoreError> {
+        Ok(self.sink_record(sink)?.ahead)
+    }
+
+    /// Makes `sink` deliver every kept event from `from` on again (a replay): its watermark
+    /// drops below `from` and what it had done from there on is forgotten. Refused, with
+    /// nothing changed, when `from` is below the oldest event kept (the events before it
+    /// are gone) or past the last one. Checked and done under the pruning lock, so the
+    /// events cannot be pruned in between. Failed marks stay until each event is delivered
+    /// again. Durable on return.
+    pub async fn sink_rewind(&self, sink: &str, from: u64) -> Result<Rewind, StoreError> {
+        let rewound = {
+            let _retention = self
+                .retention
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let last = self.progress.durable();
+            let oldest = self.first_event_seq()?;
+            if from > last {
+                return Ok(Rewind::PastEnd { last });
+            }
+            if !oldest.is_some_and(|oldest| from >= oldest) {
+                return Ok(Rewind::BelowRetained { oldest });
+            }
+            self.sinks
+                .transaction(|sinks| {
+                    let mut rec = match sinks.get(sink.as_bytes())? {
+                        Some(v) => decode_record(sink, &v).map_err(abort)?,
+                        None => SinkRecord::default(),
+                    };
+                    rec.rewind(from);
+                    sinks.insert(sink.as_bytes(), encode(&rec).map_err(abort)?)?;
+                    Ok(rec.delivered_through)
+                })
+                .map_err(unwrap_tx)?
+        };
+        self.flush().await?;
+        Ok(Rewind::Rewound {
+            delivered_through: rewound,
+        })
+    }
+
     /// Drops everything kept for `sink` (a sink removed from the configuration). Returns
     /// how many events it still had to deliver or held as failed.
     pub async fn sink_remove(&self, sink: &str) -> Result<usize, StoreError> {
@@ -782,6 +859,26 @@ mod tests {
         assert_eq!(r, record(0, &[(4, 6)]));
         assert!(r.mark_done(u64::MAX));
         assert_eq!(r, record(0, &[(4, 6), (u64::MAX, u64::MAX)]));
+    }
+
+    #[test]
+    fn a_rewind_forgets_what_was_done_from_its_start_on() {
+        let mut r = record(10, &[(12, 14), (17, 20)]);
+        r.rewind(19);
+        assert_eq!(r, record(10, &[(12, 14), (17, 18)]));
+        r.rewind(13);
+        assert_eq!(r, record(10, &[(12, 12)]));
+        r.rewind(11);
+        assert_eq!(r, record(10, &[]));
+        let mut r = record(10, &[(12, 14)]);
+        r.rewind(5);
+        assert_eq!(r, record(4, &[]));
+        r.rewind(1);
+        assert_eq!(r, record(0, &[]));
+        // Past everything done: nothing changes.
+        let mut r = record(10, &[(12, 14)]);
+        r.rewind(30);
+        assert_eq!(r, record(10, &[(12, 14)]));
     }
 
     #[test]

@@ -234,6 +234,30 @@ pub const CATALOG: &[MetricDef] = &[
         "Messages seen on the server but not yet stored, as of the last session."
     ),
     m!(
+        "sink_deliveries_total",
+        Counter,
+        ["sink", "outcome"],
+        "Events handled by a sink, by outcome: delivered (the receiver has it), retried (an attempt failed and is tried again), failed (given up after max_age_secs; `mailsluice sinks retry` sends it again), skipped (not wanted by the sink)."
+    ),
+    m!(
+        "sink_backlog_events",
+        Gauge,
+        ["sink"],
+        "Events the sink has yet to deliver: in the outbox past its progress, waiting, in flight or being retried."
+    ),
+    m!(
+        "sink_oldest_pending_age_seconds",
+        Gauge,
+        ["sink"],
+        "Age (since its commit) of the oldest event the sink has yet to deliver; 0 when it is caught up."
+    ),
+    m!(
+        "sink_delivery_duration_seconds",
+        Histogram,
+        ["sink"],
+        "Duration of one delivery attempt: request and answer (webhook), publish and ack (NATS)."
+    ),
+    m!(
         "api_requests_total",
         Counter,
         ["route", "code"],
@@ -319,6 +343,62 @@ pub fn register_source(source: &str) {
         counter!("mailsluice_sessions_total", "source" => s.clone(), "outcome" => outcome.as_str())
             .absolute(0);
     }
+}
+
+/// What became of an event a sink handled (`sink_deliveries_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkOutcome {
+    Delivered,
+    Retried,
+    Failed,
+    Skipped,
+}
+
+impl SinkOutcome {
+    pub const ALL: [SinkOutcome; 4] = [
+        SinkOutcome::Delivered,
+        SinkOutcome::Retried,
+        SinkOutcome::Failed,
+        SinkOutcome::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkOutcome::Delivered => "delivered",
+            SinkOutcome::Retried => "retried",
+            SinkOutcome::Failed => "failed",
+            SinkOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// Registers a sink's series at zero, so dashboards and alerts see it before it has
+/// handled anything.
+pub fn register_sink(sink: &str) {
+    for outcome in SinkOutcome::ALL {
+        counter!("mailsluice_sink_deliveries_total", "sink" => sink.to_string(), "outcome" => outcome.as_str())
+            .absolute(0);
+    }
+    sink_backlog(sink, 0, 0.0);
+}
+
+/// `count` events of `sink` came to `outcome`.
+pub fn sink_events(sink: &str, outcome: SinkOutcome, count: u64) {
+    counter!("mailsluice_sink_deliveries_total", "sink" => sink.to_string(), "outcome" => outcome.as_str())
+        .increment(count);
+}
+
+/// One delivery attempt of `sink` took `seconds`, whatever its outcome.
+pub fn sink_attempt(sink: &str, seconds: f64) {
+    histogram!("mailsluice_sink_delivery_duration_seconds", "sink" => sink.to_string())
+        .record(seconds);
+}
+
+/// What `sink` has yet to deliver: how many events, and how old the oldest is.
+pub fn sink_backlog(sink: &str, events: u64, oldest_age_secs: f64) {
+    gauge!("mailsluice_sink_backlog_events", "sink" => sink.to_string()).set(events as f64);
+    gauge!("mailsluice_sink_oldest_pending_age_seconds", "sink" => sink.to_string())
+        .set(oldest_age_secs);
 }
 
 /// Registers a provider's refresh counters at zero.

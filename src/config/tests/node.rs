@@ -164,3 +164,53 @@ fn native_tls_with_a_1_3_minimum_is_refused_not_weakened() {
     ));
     assert_eq!(s.tls.min_version, TlsVersion::V1_3);
 }
+
+/// `events_retention_secs` defaults to a day and may be 0; `http_public_url` is a base URL
+/// (trailing slash dropped) and refuses what a base cannot carry.
+#[test]
+fn event_retention_and_the_public_url() {
+    let s = ok(BASE);
+    assert_eq!(
+        s.node.events_retention,
+        std::time::Duration::from_secs(86_400)
+    );
+    assert_eq!(s.node.http_public_url, None);
+    let s = ok(&format!(
+        "[node]\nevents_retention_secs = 0\nhttp_public_url = \"https://ingest.example.com/mail/\"\n\n{BASE}"
+    ));
+    assert_eq!(s.node.events_retention, std::time::Duration::ZERO);
+    assert_eq!(
+        s.node.http_public_url.as_deref(),
+        Some("https://ingest.example.com/mail")
+    );
+    for (url, message) in [
+        ("ftp://ingest.example.com", "must start with https://"),
+        ("ingest.example.com", "is not an absolute URL"),
+        ("https://u:p@ingest.example.com", "user name or password"),
+        ("https://ingest.example.com/?a=1", "query or fragment"),
+    ] {
+        let errs = errors(&format!("[node]\nhttp_public_url = \"{url}\"\n\n{BASE}"));
+        assert_contains(&at(&errs, "node.http_public_url").message, message);
+    }
+    let errs = errors(&format!("[node]\nevents_retention_secs = -1\n\n{BASE}"));
+    at(&errs, "node.events_retention_secs");
+}
+
+/// Listening on every address with sinks and no public URL: a warning, since the raw_url
+/// receivers get would name 0.0.0.0.
+#[test]
+fn sinks_without_a_reachable_api_address_are_warned_about() {
+    let sink = "[sinks.hook]\nkind = \"webhook\"\nurl = \"https://hooks.example/in\"\nsecret_env = \"HOOK_SECRET\"\n";
+    let text = format!(
+        "[node]\nhttp_listen = \"0.0.0.0:9898\"\nhttp_allow_plaintext = true\n\n{BASE}\n{sink}"
+    );
+    let w = crate::config::warnings(&ok(&text));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].path, "node.http_public_url");
+    assert_contains(&w[0].message, "0.0.0.0:9898");
+    let text = text.replace(
+        "http_allow_plaintext = true",
+        "http_allow_plaintext = true\nhttp_public_url = \"https://ingest.example.com\"",
+    );
+    assert!(crate::config::warnings(&ok(&text)).is_empty());
+}

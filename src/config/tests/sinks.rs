@@ -481,7 +481,7 @@ fn delivery_bounds_are_enforced_at_their_keys() {
         ("timeout_secs = 301", "timeout_secs", "at most 300"),
         ("concurrency = 0", "concurrency", "at least 1"),
         ("concurrency = 257", "concurrency", "at most 256"),
-        ("max_age_secs = 59", "max_age_secs", "at least 60"),
+        ("max_age_secs = 0", "max_age_secs", "at least 1"),
         ("max_backoff_secs = 0", "max_backoff_secs", "at least 1"),
         (
             "max_backoff_secs = 86401",
@@ -812,4 +812,17 @@ fn sink_secret_and_creds_files_are_checked_for_loose_modes() {
             ("sinks.hook.secret_file".to_owned(), 0o644),
         ]
     );
+}
+
+/// A max_age_secs under a minute loads (failure handling can be seen at work in a drill)
+/// with a warning naming the key.
+#[test]
+fn a_max_age_under_a_minute_is_a_warning() {
+    let s = ok(&webhook("max_age_secs = 5"));
+    assert_eq!(s.sinks["hook"].delivery.max_age, Duration::from_secs(5));
+    let w = warnings(&s);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].path, "sinks.hook.max_age_secs");
+    assert_contains(&w[0].message, "shorter than a minute");
+    assert!(warnings(&ok(&webhook("max_age_secs = 60"))).is_empty());
 }

@@ -5,7 +5,9 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
-use super::secs;
+use std::time::Duration;
+
+use super::{MAX_SECS, secs};
 use crate::config::settings::*;
 use crate::config::tree::{Ctx, Table};
 use crate::store::Compression;
@@ -28,7 +30,12 @@ pub(super) const NODE_KEYS: &[&str] = &[
     "http_tls_key_file",
     "http_allowed_hosts",
     "http_allow_plaintext",
+    "http_public_url",
+    "events_retention_secs",
 ];
+
+/// `node.events_retention_secs` by default: a day, for consumers that pull `/api/events`.
+const DEFAULT_EVENTS_RETENTION_SECS: u64 = 86_400;
 
 const DEFAULT_HTTP_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9898));
@@ -79,6 +86,15 @@ pub(super) fn node(ctx: &mut Ctx, t: &Table) -> NodeSettings {
     let http_tls = http_tls(ctx, t);
     let http_allowed_hosts = allowed_hosts(ctx, t);
     let http_allow_plaintext = t.bool(ctx, "http_allow_plaintext", false);
+    let http_public_url = public_url(ctx, t);
+    // 0 is allowed: without consumers that pull, an event may go once every sink has it.
+    let events_retention = Duration::from_secs(t.uint(
+        ctx,
+        "events_retention_secs",
+        0,
+        MAX_SECS,
+        DEFAULT_EVENTS_RETENTION_SECS,
+    ));
     if http_tls.is_none() && !http_allow_plaintext && !http_listen.ip().is_loopback() {
         ctx.error(
             &t.key("http_listen"),
@@ -107,7 +123,43 @@ pub(super) fn node(ctx: &mut Ctx, t: &Table) -> NodeSettings {
         http_tls,
         http_allowed_hosts,
         http_allow_plaintext,
+        http_public_url,
+        events_retention,
     }
+}
+
+/// `node.http_public_url`: an absolute http(s) URL with a host and nothing a base URL
+/// cannot carry (credentials, query, fragment); the trailing `/` is dropped, so paths are
+/// appended to it as they are to the listen address.
+fn public_url(ctx: &mut Ctx, t: &Table) -> Option<String> {
+    let text = t.non_empty(ctx, "http_public_url")?;
+    let text = text.trim();
+    let refuse = |ctx: &mut Ctx, why: &str| {
+        ctx.error(
+            &t.key("http_public_url"),
+            format!(
+                "{text:?} {why}; write where receivers reach this node's API, e.g. \
+                 \"https://ingest.example.com\" (a path prefix is allowed)"
+            ),
+        );
+        None
+    };
+    let Ok(url) = url::Url::parse(text) else {
+        return refuse(ctx, "is not an absolute URL");
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return refuse(ctx, "must start with https:// or http://");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return refuse(ctx, "has no host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return refuse(ctx, "must not carry a user name or password");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return refuse(ctx, "must not have a query or fragment");
+    }
+    Some(url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// Both files or neither: a certificate without its key (or the reverse) is a mistake, not a

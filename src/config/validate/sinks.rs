@@ -55,8 +55,12 @@ const MAX_TIMEOUT_SECS: u64 = 300;
 pub(super) const DEFAULT_CONCURRENCY: u64 = 4;
 const MAX_CONCURRENCY: u64 = 256;
 pub(super) const DEFAULT_MAX_AGE_SECS: u64 = 86_400;
-/// Shortest `max_age_secs`: less would fail events during a receiver's ordinary restart.
-const MIN_MAX_AGE_SECS: u64 = 60;
+/// Shortest `max_age_secs`. Anything under [`SHORT_MAX_AGE_SECS`] loads with a warning:
+/// it fails events during a receiver's ordinary restart, which only makes sense to see
+/// failure handling at work (a test, a drill).
+const MIN_MAX_AGE_SECS: u64 = 1;
+/// `max_age_secs` below this is warned about.
+const SHORT_MAX_AGE_SECS: u64 = 60;
 pub(super) const DEFAULT_MAX_BACKOFF_SECS: u64 = 300;
 const MAX_MAX_BACKOFF_SECS: u64 = 86_400;
 pub(super) const DEFAULT_DUPLICATE_WINDOW_SECS: u64 = 3_600;
@@ -615,6 +619,44 @@ fn env_ref(ctx: &mut Ctx, t: &Table, key: &str) -> Option<SecretRef> {
          with a digit) that holds the secret, not the secret itself",
     );
     None
+}
+
+/// `max_age_secs` shorter than a minute: valid, most likely a drill left in place.
+pub(in crate::config) fn short_max_age(settings: &Settings) -> Vec<(String, String)> {
+    settings
+        .sinks
+        .iter()
+        .filter(|(_, sink)| sink.delivery.max_age < Duration::from_secs(SHORT_MAX_AGE_SECS))
+        .map(|(name, sink)| {
+            (
+                format!("sinks.{name}.max_age_secs"),
+                format!(
+                    "{} s is shorter than a minute: an event is marked failed when its receiver                      restarts or is briefly unreachable; meant for drills, not for service",
+                    sink.delivery.max_age.as_secs()
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Sinks configured while the node listens on every address without
+/// `node.http_public_url`: the `raw_url` they send would name 0.0.0.0 or `::`, which no
+/// receiver can reach.
+pub(in crate::config) fn unreachable_raw_url(settings: &Settings) -> Vec<(String, String)> {
+    let node = &settings.node;
+    if settings.sinks.is_empty()
+        || node.http_public_url.is_some()
+        || !node.http_listen.ip().is_unspecified()
+    {
+        return Vec::new();
+    }
+    vec![(
+        "node.http_public_url".to_owned(),
+        format!(
+            "not set while node.http_listen is {} (every address): the raw_url of sink events              would name that address, which receivers cannot reach; set it to where they reach              this node's API",
+            node.http_listen
+        ),
+    )]
 }
 
 /// `sources` patterns (with `*`) that match no configured source: allowed, since sources

@@ -550,3 +550,60 @@ fn seqs_follow_ids_under_concurrent_commits() {
     let ids: Vec<u64> = events.iter().map(|e| e.message.unwrap()).collect();
     assert_eq!(ids, (1..=300).collect::<Vec<_>>());
 }
+
+/// A replay rewinds a sink to an event still kept: what it had done from there on is to be
+/// done again, and counts again when it is. An event pruned, or past the last, is refused
+/// with nothing changed.
+#[tokio::test]
+async fn a_sink_is_rewound_only_to_events_still_kept() {
+    let (_d, s) = store();
+    s.store_batch((1..=8).map(|u| (msg(u), true)).collect())
+        .unwrap();
+    s.flush().await.unwrap();
+    s.sink_delivered("hook", &[1, 2, 3, 5, 6]).await.unwrap();
+    assert_eq!(s.sink_done_above("hook").unwrap(), vec![(5, 6)]);
+    assert_eq!(s.sink_done_above("never").unwrap(), vec![]);
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(s.prune_events(&["hook".to_string()], later, 2).unwrap(), 2);
+    let before = s.sink_state("hook").unwrap();
+    assert_eq!(
+        s.sink_rewind("hook", 2).await.unwrap(),
+        Rewind::BelowRetained { oldest: Some(3) }
+    );
+    assert_eq!(
+        s.sink_rewind("hook", 9).await.unwrap(),
+        Rewind::PastEnd { last: 8 }
+    );
+    assert_eq!(s.sink_state("hook").unwrap(), before, "refused: unchanged");
+    // From 6: only what was done from 6 on is forgotten.
+    assert_eq!(
+        s.sink_rewind("hook", 6).await.unwrap(),
+        Rewind::Rewound {
+            delivered_through: 3
+        }
+    );
+    assert_eq!(s.sink_done_above("hook").unwrap(), vec![(5, 5)]);
+    // From 3: below the watermark, which drops.
+    assert_eq!(
+        s.sink_rewind("hook", 3).await.unwrap(),
+        Rewind::Rewound {
+            delivered_through: 2
+        }
+    );
+    assert!(s.sink_done_above("hook").unwrap().is_empty());
+    // Replayed deliveries count again; nothing below the watermark is pruned meanwhile.
+    s.sink_delivered("hook", &(3..=8).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let st = s.sink_state("hook").unwrap();
+    assert_eq!((st.delivered_through, st.delivered), (8, 11));
+    // Pruned all: nothing is kept to replay.
+    assert_eq!(
+        s.prune_events(&["hook".to_string()], later, 100).unwrap(),
+        6
+    );
+    assert_eq!(
+        s.sink_rewind("hook", 8).await.unwrap(),
+        Rewind::BelowRetained { oldest: None }
+    );
+}
