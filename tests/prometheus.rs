@@ -2,8 +2,8 @@
 //!
 //! Per test: oidc-provider, Dovecot (OAuth2 through introspection), a `mailsluice run` with an
 //! IMAPS XOAUTH2 source `mail` (confidential client whose secret has an expiry date, 3-second
-//! access tokens so refreshes keep happening) and a POP3S password source `pop`, and a
-//! Prometheus scraping the node and evaluating the generated rules every second. Every panel
+//! access tokens so refreshes keep happening) and a POP3S password source `pop`, a webhook
+//! sink delivering to the harness receiver, and a Prometheus scraping the node and evaluating the generated rules every second. Every panel
 //! expression of both dashboards must return data, every rule must evaluate, and
 //! `MailsluiceSourceNeedsReauth` must stay quiet while the grant is good and fire once it is
 //! revoked.
@@ -17,7 +17,7 @@ use mailsluice::telemetry::dashboards::{self, AlertOptions};
 use node::{Node, corpus};
 use serde_json::Value;
 use support::prometheus::{Prometheus, PrometheusOptions};
-use support::{Dovecot, DovecotOptions, Oidc, OidcOptions, wait_for};
+use support::{Dovecot, DovecotOptions, Oidc, OidcOptions, WebhookReceiver, wait_for};
 
 const ALICE: &str = "alice@example.test";
 const ALICE_PW: &str = "alice-password";
@@ -38,6 +38,8 @@ struct Stack {
     node: Node,
     oidc: Oidc,
     dovecot: Dovecot,
+    /// Where the sink delivers (the sink panels need deliveries to show).
+    receiver: WebhookReceiver,
     /// Messages seeded, and stored by each source.
     seeded: u64,
 }
@@ -65,7 +67,14 @@ impl Stack {
             imaps = dovecot.imaps_port,
             pop3s = dovecot.pop3s_port,
         );
+        let receiver = WebhookReceiver::start();
+        let body = format!(
+            "{body}\n[sinks.hook]\nkind = \"webhook\"\nurl = \"{url}\"\nsecret_env = \"HOOK_WHSEC\"\nmax_backoff_secs = 1\n",
+            url = receiver.url()
+        );
         let mut node = Node::new(&dovecot.ca_pem, &body);
+        node.env
+            .push(("HOOK_WHSEC".into(), receiver.secrets()[0].clone()));
         node.env
             .push(("LOCAL_CLIENT_SECRET".into(), CLIENT_SECRET.into()));
         node.env.push(("ALICE_PASSWORD".into(), ALICE_PW.into()));
@@ -117,6 +126,7 @@ impl Stack {
             node,
             oidc,
             dovecot,
+            receiver,
             seeded,
         }
     }

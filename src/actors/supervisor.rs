@@ -59,6 +59,9 @@ pub struct Supervisor {
     /// The address the HTTP listener got (the base of `raw_url` without
     /// `node.http_public_url`); `None` before it is known.
     listen: Option<SocketAddr>,
+    /// Counts the pruning schedules: a reload that changes the retention starts a new one
+    /// at the new pace, and the old one's timer, when it fires, sees it is stale.
+    prune_schedule: u64,
 }
 
 impl Supervisor {
@@ -81,6 +84,7 @@ impl Supervisor {
             sinks_stopping: HashSet::new(),
             sinks_failed: HashMap::new(),
             listen: None,
+            prune_schedule: 0,
         }
     }
 
@@ -342,8 +346,9 @@ impl Supervisor {
     /// force, off the actor's thread.
     fn schedule_prune(&self, ctx: &mut Context<Self>) {
         let retention = self.live.settings().node.events_retention;
-        ctx.run_later(sink_set::prune_every(retention), |act, ctx| {
-            if act.stopping {
+        let schedule = self.prune_schedule;
+        ctx.run_later(sink_set::prune_every(retention), move |act, ctx| {
+            if act.stopping || act.prune_schedule != schedule {
                 return;
             }
             let settings = act.live.settings();
@@ -357,11 +362,14 @@ impl Supervisor {
                         .unwrap_or(0)
                 }
                 .into_actor(act)
-                .map(|pruned, act, ctx| {
+                .map(move |pruned, act, ctx| {
                     if pruned > 0 {
                         tracing::debug!(events = pruned, "outbox pruned");
                     }
-                    act.schedule_prune(ctx);
+                    // A reload meanwhile has started a schedule of its own.
+                    if act.prune_schedule == schedule {
+                        act.schedule_prune(ctx);
+                    }
                 }),
             );
         });
@@ -539,6 +547,10 @@ impl Handler<Reload> for Supervisor {
         }
         let mut report = plan.report;
         let (added, removed, restarted) = self.reload_sinks(&old, &new, ctx);
+        if old.node.events_retention != nn.events_retention {
+            self.prune_schedule += 1;
+            self.schedule_prune(ctx);
+        }
         report.sinks_added = added;
         report.sinks_removed = removed;
         report.sinks_restarted = restarted;

@@ -211,6 +211,53 @@ pub const OVERVIEW: &[Row] = &[
         ],
     },
     Row {
+        title: "Sinks",
+        panels: &[
+            Panel {
+                title: "Sink events / s, by outcome",
+                description: "Events each sink handed on (delivered), tried again after a failed attempt (retried), gave up on after max_age_secs (failed: `mailsluice sinks retry SINK` sends them again) or passed over (skipped: not wanted by its sources and events).",
+                unit: "ops",
+                targets: &[(
+                    "sum by (sink, outcome) (rate(mailsluice_sink_deliveries_total[$__rate_interval]))",
+                    "{{sink}} {{outcome}}",
+                )],
+                ..PANEL
+            },
+            Panel {
+                title: "Sink backlog (events)",
+                description: "Events each sink has yet to deliver. A backlog that grows means the receiver is down, slow or refusing; the node's log names its answer.",
+                targets: &[("max by (sink) (mailsluice_sink_backlog_events)", "{{sink}}")],
+                ..PANEL
+            },
+            Panel {
+                title: "Oldest undelivered event (age)",
+                description: "How long the oldest event each sink has yet to deliver has waited since it was stored. Past the sink's max_age_secs it is marked failed.",
+                unit: "s",
+                targets: &[(
+                    "max by (sink) (mailsluice_sink_oldest_pending_age_seconds)",
+                    "{{sink}}",
+                )],
+                ..PANEL
+            },
+            Panel {
+                title: "Sink delivery latency",
+                description: "One delivery attempt: a webhook's request and answer, a NATS publish and its ack.",
+                unit: "s",
+                targets: &[
+                    (
+                        "histogram_quantile(0.5, sum by (sink, le) (rate(mailsluice_sink_delivery_duration_seconds_bucket[$__rate_interval])))",
+                        "{{sink}} p50",
+                    ),
+                    (
+                        "histogram_quantile(0.99, sum by (sink, le) (rate(mailsluice_sink_delivery_duration_seconds_bucket[$__rate_interval])))",
+                        "{{sink}} p99",
+                    ),
+                ],
+                ..PANEL
+            },
+        ],
+    },
+    Row {
         title: "Store and node",
         panels: &[
             Panel {
