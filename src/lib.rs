@@ -22,6 +22,13 @@
 //!      │
 //!      └─ outcomes → telemetry::status (one owner of per-source status) → API, CLI, gauges
 //!                      └─ state changes → Supervisor → outbox event
+//!
+//!   outbox (durable events, in seq order)
+//!      ▼
+//!   sinks::engine::Worker (one per sink, started by the Supervisor): order per source,
+//!      │ concurrency, retries, failed marks, batched progress records
+//!      ▼
+//!   sinks::webhook (signed HTTPS POST) │ NATS JetStream
 //! ```
 //!
 //! ## Modules, and what each may import
@@ -33,11 +40,11 @@
 //! | `store` | the traits ingest (`IngestStore`) and auth (`TokenStore`) use, with the guarantees a backend keeps; the sled `Store` behind them: trees, keys, chunked and compressed values, messages, checkpoints, post-action records, the outbox (events, sink delivery records, retention), tokens, encryption at rest; the only importer of sled | `parse`, `secret`, `telemetry` |
 //! | `auth` | OAuth2 providers, flows (PKCE loopback, device code, client credentials), the token service and its clock, horizons | `config`, `secret`, `store`, `telemetry` |
 //! | `ingest` | one source's collection cycle as plain code: session → list → fetch → parse-and-store → checkpoint → post-action | `config`, `net`, `protocol`, `parse`, `store`, `secret`, `telemetry` |
-//! | `actors` | supervisor, collector, token manager: thin shells over `ingest` and `auth`; what they decide is in `actors::policy`, plain functions | `auth`, `config`, `ingest`, `net`, `store`, `secret`, `telemetry` |
+//! | `actors` | supervisor, collector, token manager: thin shells over `ingest` and `auth`; what they decide is in `actors::policy`, plain functions; `actors::sinks` builds each sink's transport (reading its secret), starts and stops its worker, plans reloads and prunes the outbox | `auth`, `config`, `ingest`, `net`, `sinks`, `store`, `secret`, `telemetry` |
 //! | `config` | raw TOML → validated settings (every error at once); `config::live`, the settings in force; `config::endpoint`, where tokens may be sent (a URL parser's reading) | `net`, `protocol`, `sinks`, `store`, `telemetry` (types it converts to) |
-//! | `api` | the node's HTTP endpoints and who may call them: `api::access` (Host, cross-site, bearer token and role, JSON-only POSTs, failed-attempt limit, request metrics) runs before every handler; `api::credentials` holds token digests; `api::limits` bounds pages and test-logins; `api::tls` serves HTTPS. Reaches the actors only through `actors::supervisor::NodeHandle` (message recipients) | `actors`, `auth`, `config`, `diagnose`, `secret`, `store`, `telemetry` |
+//! | `api` | the node's HTTP endpoints and who may call them: `api::access` (Host, cross-site, bearer token and role, JSON-only POSTs, failed-attempt limit, request metrics) runs before every handler; `api::credentials` holds token digests; `api::limits` bounds pages and test-logins; `api::tls` serves HTTPS. Reaches the actors only through `actors::supervisor::NodeHandle` (message recipients) | `actors`, `auth`, `config`, `diagnose`, `secret`, `sinks`, `store`, `telemetry` |
 //! | `diagnose` | `test-login`'s step-by-step check | `auth`, `config`, `ingest`, `net`, `protocol`, `secret`, `telemetry` |
-//! | `sinks` | handing events (stored messages, source state changes) on to webhooks and NATS JetStream, at least once; the pure pieces: Standard Webhooks signatures, the retry schedule, where a webhook may be sent, the JSON envelope | `store` |
+//! | `sinks` | handing events (stored messages, source state changes) on to webhooks and NATS JetStream, at least once; the pure pieces (Standard Webhooks signatures, the retry schedule, where a webhook may be sent, the JSON envelope), the delivery engine and the webhook transport | `store`, `telemetry` |
 //! | `telemetry` | the metric catalog, per-source status, progress, logging, dashboards | — |
 //! | `secret` | [`secret::Secret`], whose `Debug` and `Display` are redacted | — |
 //!

@@ -430,6 +430,42 @@ secret_env = "GONE_WHSEC"
         assert_eq!(plan.start, vec!["keep"]);
     }
 
+    /// A sink's secret is read when it starts: a malformed one is named by its key and
+    /// position, never quoted; a missing file is named.
+    #[test]
+    fn a_sinks_secret_never_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hook.whsec");
+        let text = format!(
+            "[node]\ndata_dir = \"{d}\"\n\n[sinks.hook]\nkind = \"webhook\"\nurl = \"https://hooks.example.test/in\"\nsecret_file = \"{f}\"\n",
+            d = dir.path().display(),
+            f = file.display()
+        );
+        let s = settings(&text);
+        let sink = &s.sinks["hook"];
+        std::fs::write(&file, "whsec_c2VjcmV0LWJ1dC10b28tc2hvcnQ=\n").unwrap();
+        let err = match transport(&s, sink) {
+            Ok(_) => panic!("a 20-byte key was taken"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.starts_with("sinks.hook.secret_file: secret 1 is a key of 20 bytes"),
+            "{err}"
+        );
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+        let good = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        std::fs::write(&file, format!("{good}\n")).unwrap();
+        let (_, digest) = transport(&s, sink).unwrap();
+        assert!(digest.is_some());
+        assert_eq!(digest, secret_digest(sink));
+        std::fs::remove_file(&file).unwrap();
+        let err = match transport(&s, sink) {
+            Ok(_) => panic!("no secret, yet started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
     #[test]
     fn the_api_base_is_the_public_url_or_the_bound_address() {
         let s = settings(BASE);

@@ -617,7 +617,12 @@ impl Worker {
         } else {
             None
         };
-        let batch = self.batch_since.map(|since| since + BATCH_DELAY);
+        // While the store is paused after an error, the pause's end is the batch's turn.
+        let paused = self.store_pause.is_some_and(|until| until > now);
+        let batch = self
+            .batch_since
+            .filter(|_| !paused)
+            .map(|since| since + BATCH_DELAY);
         let gauge = (!self.queues.is_empty()).then(|| now + GAUGE_TICK);
         [retry, batch, gauge, self.store_pause]
             .into_iter()

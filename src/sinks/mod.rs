@@ -28,7 +28,13 @@
 //! ## Here
 //! The pure pieces, each tested on its own: [`sign`] (Standard Webhooks signatures),
 //! [`backoff`] (when to retry, when to give up), [`address`] (where a webhook may be sent)
-//! and [`envelope`] (the JSON body). The settings are [`crate::config::SinkSettings`].
+//! and [`envelope`] (the JSON body). The [`engine`] runs one sink: order per source,
+//! concurrency, retries, giving up, batched records, `retry` and `replay`; it hands each
+//! event to a [`transport::Transport`], such as the [`webhook`] one. The settings are
+//! [`crate::config::SinkSettings`]; `actors::sinks` starts and stops the workers.
+//!
+//! A repeat is byte-for-byte the body sent before as long as the node's API base (the
+//! `raw_url` prefix: `node.http_public_url`, else the listen address) stays the same.
 
 pub mod address;
 pub mod backoff;

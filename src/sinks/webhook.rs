@@ -382,6 +382,77 @@ mod tests {
         assert!(cut.starts_with("éé"));
     }
 
+    fn policy() -> AddressPolicy {
+        AddressPolicy {
+            sink: "hook".into(),
+            allow_private_addresses: false,
+        }
+    }
+
+    /// The resolver hands the connector only addresses the policy allows: a name that
+    /// resolves to a metadata address is refused, naming it and the key that allows it.
+    #[tokio::test]
+    async fn the_resolver_refuses_what_the_policy_refuses() {
+        let resolver = CheckedResolver { policy: policy() };
+        let name = |s: &str| s.parse::<Name>().unwrap();
+        let err = match resolver.resolve(name("169.254.169.254")).await {
+            Ok(_) => panic!("a link-local address was let through"),
+            Err(e) => e,
+        };
+        let refused = err.downcast_ref::<RefusedAddress>().expect("a refusal");
+        assert_eq!(refused.addr, "169.254.169.254".parse::<IpAddr>().unwrap());
+        assert!(err.to_string().contains("allow_private_addresses"), "{err}");
+        let found: Vec<SocketAddr> = match resolver.resolve(name("127.0.0.1")).await {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(found[0].ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
+        let open = CheckedResolver {
+            policy: AddressPolicy {
+                allow_private_addresses: true,
+                ..policy()
+            },
+        };
+        assert!(open.resolve(name("169.254.169.254")).await.is_ok());
+    }
+
+    fn target(url: &str, keys: Vec<SigningKey>) -> WebhookTarget {
+        let roots = crate::net::root_store(None).unwrap();
+        WebhookTarget {
+            sink: "hook".into(),
+            url: url.into(),
+            keys,
+            timeout: Duration::from_secs(1),
+            concurrency: 1,
+            policy: policy(),
+            tls: crate::net::rustls_config(crate::net::TlsVersion::V1_2, roots).unwrap(),
+        }
+    }
+
+    /// An address written in the URL never reaches the resolver: it is checked when the
+    /// transport is built. The transport's Debug shows no key.
+    #[test]
+    fn an_address_in_the_url_is_checked_at_once_and_debug_shows_no_key() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let keys = crate::sinks::sign::parse_secrets(secret).unwrap();
+        let err = WebhookTransport::new(target("http://169.254.169.254/latest", keys.clone()))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("sinks.hook.url: 169.254.169.254 is a link-local address"),
+            "{err}"
+        );
+        let t = WebhookTransport::new(target("https://hooks.example/in?token=abc", keys)).unwrap();
+        let debug = format!("{t:?}");
+        assert!(
+            !debug.contains("MfKQ9r8") && !debug.contains("token=abc"),
+            "{debug}"
+        );
+        assert!(debug.contains("https://hooks.example/in"), "{debug}");
+        let none = WebhookTransport::new(target("https://hooks.example/in", Vec::new()));
+        assert!(matches!(none, Err(WebhookSetupError::NoKeys { .. })));
+    }
+
     #[test]
     fn the_shown_url_has_no_query() {
         let url = Url::parse("https://hooks.example/in?token=abc#x").unwrap();
