@@ -184,6 +184,10 @@ fn every_dashboard_expression_and_alert_rule_answers_from_a_real_node() {
         || format!("still without data:\n{}", missing.borrow().join("\n")),
     );
 
+    // The sink panels drew from real deliveries.
+    assert!(!stack.receiver.delivered_ids().is_empty());
+    assert!(stack.receiver.bad_signatures().is_empty());
+
     // The drill-down answers for the password source too, except for the OAuth2-only panels.
     for (panel, expr) in dashboard_queries(PASSWORD_SOURCE) {
         if !panel.starts_with("source.json") || expr.contains("token") {

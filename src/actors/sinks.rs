@@ -149,11 +149,11 @@ fn secret_key(secret: &SecretRef) -> &'static str {
     }
 }
 
+/// A sink's transport and the digest of the secret it was built with.
+type Built = (Arc<dyn Transport>, Option<[u8; 32]>);
+
 /// The sink's transport, and the digest of the secret it was built with.
-fn transport(
-    settings: &Settings,
-    sink: &SinkSettings,
-) -> Result<(Arc<dyn Transport>, Option<[u8; 32]>), SinkStartError> {
+fn transport(settings: &Settings, sink: &SinkSettings) -> Result<Built, SinkStartError> {
     let name = sink.name.clone();
     match &sink.target {
         SinkTarget::Webhook(w) => {

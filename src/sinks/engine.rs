@@ -237,7 +237,11 @@ impl Worker {
         let sink = self.opts.name.clone();
         while let Err(e) = self.resume() {
             tracing::error!(sink = %sink, error = %e, "sink cannot read its progress; trying again in 5 s");
-            tokio::time::sleep(STORE_RETRY).await;
+            tokio::select! {
+                () = tokio::time::sleep(STORE_RETRY) => {}
+                // Asked to stop meanwhile: nothing was started, nothing to record.
+                None = commands.recv() => return,
+            }
         }
         tracing::info!(sink = %sink, from = self.read_through, "sink delivering");
         loop {
@@ -760,7 +764,7 @@ impl Worker {
         if from > last {
             return Err(CommandError::PastEnd { sink, from, last });
         }
-        if !oldest.is_some_and(|o| from >= o) {
+        if oldest.is_none_or(|o| from < o) {
             return Err(CommandError::BelowRetained {
                 sink,
                 from,

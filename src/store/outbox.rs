@@ -716,7 +716,7 @@ impl Store {
             if from > last {
                 return Ok(Rewind::PastEnd { last });
             }
-            if !oldest.is_some_and(|oldest| from >= oldest) {
+            if oldest.is_none_or(|oldest| from < oldest) {
                 return Ok(Rewind::BelowRetained { oldest });
             }
             self.sinks
