@@ -33,5 +33,6 @@
 pub mod address;
 pub mod backoff;
 pub mod envelope;
+pub mod nats;
 pub mod sign;
 pub mod transport;
