@@ -345,7 +345,10 @@ impl NatsTransport {
         subject: &str,
         e: async_nats::jetstream::context::PublishError,
     ) -> DeliveryError {
-        let at = format!("publish to {subject} (stream {})", self.stream.name);
+        let at = format!(
+            "publish to {subject} (stream {}, NATS {})",
+            self.stream.name, self.servers
+        );
         match e.kind() {
             PublishErrorKind::TimedOut => DeliveryError::transient(
                 "timeout",
