@@ -37,7 +37,7 @@
 //! | `config` | raw TOML → validated settings (every error at once); `config::live`, the settings in force; `config::endpoint`, where tokens may be sent (a URL parser's reading) | `net`, `protocol`, `sinks`, `store`, `telemetry` (types it converts to) |
 //! | `api` | the node's HTTP endpoints and who may call them: `api::access` (Host, cross-site, bearer token and role, JSON-only POSTs, failed-attempt limit, request metrics) runs before every handler; `api::credentials` holds token digests; `api::limits` bounds pages and test-logins; `api::tls` serves HTTPS. Reaches the actors only through `actors::supervisor::NodeHandle` (message recipients) | `actors`, `auth`, `config`, `diagnose`, `secret`, `store`, `telemetry` |
 //! | `diagnose` | `test-login`'s step-by-step check | `auth`, `config`, `ingest`, `net`, `protocol`, `secret`, `telemetry` |
-//! | `sinks` | handing events (stored messages, source state changes) on to webhooks and NATS JetStream, at least once; the pure pieces: Standard Webhooks signatures, the retry schedule, where a webhook may be sent, the JSON envelope | `store` |
+//! | `sinks` | handing events (stored messages, source state changes) on to webhooks and NATS JetStream, at least once; the pure pieces: Standard Webhooks signatures, the retry schedule, where a webhook may be sent, the JSON envelope; the NATS JetStream transport | `config`, `net`, `secret`, `store` |
 //! | `telemetry` | the metric catalog, per-source status, progress, logging, dashboards | — |
 //! | `secret` | [`secret::Secret`], whose `Debug` and `Display` are redacted | — |
 //!
