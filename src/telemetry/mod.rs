@@ -248,6 +248,9 @@ pub const CATALOG: &[MetricDef] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Held while the recorder is installed: two first callers at once (tests starting nodes on
+/// several threads) would otherwise both try, and the second fail.
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Why [`install`] could not set up the Prometheus recorder. Start-up only, so there is no
 /// `kind()`: nothing can be counted without a recorder.
@@ -266,6 +269,10 @@ pub enum InstallError {
 
 /// Installs the Prometheus recorder (once per process) and describes every metric.
 pub fn install() -> Result<PrometheusHandle, InstallError> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let _installing = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
