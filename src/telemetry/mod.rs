@@ -234,6 +234,30 @@ pub const CATALOG: &[MetricDef] = &[
         "Messages seen on the server but not yet stored, as of the last session."
     ),
     m!(
+        "sink_deliveries_total",
+        Counter,
+        ["sink", "outcome"],
+        "Event delivery attempts by sink and outcome: delivered, retried (failed, to be tried again), failed (given up after max_age_secs, held for a retry), skipped (not wanted by the sink)."
+    ),
+    m!(
+        "sink_backlog_events",
+        Gauge,
+        ["sink"],
+        "Events in the outbox the sink has not yet delivered, failed or skipped."
+    ),
+    m!(
+        "sink_oldest_pending_age_seconds",
+        Gauge,
+        ["sink"],
+        "Age of the oldest event the sink has not yet delivered (since its commit); 0 when none waits."
+    ),
+    m!(
+        "sink_delivery_duration_seconds",
+        Histogram,
+        ["sink"],
+        "Duration of one delivery attempt: webhook request to answer, or NATS publish to acknowledgement."
+    ),
+    m!(
         "api_requests_total",
         Counter,
         ["route", "code"],
