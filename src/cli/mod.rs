@@ -3,7 +3,7 @@
 //!
 //! - [`run`]: the node itself (wiring, HTTP listener, signals, `--once` progress).
 //! - [`check_config`], [`reload`], [`status`], [`test_login`], [`authorize`], [`tokens`],
-//!   [`messages`] (with the mboxrd export), [`secrets`]: the other commands.
+//!   [`messages`] (with the mboxrd export), [`secrets`], [`sinks`]: the other commands.
 //! - [`node_api`]: the running node's HTTP API, for commands that find the store locked
 //!   (sled allows one process), and where that node listens.
 //!
@@ -17,6 +17,7 @@ pub mod node_api;
 pub mod reload;
 pub mod run;
 pub mod secrets;
+pub mod sinks;
 pub mod status;
 pub mod test_login;
 pub mod tokens;
@@ -113,6 +114,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: MessagesCommand,
     },
+    /// Sinks (webhooks, NATS): delivery state, backlog and failed events.
+    Sinks {
+        #[command(subcommand)]
+        command: SinksCommand,
+    },
     /// At-rest encryption of tokens.
     Secrets {
         #[command(subcommand)]
@@ -146,6 +152,24 @@ pub(crate) enum TokensCommand {
     },
     /// Per source: access-token expiry, refresh-token age and last use, state.
     Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SinksCommand {
+    /// Per sink: state, delivered, failed, backlog, oldest pending event, and the failed
+    /// events with the receiver's last answer.
+    ///
+    /// STATE is failing (failed events are held: fix the receiver, then retry them),
+    /// retrying (the oldest pending event has waited over a minute), healthy, or idle
+    /// (nothing delivered or pending yet).
+    #[command(
+        after_help = "Examples:\n  mailsluice sinks status\n  mailsluice sinks status --json | jq '.[] | select(.state != \"healthy\")'"
+    )]
+    Status {
+        /// Print the same as JSON (one object per sink, with up to 100 failed events each).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -252,6 +276,7 @@ pub(crate) fn dispatch(command: Command, settings: Settings, path: &Path) -> any
             TokensCommand::Status => tokens::status(&settings),
         },
         Command::Messages { command } => messages::messages(&settings, command),
+        Command::Sinks { command } => sinks::sinks(&settings, command),
         Command::Secrets {
             command: SecretsCommand::RotateKey,
         } => secrets::rotate_key(&settings),

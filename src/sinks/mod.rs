@@ -27,14 +27,16 @@
 //!
 //! ## Here
 //! The pure pieces, each tested on its own: [`sign`] (Standard Webhooks signatures),
-//! [`backoff`] (when to retry, when to give up), [`address`] (where a webhook may be sent)
-//! and [`envelope`] (the JSON body). The settings are [`crate::config::SinkSettings`].
-//! Behind the [`transport::Transport`] seam: [`nats`], JetStream publishes acknowledged by
-//! the stream (the stream ensured, large raw bytes through the object store).
+//! [`backoff`] (when to retry, when to give up), [`address`] (where a webhook may be sent),
+//! [`envelope`] (the JSON body) and [`health`] (the state `sinks status` shows). The
+//! settings are [`crate::config::SinkSettings`]. Behind the [`transport::Transport`] seam:
+//! [`nats`], JetStream publishes acknowledged by the stream (the stream ensured, large raw
+//! bytes through the object store).
 
 pub mod address;
 pub mod backoff;
 pub mod envelope;
+pub mod health;
 pub mod nats;
 pub mod sign;
 pub mod transport;

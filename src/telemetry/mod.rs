@@ -234,6 +234,30 @@ pub const CATALOG: &[MetricDef] = &[
         "Messages seen on the server but not yet stored, as of the last session."
     ),
     m!(
+        "sink_deliveries_total",
+        Counter,
+        ["sink", "outcome"],
+        "Event delivery attempts by sink and outcome: delivered, retried (failed, to be tried again), failed (given up after max_age_secs, held for a retry), skipped (not wanted by the sink)."
+    ),
+    m!(
+        "sink_backlog_events",
+        Gauge,
+        ["sink"],
+        "Events in the outbox the sink has not yet delivered, failed or skipped."
+    ),
+    m!(
+        "sink_oldest_pending_age_seconds",
+        Gauge,
+        ["sink"],
+        "Age of the oldest event the sink has not yet delivered (since its commit); 0 when none waits."
+    ),
+    m!(
+        "sink_delivery_duration_seconds",
+        Histogram,
+        ["sink"],
+        "Duration of one delivery attempt: webhook request to answer, or NATS publish to acknowledgement."
+    ),
+    m!(
         "api_requests_total",
         Counter,
         ["route", "code"],
@@ -248,6 +272,9 @@ pub const CATALOG: &[MetricDef] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Held while the recorder is installed: two first callers at once (tests starting nodes on
+/// several threads) would otherwise both try, and the second fail.
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Why [`install`] could not set up the Prometheus recorder. Start-up only, so there is no
 /// `kind()`: nothing can be counted without a recorder.
@@ -266,6 +293,10 @@ pub enum InstallError {
 
 /// Installs the Prometheus recorder (once per process) and describes every metric.
 pub fn install() -> Result<PrometheusHandle, InstallError> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let _installing = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }

@@ -1,7 +1,7 @@
 //! The overview dashboard's panels: every source and provider of every node at once. It
 //! shows every metric of the catalog (a test checks it), so a new metric needs a panel here.
 
-use super::panel::{PANEL, Panel, REFRESH_IDLE_BANDS, Row, SECRET_LEFT_BANDS, Viz};
+use super::panel::{PANEL, Panel, REFRESH_IDLE_BANDS, Row, SECRET_LEFT_BANDS, SINK_LAG_BANDS, Viz};
 
 /// The overview dashboard: every source and provider of every node at once.
 pub const OVERVIEW: &[Row] = &[
@@ -204,6 +204,54 @@ pub const OVERVIEW: &[Row] = &[
                     (
                         "histogram_quantile(0.99, sum by (provider, le) (rate(mailsluice_token_refresh_duration_seconds_bucket[$__rate_interval])))",
                         "{{provider}} p99",
+                    ),
+                ],
+                ..PANEL
+            },
+        ],
+    },
+    Row {
+        title: "Sinks",
+        panels: &[
+            Panel {
+                title: "Sink deliveries / s by outcome",
+                description: "Event delivery attempts per second, by sink and outcome. delivered: the receiver has it; retried: an attempt failed and will be repeated with backoff; failed: given up after the sink's max_age_secs and held (`mailsluice sinks status` lists them, `mailsluice sinks retry SINK` sends them again); skipped: not wanted by the sink (sources, events).",
+                unit: "ops",
+                targets: &[(
+                    "sum by (sink, outcome) (rate(mailsluice_sink_deliveries_total[$__rate_interval]))",
+                    "{{sink}} {{outcome}}",
+                )],
+                ..PANEL
+            },
+            Panel {
+                title: "Sink backlog (events)",
+                description: "Events in the outbox each sink has not yet delivered, failed or skipped. It grows while a receiver is down and shrinks when it is back; the mail itself is stored once whatever the backlog, and each event is a small record.",
+                targets: &[("max by (sink) (mailsluice_sink_backlog_events)", "{{sink}}")],
+                ..PANEL
+            },
+            Panel {
+                title: "Oldest pending event age",
+                description: "How long each sink's oldest undelivered event has waited since it was committed. A working sink stays within seconds; a line rising at one second per second is a receiver that does not take events (see `mailsluice sinks status` for its last answer). Past the red line the MailsluiceSinkLagGrowing alert fires.",
+                unit: "s",
+                thresholds: Some(SINK_LAG_BANDS),
+                targets: &[(
+                    "max by (sink) (mailsluice_sink_oldest_pending_age_seconds)",
+                    "{{sink}}",
+                )],
+                ..PANEL
+            },
+            Panel {
+                title: "Sink delivery duration",
+                description: "Duration of one delivery attempt (webhook request to answer, NATS publish to acknowledgement), by sink. Close to the sink's timeout_secs means the receiver is the bottleneck: raise its capacity or the sink's concurrency.",
+                unit: "s",
+                targets: &[
+                    (
+                        "histogram_quantile(0.5, sum by (sink, le) (rate(mailsluice_sink_delivery_duration_seconds_bucket[$__rate_interval])))",
+                        "{{sink}} p50",
+                    ),
+                    (
+                        "histogram_quantile(0.95, sum by (sink, le) (rate(mailsluice_sink_delivery_duration_seconds_bucket[$__rate_interval])))",
+                        "{{sink}} p95",
                     ),
                 ],
                 ..PANEL
