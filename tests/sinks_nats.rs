@@ -14,7 +14,7 @@ use mailsluice::config::{
     TlsBackend, TlsSettings, TlsVersion,
 };
 use mailsluice::sinks::envelope::Raw;
-use mailsluice::sinks::nats::NatsTransport;
+use mailsluice::sinks::nats::{LazyNatsTransport, NatsTransport};
 use mailsluice::sinks::transport::{Delivery, Transport};
 use mailsluice::store::{Event, Location, NewMessage, Store};
 use tempfile::TempDir;
@@ -426,4 +426,33 @@ async fn an_operators_stream_is_refused_when_unfit_and_only_a_short_window_is_ch
     assert_eq!(now.duplicate_window, Duration::from_secs(3600));
     assert_eq!(now.subjects, ["mailsluice.msg.>"]);
     assert_eq!(now.max_messages, 1_000_000);
+}
+
+/// The node's NATS sink connects on its first attempt: with the server down, an attempt
+/// fails (naming the servers) within the timeout instead of holding up the node's start;
+/// once the server is up, the next attempt connects, ensures the stream and publishes.
+#[tokio::test]
+async fn the_nodes_sink_connects_when_the_server_comes_up() {
+    let mut nats = NatsServer::start();
+    let stored = Stored::new(&[("support", 1, mail("late", "server"))]).await;
+    nats.stop();
+    let sink = LazyNatsTransport::new(&settings(&nats, "MAILSLUICE", NatsAuth::None), &tls(), API);
+    let started = Instant::now();
+    let e = sink.deliver(&stored.delivery(0, false)).await.unwrap_err();
+    assert!(started.elapsed() < TIMEOUT + Duration::from_secs(2), "{e}");
+    assert!(!e.permanent, "{e:?}");
+    assert!(
+        e.detail.contains(&nats.url()) || e.detail.contains(&nats.port().to_string()),
+        "{e:?}"
+    );
+    nats.restart();
+    sink.deliver(&stored.delivery(0, false))
+        .await
+        .unwrap_or_else(|e| panic!("after the server came up: {e}\n{}", nats.log()));
+    let entries = nats.stream_messages("MAILSLUICE").await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        entries[0].header("Nats-Msg-Id").as_deref(),
+        Some(stored.events[0].id.as_str())
+    );
 }

@@ -54,6 +54,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -837,6 +838,76 @@ fn tls_config(
     let min = crate::net::TlsOptions::from(tls).min_version;
     let config = crate::net::rustls_config(min, roots).map_err(node_err)?;
     Ok(std::sync::Arc::unwrap_or_clone(config))
+}
+
+/// A NATS sink as the node runs it: it connects on its first attempt, and again on the next
+/// attempt after a connect failed, so the node starts (and the sink's other work goes on)
+/// while the server is down. A failed connect is a failed attempt, retried on the sink's
+/// schedule like any other, its error naming the servers and why.
+pub struct LazyNatsTransport {
+    settings: SinkSettings,
+    tls: TlsSettings,
+    api_base: String,
+    connected: tokio::sync::Mutex<Option<Arc<NatsTransport>>>,
+}
+
+impl fmt::Debug for LazyNatsTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LazyNatsTransport")
+            .field("sink", &self.settings.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LazyNatsTransport {
+    pub fn new(settings: &SinkSettings, tls: &TlsSettings, api_base: &str) -> LazyNatsTransport {
+        LazyNatsTransport {
+            settings: settings.clone(),
+            tls: tls.clone(),
+            api_base: api_base.to_owned(),
+            connected: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The connected transport; connects (one caller at a time) when there is none.
+    async fn transport(&self) -> Result<Arc<NatsTransport>, DeliveryError> {
+        let mut connected = self.connected.lock().await;
+        if let Some(t) = connected.as_ref() {
+            return Ok(t.clone());
+        }
+        let timeout = self.settings.delivery.timeout;
+        let t = match tokio::time::timeout(
+            timeout,
+            NatsTransport::connect(&self.settings, &self.tls, &self.api_base),
+        )
+        .await
+        {
+            Ok(Ok(t)) => Arc::new(t),
+            Ok(Err(e)) => return Err(DeliveryError::transient(e.kind(), e.to_string())),
+            Err(_) => {
+                return Err(DeliveryError::transient(
+                    "timeout",
+                    format!(
+                        "sinks.{}: no connection to {} within {} s",
+                        self.settings.name,
+                        match &self.settings.target {
+                            SinkTarget::Nats(n) => n.servers.join(", "),
+                            SinkTarget::Webhook(_) => String::new(),
+                        },
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+        };
+        *connected = Some(t.clone());
+        Ok(t)
+    }
+}
+
+impl Transport for LazyNatsTransport {
+    fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move { self.transport().await?.deliver(d).await })
+    }
 }
 
 #[cfg(test)]
