@@ -4,12 +4,12 @@
 //! or `cargo bench --bench scenarios -- [OPTIONS]`:
 //!
 //! ```text
-//! --scenario 1|2|3|4|5|all  which scenarios (default all)
-//! --messages N           messages in the mailbox of scenarios 1 and 2 (default 10000)
+//! --scenario 1|2|3|4|5|6|all  which scenarios (default all)
+//! --messages N           messages in the mailbox of scenarios 1, 2 and 6 (default 10000)
 //! --mailboxes M          mailboxes in scenario 3 (default 1000)
 //! --per-mailbox K        messages per mailbox in scenario 3 (default 20)
 //! --max-sessions S       mailsluice's node.max_sessions in scenario 3 (default: its own, 256)
-//! --runs R               timed runs per contender (default 3)
+//! --runs R               timed runs per contender (scenario 6: per variant; default 3)
 //! --sources N            sources on the node in scenarios 4 and 5 (default 1000)
 //! --rate R               scenario 4: messages appended per second (default 10)
 //! --duration S           seconds of appends (scenario 4, default 120) or of token churn
@@ -41,6 +41,9 @@
 //! 5. Token churn ([`churn`]): many OAuth2 sources with short-lived access tokens; refresh
 //!    requests made against the fewest that could have served every login, and logins
 //!    refused for an expired token.
+//! 6. Sinks ([`sinks`]): one IMAP mailbox ingested by a node that also delivers every stored
+//!    message to a real webhook receiver or a real NATS JetStream, with and without raw
+//!    bytes, against the node ingesting alone in the same run.
 //!
 //! Each scenario starts its own Dovecot and OIDC server (the test harness in
 //! `tests/support`), seeds the mailboxes once, fetches them once untimed so Dovecot's indexes
@@ -74,6 +77,8 @@ mod measure;
 mod reference;
 #[path = "scenarios/report.rs"]
 mod report;
+#[path = "scenarios/sinks.rs"]
+mod sinks;
 #[path = "scenarios/steady.rs"]
 mod steady;
 
@@ -86,7 +91,7 @@ use judge::Expected;
 use report::{ContenderResult, Environment, RunResult, ScenarioResult, Verdict};
 use support::{Dovecot, DovecotOptions, Oidc, OidcOptions};
 
-const USAGE: &str = "usage: scenarios [--scenario 1|2|3|4|5|all] [--messages N] [--mailboxes M] \
+const USAGE: &str = "usage: scenarios [--scenario 1|2|3|4|5|6|all] [--messages N] [--mailboxes M] \
                      [--per-mailbox K] [--max-sessions S] [--runs R] [--sources N] [--rate R] [--duration S] [--token-ttl S] [--login-mode high-security|high-performance] [--smoke] [--out FILE] [--only LIST] [--keep]";
 
 /// The command line, validated.
@@ -105,6 +110,8 @@ struct Args {
     only: Vec<Contender>,
     /// Scenarios 4 and 5.
     live: LiveArgs,
+    /// Scenario 6.
+    sinks: SinkArgs,
     /// The options as understood, for the report's command line.
     given: Vec<String>,
 }
@@ -127,6 +134,15 @@ pub struct LiveArgs {
     pub keep: bool,
 }
 
+/// What scenario 6 (sinks) is run with.
+pub struct SinkArgs {
+    /// Messages in the mailbox.
+    pub messages: usize,
+    /// Timed runs per variant.
+    pub runs: usize,
+    pub keep: bool,
+}
+
 /// The outcome of scenario 4 or 5: a Markdown section, and what is wrong with mailsluice's
 /// behaviour (not its speed), which fails the benchmark.
 pub struct LiveReport {
@@ -136,7 +152,7 @@ pub struct LiveReport {
 
 impl Args {
     fn parse(argv: &[String]) -> Result<Args, String> {
-        let mut scenarios = vec![1, 2, 3, 4, 5];
+        let mut scenarios = vec![1, 2, 3, 4, 5, 6];
         let (mut messages, mut mailboxes, mut per_mailbox, mut runs) = (None, None, None, None);
         let mut max_sessions = None;
         let (mut sources, mut rate, mut duration, mut token_ttl) = (None, None, None, None);
@@ -160,13 +176,17 @@ impl Args {
                 "--smoke" => smoke = true,
                 "--keep" => keep = true,
                 "--scenario" => {
-                    let value = it.next().ok_or("--scenario needs 1, 2, 3, 4, 5 or all")?;
+                    let value = it
+                        .next()
+                        .ok_or("--scenario needs 1, 2, 3, 4, 5, 6 or all")?;
                     scenarios = match value.as_str() {
-                        "all" => vec![1, 2, 3, 4, 5],
-                        n @ ("1" | "2" | "3" | "4" | "5") => vec![n.parse().expect("a digit")],
+                        "all" => vec![1, 2, 3, 4, 5, 6],
+                        n @ ("1" | "2" | "3" | "4" | "5" | "6") => {
+                            vec![n.parse().expect("a digit")]
+                        }
                         other => {
                             return Err(format!(
-                                "--scenario {other:?}: expected 1, 2, 3, 4, 5 or all"
+                                "--scenario {other:?}: expected 1, 2, 3, 4, 5, 6 or all"
                             ));
                         }
                     };
@@ -211,7 +231,7 @@ impl Args {
         }
         // The command line as understood, for the report.
         let mut shown = Vec::new();
-        if scenarios != [1, 2, 3, 4, 5] {
+        if scenarios != [1, 2, 3, 4, 5, 6] {
             shown.push(format!("--scenario {}", scenarios[0]));
         }
         for (flag, value) in [
@@ -260,6 +280,11 @@ impl Args {
                 token_ttl: Duration::from_secs(token_ttl.unwrap_or(30) as u64),
                 high_performance_login,
                 smoke,
+                keep,
+            },
+            sinks: SinkArgs {
+                messages: messages.unwrap_or(if smoke { 300 } else { 10_000 }),
+                runs: if smoke { 1 } else { runs.unwrap_or(3) },
                 keep,
             },
             given: shown,
@@ -319,10 +344,10 @@ fn main() {
     let mut live = Vec::new();
     for &number in &args.scenarios {
         if number >= 4 {
-            let report = if number == 4 {
-                steady::run(&args.live, &mailsluice)
-            } else {
-                churn::run(&args.live, &mailsluice)
+            let report = match number {
+                4 => steady::run(&args.live, &mailsluice),
+                5 => churn::run(&args.live, &mailsluice),
+                _ => sinks::run(&args.sinks, &mailsluice),
             };
             println!("\n{}", report.markdown);
             live.push(report);

@@ -812,3 +812,162 @@ fn a_data_dir_whose_mode_cannot_be_set_is_an_error_naming_the_key() {
         "{err}"
     );
 }
+
+/// `sinks status`: a row per configured sink (state, delivered, failed, backlog, oldest
+/// pending event) and the failed events with the receiver's last answer; read from the
+/// store when no node runs, and through the running node's API when one holds the store.
+#[test]
+fn sinks_status_reads_the_store_offline_and_asks_a_running_node() {
+    use mailsluice::store::{FailedDelivery, Location, NewMessage, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, listen_file) = any_port_config(dir.path());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        "\n[sinks.helpdesk]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hooks/mail\"\n\
+         secret_env = \"HOOK_SECRET\"\n\n\
+         [sinks.archive]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hooks/changes\"\n\
+         secret_env = \"HOOK_SECRET\"\nevents = [\"source.state_changed\"]\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let c = cfg.to_str().unwrap();
+    let env = [("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")];
+
+    // Before anything happened: both idle.
+    let (code, out, err) = run(dir.path(), &["-c", c, "sinks", "status"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["archive", "webhook", "idle", "0", "0", "0", "-"],
+            ["helpdesk", "webhook", "idle", "0", "0", "0", "-"],
+        ],
+        "{out}"
+    );
+
+    // Three events; helpdesk delivered the first and gave up on the second.
+    {
+        let store = Store::open(&dir.path().join("d"), &dir.path().join("k")).unwrap();
+        for (uid, raw) in EXPORTED
+            .iter()
+            .chain(&[&b"Subject: 3\r\n\r\nx\r\n"[..]])
+            .enumerate()
+        {
+            store
+                .store(NewMessage {
+                    source: "mail".into(),
+                    location: Location::Imap {
+                        folder: "INBOX".into(),
+                        uidvalidity: 1,
+                        uid: uid as u32 + 1,
+                    },
+                    raw: raw.to_vec(),
+                    internal_date: None,
+                    parsed: mailsluice::parse::parse(raw),
+                    post_action: false,
+                    rematch: false,
+                })
+                .unwrap();
+        }
+        store.flush_sync().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            store.sink_delivered("helpdesk", &[1]).await.unwrap();
+            store
+                .sink_failed(
+                    "helpdesk",
+                    2,
+                    FailedDelivery {
+                        attempts: 17,
+                        last_error: "HTTP 503 Service Unavailable".into(),
+                        failed_at: "2025-01-01T00:00:00Z".into(),
+                    },
+                )
+                .await
+                .unwrap();
+        });
+    }
+    let (code, out, err) = run(dir.path(), &["-c", c, "sinks", "status"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "SINK",
+            "KIND",
+            "STATE",
+            "DELIVERED",
+            "FAILED",
+            "BACKLOG",
+            "OLDEST",
+            "PENDING"
+        ]
+    );
+    let row = |name: &str| -> Vec<String> {
+        let line = lines.iter().find(|l| l.starts_with(name)).unwrap();
+        let mut cols: Vec<String> = line.split_whitespace().map(String::from).collect();
+        // The age moves with the clock; the rest does not.
+        cols.remove(6);
+        cols
+    };
+    assert_eq!(
+        row("helpdesk "),
+        [
+            "helpdesk", "webhook", "failing", "1", "1", "1", "(seq", "3)"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        row("archive "),
+        ["archive", "webhook", "healthy", "0", "0", "3", "(seq", "1)"],
+        "{out}"
+    );
+    assert!(
+        out.contains("mailsluice sinks retry helpdesk")
+            && out.contains("17 attempt(s)")
+            && out.contains("HTTP 503 Service Unavailable"),
+        "{out}"
+    );
+
+    let (code, out, err) = run(dir.path(), &["-c", c, "sinks", "status", "--json"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let offline: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let helpdesk = &offline[1];
+    assert_eq!(helpdesk["name"], "helpdesk");
+    assert_eq!(helpdesk["backlog"], 1);
+    assert_eq!(helpdesk["failures"][0]["seq"], 2);
+    assert!(
+        helpdesk["failures"][0]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("evt_")
+    );
+
+    // A running node holds the store: the same through its API. (It may have delivered or
+    // skipped more by now; what was failed stays failed until retried.)
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-c", c, "run"])
+        .current_dir(dir.path())
+        .env_remove("MAILSLUICE_CONFIG")
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut node = NodeProcess::start(cmd, &listen_file, Duration::from_secs(20)).unwrap();
+    let (code, out, err) = run(dir.path(), &["-c", c, "sinks", "status", "--json"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let live: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(live[0]["name"], "archive");
+    assert_eq!(live[1]["name"], "helpdesk");
+    assert_eq!(live[1]["state"], "failing");
+    assert_eq!(live[1]["failures"], offline[1]["failures"]);
+    let (code, out, err) = run(dir.path(), &["-c", c, "sinks", "status"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("SINK"), "{out}");
+    let (_, status) = node.stop(Duration::from_secs(20)).unwrap();
+    assert!(status.success());
+}

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 use crate::config::{SecretError, SecretRef, Settings, SinkSettings, SinkTarget, read_secret};
 use crate::net::{self, TlsSetupError};
 use crate::sinks::engine::{Command, CommandError, ReplayReport, RetryReport, Worker};
+use crate::sinks::nats::LazyNatsTransport;
 use crate::sinks::sign::{SecretFormatError, parse_secrets};
 use crate::sinks::transport::Transport;
 use crate::sinks::webhook::{WebhookSetupError, WebhookTarget, WebhookTransport};
@@ -47,10 +48,6 @@ pub enum SinkStartError {
     Tls { sink: String, source: TlsSetupError },
     #[error(transparent)]
     Webhook(#[from] WebhookSetupError),
-    #[error(
-        "sink {sink}: kind = \"{kind}\" is not delivered by this build; its events wait in the outbox"
-    )]
-    Unsupported { sink: String, kind: &'static str },
 }
 
 /// A running sink: what it was started with, and how to reach and stop its worker.
@@ -127,7 +124,7 @@ pub fn start(
     api_base: &str,
     store: Arc<Store>,
 ) -> Result<SinkHandle, SinkStartError> {
-    let (transport, secret_digest) = transport(settings, sink)?;
+    let (transport, secret_digest) = transport(settings, sink, api_base)?;
     crate::telemetry::register_sink(&sink.name);
     let (commands, rx) = mpsc::channel(8);
     let worker = Worker::new(sink.engine_options(api_base), store, transport);
@@ -153,7 +150,11 @@ fn secret_key(secret: &SecretRef) -> &'static str {
 type Built = (Arc<dyn Transport>, Option<[u8; 32]>);
 
 /// The sink's transport, and the digest of the secret it was built with.
-fn transport(settings: &Settings, sink: &SinkSettings) -> Result<Built, SinkStartError> {
+fn transport(
+    settings: &Settings,
+    sink: &SinkSettings,
+    api_base: &str,
+) -> Result<Built, SinkStartError> {
     let name = sink.name.clone();
     match &sink.target {
         SinkTarget::Webhook(w) => {
@@ -195,10 +196,13 @@ fn transport(settings: &Settings, sink: &SinkSettings) -> Result<Built, SinkStar
             })?;
             Ok((Arc::new(transport), Some(digest)))
         }
-        SinkTarget::Nats(_) => Err(SinkStartError::Unsupported {
-            sink: name,
-            kind: sink.kind().as_str(),
-        }),
+        // Connects on its first attempt: a NATS server down when the node starts is a
+        // failed attempt, retried on the sink's schedule, not a sink that never starts.
+        // Its credentials are read when it connects.
+        SinkTarget::Nats(_) => Ok((
+            Arc::new(LazyNatsTransport::new(sink, &settings.tls, api_base)),
+            None,
+        )),
     }
 }
 
@@ -444,7 +448,7 @@ secret_env = "GONE_WHSEC"
         let s = settings(&text);
         let sink = &s.sinks["hook"];
         std::fs::write(&file, "whsec_c2VjcmV0LWJ1dC10b28tc2hvcnQ=\n").unwrap();
-        let err = match transport(&s, sink) {
+        let err = match transport(&s, sink, "http://127.0.0.1:9898") {
             Ok(_) => panic!("a 20-byte key was taken"),
             Err(e) => e.to_string(),
         };
@@ -455,11 +459,11 @@ secret_env = "GONE_WHSEC"
         assert!(!err.contains("c2VjcmV0"), "{err}");
         let good = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         std::fs::write(&file, format!("{good}\n")).unwrap();
-        let (_, digest) = transport(&s, sink).unwrap();
+        let (_, digest) = transport(&s, sink, "http://127.0.0.1:9898").unwrap();
         assert!(digest.is_some());
         assert_eq!(digest, secret_digest(sink));
         std::fs::remove_file(&file).unwrap();
-        let err = match transport(&s, sink) {
+        let err = match transport(&s, sink, "http://127.0.0.1:9898") {
             Ok(_) => panic!("no secret, yet started"),
             Err(e) => e.to_string(),
         };

@@ -38,9 +38,11 @@ use crate::config::live::Live;
 pub const API_ROUTES: &[(&str, &str, Role)] = &[
     ("GET", "/api/sources", Role::Read),
     ("GET", "/api/tokens", Role::Read),
+    ("GET", "/api/sinks", Role::Read),
     ("GET", "/api/messages", Role::Mail),
     ("GET", "/api/messages/{id}", Role::Mail),
     ("GET", "/api/messages/{id}/raw", Role::Mail),
+    ("GET", "/api/events", Role::Mail),
     ("POST", "/api/reload", Role::Admin),
     ("POST", "/api/sinks/{sink}/retry", Role::Admin),
     ("POST", "/api/sinks/{sink}/replay", Role::Admin),
@@ -566,6 +568,8 @@ mod tests {
     fn unlisted_api_routes_need_admin() {
         assert_eq!(required_role(Some("/api/sources")), Role::Read);
         assert_eq!(required_role(Some("/api/messages/{id}/raw")), Role::Mail);
+        assert_eq!(required_role(Some("/api/events")), Role::Mail);
+        assert_eq!(required_role(Some("/api/sinks")), Role::Read);
         assert_eq!(required_role(Some("/api/reload")), Role::Admin);
         assert_eq!(required_role(Some("/api/new-thing")), Role::Admin);
         assert_eq!(required_role(None), Role::Admin);

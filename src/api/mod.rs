@@ -8,10 +8,16 @@
 
 pub mod access;
 pub mod credentials;
+pub mod events;
 mod limits;
+pub mod sinks;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+
+pub use crate::sinks::health::SinkHealth;
+pub use events::{EventView, EventsPage};
+pub use sinks::{FailureView, PendingView, SinkView, sink_views};
 
 use std::sync::Arc;
 
@@ -38,6 +44,9 @@ pub struct ApiState {
     pub node: NodeHandle,
     /// Test-login: one at a time per source, a pause between two.
     pub test_logins: Arc<limits::TestLogins>,
+    /// The long polls of `/api/events`: how many wait, and the signal that ends them when
+    /// the node shuts down ([`ApiState::close`]).
+    pub long_polls: Arc<limits::LongPolls>,
 }
 
 impl ApiState {
@@ -53,7 +62,15 @@ impl ApiState {
             metrics,
             node,
             test_logins: Arc::new(limits::TestLogins::default()),
+            long_polls: Arc::new(limits::LongPolls::default()),
         }
+    }
+
+    /// The node is shutting down: requests waiting for events answer now with what they
+    /// have, and later ones do not wait, so the HTTP server's graceful stop is not held up
+    /// by a minute-long poll.
+    pub fn close(&self) {
+        self.long_polls.close();
     }
 }
 
@@ -549,6 +566,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/api/sources/{source}/test-login",
             web::post().to(test_login),
         )
+        .route("/api/sinks", web::get().to(sinks::sinks))
+        .route("/api/events", web::get().to(events::events))
         .route("/api/tokens", web::get().to(tokens))
         .route("/api/tokens/{source}/import", web::post().to(import_token))
         .route("/api/messages", web::get().to(list_messages))

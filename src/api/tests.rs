@@ -34,17 +34,27 @@ const READER: &str = "reader-token-0123456789";
 const MAILER: &str = "mailer-token-0123456789";
 
 fn node(extra: &str) -> Node {
+    node_with(extra, "")
+}
+
+/// A node with `extra` in `[node]` and `sections` after the usual ones; `{dir}` in
+/// `sections` is the node's directory, which holds `hook.whsec` (with [`HOOK_SECRET`]) for
+/// sinks to sign with.
+fn node_with(extra: &str, sections: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("reader.token"), READER).unwrap();
     std::fs::write(d.join("mailer.token"), MAILER).unwrap();
+    std::fs::write(d.join("hook.whsec"), HOOK_SECRET).unwrap();
+    let sections = sections.replace("{dir}", &d.display().to_string());
     let text = format!(
         "[node]\ndata_dir = \"{data}\"\nsecret_key_file = \"{data}/secret.key\"\n\
          http_listen = \"{LISTEN}\"\n{extra}\n\
          [api_clients.grafana]\nrole = \"read\"\ntoken_file = \"{reader}\"\n\
          [api_clients.archive]\nrole = \"mail\"\ntoken_file = \"{mailer}\"\n\
          [sources.down]\nprotocol = \"imap\"\nhost = \"127.0.0.1\"\nport = 1\n\
-         username = \"u\"\nauth = \"password\"\npassword_file = \"{reader}\"\nenabled = false\n",
+         username = \"u\"\nauth = \"password\"\npassword_file = \"{reader}\"\nenabled = false\n\
+         {sections}",
         data = d.join("data").display(),
         reader = d.join("reader.token").display(),
         mailer = d.join("mailer.token").display(),
@@ -539,4 +549,403 @@ async fn a_rotated_token_takes_effect_with_a_reload_and_the_old_one_stops() {
             .status(),
         StatusCode::OK
     );
+}
+
+// --- /api/events and /api/sinks ---
+
+/// Stores one message per uid of source `down` (not flushed): their store ids.
+fn store_messages(store: &Store, uids: std::ops::RangeInclusive<u32>) -> Vec<u64> {
+    uids.map(|uid| {
+        let raw = format!("Subject: {uid}\r\n\r\nx\r\n").into_bytes();
+        let outcome = store
+            .store(crate::store::NewMessage {
+                source: "down".into(),
+                location: crate::store::Location::Imap {
+                    folder: "INBOX".into(),
+                    uidvalidity: 1,
+                    uid,
+                },
+                parsed: crate::parse::parse(&raw),
+                raw,
+                internal_date: None,
+                post_action: false,
+                rematch: false,
+            })
+            .unwrap();
+        match outcome {
+            crate::store::StoreOutcome::Stored(id) => id,
+            other => panic!("{other:?}"),
+        }
+    })
+    .collect()
+}
+
+async fn json_of<B: actix_web::body::MessageBody>(
+    res: actix_web::dev::ServiceResponse<B>,
+) -> serde_json::Value {
+    serde_json::from_slice(&read_body(res).await).unwrap()
+}
+
+fn seqs_of(page: &serde_json::Value) -> Vec<u64> {
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// Polls `fut` (without completing it: it must not answer yet) until `ready` holds.
+async fn until_waiting<F: std::future::Future>(
+    fut: &mut std::pin::Pin<Box<F>>,
+    ready: impl Fn() -> bool,
+) {
+    use futures_util::FutureExt;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert!(
+            fut.as_mut().now_or_never().is_none(),
+            "answered before anything was flushed"
+        );
+        if ready() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never came to wait"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn events_come_in_pages_in_seq_order_with_where_to_fetch_each_message() {
+    let n = node("");
+    let svc = service!(n);
+    let store = n.state.store.clone();
+    let ids = store_messages(&store, 1..=3);
+    // Written but not durable: nothing to hand out yet.
+    let res = call_service(
+        &svc,
+        request("GET", "/api/events", Some(MAILER)).to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = json_of(res).await;
+    assert_eq!(seqs_of(&page), Vec::<u64>::new());
+    assert_eq!(
+        (page["next_after"].as_u64(), page["last_seq"].as_u64()),
+        (Some(0), Some(0))
+    );
+    store.flush().await.unwrap();
+    store
+        .append_state_event("down", "healthy", "degraded", Some("connection refused"))
+        .await
+        .unwrap();
+
+    let res = call_service(
+        &svc,
+        request("GET", "/api/events?after=0&limit=2", Some(MAILER)).to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = json_of(res).await;
+    assert_eq!(seqs_of(&page), [1, 2]);
+    assert_eq!(page["next_after"], 2);
+    assert_eq!(page["oldest_retained"], 1);
+    assert_eq!(page["last_seq"], 4);
+    let first = &page["events"][0];
+    assert_eq!(first["type"], "message.stored");
+    assert_eq!(first["source"], "down");
+    assert_eq!(first["message"], ids[0]);
+    assert_eq!(first["message_url"], format!("/api/messages/{}", ids[0]));
+    assert_eq!(first["raw_url"], format!("/api/messages/{}/raw", ids[0]));
+    assert_eq!(first["id"], store.event(1).unwrap().unwrap().id);
+    assert!(first.get("text").is_none() && first.get("raw_base64").is_none());
+
+    let res = call_service(
+        &svc,
+        request("GET", "/api/events?after=2", Some(MAILER)).to_request(),
+    )
+    .await;
+    let page = json_of(res).await;
+    assert_eq!(seqs_of(&page), [3, 4]);
+    let change = &page["events"][1];
+    assert_eq!(change["type"], "source.state_changed");
+    assert_eq!(change["state"]["to"], "degraded");
+    assert_eq!(change["state"]["reason"], "connection refused");
+    assert!(change.get("raw_url").is_none());
+
+    let res = call_service(
+        &svc,
+        request("GET", "/api/events?after=4", Some(MAILER)).to_request(),
+    )
+    .await;
+    let page = json_of(res).await;
+    assert_eq!(seqs_of(&page), Vec::<u64>::new());
+    assert_eq!(page["next_after"], 4);
+
+    // A page never comes out empty while events remain, and parameters are checked.
+    let res = call_service(
+        &svc,
+        request("GET", "/api/events?limit=0", Some(MAILER)).to_request(),
+    )
+    .await;
+    assert_eq!(seqs_of(&json_of(res).await), [1]);
+    for bad in ["after=-1", "after=x", "limit=many", "wait_secs=1.5"] {
+        let res = call_service(
+            &svc,
+            request("GET", &format!("/api/events?{bad}"), Some(MAILER)).to_request(),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // Events name mail: a read token does not get them.
+    let res = call_service(
+        &svc,
+        request("GET", "/api/events", Some(READER)).to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+}
+
+#[actix_rt::test]
+async fn a_long_poll_answers_once_an_event_is_flushed_and_not_before() {
+    let n = node("");
+    let svc = service!(n);
+    let store = n.state.store.clone();
+    let polls = n.state.long_polls.clone();
+    let started = std::time::Instant::now();
+    let mut poll = Box::pin(call_service(
+        &svc,
+        request("GET", "/api/events?after=0&wait_secs=30", Some(MAILER)).to_request(),
+    ));
+    until_waiting(&mut poll, || polls.waiting() == 1).await;
+    let ids = store_messages(&store, 1..=1);
+    // Committed but not flushed: a crash could still take it back, so it is not handed out.
+    until_waiting(&mut poll, || true).await;
+    store.flush().await.unwrap();
+    let res = tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+        .await
+        .expect("the long poll answers once the event is durable");
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = json_of(res).await;
+    assert_eq!(seqs_of(&page), [1]);
+    assert_eq!(page["events"][0]["message"], ids[0]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(polls.waiting(), 0);
+}
+
+#[actix_rt::test]
+async fn a_long_poll_without_events_answers_empty_when_its_time_is_up() {
+    let n = node("");
+    let svc = service!(n);
+    let started = std::time::Instant::now();
+    let res = call_service(
+        &svc,
+        request("GET", "/api/events?after=0&wait_secs=1", Some(MAILER)).to_request(),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = json_of(res).await;
+    assert_eq!(seqs_of(&page), Vec::<u64>::new());
+    assert_eq!(page["next_after"], 0);
+    assert!(
+        waited >= std::time::Duration::from_secs(1) && waited < std::time::Duration::from_secs(10),
+        "{waited:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn long_polls_are_bounded_and_a_shutdown_ends_them() {
+    let n = node("");
+    let svc = service!(n);
+    let store = n.state.store.clone();
+    let polls = n.state.long_polls.clone();
+    let max = super::limits::LONG_POLLS_MAX;
+    let mut waiting: Vec<_> = (0..max)
+        .map(|_| {
+            Box::pin(call_service(
+                &svc,
+                request("GET", "/api/events?wait_secs=60", Some(MAILER)).to_request(),
+            ))
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while polls.waiting() < max {
+        for poll in &mut waiting {
+            until_waiting(poll, || true).await;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} wait",
+            polls.waiting()
+        );
+    }
+    // One more is turned away at once; one that does not wait is still served.
+    let res = call_service(
+        &svc,
+        request("GET", "/api/events?wait_secs=60", Some(MAILER)).to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers().get("Retry-After").unwrap(), "1");
+    let res = call_service(
+        &svc,
+        request("GET", "/api/events", Some(MAILER)).to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // An event wakes every one of them.
+    store_messages(&store, 1..=1);
+    store.flush().await.unwrap();
+    let answers = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        futures_util::future::join_all(waiting),
+    )
+    .await
+    .unwrap();
+    for res in answers {
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(seqs_of(&json_of(res).await), [1]);
+    }
+
+    // The node shuts down: a waiting poll answers now, with nothing, and a new one does
+    // not wait.
+    let mut poll = Box::pin(call_service(
+        &svc,
+        request("GET", "/api/events?after=1&wait_secs=60", Some(MAILER)).to_request(),
+    ));
+    until_waiting(&mut poll, || polls.waiting() == 1).await;
+    n.state.close();
+    let res = tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+        .await
+        .expect("closing ends the poll");
+    let page = json_of(res).await;
+    assert_eq!(seqs_of(&page), Vec::<u64>::new());
+    assert_eq!(page["next_after"], 1);
+    let started = std::time::Instant::now();
+    let res = call_service(
+        &svc,
+        request("GET", "/api/events?after=1&wait_secs=60", Some(MAILER)).to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[actix_rt::test]
+async fn a_cursor_behind_the_retained_events_is_told_so_and_one_from_elsewhere_too() {
+    let n = node("");
+    let svc = service!(n);
+    let store = n.state.store.clone();
+    store_messages(&store, 1..=3);
+    store.flush().await.unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(store.prune_events(&[], later, 2).unwrap(), 2);
+    let get = |after: u64| request("GET", &format!("/api/events?after={after}"), Some(MAILER));
+    for after in [0, 1] {
+        let res = call_service(&svc, get(after).to_request()).await;
+        assert_eq!(res.status(), StatusCode::GONE, "after={after}");
+        let body = json_of(res).await;
+        assert_eq!(body["oldest_retained"], 3);
+        assert_eq!(body["resume_after"], 2);
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("node.events_retention_secs"), "{error}");
+        assert!(error.contains("after=2"), "{error}");
+    }
+    let res = call_service(&svc, get(2).to_request()).await;
+    assert_eq!(seqs_of(&json_of(res).await), [3]);
+    // A cursor this store never gave.
+    let res = call_service(&svc, get(9).to_request()).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(json_of(res).await["last_seq"], 3);
+    // Everything pruned: behind is still behind, up to date is still up to date.
+    assert_eq!(store.prune_events(&[], later, 100).unwrap(), 1);
+    let res = call_service(&svc, get(2).to_request()).await;
+    assert_eq!(res.status(), StatusCode::GONE);
+    let body = json_of(res).await;
+    assert_eq!(
+        (
+            body["oldest_retained"].as_u64(),
+            body["resume_after"].as_u64()
+        ),
+        (Some(4), Some(3))
+    );
+    let res = call_service(&svc, get(3).to_request()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = json_of(res).await;
+    assert_eq!(seqs_of(&page), Vec::<u64>::new());
+    assert!(page["oldest_retained"].is_null());
+}
+
+/// A secret in the format sinks take (a 24-byte key).
+const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[actix_rt::test]
+async fn sinks_show_their_state_backlog_and_failed_events_to_a_read_token() {
+    let sinks = "[sinks.hook]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/hooks\"\n\
+                 secret_file = \"{dir}/hook.whsec\"\n\n\
+                 [sinks.changes]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/changes\"\n\
+                 secret_file = \"{dir}/hook.whsec\"\nevents = [\"source.state_changed\"]\n";
+    let n = node_with("", sinks);
+    let svc = service!(n);
+    let get = || request("GET", "/api/sinks", Some(READER)).to_request();
+    let res = call_service(&svc, get()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let rows = json_of(res).await;
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    for row in rows.as_array().unwrap() {
+        assert_eq!(row["state"], "idle", "{row}");
+        assert_eq!(row["backlog"], 0);
+        assert!(row["oldest_pending"].is_null());
+    }
+
+    let store = n.state.store.clone();
+    store_messages(&store, 1..=4);
+    store.flush().await.unwrap();
+    store.sink_delivered("hook", &[1]).await.unwrap();
+    store
+        .sink_failed(
+            "hook",
+            2,
+            crate::store::FailedDelivery {
+                attempts: 9,
+                last_error: "HTTP 500 Internal Server Error".into(),
+                failed_at: "2025-01-01T00:00:00Z".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let rows = json_of(call_service(&svc, get()).await).await;
+    // Sorted by name: changes, hook.
+    let (changes, hook) = (&rows[0], &rows[1]);
+    assert_eq!(changes["name"], "changes");
+    assert_eq!(hook["name"], "hook");
+    assert_eq!(hook["kind"], "webhook");
+    assert_eq!(hook["state"], "failing");
+    assert_eq!(hook["delivered"], 1);
+    assert_eq!(hook["failed"], 1);
+    assert_eq!(hook["delivered_through"], 2);
+    assert_eq!(hook["backlog"], 2);
+    assert_eq!(hook["oldest_pending"]["seq"], 3);
+    assert_eq!(
+        hook["oldest_pending"]["id"],
+        store.event(3).unwrap().unwrap().id
+    );
+    assert!(hook["oldest_pending"]["age_secs"].as_u64().unwrap() < 60);
+    let failure = &hook["failures"][0];
+    assert_eq!(failure["seq"], 2);
+    assert_eq!(failure["id"], store.event(2).unwrap().unwrap().id);
+    assert_eq!(failure["attempts"], 9);
+    assert_eq!(failure["last_error"], "HTTP 500 Internal Server Error");
+    assert_eq!(failure["failed_at"], "2025-01-01T00:00:00Z");
+    // The other sink has not started: everything is its backlog, recent, so healthy.
+    assert_eq!(changes["state"], "healthy");
+    assert_eq!(changes["backlog"], 4);
+    assert_eq!(changes["oldest_pending"]["seq"], 1);
+    assert_eq!(changes["failures"], serde_json::json!([]));
+    // The signing secret is nowhere in the answer.
+    assert!(!rows.to_string().contains("MfKQ9r8G"));
 }

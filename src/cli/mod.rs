@@ -114,7 +114,8 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: MessagesCommand,
     },
-    /// Sinks: send failed events again, replay events from a point (running node).
+    /// Sinks (webhooks, NATS): delivery state, backlog and failed events; send failed
+    /// events again, replay events from a point.
     Sinks {
         #[command(subcommand)]
         command: SinksCommand,
@@ -156,6 +157,20 @@ pub(crate) enum TokensCommand {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum SinksCommand {
+    /// Per sink: state, delivered, failed, backlog, oldest pending event, and the failed
+    /// events with the receiver's last answer.
+    ///
+    /// STATE is failing (failed events are held: fix the receiver, then retry them),
+    /// retrying (the oldest pending event has waited over a minute), healthy, or idle
+    /// (nothing delivered or pending yet).
+    #[command(
+        after_help = "Examples:\n  mailsluice sinks status\n  mailsluice sinks status --json | jq '.[] | select(.state != \"healthy\")'"
+    )]
+    Status {
+        /// Print the same as JSON (one object per sink, with up to 100 failed events each).
+        #[arg(long)]
+        json: bool,
+    },
     /// Give every event the sink marked failed (still undelivered at max_age_secs)
     /// another attempt now; one delivered has its mark cleared, one that fails again is
     /// marked failed again.
@@ -282,10 +297,7 @@ pub(crate) fn dispatch(command: Command, settings: Settings, path: &Path) -> any
             TokensCommand::Status => tokens::status(&settings),
         },
         Command::Messages { command } => messages::messages(&settings, command),
-        Command::Sinks { command } => match command {
-            SinksCommand::Retry { sink } => sinks::retry(&settings, &sink),
-            SinksCommand::Replay { sink, from } => sinks::replay(&settings, &sink, from),
-        },
+        Command::Sinks { command } => sinks::sinks(&settings, command),
         Command::Secrets {
             command: SecretsCommand::RotateKey,
         } => secrets::rotate_key(&settings),

@@ -97,6 +97,7 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
         }
         let (supervisor, node) = supervisor.start_with_handle();
         let state = ApiState::new(live.clone(), store.clone(), metrics, node.clone());
+        let api_state = state.clone();
         let access = Arc::new(api::access::Access::new(
             live.clone(),
             credentials,
@@ -123,6 +124,7 @@ pub(crate) fn run(settings: Settings, path: &Path, once: bool) -> anyhow::Result
             Vec::new()
         };
         let _ = supervisor.send(Shutdown).await;
+        api_state.close();
         handle.stop(true).await;
         Ok::<Vec<String>, anyhow::Error>(failed)
     })?;

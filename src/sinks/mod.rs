@@ -27,10 +27,12 @@
 //!
 //! ## Here
 //! The pure pieces, each tested on its own: [`sign`] (Standard Webhooks signatures),
-//! [`backoff`] (when to retry, when to give up), [`address`] (where a webhook may be sent)
-//! and [`envelope`] (the JSON body). The [`engine`] runs one sink: order per source,
-//! concurrency, retries, giving up, batched records, `retry` and `replay`; it hands each
-//! event to a [`transport::Transport`], such as the [`webhook`] one. The settings are
+//! [`backoff`] (when to retry, when to give up), [`address`] (where a webhook may be sent),
+//! [`envelope`] (the JSON body) and [`health`] (the state `sinks status` shows). The
+//! [`engine`] runs one sink: order per source, concurrency, retries, giving up, batched
+//! records, `retry` and `replay`; it hands each event to a [`transport::Transport`]: the
+//! [`webhook`] one (signed HTTPS POSTs) or [`nats`] (JetStream publishes acknowledged by the
+//! stream, the stream ensured, large raw bytes through the object store). The settings are
 //! [`crate::config::SinkSettings`]; `actors::sinks` starts and stops the workers.
 //!
 //! A repeat is byte-for-byte the body sent before as long as the node's API base (the
@@ -40,6 +42,8 @@ pub mod address;
 pub mod backoff;
 pub mod engine;
 pub mod envelope;
+pub mod health;
+pub mod nats;
 pub mod sign;
 pub mod transport;
 pub mod webhook;

@@ -661,9 +661,21 @@ impl Store {
 
     /// The events `sink` holds as failed, by seq.
     pub fn sink_failed_list(&self, sink: &str) -> Result<Vec<(u64, FailedDelivery)>, StoreError> {
+        self.sink_failed_first(sink, usize::MAX)
+    }
+
+    /// The first `limit` events `sink` holds as failed, by seq: what a status page shows
+    /// after a long outage, without reading every mark (their number is
+    /// [`SinkState::failed_now`]).
+    pub fn sink_failed_first(
+        &self,
+        sink: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, FailedDelivery)>, StoreError> {
         let prefix = failed_prefix(sink);
         self.sink_failed
             .scan_prefix(&prefix)
+            .take(limit)
             .map(|item| {
                 let (k, v) = item?;
                 let seq = seq_of(&k[prefix.len()..])?;

@@ -243,19 +243,19 @@ pub const CATALOG: &[MetricDef] = &[
         "sink_backlog_events",
         Gauge,
         ["sink"],
-        "Events the sink has yet to deliver: in the outbox past its progress, waiting, in flight or being retried."
+        "Events in the outbox the sink has not yet delivered, failed or skipped."
     ),
     m!(
         "sink_oldest_pending_age_seconds",
         Gauge,
         ["sink"],
-        "Age (since its commit) of the oldest event the sink has yet to deliver; 0 when it is caught up."
+        "Age of the oldest event the sink has not yet delivered (since its commit); 0 when none waits."
     ),
     m!(
         "sink_delivery_duration_seconds",
         Histogram,
         ["sink"],
-        "Duration of one delivery attempt: request and answer (webhook), publish and ack (NATS)."
+        "Duration of one delivery attempt: webhook request to answer, or NATS publish to acknowledgement."
     ),
     m!(
         "api_requests_total",
@@ -272,6 +272,9 @@ pub const CATALOG: &[MetricDef] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Held while the recorder is installed: two first callers at once (tests starting nodes on
+/// several threads) would otherwise both try, and the second fail.
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Why [`install`] could not set up the Prometheus recorder. Start-up only, so there is no
 /// `kind()`: nothing can be counted without a recorder.
@@ -290,6 +293,10 @@ pub enum InstallError {
 
 /// Installs the Prometheus recorder (once per process) and describes every metric.
 pub fn install() -> Result<PrometheusHandle, InstallError> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let _installing = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }

@@ -375,6 +375,20 @@ impl WebhookReceiver {
         )
     }
 
+    /// How many distinct `webhook-id`s were delivered ([`Self::delivered_ids`]) and how many
+    /// requests did not verify, counted in place: cheap enough to poll while a benchmark
+    /// runs, where copying every body would be load of the harness's own making.
+    pub fn delivered_and_bad(&self) -> (usize, usize) {
+        let received = lock(&self.shared.received);
+        let delivered: std::collections::HashSet<&str> = received
+            .iter()
+            .filter(|r| r.verified && r.answer.is_success())
+            .filter_map(|r| r.id.as_deref())
+            .collect();
+        let bad = received.iter().filter(|r| !r.verified).count();
+        (delivered.len(), bad)
+    }
+
     /// The requests that did not verify (each with its `rejection`).
     pub fn bad_signatures(&self) -> Vec<Received> {
         self.received()

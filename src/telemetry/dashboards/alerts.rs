@@ -2,7 +2,7 @@
 //! Every rule's description names the source or provider and says what the operator does;
 //! label values come from [`SourceState`], never from free text.
 
-use super::{CLIENT_SECRET_WARN_DAYS, REFRESH_TOKEN_IDLE_DAYS};
+use super::{CLIENT_SECRET_WARN_DAYS, REFRESH_TOKEN_IDLE_DAYS, SINK_LAG_SECS};
 use crate::telemetry::SourceState;
 
 /// What the alerting rules are generated with.
@@ -152,6 +152,24 @@ pub fn alert_rules(opts: &AlertOptions) -> Vec<AlertRule> {
             "More than 3 messages, and more than 5% of those stored, from source {{ $labels.source }} on {{ $labels.instance }} could not be parsed in the last hour. They are stored raw with a parse-error mark (no mail is lost), but consumers miss their parsed fields. Export them with `mailsluice messages export --format eml` and look for a new sender or format.",
         ),
         rule(
+            "MailsluiceSinkFailing",
+            "sum by (job, instance, sink) (increase(mailsluice_sink_deliveries_total{outcome=\"failed\"}[15m])) > 0".to_string(),
+            "1m",
+            "critical",
+            "mailsluice sink {{ $labels.sink }} gave up on events",
+            "Sink {{ $labels.sink }} on {{ $labels.instance }} marked events failed in the last 15 minutes: its receiver did not take them within the sink's max_age_secs of retries, so that receiver is missing them. They are held, not lost. Run `mailsluice sinks status` for the failed events and the receiver's last answer, fix the receiver (or the sink's url, secret or credentials), then `mailsluice sinks retry {{ $labels.sink }}` sends them again. The alert resolves 15 minutes after the last failure; the failed events stay listed until retried.",
+        ),
+        rule(
+            "MailsluiceSinkLagGrowing",
+            format!(
+                "(max by (job, instance, sink) (mailsluice_sink_oldest_pending_age_seconds) > {SINK_LAG_SECS}) and on (job, instance, sink) (max by (job, instance, sink) (deriv(mailsluice_sink_oldest_pending_age_seconds[10m])) > 0)"
+            ),
+            "5m",
+            "warning",
+            &format!("mailsluice sink {{{{ $labels.sink }}}} is more than {} minutes behind and falling further", SINK_LAG_SECS / 60),
+            "The oldest event sink {{ $labels.sink }} on {{ $labels.instance }} has not delivered was committed {{ $value | humanizeDuration }} ago, and the lag keeps growing: the receiver is down, refuses the requests (wrong secret, 4xx, 5xx), or is slower than the mail arrives. Run `mailsluice sinks status` for the backlog and the receiver's last answer, and check the receiver. Nothing is lost meanwhile: events wait in the outbox (small records; the mail is stored once) and are delivered in order once it answers; an event older than the sink's max_age_secs is marked failed and waits for `mailsluice sinks retry {{ $labels.sink }}`.",
+        ),
+        rule(
             "MailsluiceNodeDown",
             format!("up{{job=\"{job}\"}} == 0"),
             "5m",
@@ -183,6 +201,8 @@ pub fn alerts_yaml(opts: &AlertOptions) -> String {
          # completed session for {} seconds (a few minutes is routine: one failed poll, a server\n\
          # restart; many missed polls at the default poll_interval_secs = 60 are not). Sources\n\
          # polled less often need a larger AlertOptions::no_success_secs.\n\
+         # MailsluiceSinkFailing and MailsluiceSinkLagGrowing need a node that delivers\n\
+         # events to sinks ([sinks.NAME]); without sinks they stay quiet.\n\
          groups:\n  - name: mailsluice\n    rules:\n",
         opts.job, opts.no_success_secs
     );

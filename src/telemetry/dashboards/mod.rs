@@ -39,6 +39,11 @@ pub const REFRESH_TOKEN_IDLE_DAYS: u64 = 80;
 /// Alert when a provider's client secret expires within this many days.
 pub const CLIENT_SECRET_WARN_DAYS: u64 = 14;
 
+/// Alert when a sink's oldest pending event has waited this long and keeps getting older:
+/// by then retries have run for minutes (the longest wait between two is
+/// `max_backoff_secs`, 300 s by default), so the receiver is down or refuses, not slow.
+pub const SINK_LAG_SECS: u64 = 600;
+
 /// Every generated dashboard: (file name, JSON).
 pub fn all() -> Vec<(&'static str, Value)> {
     vec![

@@ -1,7 +1,7 @@
 //! The overview dashboard's panels: every source and provider of every node at once. It
 //! shows every metric of the catalog (a test checks it), so a new metric needs a panel here.
 
-use super::panel::{PANEL, Panel, REFRESH_IDLE_BANDS, Row, SECRET_LEFT_BANDS, Viz};
+use super::panel::{PANEL, Panel, REFRESH_IDLE_BANDS, Row, SECRET_LEFT_BANDS, SINK_LAG_BANDS, Viz};
 
 /// The overview dashboard: every source and provider of every node at once.
 pub const OVERVIEW: &[Row] = &[
@@ -214,8 +214,8 @@ pub const OVERVIEW: &[Row] = &[
         title: "Sinks",
         panels: &[
             Panel {
-                title: "Sink events / s, by outcome",
-                description: "Events each sink handed on (delivered), tried again after a failed attempt (retried), gave up on after max_age_secs (failed: `mailsluice sinks retry SINK` sends them again) or passed over (skipped: not wanted by its sources and events).",
+                title: "Sink deliveries / s by outcome",
+                description: "Event delivery attempts per second, by sink and outcome. delivered: the receiver has it; retried: an attempt failed and will be repeated with backoff; failed: given up after the sink's max_age_secs and held (`mailsluice sinks status` lists them, `mailsluice sinks retry SINK` sends them again); skipped: not wanted by the sink (sources, events).",
                 unit: "ops",
                 targets: &[(
                     "sum by (sink, outcome) (rate(mailsluice_sink_deliveries_total[$__rate_interval]))",
@@ -225,14 +225,15 @@ pub const OVERVIEW: &[Row] = &[
             },
             Panel {
                 title: "Sink backlog (events)",
-                description: "Events each sink has yet to deliver. A backlog that grows means the receiver is down, slow or refusing; the node's log names its answer.",
+                description: "Events in the outbox each sink has not yet delivered, failed or skipped. It grows while a receiver is down and shrinks when it is back; the mail itself is stored once whatever the backlog, and each event is a small record.",
                 targets: &[("max by (sink) (mailsluice_sink_backlog_events)", "{{sink}}")],
                 ..PANEL
             },
             Panel {
-                title: "Oldest undelivered event (age)",
-                description: "How long the oldest event each sink has yet to deliver has waited since it was stored. Past the sink's max_age_secs it is marked failed.",
+                title: "Oldest pending event age",
+                description: "How long each sink's oldest undelivered event has waited since it was committed. A working sink stays within seconds; a line rising at one second per second is a receiver that does not take events (see `mailsluice sinks status` for its last answer). Past the red line the MailsluiceSinkLagGrowing alert fires.",
                 unit: "s",
+                thresholds: Some(SINK_LAG_BANDS),
                 targets: &[(
                     "max by (sink) (mailsluice_sink_oldest_pending_age_seconds)",
                     "{{sink}}",
@@ -240,8 +241,8 @@ pub const OVERVIEW: &[Row] = &[
                 ..PANEL
             },
             Panel {
-                title: "Sink delivery latency",
-                description: "One delivery attempt: a webhook's request and answer, a NATS publish and its ack.",
+                title: "Sink delivery duration",
+                description: "Duration of one delivery attempt (webhook request to answer, NATS publish to acknowledgement), by sink. Close to the sink's timeout_secs means the receiver is the bottleneck: raise its capacity or the sink's concurrency.",
                 unit: "s",
                 targets: &[
                     (
@@ -249,8 +250,8 @@ pub const OVERVIEW: &[Row] = &[
                         "{{sink}} p50",
                     ),
                     (
-                        "histogram_quantile(0.99, sum by (sink, le) (rate(mailsluice_sink_delivery_duration_seconds_bucket[$__rate_interval])))",
-                        "{{sink}} p99",
+                        "histogram_quantile(0.95, sum by (sink, le) (rate(mailsluice_sink_delivery_duration_seconds_bucket[$__rate_interval])))",
+                        "{{sink}} p95",
                     ),
                 ],
                 ..PANEL

@@ -2,7 +2,7 @@
 //! tells the operator what to do, PromQL targets and how to draw them. Everything is `const`,
 //! so a dashboard is data checked by the compiler and the tests, not hand-edited JSON.
 
-use super::{CLIENT_SECRET_WARN_DAYS, REFRESH_TOKEN_IDLE_DAYS};
+use super::{CLIENT_SECRET_WARN_DAYS, REFRESH_TOKEN_IDLE_DAYS, SINK_LAG_SECS};
 
 /// How a panel draws its series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,4 +74,12 @@ pub(super) const SECRET_LEFT_BANDS: Thresholds = Thresholds {
         (0.0, "orange"),
         (CLIENT_SECRET_WARN_DAYS as f64 * DAY, "green"),
     ],
+};
+
+/// A sink's oldest pending event: delivered within the minute, waiting through retries
+/// (`sinks status` says `retrying` from the same minute on; a test holds the two together),
+/// past the lag alert's threshold.
+pub(super) const SINK_LAG_BANDS: Thresholds = Thresholds {
+    base: "green",
+    steps: &[(60.0, "orange"), (SINK_LAG_SECS as f64, "red")],
 };

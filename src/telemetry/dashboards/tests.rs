@@ -87,3 +87,15 @@ fn pending_for_can_be_overridden() {
     assert!(alert_rules(&opts).iter().all(|r| r.pending_for == "0s"));
     assert!(alerts_yaml(&opts).contains("for: 0s"));
 }
+
+#[test]
+fn the_sink_lag_bands_turn_orange_where_sinks_status_says_retrying() {
+    assert_eq!(
+        super::panel::SINK_LAG_BANDS.steps[0].0,
+        crate::sinks::health::RETRYING_AFTER_SECS as f64
+    );
+    assert_eq!(
+        super::panel::SINK_LAG_BANDS.steps[1].0,
+        SINK_LAG_SECS as f64
+    );
+}
