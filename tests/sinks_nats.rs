@@ -1,8 +1,10 @@
 //! The NATS sink's transport against a real `nats-server -js`: the stream it ensures, acked
 //! and deduplicated publishes, the object store for mail over `max_payload`, an outage and
 //! the client's reconnect, token authentication. Deliveries are built from events and
-//! messages read back from a real store, as the delivery engine builds them.
+//! messages read back from a real store, as the delivery engine builds them. And the whole
+//! node: mail collected from Dovecot, published by the delivery engine.
 
+mod node;
 mod support;
 
 use std::sync::Arc;
@@ -456,5 +458,88 @@ async fn the_nodes_sink_connects_when_the_server_comes_up() {
     assert_eq!(
         entries[0].header("Nats-Msg-Id").as_deref(),
         Some(stored.events[0].id.as_str())
+    );
+}
+
+/// The node end to end: mail collected from a real Dovecot is published by the sink's
+/// worker, one stream message per stored message, with its event id as `Nats-Msg-Id`, on
+/// the source's subject, in seq order; the sink's progress reaches the last event.
+#[test]
+fn the_node_publishes_every_stored_message() {
+    use std::collections::BTreeSet;
+
+    let dovecot = support::Dovecot::start(support::DovecotOptions::default());
+    let mail = node::corpus::corpus("nats");
+    dovecot.seed("alice@example.test", &mail);
+    let nats = NatsServer::start();
+    let body = format!(
+        "[sources.mail]\nprotocol = \"imap\"\nhost = \"localhost\"\nport = {port}\n\
+         username = \"alice@example.test\"\nauth = \"password\"\npassword_env = \"PW\"\n\
+         folders = [\"INBOX\"]\npoll_interval_secs = 1\n\n\
+         [sinks.stream]\nkind = \"nats\"\nservers = [\"{url}\"]\nevents = [\"message.stored\"]\n\
+         max_backoff_secs = 1\n",
+        port = dovecot.imaps_port,
+        url = nats.url()
+    );
+    let mut node = node::Node::new(&dovecot.ca_pem, &body);
+    node.env.push(("PW".into(), "alice-password".into()));
+    node.start();
+    node.wait_stored("mail", mail.len() as u64, Duration::from_secs(30));
+    let stored: Vec<mailsluice::store::MessageMeta> =
+        serde_json::from_str(&node.get("/api/messages?limit=1000")).unwrap();
+    let expected: BTreeSet<String> = stored.iter().map(|m| m.event_id()).collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let entries = support::wait_for(
+        "every stored message in the stream",
+        Duration::from_secs(30),
+        || {
+            let entries = runtime.block_on(async {
+                match nats.jetstream().await.get_stream("MAILSLUICE").await {
+                    Ok(_) => Some(nats.stream_messages("MAILSLUICE").await),
+                    Err(_) => None,
+                }
+            })?;
+            let ids: BTreeSet<String> = entries
+                .iter()
+                .filter_map(|e| e.header("Nats-Msg-Id"))
+                .collect();
+            (ids == expected).then_some(entries)
+        },
+        || node.log(),
+    );
+    assert_eq!(
+        entries.len(),
+        expected.len(),
+        "one stream message per event"
+    );
+    let mut seqs = Vec::new();
+    for e in &entries {
+        assert_eq!(e.subject, "mailsluice.msg.mail");
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(v["type"], "message.stored");
+        assert_eq!(v["id"].as_str(), e.header("Nats-Msg-Id").as_deref());
+        // Without include_raw: the URL, except for a message that did not parse, which
+        // always carries its bytes.
+        let raw = &v["data"];
+        if raw["parse_error"].is_string() {
+            assert!(raw["raw_base64"].is_string(), "{v}");
+        } else {
+            assert!(
+                raw["raw_url"].is_string() && raw.get("raw_base64").is_none(),
+                "{v}"
+            );
+        }
+        seqs.push(v["seq"].as_u64().unwrap());
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    node.stop();
+    let store = Store::open(
+        &node.dir.path().join("data"),
+        &node.dir.path().join("secret.key"),
+    )
+    .unwrap();
+    assert_eq!(
+        store.sink_state("stream").unwrap().delivered_through,
+        store.last_event_seq()
     );
 }
