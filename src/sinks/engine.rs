@@ -400,12 +400,8 @@ impl Worker {
         self.attempts.spawn(async move {
             let seq = event.seq;
             // Reading a message (and perhaps megabytes of raw bytes) is disk work.
-            let moves_raw_aside = transport.moves_raw_aside();
             let reading = opts.clone();
-            let built = tokio::task::spawn_blocking(move || {
-                prepare(&store, &reading, event, moves_raw_aside)
-            })
-            .await;
+            let built = tokio::task::spawn_blocking(move || prepare(&store, &reading, event)).await;
             let result = match built {
                 Ok(Ok(delivery)) => {
                     let started = std::time::Instant::now();
@@ -857,13 +853,8 @@ fn committed_at(event: &Event) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// Reads what the envelope of `event` is built from: the stored message, and its raw bytes
-/// when they go inline or the transport may move them aside.
-fn prepare(
-    store: &Store,
-    opts: &SinkOptions,
-    event: Event,
-    moves_raw_aside: bool,
-) -> Result<Delivery, StoreError> {
+/// when they go inline (so a message without them costs no read of its bytes).
+fn prepare(store: &Store, opts: &SinkOptions, event: Event) -> Result<Delivery, StoreError> {
     let message = match event.message {
         Some(id) if event.kind == EventKind::MessageStored => store.meta(id)?,
         _ => None,
@@ -871,8 +862,7 @@ fn prepare(
     let (inline, raw, raw_url) = match &message {
         Some(meta) => {
             let inline = envelope::raw_inline(meta, opts.include_raw, opts.max_raw_bytes);
-            let read = inline || (moves_raw_aside && envelope::raw_wanted(meta, opts.include_raw));
-            let raw = if read {
+            let raw = if inline {
                 store.raw(meta.id)?.map(Arc::new)
             } else {
                 None

@@ -408,12 +408,6 @@ impl NatsTransport {
 }
 
 impl Transport for NatsTransport {
-    /// A message's raw bytes go inline when the envelope with them fits the server's
-    /// `max_payload`, else to the object store: either way they are needed at hand.
-    fn moves_raw_aside(&self) -> bool {
-        true
-    }
-
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
             match tokio::time::timeout(self.timeout, self.attempt(d)).await {
@@ -911,10 +905,6 @@ impl LazyNatsTransport {
 }
 
 impl Transport for LazyNatsTransport {
-    fn moves_raw_aside(&self) -> bool {
-        true
-    }
-
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move { self.transport().await?.deliver(d).await })
     }

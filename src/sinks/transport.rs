@@ -11,8 +11,9 @@ use super::envelope::{self, EnvelopeError, EnvelopeEvent, EventData, Raw, StateC
 use crate::store::{Event, EventKind, MessageMeta};
 
 /// One event, with what its envelope is built from. The engine reads the message and, when
-/// the sink sends them inline ([`envelope::raw_inline`]) or the transport moves them aside
-/// ([`Transport::moves_raw_aside`]), its raw bytes before handing it over.
+/// the sink sends them inline ([`envelope::raw_inline`]: wanted, and within
+/// `max_raw_bytes`), its raw bytes before handing it over. A transport that cannot carry
+/// them inline (NATS, past the server's `max_payload`) moves them aside instead.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub event: Event,
@@ -125,12 +126,4 @@ impl DeliveryError {
 /// once (one per source, up to the sink's `concurrency`).
 pub trait Transport: Send + Sync + 'static {
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), DeliveryError>>;
-
-    /// Whether this transport may carry a message's raw bytes beside the envelope (NATS:
-    /// an object store for a message larger than the server takes), so the engine reads
-    /// them for every message that carries raw bytes at all ([`envelope::raw_wanted`]),
-    /// not only for those sent inline.
-    fn moves_raw_aside(&self) -> bool {
-        false
-    }
 }
