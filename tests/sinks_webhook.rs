@@ -446,10 +446,10 @@ fn the_fault_table() {
     assert_eq!(ids.len(), 6);
     let log = node.log();
     for needle in [
-        "answered 500 Internal Server Error",
-        "answered 429 Too Many Requests",
+        "answered HTTP 500 Internal Server Error",
+        "answered HTTP 429 Too Many Requests",
         "gave no complete answer within timeout_secs = 1",
-        "answered 302 Found, to",
+        "answered HTTP 302 Found, to",
         "redirects are not followed",
     ] {
         assert!(log.contains(needle), "the log names {needle:?}:\n{log}");
@@ -498,7 +498,7 @@ fn the_fault_table() {
             "{line}"
         );
         assert!(
-            line.contains("answered 500 Internal Server Error"),
+            line.contains("answered HTTP 500 Internal Server Error"),
             "{line}"
         );
     }

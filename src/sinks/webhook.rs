@@ -295,11 +295,11 @@ impl Resolve for CheckedResolver {
     }
 }
 
-/// `503 Service Unavailable`.
+/// `HTTP 503 Service Unavailable`.
 fn status_line(status: StatusCode) -> String {
     match status.canonical_reason() {
-        Some(reason) => format!("{} {reason}", status.as_u16()),
-        None => status.as_u16().to_string(),
+        Some(reason) => format!("HTTP {} {reason}", status.as_u16()),
+        None => format!("HTTP {}", status.as_u16()),
     }
 }
 
