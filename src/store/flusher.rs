@@ -10,14 +10,24 @@
 //! and waited forever) and not tokio's blocking pool (sled's deferred frees wait in a
 //! per-thread bag; a fresh thread per flush kept them there).
 
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 type Reply = tokio::sync::oneshot::Sender<Result<(), sled::Error>>;
 
+/// How long a nudge ([`Flusher::nudge`]) waits before its flush: long enough for a busy
+/// ingest to commit several batches that the one flush then covers, short enough that a
+/// sink or a long poll sees new events a moment after their commit.
+pub(super) const NUDGE_DELAY: Duration = Duration::from_millis(50);
+
 pub(super) struct Flusher {
-    requests: Mutex<Option<mpsc::Sender<Reply>>>,
+    /// `Some(reply)`: a caller waits for a flush; `None`: a nudge, nobody waits.
+    requests: Mutex<Option<mpsc::Sender<Option<Reply>>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// A nudge is on its way and its flush has not started: later nudges add nothing.
+    nudged: Arc<AtomicBool>,
 }
 
 impl Flusher {
@@ -26,13 +36,21 @@ impl Flusher {
     where
         F: Fn() -> Result<(), sled::Error> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel::<Reply>();
+        let (tx, rx) = mpsc::channel::<Option<Reply>>();
+        let nudged = Arc::new(AtomicBool::new(false));
+        let pending = nudged.clone();
         let thread = std::thread::Builder::new()
             .name("store-flusher".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let mut waiting = vec![first];
-                    waiting.extend(rx.try_iter());
+                    if first.is_none() {
+                        std::thread::sleep(NUDGE_DELAY);
+                    }
+                    pending.store(false, Ordering::Release);
+                    let waiting: Vec<Reply> = std::iter::once(first)
+                        .chain(rx.try_iter())
+                        .flatten()
+                        .collect();
                     let result = flush();
                     for w in waiting {
                         let _ = w.send(result.clone());
@@ -42,6 +60,7 @@ impl Flusher {
         Ok(Flusher {
             requests: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            nudged,
         })
     }
 
@@ -53,12 +72,32 @@ impl Flusher {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
-            .map(|tx| tx.send(reply).is_ok())
+            .map(|tx| tx.send(Some(reply)).is_ok())
             .unwrap_or(false);
         if !sent {
             return Err(stopped());
         }
         done.await.map_err(|_| stopped())?
+    }
+}
+
+impl Flusher {
+    /// Asks for a flush soon ([`NUDGE_DELAY`]) without waiting for it: what is written
+    /// becomes durable, and so visible to the outbox's readers, without the writer paying
+    /// for the flush. Nudges while one is pending cost nothing.
+    pub(super) fn nudge(&self) {
+        if self.nudged.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sent = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|tx| tx.send(None).is_ok());
+        if !sent {
+            self.nudged.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -132,6 +171,32 @@ mod tests {
             Flusher::start(|| Err(sled::Error::Io(std::io::Error::other("disk gone")))).unwrap();
         let e = f.flush().await.unwrap_err();
         assert!(e.to_string().contains("disk gone"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_nudge_flushes_soon_once_for_all_nudges_meanwhile() {
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let f = {
+            let flushes = flushes.clone();
+            Flusher::start(move || {
+                flushes.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .unwrap()
+        };
+        for _ in 0..100 {
+            f.nudge();
+        }
+        tokio::time::sleep(NUDGE_DELAY * 4).await;
+        assert_eq!(flushes.load(Ordering::SeqCst), 1);
+        // The next nudge after that flush started gets a flush of its own.
+        f.nudge();
+        tokio::time::sleep(NUDGE_DELAY * 4).await;
+        assert_eq!(flushes.load(Ordering::SeqCst), 2);
+        // A caller waiting meanwhile is answered by a flush, as ever.
+        f.nudge();
+        f.flush().await.unwrap();
+        assert!(flushes.load(Ordering::SeqCst) >= 3);
     }
 
     #[test]

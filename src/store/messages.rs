@@ -300,6 +300,9 @@ impl Store {
         if !events.is_empty() {
             seqs.next_seq += events.len() as u64;
             self.progress.committed(seqs.next_seq - 1);
+            if self.progress.has_readers() {
+                self.flusher.nudge();
+            }
         }
         let mut outcomes = Vec::with_capacity(plan.len());
         for step in plan {

@@ -176,6 +176,13 @@ impl EventProgress {
     fn durable(&self) -> u64 {
         *self.durable.borrow()
     }
+
+    /// Whether anyone waits for new events (a sink, a long poll): then a commit that adds
+    /// events nudges a flush, so they see them a moment later, not at the writer's next
+    /// flush (ingest flushes per folder: a large backfill would hold every event back).
+    pub(super) fn has_readers(&self) -> bool {
+        self.durable.receiver_count() > 0
+    }
 }
 
 /// Key of the `outbox` tree holding the largest seq ever pruned (u64 BE). Seqs continue

@@ -184,9 +184,10 @@ fn a_message_event_is_written_as_an_event() {
 #[tokio::test]
 async fn readers_see_events_once_they_are_durable() {
     let (_d, s) = store();
+    // Nobody watches yet, so nothing nudges a flush: the event waits for the writer's.
+    s.store(msg(1)).unwrap();
     let mut watch = s.event_watch();
     assert_eq!(*watch.borrow_and_update(), 0);
-    s.store(msg(1)).unwrap();
     assert!(all_events(&s).is_empty());
     assert_eq!(s.last_event_seq(), 0);
     assert_eq!(s.event(1).unwrap(), None);
@@ -209,6 +210,22 @@ async fn readers_see_events_once_they_are_durable() {
     assert!(s.events_after(3, 10).unwrap().is_empty());
     assert!(s.events_after(0, 0).unwrap().is_empty());
     assert_eq!(s.first_event_seq().unwrap(), Some(1));
+}
+
+/// While someone watches (a sink, a long poll), a commit that adds events has them made
+/// durable a moment later without the writer flushing: a backfill that flushes once per
+/// folder does not hold every event back until its end.
+#[tokio::test]
+async fn a_watched_outbox_is_flushed_soon_after_a_commit() {
+    let (_d, s) = store();
+    let mut watch = s.event_watch();
+    s.store_batch(vec![(msg(1), true), (msg(2), true)]).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), watch.changed())
+        .await
+        .expect("the events became visible without a flush by the writer")
+        .unwrap();
+    assert_eq!(*watch.borrow_and_update(), 2);
+    assert_eq!(seqs(&all_events(&s)), vec![1, 2]);
 }
 
 /// A crash keeps a message and its event together: a copy of the files taken at any
