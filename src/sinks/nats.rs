@@ -846,6 +846,8 @@ fn tls_config(
 /// schedule like any other, its error naming the servers and why.
 pub struct LazyNatsTransport {
     settings: SinkSettings,
+    /// The configured servers, for messages.
+    servers: String,
     tls: TlsSettings,
     api_base: String,
     connected: tokio::sync::Mutex<Option<Arc<NatsTransport>>>,
@@ -861,8 +863,13 @@ impl fmt::Debug for LazyNatsTransport {
 
 impl LazyNatsTransport {
     pub fn new(settings: &SinkSettings, tls: &TlsSettings, api_base: &str) -> LazyNatsTransport {
+        let servers = match &settings.target {
+            SinkTarget::Nats(n) => n.servers.join(", "),
+            SinkTarget::Webhook(_) => String::new(),
+        };
         LazyNatsTransport {
             settings: settings.clone(),
+            servers,
             tls: tls.clone(),
             api_base: api_base.to_owned(),
             connected: tokio::sync::Mutex::new(None),
@@ -890,10 +897,7 @@ impl LazyNatsTransport {
                     format!(
                         "sinks.{}: no connection to {} within {} s",
                         self.settings.name,
-                        match &self.settings.target {
-                            SinkTarget::Nats(n) => n.servers.join(", "),
-                            SinkTarget::Webhook(_) => String::new(),
-                        },
+                        self.servers,
                         timeout.as_secs()
                     ),
                 ));
