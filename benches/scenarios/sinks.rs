@@ -267,13 +267,24 @@ fn one_run(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     webhook.clear_received();
-    if let Variant::Nats { .. } = variant {
-        runtime.block_on(async {
+    // One client for the run's probes: a connection per probe would be load of our own
+    // making on the server being measured.
+    let js = match variant {
+        Variant::Nats { .. } => Some(runtime.block_on(async {
             let js = nats.jetstream().await;
             let _ = js.delete_stream(STREAM).await;
             let _ = js.delete_object_store(BUCKET).await;
-        });
-    }
+            js
+        })),
+        _ => None,
+    };
+    let stream_len = || -> Option<u64> {
+        let js = js.as_ref()?;
+        runtime.block_on(async {
+            let mut stream = js.get_stream(STREAM).await.ok()?;
+            stream.info().await.ok().map(|i| i.state.messages)
+        })
+    };
     let config = dir.join("mailsluice.toml");
     std::fs::write(&config, node_config(&dir, dovecot, variant, webhook, nats))
         .map_err(|e| format!("write the config: {e}"))?;
@@ -335,23 +346,25 @@ fn one_run(
                 }
                 delivered >= n
             }
-            Variant::Nats { .. } => runtime.block_on(async {
-                let js = nats.jetstream().await;
-                match js.get_stream(STREAM).await {
-                    Ok(mut stream) => stream
-                        .info()
-                        .await
-                        .map(|i| i.state.messages >= want)
-                        .unwrap_or(false),
-                    Err(_) => false,
-                }
-            }),
+            Variant::Nats { .. } => stream_len().is_some_and(|held| held >= want),
         };
         if done {
             break spawned.elapsed();
         }
         if Instant::now() > deadline {
-            return Err(format!("not done within 600 s; its log ends:\n{}", tail()));
+            let sinks = client
+                .get(format!("http://{http}/api/sinks"))
+                .send()
+                .and_then(|r| r.text())
+                .unwrap_or_else(|e| e.to_string());
+            return Err(format!(
+                "not done within 600 s: {:?} stored, {:?} delivered to the webhook, {:?} in the \
+                 stream; /api/sinks: {sinks}; its log ends:\n{}",
+                stored(),
+                webhook.delivered_and_bad(),
+                stream_len(),
+                tail()
+            ));
         }
         std::thread::sleep(POLL);
     };
@@ -369,17 +382,9 @@ fn one_run(
             }
         }
         Variant::Nats { .. } => {
-            let held = runtime.block_on(async {
-                let js = nats.jetstream().await;
-                let mut stream = js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
-                stream
-                    .info()
-                    .await
-                    .map(|i| i.state.messages)
-                    .map_err(|e| e.to_string())
-            })?;
-            if held != want {
-                return Err(format!("the stream holds {held} messages, not {want}"));
+            let held = stream_len();
+            if held != Some(want) {
+                return Err(format!("the stream holds {held:?} messages, not {want}"));
             }
         }
         Variant::Ingest => {}
