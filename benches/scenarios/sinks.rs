@@ -298,7 +298,10 @@ fn one_run(
         .current_dir(&dir)
         .env("BENCH_PASSWORD", PASSWORD)
         .env("BENCH_WEBHOOK_SECRET", &webhook.secrets()[0])
-        .env("MAILSLUICE_LOG", "warn")
+        .env(
+            "MAILSLUICE_LOG",
+            std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);

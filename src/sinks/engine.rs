@@ -249,9 +249,11 @@ impl Worker {
             self.start_ready();
             self.record(false).await;
             self.publish_gauges();
-            let caught_up = self.held < WINDOW
-                && self.store_pause.is_none()
-                && self.read_through >= *self.watch.borrow();
+            // Room to read: a flush since `fill` looked (the worker's own, in `record`,
+            // makes the events committed meanwhile durable too) wakes it at once, as
+            // `fill` marked only what it saw as seen. Waiting for "caught up" instead
+            // slept for good when a flush landed in between and nothing else was due.
+            let can_read = self.held < WINDOW && self.store_pause.is_none();
             let wake = self.next_wake();
             tokio::select! {
                 command = commands.recv() => match command {
@@ -266,7 +268,7 @@ impl Worker {
                         Err(e) => tracing::error!(sink = %sink, error = %e, "sink delivery task failed"),
                     }
                 }
-                changed = self.watch.changed(), if caught_up => {
+                changed = self.watch.changed(), if can_read => {
                     if changed.is_err() {
                         // The store is gone: nothing more to read.
                         break;

@@ -498,3 +498,41 @@ async fn reading_stops_at_the_window() {
     worker.fill();
     assert_eq!(worker.read_through, WINDOW as u64 + 10);
 }
+
+/// Events that become durable while the worker records its batch (its own flush makes
+/// them durable along with its record) are read without any further commit: the worker
+/// never sleeps with durable events past what it has read. Ingest-like: messages committed
+/// one by one from another thread, made durable by the nudged flushes and the worker's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_made_durable_while_recording_are_read_without_another_commit() {
+    for round in 0..4 {
+        let (_d, store) = store();
+        let fake = Fake::with_delay(Duration::ZERO);
+        let worker = start(&store, &fake, options(1));
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for uid in 1..=300 {
+                    let raw = format!("Subject: m{uid}\r\n\r\nbody\r\n");
+                    store.store(message(uid, raw.as_bytes())).unwrap();
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            })
+        };
+        tokio::task::spawn_blocking(move || writer.join().unwrap())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.sink_state("hook").unwrap().delivered_through < 300 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the worker stopped at {} of 300 (durable: {})",
+                store.sink_state("hook").unwrap().delivered_through,
+                store.last_event_seq()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        worker.stop().await;
+        assert_eq!(fake.seen().len(), 300, "round {round}");
+    }
+}
