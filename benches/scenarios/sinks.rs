@@ -123,6 +123,26 @@ fn node_config(
 /// What one timed run gave.
 struct Run {
     elapsed: Duration,
+    /// When every message was stored (as the poll saw it), for a delivery variant.
+    ingested: Option<Duration>,
+    /// Mean duration of one delivery attempt (the node's
+    /// `sink_delivery_duration_seconds`), and how many there were.
+    attempts: Option<(f64, u64)>,
+}
+
+impl Run {
+    /// When ingest ended and what one attempt took, for a delivery variant.
+    fn detail(&self) -> String {
+        let mut out = String::new();
+        if let Some(at) = self.ingested {
+            let _ = write!(out, " (all stored at {:.2} s", at.as_secs_f64());
+            if let Some((mean, count)) = self.attempts {
+                let _ = write!(out, "; {count} attempts, {:.2} ms each", mean * 1e3);
+            }
+            out.push(')');
+        }
+        out
+    }
 }
 
 pub fn run(args: &SinkArgs, mailsluice: &Path) -> LiveReport {
@@ -182,7 +202,7 @@ pub fn run(args: &SinkArgs, mailsluice: &Path) -> LiveReport {
                 n,
             ) {
                 Ok(run) => {
-                    eprintln!("  {:.2} s", run.elapsed.as_secs_f64());
+                    eprintln!("  {:.2} s{}", run.elapsed.as_secs_f64(), run.detail());
                     runs.push(run);
                 }
                 Err(e) => failures.push(format!("{}: {e}", variant.name())),
@@ -207,8 +227,8 @@ pub fn run(args: &SinkArgs, mailsluice: &Path) -> LiveReport {
          from an empty node state; time from the node's spawn to the last event at the \
          receiver (ingest alone: to the last message stored). Targets: delivery adds under \
          30 % without raw bytes, under 60 % with them.\n\n\
-         | variant | runs (s) | median (s) | against ingest alone | target | met |\n\
-         |---|---|---|---|---|---|\n",
+         | variant | runs (s) | median (s) | against ingest alone | target | met | all stored at (s) | mean attempt (ms) |\n\
+         |---|---|---|---|---|---|---|---|\n",
         total_bytes as f64 / 1e6,
         args.runs
     );
@@ -219,9 +239,19 @@ pub fn run(args: &SinkArgs, mailsluice: &Path) -> LiveReport {
             .collect();
         let m = median(runs);
         let ratio = m.zip(base).map(|(m, b)| m.as_secs_f64() / b.as_secs_f64());
+        let stored_at: Vec<String> = runs
+            .iter()
+            .filter_map(|r| r.ingested)
+            .map(|t| format!("{:.2}", t.as_secs_f64()))
+            .collect();
+        let attempt: Vec<String> = runs
+            .iter()
+            .filter_map(|r| r.attempts)
+            .map(|(mean, _)| format!("{:.2}", mean * 1e3))
+            .collect();
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             variant.name(),
             times.join(", "),
             m.map(|m| format!("{:.2}", m.as_secs_f64()))
@@ -236,7 +266,9 @@ pub fn run(args: &SinkArgs, mailsluice: &Path) -> LiveReport {
                     if r < t { "yes" } else { "no" }
                 }
                 _ => "",
-            }
+            },
+            stored_at.join(", "),
+            attempt.join(", "),
         );
     }
     if !failures.is_empty() {
@@ -333,6 +365,7 @@ fn one_run(
     };
     let deadline = spawned + Duration::from_secs(600);
     let want = n as u64;
+    let mut ingested = None;
     let elapsed = loop {
         if let Some(status) = node.exited() {
             return Err(format!(
@@ -351,6 +384,9 @@ fn one_run(
             }
             Variant::Nats { .. } => stream_len().is_some_and(|held| held >= want),
         };
+        if ingested.is_none() && variant != Variant::Ingest && stored() == Some(want) {
+            ingested = Some(spawned.elapsed());
+        }
         if done {
             break spawned.elapsed();
         }
@@ -392,7 +428,32 @@ fn one_run(
         }
         Variant::Ingest => {}
     }
+    let attempts = client
+        .get(format!("http://{http}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .ok()
+        .and_then(|text| attempt_mean(&text));
     node.stop(Duration::from_secs(20))
         .map_err(|e| format!("{e}; its log ends:\n{}", tail()))?;
-    Ok(Run { elapsed })
+    Ok(Run {
+        elapsed,
+        ingested: ingested.or((variant != Variant::Ingest).then_some(elapsed)),
+        attempts,
+    })
+}
+
+/// The mean of `mailsluice_sink_delivery_duration_seconds` (seconds) and its count, from a
+/// scrape; `None` without a sink.
+fn attempt_mean(metrics: &str) -> Option<(f64, u64)> {
+    let value = |name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let sum = value("mailsluice_sink_delivery_duration_seconds_sum")?;
+    let count = value("mailsluice_sink_delivery_duration_seconds_count")?;
+    (count > 0.0).then(|| (sum / count, count as u64))
 }

@@ -171,6 +171,30 @@ struct Pending {
     last_error: String,
 }
 
+/// A batch of done events as recorded in the background, and what failed.
+struct Recorded {
+    delivered: Vec<u64>,
+    skipped: Vec<u64>,
+    failed: Option<(RecordStage, StoreError)>,
+}
+
+/// Which write of a batch failed: the deliveries (then nothing of it is recorded) or the
+/// skips (written after the deliveries).
+#[derive(Clone, Copy)]
+enum RecordStage {
+    Deliveries,
+    Skips,
+}
+
+impl RecordStage {
+    fn doing(self) -> &'static str {
+        match self {
+            RecordStage::Deliveries => "recording deliveries",
+            RecordStage::Skips => "recording skipped events",
+        }
+    }
+}
+
 /// What an attempt came to.
 struct Attempt {
     source: String,
@@ -200,8 +224,10 @@ pub struct Worker {
     /// Done, to be recorded.
     delivered: Vec<u64>,
     skipped: Vec<u64>,
-    /// When the oldest unrecorded done event was done.
+    /// When the oldest done event not yet being recorded was done.
     batch_since: Option<Instant>,
+    /// The batch being recorded in the background.
+    recording: Option<tokio::task::JoinHandle<Recorded>>,
     /// Where the next start looks first, so every source gets its turn.
     cursor: Option<String>,
     /// After a store error: no reading or recording before this.
@@ -226,6 +252,7 @@ impl Worker {
             delivered: Vec::new(),
             skipped: Vec::new(),
             batch_since: None,
+            recording: None,
             cursor: None,
             store_pause: None,
             watch,
@@ -247,7 +274,7 @@ impl Worker {
         loop {
             self.fill();
             self.start_ready();
-            self.record(false).await;
+            self.record();
             self.publish_gauges();
             // Room to read: a flush since `fill` looked (the worker's own, in `record`,
             // makes the events committed meanwhile durable too) wakes it at once, as
@@ -267,6 +294,9 @@ impl Worker {
                         // head and is attempted again after a pause.
                         Err(e) => tracing::error!(sink = %sink, error = %e, "sink delivery task failed"),
                     }
+                }
+                batch = recording(&mut self.recording), if self.recording.is_some() => {
+                    self.recorded(batch);
                 }
                 changed = self.watch.changed(), if can_read => {
                     if changed.is_err() {
@@ -553,52 +583,115 @@ impl Worker {
         self.batch_since.get_or_insert_with(Instant::now);
     }
 
-    /// Writes the batch of done events when it is due (or `now`): one flush for the
-    /// deliveries, one for the skips.
-    async fn record(&mut self, now: bool) {
+    /// Starts recording the batch of done events when it is due: in the background (one
+    /// flush for the deliveries, one for the skips), so attempts go on meanwhile; one batch
+    /// at a time.
+    fn record(&mut self) {
         let Some(since) = self.batch_since else {
             return;
         };
-        let waiting = self.delivered.len() + self.skipped.len();
-        let due = now || waiting >= BATCH_EVENTS || since.elapsed() >= BATCH_DELAY;
-        if !due || (!now && self.store_pause.is_some_and(|u| Instant::now() < u)) {
+        if self.recording.is_some() || self.store_pause.is_some_and(|u| Instant::now() < u) {
             return;
         }
-        if !self.delivered.is_empty() {
-            match self
-                .store
-                .sink_delivered(&self.opts.name, &self.delivered)
-                .await
-            {
-                Ok(()) => {
-                    let n = self.delivered.len();
-                    telemetry::sink_events(&self.opts.name, SinkOutcome::Delivered, n as u64);
-                    self.held = self.held.saturating_sub(n);
-                    for seq in self.delivered.drain(..) {
-                        self.retrying.remove(&seq);
-                    }
-                }
-                Err(e) => {
-                    self.store_failed("recording deliveries", &e);
-                    return;
-                }
-            }
+        let waiting = self.delivered.len() + self.skipped.len();
+        if waiting >= BATCH_EVENTS || since.elapsed() >= BATCH_DELAY {
+            self.start_recording();
         }
-        if !self.skipped.is_empty() {
-            match self.store.sink_skip(&self.opts.name, &self.skipped).await {
-                Ok(()) => {
-                    let n = self.skipped.len();
-                    telemetry::sink_events(&self.opts.name, SinkOutcome::Skipped, n as u64);
-                    self.held = self.held.saturating_sub(n);
-                    self.skipped.clear();
-                }
-                Err(e) => {
-                    self.store_failed("recording skipped events", &e);
-                    return;
-                }
-            }
-        }
+    }
+
+    fn start_recording(&mut self) {
+        let store = self.store.clone();
+        let sink = self.opts.name.clone();
+        let delivered = std::mem::take(&mut self.delivered);
+        let skipped = std::mem::take(&mut self.skipped);
         self.batch_since = None;
+        self.recording = Some(tokio::spawn(async move {
+            let mut batch = Recorded {
+                delivered,
+                skipped,
+                failed: None,
+            };
+            if !batch.delivered.is_empty()
+                && let Err(e) = store.sink_delivered(&sink, &batch.delivered).await
+            {
+                batch.failed = Some((RecordStage::Deliveries, e));
+                return batch;
+            }
+            if !batch.skipped.is_empty()
+                && let Err(e) = store.sink_skip(&sink, &batch.skipped).await
+            {
+                batch.failed = Some((RecordStage::Skips, e));
+            }
+            batch
+        }));
+    }
+
+    /// A batch's record came back: its events are no longer held; what failed to be
+    /// recorded waits for the next batch, after a pause.
+    fn recorded(&mut self, batch: Result<Recorded, tokio::task::JoinError>) {
+        self.recording = None;
+        let batch = match batch {
+            Ok(batch) => batch,
+            // The task panicked or was cut off: its events are still held and done, but
+            // which of them the store has is unknown. Recording them again is harmless
+            // (marking an event done twice counts it once), so a later batch does.
+            Err(e) => {
+                tracing::error!(sink = %self.opts.name, error = %e, "sink recording task failed");
+                self.store_pause = Some(Instant::now() + STORE_RETRY);
+                return;
+            }
+        };
+        let Recorded {
+            delivered,
+            skipped,
+            failed,
+        } = batch;
+        let (recorded_delivered, recorded_skipped) = match &failed {
+            None => (true, true),
+            Some((RecordStage::Deliveries, _)) => (false, false),
+            Some((RecordStage::Skips, _)) => (true, false),
+        };
+        if recorded_delivered {
+            telemetry::sink_events(
+                &self.opts.name,
+                SinkOutcome::Delivered,
+                delivered.len() as u64,
+            );
+            self.held = self.held.saturating_sub(delivered.len());
+            for seq in &delivered {
+                self.retrying.remove(seq);
+            }
+        } else {
+            self.delivered.extend(delivered);
+        }
+        if recorded_skipped {
+            telemetry::sink_events(&self.opts.name, SinkOutcome::Skipped, skipped.len() as u64);
+            self.held = self.held.saturating_sub(skipped.len());
+        } else {
+            self.skipped.extend(skipped);
+        }
+        if let Some((stage, e)) = failed {
+            self.store_failed(stage.doing(), &e);
+            self.batch_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Records every done event now: waits for the batch in flight, then records the rest.
+    /// Afterwards `batch_since` is `None` unless the store failed.
+    async fn record_all(&mut self) {
+        if let Some(running) = self.recording.as_mut() {
+            let batch = running.await;
+            self.recorded(batch);
+        }
+        if self.delivered.is_empty() && self.skipped.is_empty() {
+            self.batch_since = None;
+            return;
+        }
+        self.start_recording();
+        if let Some(running) = self.recording.as_mut() {
+            let batch = running.await;
+            self.recorded(batch);
+        }
     }
 
     fn store_failed(&mut self, doing: &str, e: &StoreError) {
@@ -623,7 +716,7 @@ impl Worker {
         let paused = self.store_pause.is_some_and(|until| until > now);
         let batch = self
             .batch_since
-            .filter(|_| !paused)
+            .filter(|_| !paused && self.recording.is_none())
             .map(|since| since + BATCH_DELAY);
         let gauge = (!self.queues.is_empty()).then(|| now + GAUGE_TICK);
         [retry, batch, gauge, self.store_pause]
@@ -773,7 +866,7 @@ impl Worker {
         self.attempts.abort_all();
         while self.attempts.join_next().await.is_some() {}
         self.busy.clear();
-        self.record(true).await;
+        self.record_all().await;
         if self.batch_since.is_some() {
             return Err(CommandError::NotRunning {
                 sink,
@@ -834,8 +927,18 @@ impl Worker {
                 }
             }
         }
-        self.record(true).await;
+        self.record_all().await;
         telemetry::sink_backlog(&self.opts.name, 0, 0.0);
+    }
+}
+
+/// The batch being recorded, once it is; never without one.
+async fn recording(
+    running: &mut Option<tokio::task::JoinHandle<Recorded>>,
+) -> Result<Recorded, tokio::task::JoinError> {
+    match running {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -493,7 +493,7 @@ async fn reading_stops_at_the_window() {
     for seq in 1..=10 {
         worker.done(seq, SinkOutcome::Delivered);
     }
-    worker.record(true).await;
+    worker.record_all().await;
     assert_eq!(worker.held, WINDOW - 10);
     worker.fill();
     assert_eq!(worker.read_through, WINDOW as u64 + 10);
