@@ -17,7 +17,7 @@ use mailsluice::config::{
 };
 use mailsluice::sinks::envelope::Raw;
 use mailsluice::sinks::nats::{LazyNatsTransport, NatsTransport};
-use mailsluice::sinks::transport::{Delivery, Transport};
+use mailsluice::sinks::transport::{Delivery, MadeFor, Transport};
 use mailsluice::store::{Event, Location, NewMessage, Store};
 use tempfile::TempDir;
 
@@ -74,6 +74,7 @@ impl Stored {
             raw: raw.then(|| Arc::new(self.store.raw(id).unwrap().unwrap())),
             inline: false,
             raw_url: Some(format!("http://127.0.0.1:9898/api/messages/{id}/raw")),
+            prebuilt: None,
             event,
         }
     }
@@ -209,6 +210,58 @@ async fn events_are_published_acked_and_a_repeat_is_dropped_by_the_stream() {
     assert_eq!(
         json(&entries[1].payload)["data"]["raw_url"],
         format!("{API}/api/messages/{id}/raw")
+    );
+}
+
+/// What the sink builds ahead of an attempt is what the attempt would publish, and the
+/// attempt publishes it as built; one built for another `max_payload` is built again; a
+/// message that goes through the object store is not built ahead.
+#[tokio::test]
+async fn a_message_built_ahead_is_published_as_built_and_only_for_its_max_payload() {
+    let nats = NatsServer::start_with(NatsOptions::small_payload());
+    let stored = Stored::new(&[
+        ("support", 1, mail("one", "first")),
+        ("support", 2, mail("two", "second")),
+        ("support", 3, mail_with_attachment(300 * 1024)),
+    ])
+    .await;
+    let sink = connect(&nats).await;
+
+    let mut first = stored.delivery(0, true);
+    let built = sink
+        .build(&first)
+        .expect("an inline envelope is built ahead");
+    let raw = first.raw.as_deref().unwrap();
+    assert_eq!(built.body, first.envelope(Raw::Base64(raw)).unwrap());
+    assert!(matches!(built.made_for, MadeFor::MaxPayload(m) if m == SMALL_MAX_PAYLOAD));
+    // Marked so the stream shows it was sent as built, not built again.
+    let mut marked = built.clone();
+    marked.body = format!(r#"{{"built_ahead":"{}"}}"#, first.event.id).into();
+    first.prebuilt = Some(marked);
+    sink.deliver(&first).await.unwrap();
+
+    let mut second = stored.delivery(1, true);
+    let mut other = sink.build(&second).unwrap();
+    other.body = "built for another max_payload".into();
+    other.made_for = MadeFor::MaxPayload(SMALL_MAX_PAYLOAD * 2);
+    second.prebuilt = Some(other);
+    sink.deliver(&second).await.unwrap();
+
+    assert!(
+        sink.build(&stored.delivery(2, true)).is_none(),
+        "the object store's message is built at its attempt"
+    );
+
+    let entries = nats.stream_messages("MAILSLUICE").await;
+    assert_eq!(
+        json(&entries[0].payload)["built_ahead"],
+        first.event.id.as_str()
+    );
+    let raw = second.raw.as_deref().unwrap();
+    assert_eq!(
+        entries[1].payload,
+        second.envelope(Raw::Base64(raw)).unwrap(),
+        "built again for the server's max_payload"
     );
 }
 

@@ -125,6 +125,8 @@ struct Run {
     elapsed: Duration,
     /// When every message was stored (as the poll saw it), for a delivery variant.
     ingested: Option<Duration>,
+    /// How many events had reached the receiver by then.
+    delivered_by_then: Option<u64>,
     /// Mean duration of one delivery attempt (the node's
     /// `sink_delivery_duration_seconds`), and how many there were.
     attempts: Option<(f64, u64)>,
@@ -136,6 +138,9 @@ impl Run {
         let mut out = String::new();
         if let Some(at) = self.ingested {
             let _ = write!(out, " (all stored at {:.2} s", at.as_secs_f64());
+            if let Some(n) = self.delivered_by_then {
+                let _ = write!(out, ", {n} delivered by then");
+            }
             if let Some((mean, count)) = self.attempts {
                 let _ = write!(out, "; {count} attempts, {:.2} ms each", mean * 1e3);
             }
@@ -366,6 +371,7 @@ fn one_run(
     let deadline = spawned + Duration::from_secs(600);
     let want = n as u64;
     let mut ingested = None;
+    let mut ahead = None;
     let elapsed = loop {
         if let Some(status) = node.exited() {
             return Err(format!(
@@ -386,6 +392,11 @@ fn one_run(
         };
         if ingested.is_none() && variant != Variant::Ingest && stored() == Some(want) {
             ingested = Some(spawned.elapsed());
+            ahead = match variant {
+                Variant::Webhook { .. } => Some(webhook.delivered_and_bad().0 as u64),
+                Variant::Nats { .. } => stream_len(),
+                Variant::Ingest => None,
+            };
         }
         if done {
             break spawned.elapsed();
@@ -439,6 +450,7 @@ fn one_run(
     Ok(Run {
         elapsed,
         ingested: ingested.or((variant != Variant::Ingest).then_some(elapsed)),
+        delivered_by_then: ahead,
         attempts,
     })
 }

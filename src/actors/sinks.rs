@@ -1,6 +1,6 @@
 //! The sinks under the Supervisor: building a sink's transport from its settings (reading
 //! its secret), starting its delivery worker ([`crate::sinks::engine::Worker`], a task on
-//! the supervisor's arbiter) and the handle that stops it, what a reload does to each sink,
+//! the sinks' own thread) and the handle that stops it, what a reload does to each sink,
 //! and pruning the outbox. The supervisor carries these out; the decisions are plain
 //! functions here, tested without an actix System.
 
@@ -48,6 +48,35 @@ pub enum SinkStartError {
     Tls { sink: String, source: TlsSetupError },
     #[error(transparent)]
     Webhook(#[from] WebhookSetupError),
+    #[error("sink {sink}: cannot start the sinks' thread: {source}")]
+    Thread {
+        sink: String,
+        source: std::io::Error,
+    },
+}
+
+/// The runtime the delivery workers and their connections run on: one thread of its own
+/// ("sinks"), started with the first sink. On the supervisor's thread an event's round
+/// trip waited behind the collectors' I/O (every IMAP and POP3 session runs there), so a
+/// backfill slowed delivery to a crawl, and delivery took that thread's time from ingest.
+fn runtime(sink: &str) -> Result<tokio::runtime::Handle, SinkStartError> {
+    type Built = Result<tokio::runtime::Runtime, (std::io::ErrorKind, String)>;
+    static RUNTIME: std::sync::OnceLock<Built> = std::sync::OnceLock::new();
+    let built = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sinks")
+            .enable_all()
+            .build()
+            .map_err(|e| (e.kind(), e.to_string()))
+    });
+    match built {
+        Ok(rt) => Ok(rt.handle().clone()),
+        Err((kind, why)) => Err(SinkStartError::Thread {
+            sink: sink.to_owned(),
+            source: std::io::Error::new(*kind, why.clone()),
+        }),
+    }
 }
 
 /// A running sink: what it was started with, and how to reach and stop its worker.
@@ -116,8 +145,8 @@ fn stopping(sink: String) -> CommandError {
     }
 }
 
-/// Builds `sink`'s transport (reading its secret) and starts its worker on the current
-/// runtime.
+/// Builds `sink`'s transport (reading its secret) and starts its worker on the sinks'
+/// thread.
 pub fn start(
     settings: &Settings,
     sink: &SinkSettings,
@@ -128,7 +157,7 @@ pub fn start(
     crate::telemetry::register_sink(&sink.name);
     let (commands, rx) = mpsc::channel(8);
     let worker = Worker::new(sink.engine_options(api_base), store, transport);
-    let task = tokio::spawn(worker.run(rx));
+    let task = runtime(&sink.name)?.spawn(worker.run(rx));
     Ok(SinkHandle {
         settings: sink.clone(),
         api_base: api_base.to_owned(),

@@ -58,6 +58,15 @@ pub const BATCH_EVENTS: usize = 64;
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// After a store error, the worker tries again this much later.
 const STORE_RETRY: Duration = Duration::from_secs(5);
+/// Reads of upcoming events (the message, and its raw bytes when they go inline) running at
+/// once, ahead of their attempts: an event's attempt then starts with its message in hand,
+/// while the one before it is still in flight.
+const READ_AHEAD: usize = 4;
+/// Events of one source read ahead, behind the one in flight.
+const READ_AHEAD_PER_SOURCE: usize = 2;
+/// Bytes (raw bytes and bodies) held by events read ahead, at most (then more are read
+/// ahead only as these go out); one event larger than this is still read, at its turn.
+const READ_AHEAD_BYTES: usize = 32 * 1024 * 1024;
 /// How often the oldest-pending-age gauge is refreshed while something is pending.
 const GAUGE_TICK: Duration = Duration::from_secs(1);
 
@@ -169,6 +178,15 @@ struct Pending {
     committed: chrono::DateTime<chrono::Utc>,
     /// The last attempt's error, for the failed mark.
     last_error: String,
+    /// Read ahead of its attempt, and the bytes that holds.
+    ready: Option<(Delivery, usize)>,
+}
+
+/// An event read ahead of its attempt.
+struct ReadAhead {
+    source: String,
+    seq: u64,
+    read: Result<Delivery, StoreError>,
 }
 
 /// A batch of done events as recorded in the background, and what failed.
@@ -219,6 +237,11 @@ pub struct Worker {
     /// Seqs queued by `sinks retry` (below the watermark, held as failed).
     retrying: HashSet<u64>,
     attempts: JoinSet<Attempt>,
+    /// Reads ahead in flight, and their seqs.
+    reading: JoinSet<ReadAhead>,
+    reading_seqs: HashSet<u64>,
+    /// Bytes held by events read ahead.
+    ready_bytes: usize,
     /// Events held: queued, in flight, or done and not yet recorded.
     held: usize,
     /// Done, to be recorded.
@@ -248,6 +271,9 @@ impl Worker {
             busy: HashSet::new(),
             retrying: HashSet::new(),
             attempts: JoinSet::new(),
+            reading: JoinSet::new(),
+            reading_seqs: HashSet::new(),
+            ready_bytes: 0,
             held: 0,
             delivered: Vec::new(),
             skipped: Vec::new(),
@@ -274,6 +300,7 @@ impl Worker {
         loop {
             self.fill();
             self.start_ready();
+            self.read_ahead();
             self.record();
             self.publish_gauges();
             // Room to read: a flush since `fill` looked (the worker's own, in `record`,
@@ -293,6 +320,12 @@ impl Worker {
                         // A panic in a transport is a bug: the event stays at its queue's
                         // head and is attempted again after a pause.
                         Err(e) => tracing::error!(sink = %sink, error = %e, "sink delivery task failed"),
+                    }
+                }
+                Some(read) = self.reading.join_next(), if !self.reading.is_empty() => {
+                    // A read that panicked is a bug; its event is read at its attempt.
+                    if let Ok(read) = read {
+                        self.read_done(read);
                     }
                 }
                 batch = recording(&mut self.recording), if self.recording.is_some() => {
@@ -383,6 +416,7 @@ impl Worker {
                 not_before: Instant::now(),
                 committed,
                 last_error: String::new(),
+                ready: None,
             });
     }
 
@@ -412,28 +446,100 @@ impl Worker {
             if self.busy.contains(&name) {
                 continue;
             }
-            let Some(head) = self.queues.get(&name).and_then(|q| q.front()) else {
+            let Some(head) = self.queues.get_mut(&name).and_then(|q| q.front_mut()) else {
                 continue;
             };
             if head.not_before > now {
                 continue;
             }
             let event = head.event.clone();
+            let ready = head.ready.take().map(|(delivery, bytes)| {
+                self.ready_bytes = self.ready_bytes.saturating_sub(bytes);
+                delivery
+            });
             self.busy.insert(name.clone());
             self.cursor = Some(name.clone());
-            self.spawn_attempt(name, event);
+            self.spawn_attempt(name, event, ready);
         }
     }
 
-    fn spawn_attempt(&mut self, source: String, event: Event) {
+    /// Starts reading the next events of each source while their turn comes: the one
+    /// behind the event in flight (or a head waiting for a free slot), within
+    /// [`READ_AHEAD`] reads at once and [`READ_AHEAD_BYTES`] held.
+    fn read_ahead(&mut self) {
+        if self.reading.len() >= READ_AHEAD || self.ready_bytes >= READ_AHEAD_BYTES {
+            return;
+        }
+        let mut wanted = Vec::new();
+        for (name, queue) in &self.queues {
+            let in_flight = usize::from(self.busy.contains(name));
+            for p in queue.iter().skip(in_flight).take(READ_AHEAD_PER_SOURCE) {
+                if p.ready.is_none() && !self.reading_seqs.contains(&p.event.seq) {
+                    wanted.push((name.clone(), p.event.clone()));
+                }
+            }
+            if self.reading.len() + wanted.len() >= READ_AHEAD {
+                break;
+            }
+        }
+        for (source, event) in wanted.into_iter().take(READ_AHEAD - self.reading.len()) {
+            let store = self.store.clone();
+            let opts = self.opts.clone();
+            let transport = self.transport.clone();
+            self.reading_seqs.insert(event.seq);
+            self.reading.spawn_blocking(move || {
+                let seq = event.seq;
+                let read = prepare(&store, &opts, event).map(|mut delivery| {
+                    delivery.prebuilt = transport.build(&delivery);
+                    delivery
+                });
+                ReadAhead { source, seq, read }
+            });
+        }
+    }
+
+    /// An event read ahead: kept with it for its attempt, unless that has started already
+    /// (and read it itself) or the event is gone (delivered, or a replay started over).
+    fn read_done(&mut self, read: ReadAhead) {
+        self.reading_seqs.remove(&read.seq);
+        // A failed read is done again by the attempt, which reports it.
+        let Ok(delivery) = read.read else {
+            return;
+        };
+        let in_flight = self.busy.contains(&read.source);
+        let Some(queue) = self.queues.get_mut(&read.source) else {
+            return;
+        };
+        let Some((i, pending)) = queue
+            .iter_mut()
+            .enumerate()
+            .find(|(_, p)| p.event.seq == read.seq)
+        else {
+            return;
+        };
+        if (i == 0 && in_flight) || pending.ready.is_some() {
+            return;
+        }
+        let bytes = delivery_bytes(&delivery);
+        self.ready_bytes += bytes;
+        pending.ready = Some((delivery, bytes));
+    }
+
+    /// Starts an attempt; `ready` is the event read ahead, else the attempt reads it.
+    fn spawn_attempt(&mut self, source: String, event: Event, ready: Option<Delivery>) {
         let store = self.store.clone();
         let transport = self.transport.clone();
         let opts = self.opts.clone();
         self.attempts.spawn(async move {
             let seq = event.seq;
-            // Reading a message (and perhaps megabytes of raw bytes) is disk work.
-            let reading = opts.clone();
-            let built = tokio::task::spawn_blocking(move || prepare(&store, &reading, event)).await;
+            let built = match ready {
+                Some(delivery) => Ok(Ok(delivery)),
+                // Reading a message (and perhaps megabytes of raw bytes) is disk work.
+                None => {
+                    let reading = opts.clone();
+                    tokio::task::spawn_blocking(move || prepare(&store, &reading, event)).await
+                }
+            };
             let result = match built {
                 Ok(Ok(delivery)) => {
                     let started = std::time::Instant::now();
@@ -527,9 +633,12 @@ impl Worker {
 
     /// Marks the head of `source` failed and moves on to its next event.
     async fn give_up(&mut self, source: &str) {
-        let Some(head) = self.queues.get_mut(source).and_then(|q| q.pop_front()) else {
+        let Some(mut head) = self.queues.get_mut(source).and_then(|q| q.pop_front()) else {
             return;
         };
+        if let Some((_, bytes)) = head.ready.take() {
+            self.ready_bytes = self.ready_bytes.saturating_sub(bytes);
+        }
         let failure = FailedDelivery {
             attempts: head.attempts,
             last_error: head.last_error.clone(),
@@ -810,6 +919,7 @@ impl Worker {
                     not_before: Instant::now(),
                     committed,
                     last_error: failure.last_error,
+                    ready: None,
                 },
             );
             self.retrying.insert(seq);
@@ -885,6 +995,7 @@ impl Worker {
             return Err(e);
         }
         self.queues.clear();
+        self.ready_bytes = 0;
         self.retrying.clear();
         self.held = 0;
         self.cursor = None;
@@ -957,6 +1068,20 @@ fn committed_at(event: &Event) -> chrono::DateTime<chrono::Utc> {
         .unwrap_or_else(|_| chrono::Utc::now())
 }
 
+/// What an event read ahead holds in memory, roughly: its raw bytes and bodies.
+fn delivery_bytes(d: &Delivery) -> usize {
+    let bodies = d
+        .message
+        .as_ref()
+        .and_then(|m| m.parsed.as_ref())
+        .map_or(0, |p| {
+            p.text_body.as_ref().map_or(0, String::len)
+                + p.html_body.as_ref().map_or(0, String::len)
+        });
+    let built = d.prebuilt.as_ref().map_or(0, |p| p.body.len());
+    d.raw.as_ref().map_or(0, |r| r.len()) + bodies + built + 1024
+}
+
 /// Reads what the envelope of `event` is built from: the stored message, and its raw bytes
 /// when they go inline (so a message without them costs no read of its bytes).
 fn prepare(store: &Store, opts: &SinkOptions, event: Event) -> Result<Delivery, StoreError> {
@@ -983,6 +1108,7 @@ fn prepare(store: &Store, opts: &SinkOptions, event: Event) -> Result<Delivery, 
         raw,
         inline,
         raw_url,
+        prebuilt: None,
     })
 }
 

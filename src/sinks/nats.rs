@@ -66,7 +66,7 @@ use async_nats::{ConnectErrorKind, ConnectOptions, HeaderMap, ServerAddr};
 use futures_util::future::BoxFuture;
 
 use super::envelope::Raw;
-use super::transport::{Delivery, DeliveryError, Transport};
+use super::transport::{Delivery, DeliveryError, MadeFor, Prebuilt, Transport};
 use crate::config::{
     NatsAuth, NatsSink, SecretError, SecretRef, SinkSettings, SinkTarget, TlsSettings, read_secret,
 };
@@ -314,11 +314,17 @@ impl NatsTransport {
             ));
         }
         let max_payload = self.client.max_payload();
-        let raw_url = match &d.message {
-            Some(meta) => raw_url(&self.api_base, meta.id),
-            None => String::new(),
+        let out = match &d.prebuilt {
+            // Built ahead for this max_payload: an inline envelope that fits.
+            Some(Prebuilt {
+                body,
+                made_for: MadeFor::MaxPayload(built_for),
+            }) if *built_for == max_payload => Outgoing {
+                body: body.clone(),
+                object: false,
+            },
+            _ => self.outgoing(d, max_payload)?,
         };
-        let out = outgoing(d, &self.bucket, &raw_url, max_payload)?;
         if out.object {
             let raw = d.raw.as_deref().map(Vec::as_slice).unwrap_or_default();
             self.put_object(&d.event.id, raw, max_payload).await?;
@@ -328,7 +334,7 @@ impl NatsTransport {
         headers.insert(MSG_ID_HEADER, d.event.id.as_str());
         let published = self
             .js
-            .publish_with_headers(subject.clone(), headers, out.body.into())
+            .publish_with_headers(subject.clone(), headers, out.body)
             .await;
         let acked = match published {
             Ok(ack) => ack.await,
@@ -338,6 +344,15 @@ impl NatsTransport {
             Ok(_ack) => Ok(()),
             Err(e) => Err(self.publish_failed(&subject, e).await),
         }
+    }
+
+    /// The message to publish for `d` under `max_payload`.
+    fn outgoing(&self, d: &Delivery, max_payload: usize) -> Result<Outgoing, DeliveryError> {
+        let raw_url = match &d.message {
+            Some(meta) => raw_url(&self.api_base, meta.id),
+            None => String::new(),
+        };
+        outgoing(d, &self.bucket, &raw_url, max_payload)
     }
 
     /// What a failed publish says; a stream that has gone is ensured again for the retry.
@@ -408,6 +423,22 @@ impl NatsTransport {
 }
 
 impl Transport for NatsTransport {
+    /// An inline envelope, for the current `max_payload`; nothing for one that goes to the
+    /// object store (its attempt puts the object first) or while disconnected.
+    fn build(&self, d: &Delivery) -> Option<Prebuilt> {
+        if self.client.connection_state() != State::Connected {
+            return None;
+        }
+        let max_payload = self.client.max_payload();
+        match self.outgoing(d, max_payload) {
+            Ok(out) if !out.object => Some(Prebuilt {
+                body: out.body,
+                made_for: MadeFor::MaxPayload(max_payload),
+            }),
+            _ => None,
+        }
+    }
+
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
             match tokio::time::timeout(self.timeout, self.attempt(d)).await {
@@ -430,7 +461,7 @@ impl Transport for NatsTransport {
 /// What goes out for one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Outgoing {
-    body: Vec<u8>,
+    body: bytes::Bytes,
     /// The raw bytes go to the object store first, named after the event id.
     object: bool,
 }
@@ -459,7 +490,7 @@ fn outgoing(
         let inline = d.envelope(Raw::Base64(raw))?;
         if inline.len() <= room {
             return Ok(Outgoing {
-                body: inline,
+                body: inline.into(),
                 object: false,
             });
         }
@@ -479,7 +510,10 @@ fn fitting(
     max_payload: usize,
 ) -> Result<Outgoing, DeliveryError> {
     if body.len() <= room {
-        return Ok(Outgoing { body, object });
+        return Ok(Outgoing {
+            body: body.into(),
+            object,
+        });
     }
     let mut e = DeliveryError::permanent(format!(
         "event {} (seq {}): its envelope is {} bytes without the raw bytes (the text and HTML \
@@ -911,6 +945,13 @@ impl LazyNatsTransport {
 impl Transport for LazyNatsTransport {
     fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move { self.transport().await?.deliver(d).await })
+    }
+
+    /// What the connected transport builds; nothing before the first connection (or
+    /// while it is being made).
+    fn build(&self, d: &Delivery) -> Option<Prebuilt> {
+        let connected = self.connected.try_lock().ok()?.clone()?;
+        connected.build(d)
     }
 }
 

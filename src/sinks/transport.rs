@@ -27,6 +27,28 @@ pub struct Delivery {
     /// Where the node serves the message's raw bytes (`{api_base}/api/messages/{id}/raw`);
     /// `None` for a state change.
     pub raw_url: Option<String>,
+    /// What the transport built for it ahead of its attempt ([`Transport::build`]).
+    pub prebuilt: Option<Prebuilt>,
+}
+
+/// What a transport builds for an event ahead of its attempt (on a blocking thread, while
+/// the event before it is in flight), so that the attempt only sends.
+#[derive(Debug, Clone)]
+pub struct Prebuilt {
+    /// The body to send: the same bytes [`Transport::deliver`] would build.
+    pub body: bytes::Bytes,
+    /// What it was built for, which the attempt checks before it uses it: a webhook's
+    /// `webhook-timestamp` with its signature, NATS' `max_payload`.
+    pub made_for: MadeFor,
+}
+
+/// See [`Prebuilt::made_for`].
+#[derive(Debug, Clone)]
+pub enum MadeFor {
+    /// Signed at this Unix time with this `webhook-signature`.
+    Signed { timestamp: i64, signature: String },
+    /// An inline envelope within this `max_payload`.
+    MaxPayload(usize),
 }
 
 impl Delivery {
@@ -126,4 +148,10 @@ impl DeliveryError {
 /// once (one per source, up to the sink's `concurrency`).
 pub trait Transport: Send + Sync + 'static {
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), DeliveryError>>;
+
+    /// Builds what `deliver` sends for `delivery`, ahead of its attempt; called on a
+    /// blocking thread. `None`: nothing to build ahead (`deliver` builds it).
+    fn build(&self, _delivery: &Delivery) -> Option<Prebuilt> {
+        None
+    }
 }

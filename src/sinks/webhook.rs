@@ -39,7 +39,7 @@ use reqwest::{StatusCode, Url};
 use super::address::{AddressPolicy, RefusedAddress};
 use super::backoff::parse_retry_after;
 use super::sign::{SigningKey, signature_header};
-use super::transport::{Delivery, DeliveryError, Transport};
+use super::transport::{Delivery, DeliveryError, MadeFor, Prebuilt, Transport};
 
 /// Most bytes of a failed answer's body kept in the error (before control characters are
 /// replaced): enough for "invalid signature" or a JSON error code, not a whole HTML page.
@@ -165,11 +165,29 @@ impl WebhookTransport {
     }
 
     async fn post(&self, d: &Delivery) -> Result<(), DeliveryError> {
-        let body = d.body()?;
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
-        let signature = signature_header(&d.event.id, timestamp, &body, &self.keys);
+        let now = unix_now();
+        let (body, timestamp, signature) = match &d.prebuilt {
+            // Signed moments ago, ahead of the attempt: sent as it is.
+            Some(Prebuilt {
+                body,
+                made_for:
+                    MadeFor::Signed {
+                        timestamp,
+                        signature,
+                    },
+            }) if (0..=SIGNED_AHEAD_SECS).contains(&(now - timestamp)) => {
+                (body.clone(), *timestamp, signature.clone())
+            }
+            Some(prebuilt) => {
+                let signature = signature_header(&d.event.id, now, &prebuilt.body, &self.keys);
+                (prebuilt.body.clone(), now, signature)
+            }
+            None => {
+                let body = d.body()?;
+                let signature = signature_header(&d.event.id, now, &body, &self.keys);
+                (bytes::Bytes::from(body), now, signature)
+            }
+        };
         let request = self
             .client
             .post(self.url.clone())
@@ -273,6 +291,33 @@ impl Transport for WebhookTransport {
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(self.post(delivery))
     }
+
+    /// The body, signed now: the attempt that follows within [`SIGNED_AHEAD_SECS`] sends
+    /// it as it is (its `webhook-timestamp` that much earlier at most), a later one signs
+    /// it again.
+    fn build(&self, d: &Delivery) -> Option<Prebuilt> {
+        let body = d.body().ok()?;
+        let timestamp = unix_now();
+        let signature = signature_header(&d.event.id, timestamp, &body, &self.keys);
+        Some(Prebuilt {
+            body: body.into(),
+            made_for: MadeFor::Signed {
+                timestamp,
+                signature,
+            },
+        })
+    }
+}
+
+/// How old a signature made ahead of its attempt may be and still be sent: receivers
+/// accept a timestamp minutes old (5 in the Standard Webhooks libraries), and a body read
+/// ahead goes out within a second unless the receiver is slow.
+const SIGNED_AHEAD_SECS: i64 = 5;
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Resolves a name and refuses it when any of its addresses is one the policy refuses: the
@@ -451,6 +496,122 @@ mod tests {
         assert!(debug.contains("https://hooks.example/in"), "{debug}");
         let none = WebhookTransport::new(target("https://hooks.example/in", Vec::new()));
         assert!(matches!(none, Err(WebhookSetupError::NoKeys { .. })));
+    }
+
+    /// One request read by a bare HTTP/1.1 server on loopback (answered 204): its head and
+    /// body.
+    async fn one_request(listener: tokio::net::TcpListener) -> (String, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        let (head, body_at, length) = loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed before the head");
+            got.extend_from_slice(&buf[..n]);
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(got[..end].to_vec()).unwrap();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_owned)
+                    })
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                break (head, end + 4, length);
+            }
+        };
+        while got.len() < body_at + length {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        (head, got[body_at..body_at + length].to_vec())
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> &'a str {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {head}"))
+    }
+
+    fn state_change() -> Delivery {
+        Delivery {
+            event: crate::store::Event {
+                seq: 3,
+                id: "evt_0123".into(),
+                kind: crate::store::EventKind::SourceStateChanged,
+                source: "support".into(),
+                timestamp: "2025-03-01T10:00:00.000Z".into(),
+                message: None,
+                state: Some(crate::store::StateChange {
+                    from: "healthy".into(),
+                    to: "degraded".into(),
+                    reason: None,
+                }),
+            },
+            message: None,
+            raw: None,
+            inline: false,
+            raw_url: None,
+            prebuilt: None,
+        }
+    }
+
+    /// A body built and signed ahead of its attempt is sent as it was built: the same
+    /// bytes `deliver` builds, with the signature made then. One signed longer ago than
+    /// [`SIGNED_AHEAD_SECS`] is signed again with the time of the attempt.
+    #[tokio::test]
+    async fn a_body_built_ahead_goes_out_as_built_and_a_stale_signature_is_made_again() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let keys = crate::sinks::sign::parse_secrets(secret).unwrap();
+        for stale in [false, true] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/in", listener.local_addr().unwrap());
+            let t = WebhookTransport::new(target(&url, keys.clone())).unwrap();
+            let mut d = state_change();
+            let mut prebuilt = t.build(&d).expect("a webhook builds ahead");
+            if stale {
+                let MadeFor::Signed { timestamp, .. } = &mut prebuilt.made_for else {
+                    panic!("a webhook signs ahead")
+                };
+                *timestamp -= 60;
+            }
+            let MadeFor::Signed {
+                timestamp: built_at,
+                signature: built_signature,
+            } = prebuilt.made_for.clone()
+            else {
+                panic!("a webhook signs ahead")
+            };
+            d.prebuilt = Some(prebuilt);
+            let server = tokio::spawn(one_request(listener));
+            t.deliver(&d).await.unwrap();
+            let (head, body) = server.await.unwrap();
+            assert_eq!(
+                body,
+                state_change().body().unwrap(),
+                "the body deliver builds"
+            );
+            let sent_at: i64 = header(&head, "webhook-timestamp").parse().unwrap();
+            let signature = header(&head, "webhook-signature");
+            assert_eq!(
+                signature,
+                signature_header("evt_0123", sent_at, &body, &keys),
+                "a valid signature"
+            );
+            if stale {
+                assert!(sent_at >= built_at + 60, "signed again at the attempt");
+            } else {
+                assert_eq!((sent_at, signature), (built_at, built_signature.as_str()));
+            }
+        }
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn message(raw: Option<Vec<u8>>, text: Option<String>) -> Delivery {
         raw: raw.map(Arc::new),
         inline: false,
         raw_url: Some("http://127.0.0.1:9898/api/messages/7/raw".into()),
+        prebuilt: None,
     }
 }
 
@@ -68,6 +69,7 @@ fn state_change() -> Delivery {
         raw: None,
         inline: false,
         raw_url: None,
+        prebuilt: None,
     }
 }
 
