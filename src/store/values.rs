@@ -198,8 +198,34 @@ pub(super) fn decode(id: u64, joined: Vec<u8>, compressed: bool) -> Result<Vec<u
     if !compressed {
         return Ok(joined);
     }
-    zstd::stream::decode_all(joined.as_slice())
-        .map_err(|e| StoreError::Corrupt(format!("value {id}: zstd: {e}")))
+    let corrupt = |e: std::io::Error| StoreError::Corrupt(format!("value {id}: zstd: {e}"));
+    // Values are compressed whole, so their frame says how large they are: decompressed
+    // into one allocation of that size with this thread's context (a new context per
+    // value cost more than decompressing a short one). A size past any value's is not
+    // believed; the stream decoder then finds out.
+    match zstd::zstd_safe::get_frame_content_size(&joined) {
+        Ok(Some(size)) if size <= MAX_DECLARED_SIZE => UNZSTD.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.is_none() {
+                *cell = Some(zstd::bulk::Decompressor::new().map_err(corrupt)?);
+            }
+            let decompressor = cell.as_mut().expect("set above");
+            decompressor
+                .decompress(&joined, size as usize)
+                .map_err(corrupt)
+        }),
+        _ => zstd::stream::decode_all(joined.as_slice()).map_err(corrupt),
+    }
+}
+
+/// The largest size a value's zstd frame may declare and be decompressed in one piece: a
+/// message is at most 1 GiB (`max_message_bytes`), its parsed fields less.
+const MAX_DECLARED_SIZE: u64 = 1 << 30;
+
+thread_local! {
+    /// One zstd decompression context per thread that reads values, kept.
+    static UNZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// The pieces of one value, read as a byte stream one piece at a time: a large message is
@@ -411,6 +437,36 @@ mod tests {
             assert!(frame.len() < len, "{len}");
             assert_eq!(decode(1, frame, true).unwrap(), value);
         }
+    }
+
+    /// A frame that declares its size is decompressed in one piece, one without (as a
+    /// stream encoder writes it) through the stream decoder; a damaged frame is an error
+    /// naming the value, whichever way it is read.
+    #[test]
+    fn frames_with_and_without_their_size_decode_and_damage_is_named() {
+        let value: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let sized = compress(&value).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&sized).unwrap(),
+            Some(value.len() as u64)
+        );
+        assert_eq!(decode(7, sized.clone(), true).unwrap(), value);
+        let mut streamed = Vec::new();
+        let mut encoder = zstd::stream::write::Encoder::new(&mut streamed, 1).unwrap();
+        std::io::Write::write_all(&mut encoder, &value).unwrap();
+        encoder.finish().unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&streamed).unwrap(),
+            None
+        );
+        assert_eq!(decode(7, streamed, true).unwrap(), value);
+        let mut damaged = sized;
+        let at = damaged.len() / 2;
+        damaged.truncate(at);
+        let e = decode(7, damaged, true).unwrap_err().to_string();
+        assert!(e.contains("value 7: zstd"), "{e}");
     }
 
     /// Stores made before chunking have sled's default segments (it opens a store only
