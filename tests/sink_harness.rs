@@ -319,7 +319,7 @@ fn webhook_records_signed_and_badly_signed_requests() {
     let old = webhook::new_secret();
     let receiver = WebhookReceiver::start_with(WebhookOptions {
         secrets: vec![webhook::new_secret(), old.clone()],
-        tls: false,
+        ..WebhookOptions::default()
     });
     let secret = receiver.secrets()[0].clone();
     let client = client();
@@ -469,6 +469,36 @@ fn webhook_answers_as_planned() {
     let r = post_signed(&client, &receiver.url(), &secret, "evt_2", "{}");
     assert_eq!(r.status(), 204);
     assert_eq!(receiver.delivered_ids(), ["evt_2"]);
+}
+
+/// A receiver that keeps no bodies (the benchmark's) still verifies every request: a
+/// good signature verifies, a body changed after signing does not.
+#[test]
+fn webhook_without_bodies_still_verifies_each_request() {
+    let receiver = WebhookReceiver::start_with(WebhookOptions {
+        keep_bodies: false,
+        ..WebhookOptions::default()
+    });
+    let secret = receiver.secrets()[0].clone();
+    let client = client();
+    post_signed(&client, &receiver.url(), &secret, "evt_1", r#"{"seq":1}"#);
+    let timestamp = webhook::now_timestamp();
+    client
+        .post(receiver.url())
+        .header("webhook-id", "evt_2")
+        .header("webhook-timestamp", &timestamp)
+        .header(
+            "webhook-signature",
+            webhook::sign(&secret, "evt_2", &timestamp, br#"{"seq":2}"#),
+        )
+        .body(r#"{"seq":3}"#)
+        .send()
+        .unwrap();
+    let received = receiver.wait_for(2, Duration::from_secs(5));
+    let verified: Vec<bool> = received.iter().map(|r| r.verified).collect();
+    assert_eq!(verified, [true, false]);
+    assert!(received.iter().all(|r| r.body.is_empty()));
+    assert_eq!(receiver.delivered_and_bad(), (1, 1));
 }
 
 #[test]

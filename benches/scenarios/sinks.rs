@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use crate::contenders::PASSWORD;
 use crate::corpus;
-use crate::support::{Dovecot, DovecotOptions, NatsServer, NodeProcess, WebhookReceiver};
+use crate::support::{
+    Dovecot, DovecotOptions, NatsServer, NodeProcess, WebhookOptions, WebhookReceiver,
+};
 use crate::{LiveReport, SinkArgs};
 
 /// The stream and bucket every NATS run uses (deleted between runs).
@@ -165,7 +167,11 @@ pub fn run(args: &SinkArgs, mailsluice: &Path) -> LiveReport {
     let (total_bytes, ..) = corpus::stats(&mail);
     dovecot.seed("bench", &mail);
     drop(mail);
-    let webhook = WebhookReceiver::start();
+    // Verifies every request and keeps no body, as a receiver in production would.
+    let webhook = WebhookReceiver::start_with(WebhookOptions {
+        keep_bodies: false,
+        ..WebhookOptions::default()
+    });
     let nats = NatsServer::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
