@@ -298,16 +298,33 @@ fn client() -> Client {
 }
 
 /// POSTs `body` to the receiver as a sender signing with `secret` would.
+/// A request signed over `{"seq":4}` that carries `{"seq":5}`: a body changed after signing.
+fn post_changed(client: &Client, url: &str, secret: &str, id: &str) {
+    let timestamp = webhook::now_timestamp();
+    let signature = webhook::sign(secret, id, &timestamp, br#"{"seq":4}"#);
+    post(client, url, id, &timestamp, &signature, r#"{"seq":5}"#);
+}
+
 fn post_signed(client: &Client, url: &str, secret: &str, id: &str, body: &str) -> Response {
     let timestamp = webhook::now_timestamp();
+    let signature = webhook::sign(secret, id, &timestamp, body.as_bytes());
+    post(client, url, id, &timestamp, &signature, body)
+}
+
+/// A JSON POST with the three Standard Webhooks headers as given.
+fn post(
+    client: &Client,
+    url: &str,
+    id: &str,
+    timestamp: &str,
+    signature: &str,
+    body: &str,
+) -> Response {
     client
         .post(url)
         .header("webhook-id", id)
-        .header("webhook-timestamp", &timestamp)
-        .header(
-            "webhook-signature",
-            webhook::sign(secret, id, &timestamp, body.as_bytes()),
-        )
+        .header("webhook-timestamp", timestamp)
+        .header("webhook-signature", signature)
         .header("content-type", "application/json")
         .body(body.to_owned())
         .send()
@@ -333,18 +350,7 @@ fn webhook_records_signed_and_badly_signed_requests() {
     let stranger = webhook::new_secret();
     post_signed(&client, &receiver.url(), &stranger, "evt_3", r#"{"seq":3}"#);
     // The body changed after signing.
-    let timestamp = webhook::now_timestamp();
-    client
-        .post(receiver.url())
-        .header("webhook-id", "evt_4")
-        .header("webhook-timestamp", &timestamp)
-        .header(
-            "webhook-signature",
-            webhook::sign(&secret, "evt_4", &timestamp, br#"{"seq":4}"#),
-        )
-        .body(r#"{"seq":5}"#)
-        .send()
-        .unwrap();
+    post_changed(&client, &receiver.url(), &secret, "evt_4");
     // No signature at all.
     client.post(receiver.url()).body("{}").send().unwrap();
 
@@ -482,18 +488,7 @@ fn webhook_without_bodies_still_verifies_each_request() {
     let secret = receiver.secrets()[0].clone();
     let client = client();
     post_signed(&client, &receiver.url(), &secret, "evt_1", r#"{"seq":1}"#);
-    let timestamp = webhook::now_timestamp();
-    client
-        .post(receiver.url())
-        .header("webhook-id", "evt_2")
-        .header("webhook-timestamp", &timestamp)
-        .header(
-            "webhook-signature",
-            webhook::sign(&secret, "evt_2", &timestamp, br#"{"seq":2}"#),
-        )
-        .body(r#"{"seq":3}"#)
-        .send()
-        .unwrap();
+    post_changed(&client, &receiver.url(), &secret, "evt_2");
     let received = receiver.wait_for(2, Duration::from_secs(5));
     let verified: Vec<bool> = received.iter().map(|r| r.verified).collect();
     assert_eq!(verified, [true, false]);

@@ -104,6 +104,33 @@ impl Delivery {
     }
 }
 
+#[cfg(test)]
+impl Delivery {
+    /// A `source.state_changed` event of source `support` (healthy to degraded), for tests.
+    pub(crate) fn state_change_for_test(seq: u64, id: &str) -> Delivery {
+        Delivery {
+            event: Event {
+                seq,
+                id: id.into(),
+                kind: EventKind::SourceStateChanged,
+                source: "support".into(),
+                timestamp: "2025-03-01T10:00:00Z".into(),
+                message: None,
+                state: Some(crate::store::StateChange {
+                    from: "healthy".into(),
+                    to: "degraded".into(),
+                    reason: None,
+                }),
+            },
+            message: None,
+            raw: None,
+            inline: false,
+            raw_url: None,
+            prebuilt: None,
+        }
+    }
+}
+
 /// Why an attempt did not deliver. `detail` names the receiver's answer (status line,
 /// connection error, NATS error), never a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -541,29 +541,6 @@ mod tests {
             .unwrap_or_else(|| panic!("no {name} in {head}"))
     }
 
-    fn state_change() -> Delivery {
-        Delivery {
-            event: crate::store::Event {
-                seq: 3,
-                id: "evt_0123".into(),
-                kind: crate::store::EventKind::SourceStateChanged,
-                source: "support".into(),
-                timestamp: "2025-03-01T10:00:00.000Z".into(),
-                message: None,
-                state: Some(crate::store::StateChange {
-                    from: "healthy".into(),
-                    to: "degraded".into(),
-                    reason: None,
-                }),
-            },
-            message: None,
-            raw: None,
-            inline: false,
-            raw_url: None,
-            prebuilt: None,
-        }
-    }
-
     /// A body built and signed ahead of its attempt is sent as it was built: the same
     /// bytes `deliver` builds, with the signature made then. One signed longer ago than
     /// [`SIGNED_AHEAD_SECS`] is signed again with the time of the attempt.
@@ -575,7 +552,7 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}/in", listener.local_addr().unwrap());
             let t = WebhookTransport::new(target(&url, keys.clone())).unwrap();
-            let mut d = state_change();
+            let mut d = Delivery::state_change_for_test(3, "evt_0123");
             let mut prebuilt = t.build(&d).expect("a webhook builds ahead");
             if stale {
                 let MadeFor::Signed { timestamp, .. } = &mut prebuilt.made_for else {
@@ -596,7 +573,9 @@ mod tests {
             let (head, body) = server.await.unwrap();
             assert_eq!(
                 body,
-                state_change().body().unwrap(),
+                Delivery::state_change_for_test(3, "evt_0123")
+                    .body()
+                    .unwrap(),
                 "the body deliver builds"
             );
             let sent_at: i64 = header(&head, "webhook-timestamp").parse().unwrap();

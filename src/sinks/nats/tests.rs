@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::parse::ParsedFields;
-use crate::store::{Event, Location, MessageMeta, StateChange};
+use crate::store::{Event, Location, MessageMeta};
 
 const ID: &str = "evt_00112233445566778899aabbccddeeff";
 const BUCKET: &str = "mailsluice-raw";
@@ -51,26 +51,7 @@ fn message(raw: Option<Vec<u8>>, text: Option<String>) -> Delivery {
 }
 
 fn state_change() -> Delivery {
-    Delivery {
-        event: Event {
-            seq: 43,
-            id: ID.into(),
-            kind: EventKind::SourceStateChanged,
-            source: "support".into(),
-            timestamp: "2025-03-01T10:00:00Z".into(),
-            message: None,
-            state: Some(StateChange {
-                from: "healthy".into(),
-                to: "degraded".into(),
-                reason: None,
-            }),
-        },
-        message: None,
-        raw: None,
-        inline: false,
-        raw_url: None,
-        prebuilt: None,
-    }
+    Delivery::state_change_for_test(43, ID)
 }
 
 fn json(body: &[u8]) -> serde_json::Value {
