@@ -189,11 +189,14 @@ struct ReadAhead {
     read: Result<Delivery, StoreError>,
 }
 
-/// A batch of done events as recorded in the background, and what failed.
-struct Recorded {
+/// A batch of done events being recorded in the background. The worker keeps the seqs: if
+/// the task is lost (a panic), they go back into the next batch (marking an event done
+/// twice counts it once).
+struct Recording {
+    /// Ends with the write that failed, if one did.
+    task: tokio::task::JoinHandle<Option<(RecordStage, StoreError)>>,
     delivered: Vec<u64>,
     skipped: Vec<u64>,
-    failed: Option<(RecordStage, StoreError)>,
 }
 
 /// Which write of a batch failed: the deliveries (then nothing of it is recorded) or the
@@ -250,7 +253,7 @@ pub struct Worker {
     /// When the oldest done event not yet being recorded was done.
     batch_since: Option<Instant>,
     /// The batch being recorded in the background.
-    recording: Option<tokio::task::JoinHandle<Recorded>>,
+    recording: Option<Recording>,
     /// Where the next start looks first, so every source gets its turn.
     cursor: Option<String>,
     /// After a store error: no reading or recording before this.
@@ -714,47 +717,50 @@ impl Worker {
         let delivered = std::mem::take(&mut self.delivered);
         let skipped = std::mem::take(&mut self.skipped);
         self.batch_since = None;
-        self.recording = Some(tokio::spawn(async move {
-            let mut batch = Recorded {
-                delivered,
-                skipped,
-                failed: None,
-            };
-            if !batch.delivered.is_empty()
-                && let Err(e) = store.sink_delivered(&sink, &batch.delivered).await
+        let (d, k) = (delivered.clone(), skipped.clone());
+        let task = tokio::spawn(async move {
+            if !d.is_empty()
+                && let Err(e) = store.sink_delivered(&sink, &d).await
             {
-                batch.failed = Some((RecordStage::Deliveries, e));
-                return batch;
+                return Some((RecordStage::Deliveries, e));
             }
-            if !batch.skipped.is_empty()
-                && let Err(e) = store.sink_skip(&sink, &batch.skipped).await
+            if !k.is_empty()
+                && let Err(e) = store.sink_skip(&sink, &k).await
             {
-                batch.failed = Some((RecordStage::Skips, e));
+                return Some((RecordStage::Skips, e));
             }
-            batch
-        }));
+            None
+        });
+        self.recording = Some(Recording {
+            task,
+            delivered,
+            skipped,
+        });
     }
 
-    /// A batch's record came back: its events are no longer held; what failed to be
-    /// recorded waits for the next batch, after a pause.
-    fn recorded(&mut self, batch: Result<Recorded, tokio::task::JoinError>) {
-        self.recording = None;
-        let batch = match batch {
-            Ok(batch) => batch,
-            // The task panicked or was cut off: its events are still held and done, but
-            // which of them the store has is unknown. Recording them again is harmless
-            // (marking an event done twice counts it once), so a later batch does.
+    /// A batch's record came back: its events are no longer held; what was not recorded
+    /// waits for the next batch, after a pause.
+    fn recorded(
+        &mut self,
+        outcome: Result<Option<(RecordStage, StoreError)>, tokio::task::JoinError>,
+    ) {
+        let Some(Recording {
+            delivered, skipped, ..
+        }) = self.recording.take()
+        else {
+            return;
+        };
+        let failed = match outcome {
+            Ok(failed) => failed,
             Err(e) => {
                 tracing::error!(sink = %self.opts.name, error = %e, "sink recording task failed");
+                self.delivered.extend(delivered);
+                self.skipped.extend(skipped);
                 self.store_pause = Some(Instant::now() + STORE_RETRY);
+                self.batch_since.get_or_insert_with(Instant::now);
                 return;
             }
         };
-        let Recorded {
-            delivered,
-            skipped,
-            failed,
-        } = batch;
         let (recorded_delivered, recorded_skipped) = match &failed {
             None => (true, true),
             Some((RecordStage::Deliveries, _)) => (false, false),
@@ -788,19 +794,17 @@ impl Worker {
     /// Records every done event now: waits for the batch in flight, then records the rest.
     /// Afterwards `batch_since` is `None` unless the store failed.
     async fn record_all(&mut self) {
-        if let Some(running) = self.recording.as_mut() {
-            let batch = running.await;
-            self.recorded(batch);
+        if self.recording.is_some() {
+            let outcome = recording(&mut self.recording).await;
+            self.recorded(outcome);
         }
         if self.delivered.is_empty() && self.skipped.is_empty() {
             self.batch_since = None;
             return;
         }
         self.start_recording();
-        if let Some(running) = self.recording.as_mut() {
-            let batch = running.await;
-            self.recorded(batch);
-        }
+        let outcome = recording(&mut self.recording).await;
+        self.recorded(outcome);
     }
 
     fn store_failed(&mut self, doing: &str, e: &StoreError) {
@@ -1043,12 +1047,12 @@ impl Worker {
     }
 }
 
-/// The batch being recorded, once it is; never without one.
+/// How the batch being recorded ended, once it has; never without one.
 async fn recording(
-    running: &mut Option<tokio::task::JoinHandle<Recorded>>,
-) -> Result<Recorded, tokio::task::JoinError> {
+    running: &mut Option<Recording>,
+) -> Result<Option<(RecordStage, StoreError)>, tokio::task::JoinError> {
     match running {
-        Some(handle) => handle.await,
+        Some(r) => (&mut r.task).await,
         None => std::future::pending().await,
     }
 }

@@ -206,10 +206,10 @@ pub(super) fn decode(id: u64, joined: Vec<u8>, compressed: bool) -> Result<Vec<u
     match zstd::zstd_safe::get_frame_content_size(&joined) {
         Ok(Some(size)) if size <= MAX_DECLARED_SIZE => UNZSTD.with(|cell| {
             let mut cell = cell.borrow_mut();
-            if cell.is_none() {
-                *cell = Some(zstd::bulk::Decompressor::new().map_err(corrupt)?);
-            }
-            let decompressor = cell.as_mut().expect("set above");
+            let decompressor = match cell.as_mut() {
+                Some(d) => d,
+                None => cell.insert(zstd::bulk::Decompressor::new().map_err(corrupt)?),
+            };
             decompressor
                 .decompress(&joined, size as usize)
                 .map_err(corrupt)
